@@ -1,0 +1,125 @@
+"""The ``p2l`` command line: one module per subcommand in ``p2l_cli/commands``, joined here.
+
+Every subcommand is a thin function that parses options and calls library code. Errors that
+are the user's (``UserError``) print one line on stderr and exit 2; other failures print one
+line and exit 1 (``P2L_DEBUG=1`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from typer.core import TyperGroup
+
+try:  # typer vendors click from 0.20 on
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover
+    from click.exceptions import ClickException
+
+from p2l_cli import __version__
+from p2l_cli.commands import (
+    demo,
+    evaluate,
+    leaderboard,
+    predict,
+    prepare,
+    push,
+    route,
+    simulate,
+    train,
+)
+from p2l_cli.errors import UserError
+from p2l_cli.ui import console, set_quiet
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+
+class P2LGroup(TyperGroup):
+    """Turns exceptions from any subcommand into one line on stderr and an exit code."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
+            raise typer.Exit(EXIT_USAGE) from None
+        except KeyboardInterrupt:
+            console.print("[red]interrupted[/]")
+            raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort, ClickException):
+            raise
+        except Exception as exc:
+            if os.environ.get("P2L_DEBUG"):
+                raise
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            console.print(
+                f"[red]error:[/] {escape(type(exc).__name__)}: {escape(message)} "
+                "(set P2L_DEBUG=1 for the traceback)",
+                soft_wrap=True,
+            )
+            raise typer.Exit(EXIT_FAILURE) from None
+
+
+EPILOG = """Examples:
+
+  p2l simulate arena/ && p2l prepare arena/battles.parquet -o data/
+
+  p2l train data/ -o model/ --recipe recipes/minilm-cpu.yaml
+
+  p2l predict model/ prompts.jsonl -o - | p2l route - --costs costs.yaml --budget 0.002
+"""
+
+app = typer.Typer(
+    name="p2l",
+    cls=P2LGroup,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    epilog=EPILOG,
+    help="Prompt-to-Leaderboard: per-prompt Bradley-Terry leaderboards from pairwise votes.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"p2l {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print nothing but errors on stderr.")
+    ] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    set_quiet(quiet)
+
+
+DATA, MODEL, USE = "Data", "Model", "Leaderboards and routing"
+
+app.command("simulate", rich_help_panel=DATA, no_args_is_help=True)(simulate.simulate)
+app.command("prepare", rich_help_panel=DATA, no_args_is_help=True)(prepare.prepare)
+app.command("train", rich_help_panel=MODEL, no_args_is_help=True)(train.train)
+app.command("predict", rich_help_panel=MODEL, no_args_is_help=True)(predict.predict)
+app.command("evaluate", rich_help_panel=MODEL, no_args_is_help=True)(evaluate.evaluate)
+app.command("push", rich_help_panel=MODEL, no_args_is_help=True)(push.push)
+app.command("leaderboard", rich_help_panel=USE, no_args_is_help=True)(leaderboard.leaderboard)
+app.command("route", rich_help_panel=USE, no_args_is_help=True)(route.route)
+app.command("demo", rich_help_panel="Getting started")(demo.demo)
+
+
+def main() -> None:
+    try:
+        app()
+    except UserError as exc:  # raised outside a subcommand, e.g. while parsing
+        console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        sys.exit(EXIT_USAGE)

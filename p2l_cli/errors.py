@@ -1,0 +1,8 @@
+"""Exceptions that the command line turns into exit codes."""
+
+
+class UserError(Exception):
+    """Bad usage or bad input: the CLI prints the message on one line and exits with code 2.
+
+    The message must name what is wrong: the file, the row or line, or the option.
+    """

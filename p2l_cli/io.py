@@ -1,0 +1,449 @@
+"""Reading and writing tables: files or stdin/stdout, atomic writes, p2l metadata.
+
+Formats: Parquet, JSONL, CSV, JSON (an array of records). The format follows the file's
+extension unless given; stdin is sniffed (Parquet magic bytes, else JSON, else CSV) and
+stdout defaults to JSONL. Predictions carry a JSON object in the Parquet key-value metadata
+under the key ``p2l``, or as a first JSONL line ``{"p2l": {...}}``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from p2l_cli.errors import UserError
+
+STDIO = "-"
+METADATA_KEY = "p2l"
+FORMATS = ("parquet", "jsonl", "csv", "json")
+_EXTENSIONS = {
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".json": "json",
+}
+
+
+def source_name(source: str | Path) -> str:
+    return "<stdin>" if str(source) == STDIO else str(source)
+
+
+def format_of(path: str | Path, fmt: str | None = None, default: str | None = None) -> str:
+    """The table format of ``path``: ``fmt`` if given, else its extension, else ``default``."""
+    if fmt:
+        fmt = fmt.lower().lstrip(".")
+        if fmt == "ndjson":
+            fmt = "jsonl"
+        if fmt not in FORMATS:
+            raise UserError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+        return fmt
+    suffixes = [s.lower() for s in Path(str(path)).suffixes]
+    if suffixes and suffixes[-1] in (".gz", ".zst"):
+        suffixes = suffixes[:-1]
+    if suffixes and suffixes[-1] in _EXTENSIONS:
+        return _EXTENSIONS[suffixes[-1]]
+    if default:
+        return default
+    raise UserError(
+        f"{source_name(path)}: cannot tell the format from the extension; use --format "
+        f"({', '.join(FORMATS)})"
+    )
+
+
+def _sniff(data: bytes) -> str:
+    if data[:4] == b"PAR1":
+        return "parquet"
+    head = data.lstrip()[:1]
+    if head == b"{":
+        return "jsonl"
+    if head == b"[":
+        return "json"
+    return "csv"
+
+
+# ---------------------------------------------------------------------------------- reading
+
+
+def _read_bytes(source: str | Path) -> bytes:
+    if str(source) == STDIO:
+        return sys.stdin.buffer.read()
+    try:
+        return Path(source).read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{source}: no such file") from None
+    except IsADirectoryError:
+        raise UserError(f"{source}: is a folder, expected a file") from None
+    except OSError as exc:
+        raise UserError(f"{source}: cannot read ({exc.strerror})") from None
+
+
+def _first_bad_json_line(data: bytes) -> tuple[int, str] | None:
+    for number, line in enumerate(data.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            return number, f"not valid JSON ({exc.msg})"
+        if not isinstance(value, dict):
+            return number, "expected a JSON object"
+    return None
+
+
+def _split_metadata_line(data: bytes) -> tuple[dict | None, bytes]:
+    """Strip a leading ``{"p2l": {...}}`` line from JSONL bytes."""
+    stripped = data.lstrip()
+    newline = stripped.find(b"\n")
+    first = stripped if newline < 0 else stripped[:newline]
+    if b'"' + METADATA_KEY.encode() + b'"' not in first:
+        return None, data
+    try:
+        obj = json.loads(first)
+    except json.JSONDecodeError:
+        return None, data
+    if isinstance(obj, dict) and set(obj) == {METADATA_KEY} and isinstance(obj[METADATA_KEY], dict):
+        return obj[METADATA_KEY], (b"" if newline < 0 else stripped[newline + 1 :])
+    return None, data
+
+
+def _parse(data: bytes, fmt: str, name: str) -> tuple[pl.DataFrame, dict | None]:
+    meta = None
+    if fmt == "parquet":
+        try:
+            table = pq.read_table(io.BytesIO(data))
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise UserError(f"{name}: not a readable Parquet file ({exc})") from None
+        raw = (table.schema.metadata or {}).get(METADATA_KEY.encode())
+        if raw:
+            meta = json.loads(raw)
+        return pl.from_arrow(table), meta
+    if fmt == "jsonl":
+        meta, data = _split_metadata_line(data)
+        if not data.strip():
+            return pl.DataFrame(), meta
+        try:
+            return pl.read_ndjson(io.BytesIO(data), infer_schema_length=None), meta
+        except Exception as exc:  # polars raises several types; find the line for the user
+            bad = _first_bad_json_line(data)
+            if bad:
+                raise UserError(f"{name}: line {bad[0]}: {bad[1]}") from None
+            raise UserError(f"{name}: cannot read as JSONL ({str(exc).splitlines()[0]})") from None
+    if fmt == "json":
+        try:
+            records = json.loads(data)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{name}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+        if isinstance(records, dict) and METADATA_KEY in records and "rows" in records:
+            meta, records = records[METADATA_KEY], records["rows"]
+        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+            raise UserError(f"{name}: expected a JSON array of objects")
+        return pl.from_dicts(records, infer_schema_length=None) if records else pl.DataFrame(), meta
+    if fmt == "csv":
+        separator = "\t" if name.lower().endswith(".tsv") else ","
+        try:
+            return (
+                pl.read_csv(
+                    io.BytesIO(data),
+                    separator=separator,
+                    infer_schema_length=10000,
+                    truncate_ragged_lines=False,
+                ),
+                meta,
+            )
+        except Exception as exc:
+            raise UserError(f"{name}: cannot read as CSV ({str(exc).splitlines()[0]})") from None
+    raise UserError(f"{name}: unknown format {fmt!r}")
+
+
+def read_table_meta(
+    source: str | Path, fmt: str | None = None
+) -> tuple[pl.DataFrame, dict | None]:
+    """Read a whole table and its p2l metadata (``None`` when it has none)."""
+    name = source_name(source)
+    data = _read_bytes(source)
+    if str(source) == STDIO and not fmt:
+        fmt = _sniff(data)
+    else:
+        fmt = format_of(source, fmt)
+    return _parse(data, fmt, name)
+
+
+def read_table(source: str | Path, fmt: str | None = None) -> pl.DataFrame:
+    return read_table_meta(source, fmt)[0]
+
+
+def read_metadata(source: str | Path) -> dict | None:
+    """The p2l metadata of a file without reading its rows (Parquet) or only its first line."""
+    if str(source) == STDIO:
+        raise UserError("read_metadata cannot peek at stdin; use read_table_meta")
+    fmt = format_of(source)
+    path = Path(source)
+    if not path.exists():
+        raise UserError(f"{source}: no such file")
+    if fmt == "parquet":
+        try:
+            raw = (pq.read_schema(path).metadata or {}).get(METADATA_KEY.encode())
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise UserError(f"{source}: not a readable Parquet file ({exc})") from None
+        return json.loads(raw) if raw else None
+    if fmt == "jsonl":
+        with path.open("rb") as fh:
+            return _split_metadata_line(fh.readline())[0]
+    return read_table_meta(source, fmt)[1]
+
+
+def iter_batches(
+    source: str | Path, batch_rows: int = 4096, fmt: str | None = None
+) -> tuple[dict | None, Iterator[pl.DataFrame]]:
+    """Stream a table in batches of rows: Parquet by row groups, JSONL by lines (stdin too).
+
+    Returns the metadata and an iterator of DataFrames; CSV and JSON are read whole.
+    """
+    name = source_name(source)
+    if str(source) == STDIO:
+        stream: IO[bytes] = sys.stdin.buffer
+        if not fmt:
+            head = stream.peek(4)[:4] if hasattr(stream, "peek") else b""
+            if head == b"PAR1" or not hasattr(stream, "peek"):
+                df, meta = read_table_meta(source)
+                return meta, iter([df])
+            fmt = "jsonl" if head.lstrip()[:1] in (b"{", b"") else _sniff(head)
+        if fmt != "jsonl":
+            df, meta = read_table_meta(source, fmt)
+            return meta, iter([df])
+        return _iter_jsonl(stream, name, batch_rows)
+    fmt = format_of(source, fmt)
+    path = Path(source)
+    if not path.is_file():
+        raise UserError(f"{source}: no such file")
+    if fmt == "parquet":
+        try:
+            parquet = pq.ParquetFile(path)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise UserError(f"{source}: not a readable Parquet file ({exc})") from None
+        raw = (parquet.schema_arrow.metadata or {}).get(METADATA_KEY.encode())
+        meta = json.loads(raw) if raw else None
+
+        def batches() -> Iterator[pl.DataFrame]:
+            for batch in parquet.iter_batches(batch_size=batch_rows):
+                yield pl.from_arrow(pa.Table.from_batches([batch]))
+
+        return meta, batches()
+    if fmt == "jsonl":
+        return _iter_jsonl(path.open("rb"), name, batch_rows)
+    df, meta = read_table_meta(source, fmt)
+    return meta, iter([df])
+
+
+def _iter_jsonl(
+    stream: IO[bytes], name: str, batch_rows: int
+) -> tuple[dict | None, Iterator[pl.DataFrame]]:
+    first = stream.readline()
+    meta, rest = _split_metadata_line(first)
+    pending = [] if meta is not None else [(1, first)]
+
+    def batches() -> Iterator[pl.DataFrame]:
+        lines = list(pending)
+        number = 1
+        for line in stream:
+            number += 1
+            lines.append((number, line))
+            if len(lines) >= batch_rows:
+                yield _jsonl_rows(lines, name)
+                lines = []
+        if lines:
+            yield _jsonl_rows(lines, name)
+
+    return meta, batches()
+
+
+def _jsonl_rows(lines: list[tuple[int, bytes]], name: str) -> pl.DataFrame:
+    records = []
+    for number, line in lines:
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{name}: line {number}: not valid JSON ({exc.msg})") from None
+        if not isinstance(value, dict):
+            raise UserError(f"{name}: line {number}: expected a JSON object")
+        records.append(value)
+    return pl.from_dicts(records, infer_schema_length=None) if records else pl.DataFrame()
+
+
+# ---------------------------------------------------------------------------------- writing
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it over ``path`` only on success."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path: str | Path, text: str) -> None:
+    if str(path) == STDIO:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | Path, obj: Any, indent: int = 2) -> None:
+    write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False, default=_json_default) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _arrow_with_meta(df: pl.DataFrame, meta: dict | None) -> pa.Table:
+    table = df.to_arrow()
+    if meta is not None:
+        existing = dict(table.schema.metadata or {})
+        existing[METADATA_KEY.encode()] = json.dumps(meta).encode()
+        table = table.replace_schema_metadata(existing)
+    return table
+
+
+def _flatten_for_csv(df: pl.DataFrame) -> pl.DataFrame:
+    nested = [n for n, t in df.schema.items() if isinstance(t, (pl.List, pl.Array, pl.Struct))]
+    if not nested:
+        return df
+    return df.with_columns(
+        pl.col(n).map_elements(
+            lambda v: json.dumps(v.to_list() if hasattr(v, "to_list") else v, ensure_ascii=False),
+            return_dtype=pl.String,
+        )
+        for n in nested
+    )
+
+
+def _encode(df: pl.DataFrame, fmt: str, meta: dict | None, fh: IO[bytes]) -> None:
+    if fmt == "parquet":
+        pq.write_table(_arrow_with_meta(df, meta), fh, compression="zstd")
+    elif fmt == "jsonl":
+        if meta is not None:
+            fh.write(json.dumps({METADATA_KEY: meta}).encode() + b"\n")
+        df.write_ndjson(fh)
+    elif fmt == "csv":
+        _flatten_for_csv(df).write_csv(fh)
+    elif fmt == "json":
+        rows = df.to_dicts()
+        obj: Any = {METADATA_KEY: meta, "rows": rows} if meta is not None else rows
+        fh.write(json.dumps(obj, ensure_ascii=False, default=_json_default).encode())
+        fh.write(b"\n")
+    else:
+        raise UserError(f"unknown output format {fmt!r}")
+
+
+def write_table(
+    df: pl.DataFrame, dest: str | Path, fmt: str | None = None, meta: dict | None = None
+) -> None:
+    """Write ``df`` to a file (atomically) or to stdout (``-``; JSONL unless ``fmt`` says)."""
+    if str(dest) == STDIO:
+        fmt = format_of(dest, fmt, default="jsonl")
+        buffer = io.BytesIO()
+        _encode(df, fmt, meta, buffer)
+        sys.stdout.buffer.write(buffer.getvalue())
+        sys.stdout.buffer.flush()
+        return
+    fmt = format_of(dest, fmt)
+    with atomic_path(dest) as tmp, tmp.open("wb") as fh:
+        _encode(df, fmt, meta, fh)
+
+
+class TableWriter:
+    """Write a table batch by batch (Parquet or JSONL; stdout for ``-``), atomically for files.
+
+    Use as a context manager; on an exception the destination file is left untouched.
+    """
+
+    def __init__(self, dest: str | Path, fmt: str | None = None, meta: dict | None = None):
+        self.dest = dest
+        self.to_stdout = str(dest) == STDIO
+        self.fmt = format_of(dest, fmt, default="jsonl" if self.to_stdout else None)
+        if self.fmt not in ("parquet", "jsonl"):
+            raise UserError(f"streamed output must be Parquet or JSONL, not {self.fmt}")
+        self.meta = meta
+        self.rows = 0
+        self._parquet: pq.ParquetWriter | None = None
+        self._schema: pa.Schema | None = None
+        self._stack = contextlib.ExitStack()
+        self._fh: IO[bytes] | None = None
+
+    def __enter__(self) -> TableWriter:
+        if self.to_stdout:
+            self._fh = sys.stdout.buffer
+        else:
+            tmp = self._stack.enter_context(atomic_path(self.dest))
+            self._fh = self._stack.enter_context(tmp.open("wb"))
+        if self.fmt == "jsonl" and self.meta is not None:
+            self._fh.write(json.dumps({METADATA_KEY: self.meta}).encode() + b"\n")
+        return self
+
+    def write(self, df: pl.DataFrame) -> None:
+        assert self._fh is not None, "use TableWriter as a context manager"
+        if self.fmt == "jsonl":
+            df.write_ndjson(self._fh)
+            self._fh.flush()
+        else:
+            table = _arrow_with_meta(df, self.meta)
+            if self._parquet is None:
+                self._schema = table.schema
+                self._parquet = pq.ParquetWriter(self._fh, self._schema, compression="zstd")
+            else:
+                table = table.cast(self._schema)
+            self._parquet.write_table(table)
+        self.rows += df.height
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None and self.fmt == "parquet" and self._parquet is None:
+                self._parquet = pq.ParquetWriter(
+                    self._fh, _arrow_with_meta(pl.DataFrame(), self.meta).schema
+                )
+            if self._parquet is not None:
+                self._parquet.close()
+        finally:
+            if self.to_stdout:
+                sys.stdout.buffer.flush()
+            self._stack.__exit__(exc_type, exc, tb)

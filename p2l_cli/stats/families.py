@@ -1,0 +1,200 @@
+"""The four likelihood families of P2L, in log space, in torch (differentiable, any dtype).
+
+One implementation serves the training loss, evaluation metrics, marginal fits, aggregation
+and routing. Conventions:
+
+- ``theta`` are Bradley-Terry coefficients; model ``i`` beats ``j`` with probability
+  ``sigmoid(theta_i - theta_j)`` in ``bt``.
+- ``eta`` is the raw output of a tie head (one number per prompt). Each family maps it to its
+  tie parameter with the link used by the published P2L checkpoints, so their heads load
+  unchanged: ``rk`` uses the tie width ``max(softplus(eta - 22.5, beta=0.1), 0.02)``;
+  ``grk`` uses ``t = exp(eta) + 1.000001`` in ``p_win = e^a / (e^a + t e^b + 1)``.
+- Outcomes are indexed ``WIN = 0`` (first model wins), ``LOSS = 1``, ``TIE = 2``,
+  ``TIE_BOTH_BAD = 3``. Vote labels are ``[winner_idx, loser_idx, tie_code]`` with
+  ``tie_code`` 0 (decisive), 1 (tie) or 2 (tie, both bad); for a tie the order is a then b.
+- ``bt`` drops ties (they carry no weight); ``bt-tie`` counts a tie as half a win and half a
+  loss; ``rk`` treats both kinds of tie alike; ``grk`` has the fourth outcome "both bad",
+  a tie against a fixed reference of strength 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+FAMILIES = ("bt", "bt-tie", "rk", "grk")
+FAMILIES_WITH_ETA = ("rk", "grk")
+ALIASES = {"bag": "grk", "tie-bt": "bt-tie", "bt_tie": "bt-tie", "rao-kupper": "rk"}
+
+WIN, LOSS, TIE, TIE_BOTH_BAD = 0, 1, 2, 3
+DECISIVE, TIE_CODE, BOTH_BAD_CODE = 0, 1, 2
+
+RK_ETA_SHIFT = 22.5
+RK_ETA_BETA = 0.1
+RK_MIN_WIDTH = 0.02
+GRK_EPS = 1e-6
+_LOG_GRK_EPS = math.log(GRK_EPS)
+
+
+def canonical_family(name: str) -> str:
+    """``'bag'`` -> ``'grk'`` and so on; raises ``ValueError`` for an unknown family."""
+    family = ALIASES.get(name.lower(), name.lower())
+    if family not in FAMILIES:
+        raise ValueError(f"unknown likelihood family {name!r}; expected one of {FAMILIES}")
+    return family
+
+
+def has_eta(family: str) -> bool:
+    return canonical_family(family) in FAMILIES_WITH_ETA
+
+
+# ------------------------------------------------------------------------- tie parameters
+
+
+def rk_tie_width(eta: torch.Tensor) -> torch.Tensor:
+    """Rao-Kupper tie width (in logit units, >= 0.02) from the raw head output."""
+    return F.softplus(eta - RK_ETA_SHIFT, beta=RK_ETA_BETA).clamp_min(RK_MIN_WIDTH)
+
+
+def rk_raw_eta(width: float) -> float:
+    """Inverse of :func:`rk_tie_width` for a width above the clamp (for initialisation)."""
+    width = max(float(width), RK_MIN_WIDTH + 1e-9)
+    return RK_ETA_SHIFT + math.log(math.expm1(RK_ETA_BETA * width)) / RK_ETA_BETA
+
+
+def grk_log_t_minus_one(eta: torch.Tensor) -> torch.Tensor:
+    """``log(t - 1)`` for the grounded RK tie multiplier ``t = exp(eta) + 1 + 1e-6``."""
+    return torch.logaddexp(eta, torch.full_like(eta, _LOG_GRK_EPS))
+
+
+# ------------------------------------------------------------------ outcome probabilities
+
+
+def _rk_log_probs(diff: torch.Tensor, width: torch.Tensor) -> torch.Tensor:
+    log_win = F.logsigmoid(diff - width)
+    log_loss = F.logsigmoid(-diff - width)
+    # 1 - s(d - w) - s(-d - w) = s(w - d) s(w + d) (1 - exp(-2w)), without cancellation
+    log_tie = (
+        F.logsigmoid(width - diff)
+        + F.logsigmoid(width + diff)
+        + torch.log(-torch.expm1(-2.0 * width))
+    )
+    return torch.stack([log_win, log_loss, log_tie, torch.full_like(diff, -math.inf)], dim=-1)
+
+
+def _grk_log_probs(
+    theta_i: torch.Tensor, theta_j: torch.Tensor, eta: torch.Tensor
+) -> torch.Tensor:
+    zero = torch.zeros_like(theta_i)
+    log_tm1 = grk_log_t_minus_one(eta)
+    log_t = F.softplus(log_tm1)
+    norm_win = torch.logsumexp(torch.stack([theta_i, log_t + theta_j, zero]), dim=0)
+    norm_loss = torch.logsumexp(torch.stack([theta_j, log_t + theta_i, zero]), dim=0)
+    norm_all = torch.logsumexp(torch.stack([theta_i, theta_j, zero]), dim=0)
+    log_win = theta_i - norm_win
+    log_loss = theta_j - norm_loss
+    log_both_bad = -norm_all
+    # 1 - p_win - p_loss - p_bb = (t-1) e^(a+b) / S * (1/N_win + 1/N_loss), S = e^a + e^b + 1
+    log_tie = log_tm1 + theta_i + theta_j - norm_all + torch.logaddexp(-norm_win, -norm_loss)
+    return torch.stack([log_win, log_loss, log_tie, log_both_bad], dim=-1)
+
+
+def outcome_log_probs(
+    theta_i: torch.Tensor,
+    theta_j: torch.Tensor,
+    eta: torch.Tensor | None = None,
+    family: str = "bt",
+) -> torch.Tensor:
+    """Log-probabilities of (i wins, j wins, tie, tie both bad), stacked on the last axis.
+
+    ``bt`` and ``bt-tie`` put no mass on ties (``-inf``). ``eta`` broadcasts against
+    ``theta_i``; it is required for ``rk`` and ``grk``.
+    """
+    family = canonical_family(family)
+    theta_i, theta_j = torch.broadcast_tensors(theta_i, theta_j)
+    if family in ("bt", "bt-tie"):
+        diff = theta_i - theta_j
+        minus_inf = torch.full_like(diff, -math.inf)
+        return torch.stack([F.logsigmoid(diff), F.logsigmoid(-diff), minus_inf, minus_inf], -1)
+    if eta is None:
+        raise ValueError(f"family {family!r} needs eta")
+    eta = torch.as_tensor(eta, dtype=theta_i.dtype, device=theta_i.device).expand_as(theta_i)
+    if family == "rk":
+        return _rk_log_probs(theta_i - theta_j, rk_tie_width(eta))
+    return _grk_log_probs(theta_i, theta_j, eta)
+
+
+def outcome_probs(theta_i, theta_j, eta=None, family: str = "bt") -> torch.Tensor:
+    return outcome_log_probs(theta_i, theta_j, eta, family).exp()
+
+
+def win_probability(theta_i, theta_j, eta=None, family: str = "bt") -> torch.Tensor:
+    """P(i is preferred to j), a tie counting half: the quantity routing maximises."""
+    probs = outcome_probs(theta_i, theta_j, eta, family)
+    return probs[..., WIN] + 0.5 * (probs[..., TIE] + probs[..., TIE_BOTH_BAD])
+
+
+def win_matrix(coefs: torch.Tensor, eta: torch.Tensor | None = None, family: str = "bt"):
+    """``W[..., i, j]`` = P(model i preferred to model j) for coefficients ``[..., M]``."""
+    if eta is not None:
+        eta = torch.as_tensor(eta, dtype=coefs.dtype, device=coefs.device)
+        eta = eta.reshape(eta.shape + (1, 1)) if eta.dim() == coefs.dim() - 1 else eta
+    return win_probability(coefs.unsqueeze(-1), coefs.unsqueeze(-2), eta, family)
+
+
+# ------------------------------------------------------------------------- vote likelihood
+
+
+def vote_nll(
+    theta_a: torch.Tensor,
+    theta_b: torch.Tensor,
+    tie_code: torch.Tensor,
+    eta: torch.Tensor | None = None,
+    family: str = "bt",
+) -> torch.Tensor:
+    """Negative log-likelihood of each vote, for ``theta_a`` the winner's coefficient (the
+    first model for ties) and ``theta_b`` the loser's. Votes a family ignores (ties in
+    ``bt``) get 0; use :func:`vote_mask` to exclude them from means."""
+    family = canonical_family(family)
+    log_p = outcome_log_probs(theta_a, theta_b, eta, family)
+    tie_code = torch.as_tensor(tie_code, device=log_p.device).long().expand(log_p.shape[:-1])
+    decisive = tie_code == DECISIVE
+    if family == "bt":
+        return torch.where(decisive, -log_p[..., WIN], torch.zeros_like(log_p[..., WIN]))
+    if family == "bt-tie":
+        half = -0.5 * (log_p[..., WIN] + log_p[..., LOSS])
+        return torch.where(decisive, -log_p[..., WIN], half)
+    if family == "rk":
+        return torch.where(decisive, -log_p[..., WIN], -log_p[..., TIE])
+    outcome = torch.where(decisive, WIN, torch.where(tie_code == TIE_CODE, TIE, TIE_BOTH_BAD))
+    return -log_p.gather(-1, outcome.unsqueeze(-1)).squeeze(-1)
+
+
+def vote_mask(tie_code: torch.Tensor, family: str = "bt") -> torch.Tensor:
+    """1.0 for votes the family scores, 0.0 for those it drops (ties in ``bt``)."""
+    tie_code = torch.as_tensor(tie_code)
+    if canonical_family(family) == "bt":
+        return (tie_code == DECISIVE).to(torch.get_default_dtype())
+    return torch.ones(tie_code.shape, dtype=torch.get_default_dtype(), device=tie_code.device)
+
+
+def labels_nll(
+    coefs: torch.Tensor,
+    labels: torch.Tensor,
+    eta: torch.Tensor | None = None,
+    family: str = "bt",
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Weighted mean NLL of votes ``labels [B, 3]`` under per-vote coefficients ``coefs [B, M]``
+    (and ``eta [B]`` or ``[B, 1]``): the P2L training loss. Dropped votes do not count."""
+    labels = labels.long()
+    pair = coefs.gather(-1, labels[:, :2])
+    if eta is not None:
+        eta = eta.reshape(-1)
+    nll = vote_nll(pair[:, 0], pair[:, 1], labels[:, 2], eta, family)
+    mask = vote_mask(labels[:, 2], family).to(nll.dtype)
+    if weights is not None:
+        mask = mask * weights.to(nll.dtype)
+    return (nll * mask).sum() / mask.sum().clamp_min(torch.finfo(nll.dtype).tiny)

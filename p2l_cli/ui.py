@@ -1,0 +1,61 @@
+"""Messages, tables and progress bars: all on stderr, so stdout stays pipeable."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+console = Console(stderr=True, highlight=False)
+
+QuietOption = Annotated[
+    bool, typer.Option("--quiet", "-q", help="Print nothing but errors on stderr.")
+]
+
+T = TypeVar("T")
+
+
+def set_quiet(quiet: bool) -> None:
+    console.quiet = quiet or os.environ.get("P2L_QUIET", "") not in ("", "0")
+
+
+def info(message: str) -> None:
+    console.print(message)
+
+
+def warn(message: str) -> None:
+    console.print(f"[yellow]warning:[/] {message}")
+
+
+def progress(transient: bool = True) -> Progress:
+    """A rich progress bar on stderr; hidden with --quiet or when stderr is not a terminal."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=console,
+        transient=transient,
+        disable=console.quiet or not console.is_terminal,
+    )
+
+
+def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+    with progress() as bar:
+        task = bar.add_task(description, total=total, status="")
+        for item in items:
+            yield item
+            bar.advance(task)
