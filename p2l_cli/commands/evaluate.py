@@ -1,8 +1,151 @@
-"""`p2l evaluate` (placeholder: being written in this session; replaced before landing)."""
+"""`p2l evaluate`: score per-prompt predictions on held-out votes against the marginal
+leaderboard."""
 
-from p2l_cli.errors import UserError
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from p2l_cli.ui import QuietOption, set_quiet
+
+BASELINE, TRUTH, OUTPUT, STATS, INFERENCE = (
+    "Baseline",
+    "Simulated truth",
+    "Output",
+    "Statistics",
+    "Inference (model folder)",
+)
 
 
-def evaluate() -> None:
-    """Not written yet."""
-    raise UserError("p2l evaluate is not written yet")
+def evaluate(
+    source: Annotated[
+        str,
+        typer.Argument(
+            metavar="MODEL_OR_PREDICTIONS",
+            help="A P2L model folder (the validation prompts are predicted first) or a "
+            "predictions file from `p2l predict`.",
+        ),
+    ],
+    val: Annotated[
+        Path,
+        typer.Argument(
+            metavar="VAL_BATTLES",
+            help="Held-out votes (battles file, e.g. DATA/val.parquet from `p2l prepare`).",
+        ),
+    ],
+    train: Annotated[
+        Path | None,
+        typer.Option(
+            "--train",
+            help="Training votes to fit the marginal leaderboard on (the baseline). Default: "
+            "train.parquet beside VAL_BATTLES when there is one.",
+            rich_help_panel=BASELINE,
+        ),
+    ] = None,
+    truth: Annotated[
+        Path | None,
+        typer.Option(
+            "--truth",
+            help="truth.parquet from `p2l simulate`: adds the oracle, the fraction of the "
+            "achievable gain captured and leaderboard recovery per category.",
+            rich_help_panel=TRUTH,
+        ),
+    ] = None,
+    by: Annotated[
+        str | None,
+        typer.Option(
+            "--by",
+            help="Also report per group of this column (category, language, ...; 'turns' is "
+            "derived from the prompt).",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = None,
+    json_out: Annotated[
+        str | None,
+        typer.Option(
+            "--json",
+            metavar="FILE",
+            help="Write all figures as JSON ('-' for stdout).",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            "--plot",
+            metavar="DIR",
+            help="Write calibration.png and a gain chart per group (needs matplotlib; "
+            "implies --by category when the votes have categories).",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = None,
+    bootstrap: Annotated[
+        int,
+        typer.Option(
+            "--bootstrap",
+            min=0,
+            help="Bootstrap resamples of prompts for the gain's interval (0: none).",
+            rich_help_panel=STATS,
+        ),
+    ] = 1000,
+    level: Annotated[
+        float,
+        typer.Option(
+            "--level",
+            min=0.5,
+            max=0.999,
+            help="Confidence level of the interval.",
+            rich_help_panel=STATS,
+        ),
+    ] = 0.95,
+    bins: Annotated[
+        int,
+        typer.Option(
+            "--bins", min=1, max=50, help="Calibration bins over [0.5, 1].", rich_help_panel=STATS
+        ),
+    ] = 10,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed of the bootstrap.", rich_help_panel=STATS)
+    ] = 0,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            "--batch-size", min=1, help="Prompts per forward pass.", rich_help_panel=INFERENCE
+        ),
+    ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            "--device",
+            help="cpu, cuda, cuda:1, mps (default: the best available).",
+            rich_help_panel=INFERENCE,
+        ),
+    ] = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Score per-prompt leaderboards on held-out votes: NLL, accuracy, Brier, calibration,
+    next to the marginal leaderboard fitted on the training votes, with the gain's bootstrap
+    interval.
+
+    Example:
+
+      p2l evaluate model/ data/val.parquet --train data/train.parquet --by category
+
+      p2l evaluate preds.parquet data/val.parquet --truth arena/truth.parquet --json -
+    """
+    set_quiet(quiet)
+    from p2l_cli.evaluate import Settings, run_evaluation
+
+    run_evaluation(
+        source,
+        val,
+        train,
+        truth,
+        Settings(by=by, bootstrap=bootstrap, seed=seed, bins=bins, level=level),
+        json_out=json_out,
+        plot_dir=plot,
+        batch_size=batch_size,
+        device=device,
+    )

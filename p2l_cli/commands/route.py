@@ -1,8 +1,172 @@
-"""`p2l route` (placeholder: being written in this session; replaced before landing)."""
+"""`p2l route`: send each prompt to the model that wins most often for it, within a budget."""
 
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from p2l_cli import io
 from p2l_cli.errors import UserError
+from p2l_cli.ui import QuietOption, console, set_quiet
+
+BUDGET, CHOICE, OUTPUT = "Budget", "Models and opponents", "Output"
 
 
-def route() -> None:
-    """Not written yet."""
-    raise UserError("p2l route is not written yet")
+def route(
+    input: Annotated[
+        str,
+        typer.Argument(
+            help="Predictions (Parquet/JSONL from `p2l predict`; '-' for stdin), or prompts "
+            "with --model.",
+            show_default=False,
+        ),
+    ],
+    costs: Annotated[
+        Path | None,
+        typer.Option(
+            "--costs", "-c", help="YAML/JSON/CSV: model -> cost of one answer.",
+            rich_help_panel=BUDGET,
+        ),
+    ] = None,
+    budget: Annotated[
+        float | None,
+        typer.Option(
+            "--budget", "-b", help="Expected cost per prompt (without it: the best model).",
+            rich_help_panel=BUDGET,
+        ),
+    ] = None,
+    budget_scope: Annotated[
+        str,
+        typer.Option(
+            "--budget-scope",
+            help="'batch': the mean cost over the input is at most the budget (one LP; "
+            "reports its price); 'prompt': every prompt's expected cost is.",
+            rich_help_panel=BUDGET,
+        ),
+    ] = "batch",
+    price: Annotated[
+        float | None,
+        typer.Option(
+            "--price", help="Route each prompt alone to argmax win rate - PRICE x cost (the "
+            "price a batch run reported).", rich_help_panel=BUDGET,
+        ),
+    ] = None,
+    solver: Annotated[
+        str,
+        typer.Option(
+            "--solver", help="'exact': the frontier/dual method; 'highs': scipy's linprog "
+            "(slow on large inputs; for checking).", rich_help_panel=BUDGET,
+        ),
+    ] = "exact",
+    sweep: Annotated[
+        str | None,
+        typer.Option(
+            "--sweep", help="Comma-separated budgets: print the cost-quality curve (and write "
+            "it with -o) instead of routing.", rich_help_panel=BUDGET,
+        ),
+    ] = None,
+    models: Annotated[
+        str | None,
+        typer.Option("--models", help="Comma-separated models that may be chosen.",
+                     rich_help_panel=CHOICE),
+    ] = None,
+    opponents: Annotated[
+        str,
+        typer.Option(
+            "--opponents", help="Opponents q for the win rate: 'uniform', 'leaderboard-top-K' "
+            "or a YAML/JSON/CSV file of model -> weight.", rich_help_panel=CHOICE,
+        ),
+    ] = "uniform",
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="A P2L model: INPUT holds prompts to predict first.",
+                     rich_help_panel=CHOICE),
+    ] = None,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed for sampling mixed strategies.",
+                          rich_help_panel=OUTPUT),
+    ] = 0,
+    deterministic: Annotated[
+        bool, typer.Option("--deterministic", help="Take each strategy's most likely model.",
+                           rich_help_panel=OUTPUT),
+    ] = False,
+    output: Annotated[
+        str | None,
+        typer.Option("--output", "-o", help="Routes (.parquet/.jsonl/.csv/.json; '-' stdout).",
+                     rich_help_panel=OUTPUT),
+    ] = None,
+    fmt: Annotated[
+        str | None,
+        typer.Option("--format", help="Output format, overriding the extension.",
+                     rich_help_panel=OUTPUT),
+    ] = None,
+    drop_coefs: Annotated[
+        bool, typer.Option("--drop-coefs", help="Leave the coefs and eta columns out.",
+                           rich_help_panel=OUTPUT),
+    ] = False,
+    summary: Annotated[
+        Path | None,
+        typer.Option("--summary", help="Write the summary (or the sweep) as JSON.",
+                     rich_help_panel=OUTPUT),
+    ] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option("--plot", help="With --sweep: draw the curve (needs matplotlib).",
+                     rich_help_panel=OUTPUT),
+    ] = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Route prompts to models by their per-prompt leaderboards, within a cost budget.
+
+    Example: p2l route predictions.parquet --costs costs.yaml --budget 0.002 -o routes.parquet
+    """
+    set_quiet(quiet)
+    from p2l_cli import route as lib  # numpy/torch/scipy load only when routing
+
+    lib.check_options(costs, budget, budget_scope, price, solver, sweep, plot)
+    df, meta, source = _read_input(input, model)
+    preds = lib.predictions_arrays(df, meta, source)
+    choosable = lib.choosable_models(preds.models, models)
+    cost_vector = None
+    if costs is not None:
+        cost_vector = lib.cost_vector(lib.read_costs(costs), preds.models, choosable, str(costs))
+    problem = lib.build_problem(
+        preds.models, preds.family, preds.coefs, preds.eta, opponents, choosable, cost_vector
+    )
+    if sweep is not None:
+        rows = lib.sweep(problem, lib.parse_budgets(sweep), budget_scope, solver)
+        console.print(lib.sweep_table(rows))
+        if output is not None:
+            import polars as pl
+
+            io.write_table(pl.DataFrame(rows), output, fmt)
+        if summary is not None:
+            io.write_json(summary, {"curve": rows, "models": lib.single_models(problem)})
+        if plot is not None:
+            lib.plot_curve(rows, lib.single_models(problem), plot)
+        return
+    if budget is not None:
+        lib.check_budget(budget, cost_vector, problem.names)
+    routing = lib.solve(problem.values, cost_vector, budget, budget_scope, price, solver)
+    chosen = lib.choose(routing.strategy, cost_vector, None if deterministic else seed)
+    result = lib.summarise(problem, routing, chosen, budget)
+    result["scope"] = budget_scope if budget is not None else None
+    if output is not None:
+        frame = lib.routes_frame(df, problem, routing, chosen, drop_coefs)
+        io.write_table(frame, output, fmt, meta=None if drop_coefs else meta)
+    console.print(lib.summary_tables(result))
+    if summary is not None:
+        io.write_json(summary, result)
+
+
+def _read_input(source: str, model: str | None):
+    name = io.source_name(source)
+    if model is None:
+        df, meta = io.read_table_meta(source)
+        return df, meta, name
+    raise UserError(
+        f"--model {model}: predicting inside route is not available yet; run "
+        f"`p2l predict {model} {source} -o - | p2l route - ...`"
+    )

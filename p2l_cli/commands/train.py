@@ -1,8 +1,242 @@
-"""`p2l train` (placeholder: being written in this session; replaced before landing)."""
+"""`p2l train`: fine-tune a P2L model on prepared votes."""
 
-from p2l_cli.errors import UserError
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from p2l_cli.ui import QuietOption, console, set_quiet
+
+MODEL, OPTIM, DATA, RUN = "Model", "Optimisation", "Data and batches", "Validation and checkpoints"
 
 
-def train() -> None:
-    """Not written yet."""
-    raise UserError("p2l train is not written yet")
+def train(
+    data_dir: Annotated[
+        Path,
+        typer.Argument(help="Prepared data folder (train.parquet, val.parquet, models.json "
+                       "from `p2l prepare`).", show_default=False),
+    ],
+    output: Annotated[
+        Path,
+        typer.Option("--output", "-o", help="Model folder to write (best weights, "
+                     "training_config.json, metrics, checkpoints/).", show_default=False),
+    ],
+    recipe: Annotated[
+        str | None,
+        typer.Option("--recipe", "-r", help="Recipe YAML file or name in recipes/ (e.g. "
+                     "minilm-cpu, qwen2.5-1.5b). Flags override it. Default: minilm-cpu "
+                     "unless --backbone is given.", rich_help_panel=MODEL, show_default=False),
+    ] = None,
+    backbone: Annotated[
+        str | None,
+        typer.Option(help="Backbone: a local folder, a Hub id in the cache, or minilm (the "
+                     "embedded CPU model).", rich_help_panel=MODEL, show_default=False),
+    ] = None,
+    loss: Annotated[
+        str | None,
+        typer.Option(help="Likelihood: bt, bt-tie, rk or grk (bag).", rich_help_panel=MODEL,
+                     show_default=False),
+    ] = None,
+    head: Annotated[
+        str | None,
+        typer.Option(help="Head: bt, or rk (coefficients + tie eta; implied by rk/grk).",
+                     rich_help_panel=MODEL, show_default=False),
+    ] = None,
+    head_rank: Annotated[
+        int | None,
+        typer.Option(help="Low-rank head: project the pooled state to this many dimensions "
+                     "first (few parameters; helps with few votes).", rich_help_panel=MODEL,
+                     show_default=False),
+    ] = None,
+    head_init: Annotated[
+        str | None,
+        typer.Option(help="Head weights at start: normal, zeros (start exactly at the "
+                     "marginal leaderboard) or xavier.", rich_help_panel=MODEL,
+                     show_default=False),
+    ] = None,
+    marginal_init: Annotated[
+        bool | None,
+        typer.Option("--marginal-init/--no-marginal-init", help="Start the head's bias (and "
+                     "eta) at the marginal leaderboard fit on the training votes.",
+                     rich_help_panel=MODEL, show_default=False),
+    ] = None,
+    pooling: Annotated[
+        str | None,
+        typer.Option(help="cls (token appended to the prompt; decoders), first or mean "
+                     "(encoders).", rich_help_panel=MODEL, show_default=False),
+    ] = None,
+    max_length: Annotated[
+        int | None,
+        typer.Option(help="Tokens per prompt; longer prompts lose their beginning.",
+                     rich_help_panel=MODEL, show_default=False),
+    ] = None,
+    freeze_backbone: Annotated[
+        bool | None,
+        typer.Option("--freeze-backbone/--no-freeze-backbone", help="Train only the head on "
+                     "pooled states computed once and cached (fast on CPU).",
+                     rich_help_panel=MODEL, show_default=False),
+    ] = None,
+    gradient_checkpointing: Annotated[
+        bool | None,
+        typer.Option("--gradient-checkpointing/--no-gradient-checkpointing",
+                     help="Recompute activations in the backward pass (less memory).",
+                     rich_help_panel=MODEL, show_default=False),
+    ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(help="auto (bf16 on GPUs that support it, else fp32), bf16, fp16, fp32.",
+                     rich_help_panel=MODEL, show_default=False),
+    ] = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option(help="Passes over the training votes.", rich_help_panel=OPTIM,
+                     show_default=False),
+    ] = None,
+    max_steps: Annotated[
+        int | None,
+        typer.Option(help="Optimizer steps in all (overrides --epochs; sets the schedule's "
+                     "length).", rich_help_panel=OPTIM, show_default=False),
+    ] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option(help="Peak learning rate.", rich_help_panel=OPTIM, show_default=False),
+    ] = None,
+    head_lr: Annotated[
+        float | None,
+        typer.Option(help="Learning rate of the head (default: --lr).", rich_help_panel=OPTIM,
+                     show_default=False),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(help="Votes per process and micro-step.", rich_help_panel=OPTIM,
+                     show_default=False),
+    ] = None,
+    grad_accum: Annotated[
+        int | None,
+        typer.Option(help="Micro-steps per optimizer step (global batch = batch size x "
+                     "processes x this).", rich_help_panel=OPTIM, show_default=False),
+    ] = None,
+    warmup: Annotated[
+        float | None,
+        typer.Option(help="Warmup: a fraction of the steps (< 1) or a number of steps.",
+                     rich_help_panel=OPTIM, show_default=False),
+    ] = None,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(help="Learning-rate schedule after warmup: constant, linear or cosine.",
+                     rich_help_panel=OPTIM, show_default=False),
+    ] = None,
+    weight_decay: Annotated[
+        float | None,
+        typer.Option(help="AdamW weight decay (not on biases and norms).",
+                     rich_help_panel=OPTIM, show_default=False),
+    ] = None,
+    max_grad_norm: Annotated[
+        float | None,
+        typer.Option(help="Clip the gradient norm (0: no clipping).", rich_help_panel=OPTIM,
+                     show_default=False),
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(help="Seed for the head's initialisation, the shuffles and dropout.",
+                     rich_help_panel=OPTIM, show_default=False),
+    ] = None,
+    chrono: Annotated[
+        bool | None,
+        typer.Option("--chrono/--no-chrono", help="Keep the votes' time order (tstamp, else "
+                     "file order) instead of shuffling, as the paper trains.",
+                     rich_help_panel=DATA, show_default=False),
+    ] = None,
+    group_by_length: Annotated[
+        bool | None,
+        typer.Option("--group-by-length/--no-group-by-length", help="Batch prompts of "
+                     "similar length together (less padding).", rich_help_panel=DATA,
+                     show_default=False),
+    ] = None,
+    weighted: Annotated[
+        bool | None,
+        typer.Option("--weighted/--no-weighted", help="Weight each vote's loss by the data's "
+                     "'weight' column.", rich_help_panel=DATA, show_default=False),
+    ] = None,
+    eval_every: Annotated[
+        int | None,
+        typer.Option(help="Validate every N steps (0: at the end of each epoch); always at "
+                     "the end.", rich_help_panel=RUN, show_default=False),
+    ] = None,
+    eval_batch_size: Annotated[
+        int | None,
+        typer.Option(help="Prompts per validation batch.", rich_help_panel=RUN,
+                     show_default=False),
+    ] = None,
+    patience: Annotated[
+        int | None,
+        typer.Option(help="Stop after this many validations without a better NLL.",
+                     rich_help_panel=RUN, show_default=False),
+    ] = None,
+    log_every: Annotated[
+        int | None,
+        typer.Option(help="Write a metrics.jsonl line every N steps.", rich_help_panel=RUN,
+                     show_default=False),
+    ] = None,
+    save_every: Annotated[
+        int | None,
+        typer.Option(help="Write checkpoints/last every N steps (default: at each "
+                     "validation).", rich_help_panel=RUN, show_default=False),
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Continue from MODEL_DIR/checkpoints/last with its "
+                     "saved settings.", rich_help_panel=RUN),
+    ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option("--overwrite", help="Replace an existing model folder.",
+                     rich_help_panel=RUN),
+    ] = False,
+    stop_after: Annotated[
+        int | None,
+        typer.Option(help="Pause with a resumable checkpoint once this many steps are done "
+                     "(for time-limited jobs).", rich_help_panel=RUN, show_default=False),
+    ] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(help="Where --freeze-backbone caches features (default: "
+                     "$P2L_CACHE_DIR/features or ~/.cache/p2l/features).", rich_help_panel=RUN,
+                     show_default=False),
+    ] = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Fine-tune a P2L model: a backbone whose head maps a prompt to a leaderboard.
+
+    Example: p2l train data/ -o model/ --recipe minilm-cpu
+
+    More processes: accelerate launch -m p2l_cli train data/ -o model/ --recipe qwen2.5-7b
+    """
+    set_quiet(quiet)
+    from p2l_cli.train import RunOptions, TrainingInterrupted, train_p2l
+
+    overrides = dict(
+        backbone=backbone, loss=loss, head=head, head_rank=head_rank, head_init=head_init,
+        marginal_init=marginal_init, pooling=pooling, max_length=max_length,
+        freeze_backbone=freeze_backbone, gradient_checkpointing=gradient_checkpointing,
+        precision=precision, epochs=epochs, max_steps=max_steps, lr=lr, head_lr=head_lr,
+        batch_size=batch_size, grad_accum=grad_accum, warmup=warmup, scheduler=scheduler,
+        weight_decay=weight_decay, max_grad_norm=max_grad_norm, seed=seed, chrono=chrono,
+        group_by_length=group_by_length, weighted=weighted, eval_every=eval_every,
+        eval_batch_size=eval_batch_size, patience=patience, log_every=log_every,
+        save_every=save_every,
+    )  # fmt: skip
+    options = RunOptions(
+        resume=resume, overwrite=overwrite, stop_after=stop_after, cache_dir=cache_dir
+    )
+    try:
+        train_p2l(data_dir, output, recipe, overrides, options)
+    except TrainingInterrupted as stop:
+        state = stop.result.state
+        console.print(
+            f"[yellow]stopped by {stop.result.signal}[/] at step {state.step}; checkpoint in "
+            f"{output / 'checkpoints' / 'last'} (continue with --resume)"
+        )
+        raise typer.Exit(130) from None

@@ -1,0 +1,679 @@
+"""Leaderboards from battles (marginal fit) or from P2L predictions (aggregation).
+
+A leaderboard is a table, best first, with the columns ``rank``, ``model``, ``score``
+(Arena scale), ``lower``, ``upper`` (the interval, on the same scale), ``votes`` (battles
+only: the votes the fit used that involve the model), ``win_rate`` (expected win rate
+against a uniformly drawn other model, ties counting half) and ``theta`` (the raw
+coefficient). Ranks tie when intervals overlap, as LMArena shows them: a model's rank is
+1 + the number of models whose lower bound is above its upper bound.
+
+Inputs are detected from their columns: ``coefs`` (+ p2l metadata) is a predictions file;
+``model_a``, ``model_b`` and ``winner`` make a battles file (``p2l prepare`` output or a raw
+Arena-schema file).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from p2l_cli import io
+from p2l_cli.errors import UserError
+from p2l_cli.stats import families
+from p2l_cli.stats.aggregate import aggregate_fit, bootstrap_aggregate
+from p2l_cli.stats.marginal import (
+    ARENA_SCALE,
+    CI_METHODS,
+    arena_scale,
+    fit_grouped,
+    group_votes,
+    percentile_interval,
+)
+from p2l_cli.stats.pairfit import shift_invariant
+
+BATTLE_COLUMNS = ("model_a", "model_b", "winner")
+OUTPUT_FORMATS = ("csv", "json", "jsonl", "parquet", "md")
+WINNER_CODES = {
+    "model_a": "a", "a": "a",
+    "model_b": "b", "b": "b",
+    "tie": "tie",
+    "tie (bothbad)": "both_bad", "tie(bothbad)": "both_bad", "both_bad": "both_bad",
+    "bothbad": "both_bad", "tie_bothbad": "both_bad",
+}
+NO_GROUP = "(none)"
+
+
+# ------------------------------------------------------------------------------ inputs
+
+
+@dataclass
+class Battles:
+    """Votes as indices into ``models`` (sorted), one entry per vote."""
+
+    models: list[str]
+    winner: np.ndarray
+    loser: np.ndarray
+    tie_code: np.ndarray
+    weight: np.ndarray | None = None
+    groups: np.ndarray | None = None
+
+    def subset(self, mask: np.ndarray) -> Battles:
+        """The votes under ``mask``, re-indexed to the models they involve."""
+        winner, loser = self.winner[mask], self.loser[mask]
+        used = np.union1d(winner, loser)
+        remap = np.full(len(self.models), -1, dtype=np.int64)
+        remap[used] = np.arange(len(used))
+        return Battles(
+            models=[self.models[i] for i in used],
+            winner=remap[winner],
+            loser=remap[loser],
+            tie_code=self.tie_code[mask],
+            weight=None if self.weight is None else self.weight[mask],
+        )
+
+
+@dataclass
+class Predictions:
+    """Per-prompt coefficients ``[N, M]`` (model-list order) with the head's family."""
+
+    models: list[str]
+    coefs: np.ndarray
+    family: str
+    eta: np.ndarray | None = None
+    weight: np.ndarray | None = None
+    groups: np.ndarray | None = None
+
+    def subset(self, mask: np.ndarray) -> Predictions:
+        return Predictions(
+            models=self.models,
+            coefs=self.coefs[mask],
+            family=self.family,
+            eta=None if self.eta is None else self.eta[mask],
+            weight=None if self.weight is None else self.weight[mask],
+        )
+
+
+def _read_columns(
+    source: str, fmt: str | None, wanted: set[str]
+) -> tuple[pl.DataFrame, dict, list[str]]:
+    """Read a table and its p2l metadata; for Parquet files only the columns we use."""
+    name = io.source_name(source)
+    if source != io.STDIO and io.format_of(source, fmt) == "parquet":
+        path = Path(source)
+        if not path.is_file():
+            raise UserError(f"{source}: no such file")
+        try:
+            schema = pq.read_schema(path)
+            if "coefs" in schema.names:
+                wanted = wanted | {"eta"}
+            columns = [c for c in schema.names if c in wanted]
+            table = pq.read_table(path, columns=columns)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise UserError(f"{name}: not a readable Parquet file ({exc})") from None
+        raw = (schema.metadata or {}).get(io.METADATA_KEY.encode())
+        meta = json.loads(raw) if raw else {}
+        return pl.from_arrow(table), meta, schema.names
+    df, meta = io.read_table_meta(source, fmt)
+    return df, meta or {}, df.columns
+
+
+def load_input(source: str, fmt: str | None = None, by: str | None = None,
+               family: str | None = None) -> Battles | Predictions:
+    """Read a battles or predictions file, telling them apart by their columns."""
+    name = io.source_name(source)
+    wanted = {*BATTLE_COLUMNS, "coefs", "eta", "weight"} | ({by} if by else set())
+    df, meta, columns = _read_columns(source, fmt, wanted)
+    if by and by not in columns:
+        raise UserError(f"--by {by}: {name} has no column {by!r} (columns: {_list(columns)})")
+    if "coefs" in columns:
+        return predictions_from_frame(df, meta, name, by, family)
+    if all(c in columns for c in BATTLE_COLUMNS):
+        return battles_from_frame(df, name, by)
+    raise UserError(
+        f"{name}: neither a battles file (needs columns model_a, model_b, winner) nor a "
+        f"predictions file (needs coefs); found columns: {_list(columns)}"
+    )
+
+
+def _list(columns, limit: int = 12) -> str:
+    columns = list(columns)
+    shown = ", ".join(columns[:limit]) or "none"
+    return shown + (f", ... ({len(columns)} in all)" if len(columns) > limit else "")
+
+
+def _first_bad_row(mask: pl.Series) -> int:
+    return int(mask.arg_true()[0]) + 1
+
+
+def _groups(df: pl.DataFrame, by: str | None) -> np.ndarray | None:
+    if not by:
+        return None
+    return df.get_column(by).cast(pl.String).fill_null(NO_GROUP).to_numpy()
+
+
+def battles_from_frame(df: pl.DataFrame, name: str, by: str | None = None) -> Battles:
+    """Votes from Arena-schema columns ``model_a``, ``model_b``, ``winner``."""
+    if df.height == 0:
+        raise UserError(f"{name}: no battles")
+    a = df.get_column("model_a").cast(pl.String)
+    b = df.get_column("model_b").cast(pl.String)
+    for column, series in (("model_a", a), ("model_b", b)):
+        if series.null_count():
+            raise UserError(f"{name}: row {_first_bad_row(series.is_null())}: {column} is empty")
+    outcome = df.get_column("winner").cast(pl.String).str.to_lowercase().str.strip_chars()
+    codes = outcome.replace_strict(WINNER_CODES, default=None, return_dtype=pl.String)
+    if codes.null_count():
+        row = _first_bad_row(codes.is_null())
+        value = df.get_column("winner")[row - 1]
+        raise UserError(
+            f"{name}: row {row}: winner {value!r} is not one of model_a, model_b, tie, "
+            "tie (bothbad)"
+        )
+    same = a == b
+    if same.any():
+        raise UserError(f"{name}: row {_first_bad_row(same)}: model_a and model_b are the same")
+    models = pl.concat([a, b]).unique().sort().to_list()
+    enum = pl.Enum(models)
+    ia = a.cast(enum).to_physical().to_numpy().astype(np.int64)
+    ib = b.cast(enum).to_physical().to_numpy().astype(np.int64)
+    codes_np = codes.to_numpy()
+    b_wins = codes_np == "b"
+    tie_code = np.select([codes_np == "tie", codes_np == "both_bad"],
+                         [families.TIE_CODE, families.BOTH_BAD_CODE], families.DECISIVE)
+    weight = None
+    if "weight" in df.columns:
+        w = df.get_column("weight").cast(pl.Float64, strict=False)
+        bad = w.is_null() | w.is_nan() | (w < 0)
+        if bad.any():
+            raise UserError(f"{name}: row {_first_bad_row(bad)}: weight must be a number >= 0")
+        weight = w.to_numpy()
+    return Battles(
+        models=models,
+        winner=np.where(b_wins, ib, ia),
+        loser=np.where(b_wins, ia, ib),
+        tie_code=tie_code,
+        weight=weight,
+        groups=_groups(df, by),
+    )
+
+
+def predictions_from_frame(
+    df: pl.DataFrame, meta: dict, name: str, by: str | None = None, family: str | None = None
+) -> Predictions:
+    """Per-prompt coefficients from a ``p2l predict`` output and its metadata."""
+    models = meta.get("models")
+    if not models:
+        raise UserError(f"{name}: has coefs but no p2l metadata with the model list; "
+                        "was it written by p2l predict?")
+    if df.height == 0:
+        raise UserError(f"{name}: no predictions")
+    m = len(models)
+    family = family or meta.get("loss") or ("rk" if meta.get("head") == "rk" else "bt")
+    try:
+        family = families.canonical_family(family)
+    except ValueError as exc:
+        raise UserError(f"{name}: {exc}") from None
+    coefs_col = df.get_column("coefs")
+    lengths = coefs_col.list.len()
+    bad = lengths.is_null() | (lengths != m)
+    if bad.any():
+        row = _first_bad_row(bad)
+        raise UserError(f"{name}: row {row}: coefs has {lengths[row - 1]} values, expected {m} "
+                        "(one per model in the metadata)")
+    coefs = coefs_col.cast(pl.Array(pl.Float32, m)).to_numpy()
+    if not np.isfinite(coefs).all():
+        row = int(np.flatnonzero(~np.isfinite(coefs).all(1))[0]) + 1
+        raise UserError(f"{name}: row {row}: coefs are not all finite")
+    eta = None
+    if families.has_eta(family):
+        if "eta" not in df.columns:
+            raise UserError(f"{name}: family {family} needs an eta column")
+        eta_col = df.get_column("eta").cast(pl.Float64)
+        if eta_col.null_count():
+            raise UserError(f"{name}: row {_first_bad_row(eta_col.is_null())}: eta is empty")
+        eta = eta_col.to_numpy()
+    weight = None
+    if "weight" in df.columns:
+        weight = df.get_column("weight").cast(pl.Float64).fill_null(1.0).to_numpy()
+    return Predictions(models=list(models), coefs=coefs, family=family, eta=eta, weight=weight,
+                       groups=_groups(df, by))
+
+
+# ------------------------------------------------------------------------ leaderboards
+
+
+@dataclass
+class Leaderboard:
+    table: pl.DataFrame
+    family: str
+    kind: str  # "marginal", "aggregate" or "prompt"
+    ci: str
+    n: int  # votes (marginal) or prompts (aggregate)
+    eta: float | None = None
+    group: str | None = None
+    meta: dict = field(default_factory=dict)
+
+
+def rank_with_ties(score: np.ndarray, lower: np.ndarray | None = None,
+                   upper: np.ndarray | None = None) -> np.ndarray:
+    """1 + the number of models clearly better: whose lower bound exceeds this model's upper
+    bound, or without intervals, whose score is higher."""
+    if lower is None or upper is None:
+        lower = upper = np.asarray(score, dtype=np.float64)
+    lower, upper = np.asarray(lower, np.float64), np.asarray(upper, np.float64)
+    order = np.sort(lower)
+    return 1 + len(order) - np.searchsorted(order, upper, side="right")
+
+
+def expected_win_rates(theta: np.ndarray, eta: float | None, family: str) -> np.ndarray:
+    """Mean probability of being preferred to each other model (ties count half)."""
+    m = len(theta)
+    if m < 2:
+        return np.full(m, np.nan)
+    coefs = torch.as_tensor(np.asarray(theta, dtype=np.float64))
+    eta_t = None if eta is None else torch.tensor(float(eta), dtype=torch.float64)
+    wins = families.win_matrix(coefs, eta_t, family).numpy()
+    np.fill_diagonal(wins, 0.0)
+    return wins.sum(1) / (m - 1)
+
+
+def build_table(models, theta, family, eta=None, lower=None, upper=None, votes=None):
+    """The leaderboard table, best first (theta and its bounds on the raw scale)."""
+    theta = np.asarray(theta, dtype=np.float64)
+    columns = {
+        "rank": rank_with_ties(theta, lower, upper),
+        "model": list(models),
+        "score": arena_scale(theta),
+        "lower": arena_scale(lower) if lower is not None else np.full(len(theta), np.nan),
+        "upper": arena_scale(upper) if upper is not None else np.full(len(theta), np.nan),
+    }
+    if votes is not None:
+        columns["votes"] = np.asarray(votes, dtype=np.int64)
+    columns["win_rate"] = expected_win_rates(theta, eta, family)
+    columns["theta"] = theta
+    table = pl.DataFrame(columns).with_columns(pl.col("lower", "upper").fill_nan(None))
+    return table.sort(["score", "model"], descending=[True, False])
+
+
+def marginal_leaderboard(
+    battles: Battles, family: str = "bt-tie", ci: str = "sandwich", rounds: int = 100,
+    seed: int = 0, reweight: bool = False, level: float = 0.95,
+) -> Leaderboard:
+    family = families.canonical_family(family)
+    votes = group_votes(battles.winner, battles.loser, battles.tie_code, len(battles.models),
+                        family, battles.weight, reweight)
+    if votes.count.sum() == 0:
+        raise UserError("no votes to fit" + (" (family bt drops ties)" if family == "bt" else ""))
+    fit = fit_grouped(votes, family, ci, rounds, seed, level)
+    table = build_table(battles.models, fit.theta, family, fit.eta, fit.lower, fit.upper,
+                        votes.model_votes)
+    return Leaderboard(table, family, "marginal", ci, fit.n_votes, fit.eta,
+                       meta={"reweight": reweight, "level": level, "nll": fit.nll})
+
+
+def _centre(theta: np.ndarray, family: str) -> np.ndarray:
+    return theta - theta.mean() if shift_invariant(family) else theta
+
+
+def aggregate_leaderboard(
+    preds: Predictions, ci: str = "bootstrap", rounds: int = 100, seed: int = 0,
+    level: float = 0.95,
+) -> Leaderboard:
+    """The aggregate of the prompts' leaderboards; intervals by bootstrap over prompts."""
+    if ci == "sandwich":
+        raise UserError("--ci sandwich needs votes; for predictions use --ci bootstrap "
+                        "(resampling prompts) or --ci none")
+    fit = aggregate_fit(preds.coefs, preds.eta, preds.family, preds.weight)
+    lower = upper = None
+    if ci == "bootstrap" and len(preds.coefs) > 1:
+        boot = bootstrap_aggregate(preds.coefs, preds.eta, preds.family, preds.weight, rounds,
+                                   seed)
+        lower, upper = percentile_interval(boot, level)
+    table = build_table(preds.models, fit.theta, preds.family, fit.eta, lower, upper)
+    return Leaderboard(table, preds.family, "aggregate", ci if lower is not None else "none",
+                       fit.n_prompts, fit.eta,
+                       meta={"level": level, "cross_entropy": fit.cross_entropy})
+
+
+def prompt_leaderboard(preds: Predictions, index: int) -> Leaderboard:
+    """One prompt's own leaderboard: its coefficients (centred unless grk), no intervals."""
+    n = len(preds.coefs)
+    if not -n <= index < n:
+        raise UserError(f"--prompt-index {index}: the input has {n} prompts (0 to {n - 1})")
+    theta = _centre(preds.coefs[index].astype(np.float64), preds.family)
+    eta = None if preds.eta is None else float(preds.eta[index])
+    table = build_table(preds.models, theta, preds.family, eta)
+    return Leaderboard(table, preds.family, "prompt", "none", 1, eta,
+                       meta={"prompt_index": index % n})
+
+
+def build_leaderboard(data: Battles | Predictions, *, family: str | None = None,
+                      ci: str | None = None, rounds: int = 100, seed: int = 0,
+                      reweight: bool = False, prompt_index: int | None = None,
+                      level: float = 0.95) -> Leaderboard:
+    """The leaderboard a file asks for: marginal for battles, aggregate for predictions
+    (or one prompt's with ``prompt_index``, or when there is a single prompt)."""
+    if ci is not None and ci not in CI_METHODS:
+        raise UserError(f"--ci {ci}: expected one of {', '.join(CI_METHODS)}")
+    if isinstance(data, Battles):
+        if prompt_index is not None:
+            raise UserError("--prompt-index needs a predictions file (with coefs), not battles")
+        try:
+            family = families.canonical_family(family or "bt-tie")
+        except ValueError as exc:
+            raise UserError(f"--family: {exc}") from None
+        return marginal_leaderboard(data, family, ci or "sandwich", rounds, seed, reweight, level)
+    if reweight:
+        raise UserError("--reweight applies to battles, not to predictions")
+    if prompt_index is not None or len(data.coefs) == 1:
+        return prompt_leaderboard(data, prompt_index or 0)
+    return aggregate_leaderboard(data, ci or "bootstrap", rounds, seed, level)
+
+
+# ----------------------------------------------------------------------- views of groups
+
+
+def group_names(groups: np.ndarray) -> list[str]:
+    return sorted(set(groups.tolist()))
+
+
+def grouped_leaderboards(data: Battles | Predictions, **options) -> dict[str, Leaderboard]:
+    """One leaderboard per value of the ``--by`` column (groups too small to fit skipped)."""
+    out = {}
+    for name in group_names(data.groups):
+        part = data.subset(data.groups == name)
+        if isinstance(part, Battles) and len(part.models) < 2:
+            continue
+        try:
+            board = build_leaderboard(part, **options)
+        except UserError as exc:
+            if "no votes" in str(exc):
+                continue
+            raise
+        out[name] = replace(board, group=name)
+    return out
+
+
+def long_table(boards: dict[str, Leaderboard], by: str) -> pl.DataFrame:
+    """All groups' leaderboards stacked, with the group in the first column."""
+    frames = [b.table.select(pl.lit(name).alias(by), pl.all()) for name, b in boards.items()]
+    return pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame()
+
+
+def rank_matrix(boards: dict[str, Leaderboard], overall: Leaderboard | None = None,
+                top: int | None = None) -> pl.DataFrame:
+    """Models by groups, each cell the model's rank in that group (empty if absent)."""
+    if overall is not None:
+        order = overall.table.get_column("model").to_list()
+        columns = {"model": order, "overall": overall.table.get_column("rank").to_list()}
+    else:
+        order = sorted({m for b in boards.values() for m in b.table.get_column("model")})
+        columns = {"model": order}
+    for name, board in boards.items():
+        ranks = dict(zip(board.table.get_column("model"), board.table.get_column("rank")))
+        columns[name] = [ranks.get(model) for model in order]
+    matrix = pl.DataFrame(columns, schema_overrides={k: pl.Int64 for k in columns
+                                                     if k != "model"})
+    return matrix.head(top) if top else matrix
+
+
+def model_view(boards: dict[str, Leaderboard], model: str, by: str) -> pl.DataFrame:
+    """One model's row in every group, where it does best first."""
+    rows = []
+    for name, board in boards.items():
+        row = board.table.filter(pl.col("model") == model)
+        if row.height:
+            rows.append(row.select(pl.lit(name).alias(by), pl.lit(board.table.height)
+                                   .alias("models"), pl.all().exclude("model")))
+    if not rows:
+        known = sorted({m for b in boards.values() for m in b.table.get_column("model")})
+        raise UserError(f"--model {model}: not in any group{_did_you_mean(model, known)}")
+    table = pl.concat(rows, how="vertical_relaxed")
+    return table.sort(["rank", "score"], descending=[False, True])
+
+
+def _did_you_mean(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=3)
+    return f" (did you mean {', '.join(close)}?)" if close else ""
+
+
+# ---------------------------------------------------------------------------- anchoring
+
+
+def parse_anchor(text: str) -> tuple[str, float]:
+    model, sep, value = text.rpartition("=")
+    try:
+        if not sep or not model:
+            raise ValueError
+        return model, float(value)
+    except ValueError:
+        raise UserError(f"--anchor {text!r}: expected MODEL=VALUE, e.g. gpt-4o=1200") from None
+
+
+def anchor_table(table: pl.DataFrame, model: str, value: float) -> pl.DataFrame:
+    """Shift scores and bounds so that ``model`` scores ``value`` (theta moves with them)."""
+    row = table.filter(pl.col("model") == model)
+    if row.height == 0:
+        known = table.get_column("model").to_list()
+        raise UserError(f"--anchor {model}: no such model{_did_you_mean(model, known)}")
+    shift = value - float(row.get_column("score")[0])
+    return table.with_columns(
+        pl.col("score", "lower", "upper") + shift,
+        pl.col("theta") + shift / ARENA_SCALE,
+    )
+
+
+# ------------------------------------------------------------------------------- output
+
+
+def output_format(dest: str, fmt: str | None) -> str:
+    if fmt:
+        fmt = fmt.lower().lstrip(".")
+        if fmt not in OUTPUT_FORMATS:
+            raise UserError(f"--format {fmt}: expected one of {', '.join(OUTPUT_FORMATS)}")
+        return fmt
+    if dest != io.STDIO and Path(dest).suffix.lower() in (".md", ".markdown"):
+        return "md"
+    return io.format_of(dest, None, default="jsonl" if dest == io.STDIO else None)
+
+
+def _cell(value, column: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if column == "win_rate":
+        return f"{value:.3f}"
+    if column == "theta":
+        return f"{value:.4f}"
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    return str(value)
+
+
+def to_markdown(table: pl.DataFrame, title: str | None = None) -> str:
+    header = list(table.columns)
+    numeric = [table.schema[c].is_numeric() for c in header]
+    lines = [f"### {title}", ""] if title else []
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("| " + " | ".join("---:" if n else "---" for n in numeric) + " |")
+    for row in table.iter_rows():
+        cells = [_cell(v, c).replace("|", "\\|") for v, c in zip(row, header)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_output(table: pl.DataFrame, dest: str, fmt: str | None, meta: dict,
+                 title: str | None = None) -> None:
+    fmt = output_format(dest, fmt)
+    if fmt == "md":
+        io.write_text(dest, to_markdown(table, title))
+    else:
+        io.write_table(table, dest, fmt, meta=meta if fmt in ("json", "parquet") else None)
+
+
+def leaderboard_json(board: Leaderboard) -> dict:
+    """The ``leaderboard.json`` object a model folder carries (see the brief)."""
+    rows = board.table.select("rank", "model", "theta", "score").to_dicts()
+    return {"family": board.family, "rows": rows}
+
+
+def describe(board: Leaderboard) -> str:
+    what = {"marginal": f"{board.n:,} votes", "aggregate": f"{board.n:,} prompts",
+            "prompt": f"prompt {board.meta.get('prompt_index', 0)}"}[board.kind]
+    parts = [board.family, what, f"{board.table.height} models"]
+    if board.ci != "none":
+        parts.append(f"{board.meta.get('level', 0.95):.0%} {board.ci} intervals")
+    if board.eta is not None:
+        parts.append(f"eta {board.eta:.3f}")
+    return ", ".join(parts)
+
+
+def render(table: pl.DataFrame, title: str):
+    """A rich table for the terminal."""
+    from rich.table import Table
+
+    out = Table(title=title, title_justify="left", header_style="bold")
+    for column in table.columns:
+        out.add_column(column, justify="right" if table.schema[column].is_numeric() else "left")
+    for row in table.iter_rows():
+        out.add_row(*(_cell(v, c) for v, c in zip(row, table.columns)))
+    return out
+
+
+def plot(boards: dict[str, pl.DataFrame], path: str, title: str) -> None:
+    """Scores with their intervals, one panel per table, best at the top."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UserError("--plot needs matplotlib: pip install 'p2l-cli[plot]'") from None
+    panels = list(boards.items())
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    height = max(3.0, 0.28 * max(t.height for _, t in panels) + 1.2)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, height * rows), squeeze=False)
+    for ax, (name, table) in zip(axes.ravel(), panels):
+        labels = table.get_column(table.columns[0] if "model" not in table.columns
+                                  else "model").to_list()
+        score = table.get_column("score").to_numpy()
+        y = np.arange(len(score))[::-1]
+        lower = table.get_column("lower").fill_null(float("nan")).to_numpy()
+        upper = table.get_column("upper").fill_null(float("nan")).to_numpy()
+        err = np.vstack([score - lower, upper - score])
+        has_err = np.isfinite(err).all()
+        ax.errorbar(score, y, xerr=err if has_err else None, fmt="o", color="tab:blue",
+                    ecolor="tab:gray", capsize=3, markersize=4)
+        ax.set_yticks(y, [str(v) for v in labels], fontsize=8)
+        ax.set_xlabel("score (Arena scale)")
+        ax.set_title(name, fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+    for ax in axes.ravel()[len(panels):]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    with io.atomic_path(path) as tmp:
+        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", dpi=120)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- the command
+
+
+@dataclass
+class Request:
+    """What ``p2l leaderboard`` was asked for (the command's options, validated)."""
+
+    source: str
+    input_format: str | None = None
+    output: str | None = None
+    output_format: str | None = None
+    family: str | None = None
+    ci: str | None = None
+    rounds: int = 100
+    seed: int = 0
+    level: float = 0.95
+    anchor: str | None = None
+    reweight: bool = False
+    by: str | None = None
+    model: str | None = None
+    prompt_index: int | None = None
+    top: int | None = None
+    plot_path: str | None = None
+
+
+def _check(request: Request) -> None:
+    if request.rounds < 2:
+        raise UserError(f"--bootstrap-rounds {request.rounds}: need at least 2")
+    if not 0 < request.level < 1:
+        raise UserError(f"--level {request.level}: expected a number between 0 and 1")
+    if request.top is not None and request.top < 1:
+        raise UserError(f"--top {request.top}: expected a positive number")
+    if request.model and not request.by:
+        raise UserError("--model shows one model across groups; add --by COLUMN")
+    if request.prompt_index is not None and request.by:
+        raise UserError("--prompt-index and --by cannot be combined")
+    if request.output:
+        output_format(request.output, request.output_format)
+
+
+def run(request: Request, console) -> None:
+    """Build the leaderboard(s), print them on ``console`` and write/plot what was asked."""
+    _check(request)
+    anchor = parse_anchor(request.anchor) if request.anchor else None
+    data = load_input(request.source, request.input_format, request.by, request.family)
+    options = {"family": request.family, "ci": request.ci, "rounds": request.rounds,
+               "seed": request.seed, "reweight": request.reweight,
+               "prompt_index": request.prompt_index, "level": request.level}
+    overall = build_leaderboard(data, **options)
+    if anchor:
+        overall.table = anchor_table(overall.table, *anchor)
+    head = describe(overall)
+    if not request.by:
+        table = overall.table.head(request.top) if request.top else overall.table
+        console.print(render(table, f"Leaderboard: {head}"))
+        _finish(request, table, {"leaderboard": overall.table}, overall, head)
+        return
+
+    boards = grouped_leaderboards(data, **options)
+    if not boards:
+        raise UserError(f"--by {request.by}: no group has enough votes for a leaderboard")
+    if anchor:
+        for board in boards.values():
+            if anchor[0] in board.table.get_column("model").to_list():
+                board.table = anchor_table(board.table, *anchor)
+    if request.model:
+        table = model_view(boards, request.model, request.by)
+        console.print(render(table, f"{request.model} by {request.by}: {overall.family}"))
+        _finish(request, table, {request.model: table}, overall, head)
+        return
+    for name, board in boards.items():
+        table = board.table.head(request.top) if request.top else board.table
+        console.print(render(table, f"{request.by} = {name}: {describe(board)}"))
+    matrix = rank_matrix(boards, overall, request.top)
+    console.print(render(matrix, f"Rank by {request.by} (overall: {head})"))
+    stacked = long_table({k: replace(b, table=b.table.head(request.top) if request.top
+                                     else b.table) for k, b in boards.items()}, request.by)
+    panels = {name: (b.table.head(request.top) if request.top else b.table)
+              for name, b in boards.items()}
+    _finish(request, stacked, panels, overall, head)
+
+
+def _finish(request: Request, table: pl.DataFrame, panels: dict[str, pl.DataFrame],
+            overall: Leaderboard, head: str) -> None:
+    meta = {"family": overall.family, "kind": overall.kind, "ci": overall.ci,
+            "level": request.level, "n": overall.n, "eta": overall.eta,
+            "by": request.by, "anchor": request.anchor}
+    if request.output:
+        write_output(table, request.output, request.output_format, meta, title=head)
+    if request.plot_path:
+        plot(panels, request.plot_path, head)

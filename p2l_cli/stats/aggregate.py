@@ -1,0 +1,277 @@
+"""One leaderboard for a set of prompts from their per-prompt leaderboards (P2L aggregation).
+
+The aggregate (theta, eta) minimises the mean, over prompts z (optionally weighted) and over
+unordered model pairs {i, j}, of the cross-entropy between the pair's outcome distribution
+under the prompt's coefficients and under the aggregate:
+
+    L(theta, eta) = mean_z mean_{i<j} sum_o -P_z(o | i, j) log P(o | theta_i, theta_j, eta)
+
+The outcomes o are the family's: (i wins, j wins) for ``bt``; plus a tie for ``rk``; plus
+"tie, both bad" for ``grk``, with the scalar eta fitted too. ``bt-tie`` puts no probability
+on ties (a tie is only half a win in its training likelihood), so it aggregates as ``bt``.
+
+L is linear in P_z, so it needs only the mean outcome-probability matrices over prompts:
+O(M^2) memory whatever the number of prompts. They are summed in blocks of prompts small
+enough to stay in cache, then the problem is a weighted pairwise fit, solved by Newton's
+method to a gradient norm far below 1e-8.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from p2l_cli.stats import families
+from p2l_cli.stats.pairfit import PairRows, solve
+
+BLOCK_ELEMENTS = 1 << 16
+AGGREGATE_TOL = 1e-12
+# Keeps the fit finite when a model wins a pair with probability exactly 1 in float32.
+AGGREGATE_RIDGE = 1e-12
+
+
+@dataclass
+class AggregateFit:
+    theta: np.ndarray
+    eta: float | None
+    family: str
+    n_prompts: int
+    total_weight: float
+    cross_entropy: float
+    grad_norm: float
+
+
+@dataclass
+class OutcomeSums:
+    """Weighted sums over prompts of the pairwise outcome probabilities.
+
+    ``win[i, j]`` sums P(i beats j); ``tie`` and ``both_bad`` are symmetric (None when the
+    family has no such outcome).
+    """
+
+    win: np.ndarray
+    tie: np.ndarray | None
+    both_bad: np.ndarray | None
+    total_weight: float
+    n_prompts: int
+
+
+def _outcome_family(family: str) -> str:
+    family = families.canonical_family(family)
+    return "bt" if family == "bt-tie" else family
+
+
+def _as_tensor(values, dtype=None) -> torch.Tensor:
+    tensor = torch.as_tensor(values)
+    if not tensor.is_floating_point():
+        tensor = tensor.to(torch.float64)
+    return tensor if dtype is None else tensor.to(dtype)
+
+
+def block_outcome_probs(
+    coefs: torch.Tensor, eta: torch.Tensor | None, family: str
+) -> torch.Tensor:
+    """Per-prompt outcome probabilities ``[n, K, M, M]``: K = 1 (win) for bt, 2 (win, tie)
+    for rk, 3 (win, tie, both bad) for grk."""
+    family = _outcome_family(family)
+    if family == "bt":
+        return torch.sigmoid(coefs[:, :, None] - coefs[:, None, :]).unsqueeze(1)
+    probs = families.outcome_probs(
+        coefs[:, :, None], coefs[:, None, :], eta[:, None, None], family
+    )
+    keep = [families.WIN, families.TIE] + ([families.TIE_BOTH_BAD] if family == "grk" else [])
+    return probs[..., keep].permute(0, 3, 1, 2)
+
+
+def _batches(coefs_batches, eta_batches, weights) -> Iterator[tuple]:
+    """Yield aligned (coefs [n, M], eta [n] | None, weight [n] | None) batches."""
+    if isinstance(coefs_batches, (np.ndarray, torch.Tensor)):
+        coefs_batches = [coefs_batches]
+    if isinstance(eta_batches, (np.ndarray, torch.Tensor, float, int)):
+        eta_batches = [eta_batches]
+    eta_iter = iter(eta_batches) if eta_batches is not None else None
+    flat_weights = None
+    weight_iter = None
+    if weights is not None:
+        if isinstance(weights, (np.ndarray, torch.Tensor)):
+            flat_weights = np.asarray(weights, dtype=np.float64).ravel()
+        else:
+            weight_iter = iter(weights)
+    offset = 0
+    for coefs in coefs_batches:
+        coefs = _as_tensor(coefs)
+        if coefs.dim() == 1:
+            coefs = coefs[None]
+        n = coefs.shape[0]
+        eta = None
+        if eta_iter is not None:
+            eta = _as_tensor(next(eta_iter), coefs.dtype).reshape(-1)
+            if eta.numel() == 1 and n != 1:
+                eta = eta.expand(n)
+        weight = None
+        if flat_weights is not None:
+            weight = flat_weights[offset : offset + n]
+            if len(weight) != n:
+                raise ValueError("weights must have one value per prompt")
+        elif weight_iter is not None:
+            weight = np.asarray(next(weight_iter), dtype=np.float64).ravel()
+        offset += n
+        yield coefs, eta, weight
+    if flat_weights is not None and offset != len(flat_weights):
+        raise ValueError("weights must have one value per prompt")
+
+
+def outcome_sums(
+    coefs_batches, eta_batches=None, family: str = "bt", weights=None,
+    block_elements: int = BLOCK_ELEMENTS,
+) -> OutcomeSums:
+    """Stream over prompts and sum their weighted pairwise outcome probabilities."""
+    family = _outcome_family(family)
+    needs_eta = families.has_eta(family)
+    if needs_eta and eta_batches is None:
+        raise ValueError(f"family {family!r} needs eta for every prompt")
+    acc = None
+    total_weight, n_prompts = 0.0, 0
+    for coefs, eta, weight in _batches(coefs_batches, eta_batches if needs_eta else None,
+                                       weights):
+        n, m = coefs.shape
+        if acc is None:
+            acc = torch.zeros(m * m * (1 + needs_eta + (family == "grk")), dtype=torch.float64)
+        w = torch.ones(n, dtype=coefs.dtype) if weight is None else torch.as_tensor(
+            weight, dtype=coefs.dtype)
+        block = max(1, block_elements // (m * m))
+        for start in range(0, n, block):
+            part = slice(start, start + block)
+            probs = block_outcome_probs(coefs[part], None if eta is None else eta[part], family)
+            acc += (w[part] @ probs.reshape(probs.shape[0], -1)).to(torch.float64)
+        total_weight += float(w.to(torch.float64).sum())
+        n_prompts += n
+    if acc is None:
+        raise ValueError("no prompts to aggregate")
+    sums = (acc.reshape(-1, m, m)).numpy()
+    return OutcomeSums(
+        win=sums[0],
+        tie=sums[1] if needs_eta else None,
+        both_bad=sums[2] if family == "grk" else None,
+        total_weight=total_weight,
+        n_prompts=n_prompts,
+    )
+
+
+def pair_rows(num_models: int, family: str) -> PairRows:
+    """Rows of the aggregation fit: every ordered pair as a win, then the tie outcomes of
+    every unordered pair."""
+    family = _outcome_family(family)
+    i, j = np.nonzero(~np.eye(num_models, dtype=bool))
+    lo, hi = np.triu_indices(num_models, k=1)
+    winners, losers, codes = [i], [j], [np.zeros(len(i), dtype=np.int64)]
+    if families.has_eta(family):
+        winners.append(lo), losers.append(hi), codes.append(np.ones(len(lo), dtype=np.int64))
+    if family == "grk":
+        winners.append(lo), losers.append(hi), codes.append(np.full(len(lo), 2, dtype=np.int64))
+    return PairRows(np.concatenate(winners), np.concatenate(losers), np.concatenate(codes),
+                    num_models)
+
+
+def row_weights(sums: np.ndarray, family: str, num_models: int) -> np.ndarray:
+    """Row weights (the summed outcome probabilities) aligned with :func:`pair_rows`.
+
+    ``sums`` is ``[..., K, M, M]`` as stacked (win, tie, both bad) sums."""
+    family = _outcome_family(family)
+    i, j = np.nonzero(~np.eye(num_models, dtype=bool))
+    lo, hi = np.triu_indices(num_models, k=1)
+    parts = [sums[..., 0, i, j]]
+    if families.has_eta(family):
+        parts.append(sums[..., 1, lo, hi])
+    if family == "grk":
+        parts.append(sums[..., 2, lo, hi])
+    return np.concatenate(parts, axis=-1)
+
+
+def _stack(sums: OutcomeSums) -> np.ndarray:
+    return np.stack([s for s in (sums.win, sums.tie, sums.both_bad) if s is not None])
+
+
+def fit_outcome_sums(sums: OutcomeSums, family: str, tol: float = AGGREGATE_TOL) -> AggregateFit:
+    family = families.canonical_family(family)
+    m = sums.win.shape[0]
+    if m < 2:
+        return AggregateFit(np.zeros(m), None, family, sums.n_prompts, sums.total_weight, 0.0, 0.0)
+    rows = pair_rows(m, family)
+    sol = solve(rows, row_weights(_stack(sums), family, m), _outcome_family(family),
+                ridge=AGGREGATE_RIDGE, tol=tol)
+    return AggregateFit(
+        theta=sol.theta[0],
+        eta=None if sol.eta is None else float(sol.eta[0]),
+        family=family,
+        n_prompts=sums.n_prompts,
+        total_weight=sums.total_weight,
+        cross_entropy=float(sol.nll[0]),
+        grad_norm=float(sol.grad_norm[0]),
+    )
+
+
+def aggregate_fit(
+    coefs_batches, eta_batches=None, family: str = "bt", weights=None
+) -> AggregateFit:
+    """:func:`aggregate` with diagnostics (cross-entropy, gradient norm, prompt count)."""
+    sums = outcome_sums(coefs_batches, eta_batches, family, weights)
+    return fit_outcome_sums(sums, family)
+
+
+def aggregate(
+    coefs_batches: Iterable | np.ndarray | torch.Tensor,
+    eta_batches: Iterable | np.ndarray | torch.Tensor | None = None,
+    family: str = "bt",
+    weights=None,
+) -> tuple[np.ndarray, float | None]:
+    """The aggregate leaderboard (theta ``[M]``, eta or None) of many prompts.
+
+    ``coefs_batches``: one ``[N, M]`` array/tensor or an iterable of ``[n_i, M]`` batches;
+    ``eta_batches`` likewise (raw head outputs, needed for rk/grk); ``weights``: one value
+    per prompt, as a single array or per batch. theta is centred except for ``grk``.
+    """
+    fit = aggregate_fit(coefs_batches, eta_batches, family, weights)
+    return fit.theta, fit.eta
+
+
+# ---------------------------------------------------------------------------- bootstrap
+
+
+def bootstrap_aggregate(
+    coefs, eta=None, family: str = "bt", weights=None, rounds: int = 100, seed: int = 0,
+    block_prompts: int = 512,
+) -> np.ndarray:
+    """Aggregate leaderboards of ``rounds`` resamples of the prompts: theta ``[rounds, M]``.
+
+    Each replicate draws N prompts with replacement (multinomial counts, seeded); the
+    per-replicate outcome sums are one matrix product per block of prompts.
+    """
+    family_out = _outcome_family(family)
+    coefs = _as_tensor(coefs)
+    n, m = coefs.shape
+    eta_t = None
+    if families.has_eta(family_out):
+        if eta is None:
+            raise ValueError(f"family {family!r} needs eta for every prompt")
+        eta_t = _as_tensor(eta, coefs.dtype).reshape(-1).expand(n)
+    w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64).ravel()
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(n, np.full(n, 1.0 / n), size=rounds).astype(np.float64) * w
+    mix = torch.as_tensor(counts, dtype=coefs.dtype)
+    kinds = 1 + families.has_eta(family_out) + (family_out == "grk")
+    acc = torch.zeros(rounds, kinds * m * m, dtype=torch.float64)
+    for start in range(0, n, block_prompts):
+        part = slice(start, start + block_prompts)
+        probs = block_outcome_probs(coefs[part], None if eta_t is None else eta_t[part],
+                                    family_out)
+        acc += (mix[:, part] @ probs.reshape(probs.shape[0], -1)).to(torch.float64)
+    sums = acc.reshape(rounds, kinds, m, m).numpy()
+    rows = pair_rows(m, family_out)
+    theta0, eta0 = aggregate(coefs, eta_t, family, w)
+    sol = solve(rows, row_weights(sums, family_out, m), family_out, theta0=theta0, eta0=eta0,
+                ridge=AGGREGATE_RIDGE, tol=AGGREGATE_TOL)
+    return sol.theta

@@ -1,0 +1,950 @@
+"""``p2l train``: fine-tune a P2L model with an explicit Accelerate loop.
+
+One process or many (``accelerate launch`` / ``torchrun``; DeepSpeed and FSDP through
+Accelerate's own config). The loop, step by step:
+
+- setup: read the data folder, build the model (backbone + head), fit the marginal
+  leaderboard on the training votes (the baseline, and the head's starting bias), tokenise,
+  and with ``--freeze-backbone`` compute the pooled features once (cached on disk);
+- train: each optimizer step takes one global batch (see ``train_data``), split into
+  micro-batches over processes and accumulation steps; the loss of a micro-batch is its
+  share of the global batch's mean vote NLL, so the step's gradient does not depend on how
+  the batch is split; AdamW with clipping and a constant/linear/cosine schedule with warmup;
+- validate every ``eval_every`` steps and at the end (NLL, accuracy, Brier, next to the
+  marginal leaderboard's); the model folder always holds the best weights so far;
+- checkpoint ``checkpoints/last`` (model, optimizer, scheduler, RNG, data position) at each
+  validation and at the end, and when Ctrl-C or SIGTERM arrives, so ``--resume`` continues
+  exactly where the run stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedType, gather_object, set_seed
+
+from p2l_cli.errors import UserError
+from p2l_cli.io import write_json
+from p2l_cli.model import P2LModel, build_p2l, collate, save_p2l
+from p2l_cli.model.backbone import is_encoder, load_backbone_config
+from p2l_cli.model.checkpoint import state_dict_for_saving
+from p2l_cli.stats.aggregate import aggregate
+from p2l_cli.stats.families import labels_nll
+from p2l_cli.stats.marginal import arena_scale, fit_marginal
+from p2l_cli.stats.metrics import vote_metrics
+from p2l_cli.train_config import TrainConfig, merge_for_resume, resolve_config
+from p2l_cli.train_data import (
+    DataDir,
+    Layout,
+    epoch_order,
+    fingerprint,
+    load_data_dir,
+    step_weight,
+    tokenize,
+)
+from p2l_cli.train_features import (
+    cache_key,
+    default_cache_dir,
+    load_cached,
+    pooled_features,
+    save_cached,
+)
+from p2l_cli.ui import console, progress, warn
+
+CHECKPOINTS = "checkpoints"
+LAST = "last"
+STATE_FILE = "trainer_state.json"
+BEST_HEAD = "best_head.safetensors"
+METRICS_LOG = "metrics.jsonl"
+# What p2l writes into a model folder; --overwrite removes these before a new run.
+OUTPUTS = (
+    CHECKPOINTS, METRICS_LOG, "metrics.json", "leaderboard.json", "model.safetensors",
+    "model.safetensors.index.json", "training_config.json", "model_list.json", "config.json",
+)  # fmt: skip
+FEATURES_ON_DEVICE_BYTES = 2 << 30
+
+
+@dataclass
+class RunOptions:
+    """How to run, as opposed to what to learn."""
+
+    resume: bool = False
+    overwrite: bool = False
+    stop_after: int | None = None  # pause (resumable) once this many steps are done
+    cache_dir: Path | None = None
+
+
+@dataclass
+class TrainerState:
+    """The loop's position and bookkeeping; saved with every checkpoint."""
+
+    step: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0
+    examples: int = 0
+    best_nll: float | None = None
+    best_step: int | None = None
+    best_val: dict | None = None
+    last_eval_step: int | None = None
+    last_save_step: int | None = None
+    evals_since_best: int = 0
+    stopped_early: bool = False
+    processes: int = 1
+    data_fingerprint: str = ""
+    config: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainerState:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    status: str  # "finished", "paused" (--stop-after) or "interrupted" (a signal)
+    state: TrainerState
+    metrics: dict | None = None
+    signal: str | None = None
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C or SIGTERM stopped training after a checkpoint was written."""
+
+    def __init__(self, result: TrainResult):
+        super().__init__(f"stopped by {result.signal} at step {result.state.step}")
+        self.result = result
+
+
+# ================================================================================ entry
+
+
+def train_p2l(
+    data_dir: str | Path,
+    out_dir: str | Path,
+    recipe: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    options: RunOptions | None = None,
+) -> TrainResult:
+    """Train (or resume) a P2L model on ``data_dir`` and write the model folder ``out_dir``.
+
+    ``overrides`` are settings given on the command line (``None`` = not given); they win
+    over the recipe. Raises :class:`TrainingInterrupted` after checkpointing on a signal.
+    """
+    options = options or RunOptions()
+    out = Path(out_dir)
+    config, explicit, warnings = resolve_config(
+        recipe, overrides or {}, use_default_recipe=not options.resume
+    )
+    saved = read_checkpoint_state(out) if options.resume else None
+    if saved is not None:
+        config = merge_for_resume(saved["config"], config, explicit)
+    accelerator = make_accelerator(config)
+    if not accelerator.is_main_process:
+        console.quiet = True
+    prepare_output_dir(out, options, accelerator)
+    for message in warnings:
+        warn(message)
+    trainer = Trainer(config, Path(data_dir), out, accelerator, options)
+    try:
+        return trainer.run()
+    finally:
+        trainer.close()
+
+
+def make_accelerator(config: TrainConfig) -> Accelerator:
+    precision = config.precision
+    if precision == "auto":
+        cuda_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        precision = "bf16" if cuda_bf16 else "fp32"
+    mixed = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}[precision]
+    try:
+        return Accelerator(mixed_precision=mixed, gradient_accumulation_steps=config.grad_accum)
+    except ValueError as exc:
+        raise UserError(f"--precision {config.precision}: {exc}") from None
+
+
+def checkpoint_dir(out: Path) -> Path | None:
+    """The resumable checkpoint of a model folder (``last``, or ``last.old`` when a save
+    was cut short between its two renames)."""
+    for name in (LAST, LAST + ".old"):
+        candidate = out / CHECKPOINTS / name
+        if (candidate / STATE_FILE).is_file():
+            return candidate
+    return None
+
+
+def read_checkpoint_state(out: Path) -> dict:
+    found = checkpoint_dir(out)
+    if found is None:
+        raise UserError(
+            f"{out / CHECKPOINTS / LAST}: no checkpoint to resume (train without --resume first)"
+        )
+    try:
+        return json.loads((found / STATE_FILE).read_text())
+    except json.JSONDecodeError:
+        raise UserError(f"{found / STATE_FILE}: damaged checkpoint state") from None
+
+
+def prepare_output_dir(out: Path, options: RunOptions, accelerator: Accelerator) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"-o {out}: exists and is not a folder")
+    if not options.resume and out.is_dir() and any(out.iterdir()):
+        if not options.overwrite:
+            hint = " or --resume to continue its checkpoint" if checkpoint_dir(out) else ""
+            raise UserError(f"-o {out}: folder is not empty; pass --overwrite to replace it{hint}")
+        if accelerator.is_main_process:
+            for name in OUTPUTS:
+                target = out / name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
+    accelerator.wait_for_everyone()
+
+
+# ============================================================================== helpers
+
+
+def lr_factor(step: int, warmup: int, total: int, kind: str) -> float:
+    """The learning-rate multiplier at (0-based) optimizer step ``step``."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if kind == "constant":
+        return 1.0
+    progress_ = min(1.0, (step - warmup) / max(1, total - warmup))
+    if kind == "linear":
+        return max(0.0, 1.0 - progress_)
+    return 0.5 * (1.0 + math.cos(math.pi * progress_))
+
+
+def param_groups(module: torch.nn.Module, config: TrainConfig, head_only: bool) -> list[dict]:
+    """AdamW groups: no weight decay on biases and norms; the head may have its own lr."""
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    for name, param in module.named_parameters():
+        if not param.requires_grad:
+            continue
+        is_head = head_only or name.startswith("head.")
+        decays = param.ndim >= 2
+        groups.setdefault((is_head, decays), []).append(param)
+    out = []
+    for (is_head, decays), params in sorted(groups.items()):
+        lr = (config.head_lr or config.lr) if is_head else config.lr
+        out.append(
+            {"params": params, "lr": lr, "weight_decay": config.weight_decay if decays else 0.0}
+        )
+    return out
+
+
+def make_optimizer(groups: list[dict], config: TrainConfig) -> torch.optim.Optimizer:
+    kwargs = dict(lr=config.lr, betas=tuple(config.adam_betas), eps=config.adam_eps)
+    try:
+        return torch.optim.AdamW(groups, fused=True, **kwargs)
+    except (RuntimeError, ValueError, TypeError):
+        return torch.optim.AdamW(groups, **kwargs)
+
+
+def rng_snapshot() -> dict:
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class StopSignals:
+    """Ctrl-C and SIGTERM ask the loop to stop at the next safe point (it then writes a
+    checkpoint); a second signal stops at once."""
+
+    def __init__(self):
+        self.received: str | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+        console.print(f"[yellow]{self.received}: stopping after a checkpoint…[/]")
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def leaderboard_rows(theta: np.ndarray, models: list[str]) -> list[dict]:
+    order = np.argsort(-theta, kind="stable")
+    scores = arena_scale(theta)
+    return [
+        {"rank": rank, "model": models[i], "theta": float(theta[i]), "score": float(scores[i])}
+        for rank, i in enumerate(order, start=1)
+    ]
+
+
+def _fmt(metrics: dict | None, key: str) -> str:
+    return "-" if not metrics or metrics.get(key) is None else f"{metrics[key]:.4f}"
+
+
+# ============================================================================== trainer
+
+
+class Trainer:
+    def __init__(
+        self,
+        config: TrainConfig,
+        data_dir: Path,
+        out_dir: Path,
+        accelerator: Accelerator,
+        options: RunOptions,
+    ):
+        self.config = config
+        self.data_dir = data_dir
+        self.out = out_dir
+        self.accelerator = accelerator
+        self.options = options
+        self.family = config.family
+        self.device = accelerator.device
+        self.signals = StopSignals()
+        self.best_head: dict[str, torch.Tensor] | None = None
+        self.window = _Window()
+
+        self.data: DataDir = load_data_dir(data_dir, config.weighted)
+        set_seed(config.seed)
+        self.model, self.tokenizer = self._build_model()
+        self.marginal = fit_marginal(
+            self.data.train.labels[:, 0], self.data.train.labels[:, 1],
+            self.data.train.labels[:, 2], len(self.data.models), self.family,
+            weights=self.data.train.weights,
+        )  # fmt: skip
+        self.baseline = self._metrics(self.marginal.theta, self.marginal.eta)
+        if config.marginal_init:
+            bias = torch.as_tensor(self.marginal.theta, dtype=torch.float32)
+            self.model.head.initialise(config.head_init, bias=bias, eta=self.marginal.eta)
+        else:
+            self.model.head.initialise(config.head_init)
+
+        info = self.model.info
+        self.token_ids = {
+            "train": tokenize(self.tokenizer, self.data.train, info, label="train"),
+            "val": tokenize(self.tokenizer, self.data.val, info, label="val"),
+        }
+        train_print = fingerprint(
+            self.token_ids["train"], self.data.train.labels, self.data.train.weights
+        )
+        val_print = fingerprint(self.token_ids["val"], self.data.val.labels, self.data.val.weights)
+        self.layout = Layout(config.batch_size, accelerator.num_processes, config.grad_accum)
+        self.steps_per_epoch = self.layout.steps_per_epoch(len(self.data.train))
+        if self.steps_per_epoch == 0:
+            raise UserError(
+                f"--batch-size {config.batch_size}: a global batch of {self.layout.global_batch} "
+                f"votes (batch size x processes x --grad-accum) is larger than the "
+                f"{len(self.data.train)} training votes"
+            )
+        self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
+        self.lengths = np.fromiter(
+            (len(r) for r in self.token_ids["train"]), np.int64, len(self.token_ids["train"])
+        )
+
+        self.features: dict[str, torch.Tensor] | None = None
+        if config.freeze_backbone:
+            self.features = self._frozen_features([train_print, val_print])
+            trainable: torch.nn.Module = self.model.head
+        else:
+            trainable = self.model
+            self._prepare_backbone_for_training()
+        optimizer = make_optimizer(
+            param_groups(trainable, config, head_only=config.freeze_backbone), config
+        )
+        self.wrapped, self.optimizer = accelerator.prepare(trainable, optimizer)
+        warmup = config.warmup_steps(self.total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda s: lr_factor(s, warmup, self.total_steps, config.scheduler),
+        )
+        accelerator.register_for_checkpointing(self.scheduler)
+        self.state = TrainerState(
+            processes=accelerator.num_processes,
+            data_fingerprint=train_print,
+            config=config.to_dict(),
+        )
+        if options.resume:
+            self._load_checkpoint()
+
+    # ----------------------------------------------------------------------- setup parts
+
+    def _build_model(self) -> tuple[P2LModel, Any]:
+        config = self.config
+        backbone_config = load_backbone_config(config.backbone)
+        max_length = config.max_length
+        limit = getattr(backbone_config, "max_position_embeddings", None)
+        if is_encoder(backbone_config) and limit and max_length > limit:
+            warn(f"--max-length {max_length}: {config.backbone} reads at most {limit} tokens")
+            max_length = int(limit)
+        model, tokenizer = build_p2l(
+            config.backbone,
+            self.data.models,
+            head_type=config.head_type,
+            loss_type=config.loss,
+            pooling=config.pooling,
+            max_length=max_length,
+            head_rank=config.head_rank,
+            chat_template=config.chat_template,
+        )
+        return model, tokenizer
+
+    def _prepare_backbone_for_training(self) -> None:
+        network = self.model.model
+        # A BERT-style pooler is not part of P2L's pooling: keep it out of the gradient.
+        for name, param in network.named_parameters():
+            if name.startswith("pooler."):
+                param.requires_grad_(False)
+        if self.config.gradient_checkpointing:
+            if getattr(network, "supports_gradient_checkpointing", False):
+                network.gradient_checkpointing_enable(
+                    gradient_checkpointing_kwargs={"use_reentrant": False}
+                )
+                if hasattr(network.config, "use_cache"):
+                    network.config.use_cache = False
+            else:
+                warn(f"{self.config.backbone}: no gradient checkpointing support; training without")
+        self.model.train()
+
+    def _frozen_features(self, prints: list[str]) -> dict[str, torch.Tensor]:
+        """Pooled features of train and val prompts, from the cache or computed now (by the
+        main process; the others read its cache file)."""
+        precision = self.accelerator.mixed_precision
+        key = cache_key(self.model, prints, precision, self.tokenizer.all_special_ids)
+        folder = Path(self.options.cache_dir) if self.options.cache_dir else default_cache_dir()
+        path = folder / f"{key}.safetensors"
+        with self.accelerator.main_process_first():
+            tensors = load_cached(path, ["train", "val"])
+            if tensors is None:
+                tensors = self._compute_features()
+                if self.accelerator.is_main_process:
+                    try:
+                        save_cached(path, tensors)
+                    except OSError as exc:
+                        warn(f"{path}: cannot cache the features ({exc.strerror})")
+            else:
+                console.print(f"features: read from the cache {path}", soft_wrap=True)
+        self.model.model.to("cpu")
+        total_bytes = sum(t.numel() * 4 for t in tensors.values())
+        if total_bytes <= FEATURES_ON_DEVICE_BYTES:
+            tensors = {k: v.to(self.device) for k, v in tensors.items()}
+        return tensors
+
+    def _compute_features(self) -> dict[str, torch.Tensor]:
+        self.model.model.to(self.device)
+        batch = self.config.eval_batch_size or max(16, 2 * self.config.batch_size)
+        pad = self.tokenizer.pad_token_id
+        out = {}
+        for split in ("train", "val"):
+            ids = self.token_ids[split]
+            out[split] = pooled_features(
+                self.model, ids, pad, self.device, batch, self.accelerator.autocast, split
+            ) if ids else torch.zeros((0, self.model.config.hidden_size))
+        return out
+
+    # ----------------------------------------------------------------------- forward/loss
+
+    def _forward(self, split: str, idx: np.ndarray, module: torch.nn.Module):
+        if self.features is not None:
+            x = self.features[split][torch.from_numpy(idx).to(self.features[split].device)]
+            coefs, eta = module(x.to(self.device))
+        else:
+            ids = self.token_ids[split]
+            input_ids, mask = collate([ids[i] for i in idx], self.tokenizer.pad_token_id, self.device)
+            output = module(input_ids, mask)
+            coefs, eta = output.coefs, output.eta
+        return coefs.float(), None if eta is None else eta.float()
+
+    def _votes(self, split: str, idx: np.ndarray):
+        votes = getattr(self.data, split)
+        labels = torch.from_numpy(votes.labels[idx]).to(self.device)
+        weights = None
+        if votes.weights is not None:
+            weights = torch.from_numpy(votes.weights[idx]).to(self.device)
+        return labels, weights
+
+    def _metrics(self, coefs, eta) -> dict | None:
+        val = self.data.val
+        if len(val) == 0:
+            return None
+        return vote_metrics(coefs, val.labels, eta, self.family, val.weights)
+
+    # --------------------------------------------------------------------------- the loop
+
+    def run(self) -> TrainResult:
+        config, state = self.config, self.state
+        self._announce()
+        self._trim_log()
+        with self.signals, progress() as bar:
+            task = bar.add_task("training", total=self.total_steps, completed=state.step, status="")
+            if state.step == 0 and state.last_eval_step is None:
+                self._evaluate()
+            while state.step < self.total_steps and not state.stopped_early:
+                order = self._epoch_order(state.epoch)
+                while state.step_in_epoch < self.steps_per_epoch:
+                    if not self._train_step(order):
+                        return self._interrupted()
+                    bar.update(task, completed=state.step, status=self.window.status())
+                    self._after_step(end_of_epoch=state.step_in_epoch == self.steps_per_epoch)
+                    if state.step >= self.total_steps or state.stopped_early:
+                        break
+                    if self._should_stop():
+                        return self._interrupted()
+                    if self.options.stop_after and state.step >= self.options.stop_after:
+                        return self._pause()
+                if state.step_in_epoch >= self.steps_per_epoch:
+                    state.epoch += 1
+                    state.step_in_epoch = 0
+        return self._finish()
+
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        train = self.data.train
+        return epoch_order(
+            len(train),
+            epoch,
+            self.config.seed,
+            chrono=self.config.chrono,
+            tstamp=train.tstamp,
+            lengths=self.lengths if self.config.group_by_length else None,
+            global_batch=self.layout.global_batch,
+        )
+
+    def _train_step(self, order: np.ndarray) -> bool:
+        """One optimizer step; ``False`` when a stop signal arrived part-way (the partial
+        step is dropped, so the checkpoint stays at the previous step)."""
+        accelerator, state, layout = self.accelerator, self.state, self.layout
+        rank = accelerator.process_index
+        start = state.step_in_epoch * layout.global_batch
+        examples = order[start : start + layout.global_batch]
+        train = self.data.train
+        total = step_weight(
+            train.labels[examples],
+            None if train.weights is None else train.weights[examples],
+            self.family,
+        )
+        snapshot, accumulation_counter = rng_snapshot(), accelerator.step
+        for micro in range(layout.grad_accum):
+            if micro and self._should_stop():
+                restore_rng(snapshot)
+                accelerator.step = accumulation_counter
+                return False
+            idx = layout.micro_batch(examples, micro, rank)
+            with accelerator.accumulate(self.wrapped):
+                coefs, eta = self._forward("train", idx, self.wrapped)
+                labels, weights = self._votes("train", idx)
+                local = step_weight(
+                    train.labels[idx], None if train.weights is None else train.weights[idx],
+                    self.family,
+                )  # fmt: skip
+                nll = labels_nll(coefs, labels, eta, self.family, weights)
+                share = local / total * layout.processes * layout.grad_accum if total > 0 else 0.0
+                accelerator.backward(nll * share)
+                if accelerator.sync_gradients and self.config.max_grad_norm > 0:
+                    norm = accelerator.clip_grad_norm_(
+                        self.wrapped.parameters(), self.config.max_grad_norm
+                    )
+                    self.window.grad_norm = norm
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            self.window.add(nll.detach().double() * local, local, len(idx))
+        self.window.lr = self.scheduler.get_last_lr()[0]
+        self.scheduler.step()
+        state.step += 1
+        state.step_in_epoch += 1
+        state.examples += layout.global_batch
+        return True
+
+    def _after_step(self, end_of_epoch: bool) -> None:
+        config, state = self.config, self.state
+        last = state.step >= self.total_steps
+        if state.step % config.log_every == 0 or last:
+            self._log_train()
+        evaluate = (
+            (config.eval_every and state.step % config.eval_every == 0)
+            or (not config.eval_every and end_of_epoch)
+            or last
+        )
+        if evaluate:
+            self._evaluate()
+        save_every = config.save_every
+        if (save_every and state.step % save_every == 0) or (not save_every and evaluate):
+            self._save_checkpoint()
+
+    def _should_stop(self) -> bool:
+        if self.accelerator.num_processes == 1:
+            return self.signals.received is not None
+        if self.signals.received is not None:
+            self.accelerator.set_trigger()
+        return self.accelerator.check_trigger()
+
+    # ------------------------------------------------------------------------- validation
+
+    @torch.no_grad()
+    def _predict_val(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """Coefficients and eta for every validation prompt, on every process."""
+        module = self.accelerator.unwrap_model(self.wrapped)
+        was_training = module.training
+        module.eval()
+        n = len(self.data.val)
+        if self.features is not None:
+            coefs, eta = self._forward("val", np.arange(n), module)
+            result = (coefs.cpu().numpy(), None if eta is None else eta.cpu().numpy())
+            module.train(was_training)
+            return result
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        batch = self.config.eval_batch_size or 2 * self.config.batch_size
+        lengths = np.array([len(r) for r in self.token_ids["val"]])
+        by_length = np.argsort(-lengths, kind="stable")
+        shard = by_length[rank::world]
+        rounds = math.ceil(math.ceil(n / world) / batch)
+        parts = []
+        for r in range(rounds):
+            idx = shard[r * batch : (r + 1) * batch]
+            # every process runs the same number of forward passes (sharded weights need it)
+            run_idx = idx if len(idx) else by_length[:1]
+            with self.accelerator.autocast():
+                coefs, eta = self._forward("val", run_idx, module)
+            if len(idx):
+                parts.append(
+                    (idx, coefs.cpu().numpy(), None if eta is None else eta.cpu().numpy())
+                )
+        module.train(was_training)
+        gathered = gather_object(parts) if world > 1 else parts
+        index = np.concatenate([p[0] for p in gathered])
+        coefs = np.empty((n, len(self.data.models)), dtype=np.float32)
+        coefs[index] = np.concatenate([p[1] for p in gathered])
+        eta = None
+        if gathered[0][2] is not None:
+            eta = np.empty(n, dtype=np.float32)
+            eta[index] = np.concatenate([p[2] for p in gathered])
+        return coefs, eta
+
+    def _evaluate(self) -> None:
+        state = self.state
+        state.last_eval_step = state.step
+        if len(self.data.val) == 0:
+            return
+        coefs, eta = self._predict_val()
+        metrics = self._metrics(coefs, eta)
+        val = {"p2l": metrics, "marginal": self.baseline}
+        improved = state.best_nll is None or metrics["nll"] < state.best_nll
+        if improved:
+            state.best_nll, state.best_step, state.best_val = metrics["nll"], state.step, val
+            state.evals_since_best = 0
+            self._keep_best(coefs, eta)
+        else:
+            state.evals_since_best += 1
+            if self.config.patience and state.evals_since_best >= self.config.patience:
+                state.stopped_early = True
+        self._log({"type": "eval", "val": val, "best": improved})
+        mark = " [green]best[/]" if improved else ""
+        console.print(
+            f"step {state.step:>6}  val NLL {_fmt(metrics, 'nll')} "
+            f"(marginal {_fmt(self.baseline, 'nll')})  accuracy {_fmt(metrics, 'accuracy')} "
+            f"(marginal {_fmt(self.baseline, 'accuracy')}){mark}",
+            soft_wrap=True,
+        )
+        if state.stopped_early:
+            console.print(f"no improvement in {self.config.patience} validations: stopping early")
+
+    def _keep_best(self, coefs: np.ndarray, eta: np.ndarray | None) -> None:
+        """Put the best weights so far in the model folder (kept in memory, and written at
+        the end, when only the head is trained) with the leaderboard of the val prompts."""
+        if self.features is not None:
+            head = self.accelerator.unwrap_model(self.wrapped)
+            self.best_head = {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
+        else:
+            self._write_model_folder()
+        if self.accelerator.is_main_process:
+            weights = self.data.val.weights
+            theta, _ = aggregate(coefs, eta, family=self.family, weights=weights)
+            write_json(
+                self.out / "leaderboard.json",
+                {
+                    "family": self.family,
+                    "source": "validation prompts",
+                    "step": self.state.step,
+                    "rows": leaderboard_rows(np.asarray(theta), self.data.models),
+                },
+            )
+
+    # ------------------------------------------------------------------------ model folder
+
+    def training_config(self) -> dict:
+        config = self.config.to_dict()
+        config.pop("loss")  # the folder names these loss_type / head_type
+        config.pop("head")
+        config.update(
+            data=str(self.data_dir),
+            train_votes=len(self.data.train),
+            val_votes=len(self.data.val),
+            processes=self.accelerator.num_processes,
+            global_batch=self.layout.global_batch,
+        )
+        return config
+
+    def _write_model_folder(self) -> None:
+        accelerator = self.accelerator
+        if accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+            full = accelerator.get_state_dict(self.wrapped)  # a collective: every process
+            tensors = None
+            if accelerator.is_main_process:
+                tensors = {k: v.detach().cpu().contiguous() for k, v in full.items()}
+        else:
+            tensors = state_dict_for_saving(self.model) if accelerator.is_main_process else None
+        if accelerator.is_main_process:
+            save_p2l(self.model, self.tokenizer, self.out, self.training_config(), tensors)
+        accelerator.wait_for_everyone()
+
+    def _write_frozen_model_folder(self) -> None:
+        """With a frozen backbone: the backbone plus the best head."""
+        if self.best_head is not None:
+            current = {k: v.detach().clone() for k, v in self.model.head.state_dict().items()}
+            self.model.head.load_state_dict(self.best_head)
+        else:
+            current = None
+        self.model.model.to("cpu")
+        if self.accelerator.is_main_process:
+            save_p2l(self.model, self.tokenizer, self.out, self.training_config())
+        if current is not None:
+            self.model.head.load_state_dict(current)
+        self.accelerator.wait_for_everyone()
+
+    # ------------------------------------------------------------------------- checkpoints
+
+    def _save_checkpoint(self) -> None:
+        accelerator, state = self.accelerator, self.state
+        root = self.out / CHECKPOINTS
+        tmp, last, old = root / (LAST + ".tmp"), root / LAST, root / (LAST + ".old")
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        state.last_save_step = state.step
+        accelerator.save_state(str(tmp))
+        if accelerator.is_main_process:
+            if self.best_head is not None:
+                from safetensors.torch import save_file
+
+                save_file(self.best_head, str(tmp / BEST_HEAD))
+            write_json(tmp / STATE_FILE, asdict(state))
+            shutil.rmtree(old, ignore_errors=True)
+            if last.exists():
+                last.rename(old)
+            tmp.rename(last)
+            shutil.rmtree(old, ignore_errors=True)
+        accelerator.wait_for_everyone()
+
+    def _load_checkpoint(self) -> None:
+        found = checkpoint_dir(self.out)
+        assert found is not None  # checked before the trainer was built
+        saved = TrainerState.from_dict(json.loads((found / STATE_FILE).read_text()))
+        if saved.processes != self.accelerator.num_processes:
+            raise UserError(
+                f"--resume: the checkpoint was written by {saved.processes} process(es); "
+                f"resume with the same number (now {self.accelerator.num_processes})"
+            )
+        if saved.data_fingerprint != self.state.data_fingerprint:
+            raise UserError(
+                f"--resume: {self.data_dir} is not the data the checkpoint was trained on"
+            )
+        self.accelerator.load_state(str(found))
+        if (found / BEST_HEAD).is_file():
+            from safetensors.torch import load_file
+
+            self.best_head = load_file(str(found / BEST_HEAD))
+        self.state = saved
+        console.print(f"resuming from {found} at step {saved.step} (epoch {saved.epoch + 1})")
+
+    # ----------------------------------------------------------------------------- endings
+
+    def _interrupted(self) -> TrainResult:
+        self._save_checkpoint()
+        if self.features is not None:
+            self._write_frozen_model_folder()
+        result = TrainResult(self.out, "interrupted", self.state, signal=self.signals.received)
+        raise TrainingInterrupted(result)
+
+    def _pause(self) -> TrainResult:
+        if self.state.last_save_step != self.state.step:
+            self._save_checkpoint()
+        if self.features is not None:
+            self._write_frozen_model_folder()
+        console.print(
+            f"paused after step {self.state.step} of {self.total_steps}; "
+            f"continue with --resume ({self.out / CHECKPOINTS / LAST})"
+        )
+        return TrainResult(self.out, "paused", self.state)
+
+    def _finish(self) -> TrainResult:
+        state = self.state
+        if state.last_eval_step != state.step:
+            self._evaluate()
+        if state.last_save_step != state.step:
+            self._save_checkpoint()
+        if self.features is not None:
+            self._write_frozen_model_folder()
+        elif state.best_step is None:
+            self._write_model_folder()  # no validation votes: the last weights
+        metrics = {
+            "val": state.best_val,
+            "best_step": state.best_step if state.best_step is not None else state.step,
+            "steps": state.step,
+            "epochs": round(state.step / self.steps_per_epoch, 4),
+            "train_votes": len(self.data.train),
+            "val_votes": len(self.data.val),
+            "stopped_early": state.stopped_early,
+        }
+        if self.accelerator.is_main_process:
+            write_json(self.out / "metrics.json", metrics)
+        self._summary(metrics)
+        return TrainResult(self.out, "finished", state, metrics)
+
+    # ------------------------------------------------------------------------------ output
+
+    def _announce(self) -> None:
+        data, info, layout = self.data, self.model.info, self.layout
+        mode = "head only (frozen backbone)" if self.features is not None else "full fine-tuning"
+        rank = f", rank {info.head_rank}" if info.head_rank else ""
+        console.print(
+            f"data: {len(data.train):,} train / {len(data.val):,} val votes, "
+            f"{len(data.models)} models\n"
+            f"model: {self.config.backbone} ({info.model_type}), pooling {info.pooling}, "
+            f"{info.head_type} head{rank}, loss {self.family}, {mode}\n"
+            f"steps: {self.total_steps} ({self.steps_per_epoch} per epoch; global batch "
+            f"{layout.global_batch} = {layout.batch_size} x {layout.processes} process(es) x "
+            f"{layout.grad_accum} accumulation)",
+            soft_wrap=True,
+        )
+        if self.baseline:
+            console.print(
+                f"marginal leaderboard (fit on train votes): val NLL {self.baseline['nll']:.4f}, "
+                f"accuracy {self.baseline['accuracy']:.4f}"
+            )
+
+    def _summary(self, metrics: dict) -> None:
+        val = metrics["val"] or {}
+        p2l, marginal = val.get("p2l"), val.get("marginal")
+        console.print(
+            f"[bold]done[/]: {metrics['steps']} steps; best step {metrics['best_step']}: "
+            f"val NLL {_fmt(p2l, 'nll')} vs marginal {_fmt(marginal, 'nll')}, accuracy "
+            f"{_fmt(p2l, 'accuracy')} vs {_fmt(marginal, 'accuracy')}\n"
+            f"wrote {self.out} (best weights; resumable state in {CHECKPOINTS}/{LAST})",
+            soft_wrap=True,
+        )
+
+    def _log(self, record: dict) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        state = self.state
+        line = {
+            "step": state.step,
+            "epoch": round(state.step / self.steps_per_epoch, 4),
+            **record,
+            "time": round(time.time(), 3),
+        }
+        with open(self.out / METRICS_LOG, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(line) + "\n")
+
+    def _log_train(self) -> None:
+        window = self.window
+        totals = torch.stack([
+            torch.as_tensor(window.loss_sum, dtype=torch.float64, device=self.device),
+            torch.tensor(window.weight, dtype=torch.float64, device=self.device),
+            torch.tensor(window.examples, dtype=torch.float64, device=self.device),
+        ])  # fmt: skip
+        if self.accelerator.num_processes > 1:
+            totals = self.accelerator.reduce(totals, reduction="sum")
+        loss_sum, weight, examples = (float(x) for x in totals.cpu())
+        seconds = max(time.perf_counter() - window.started, 1e-9)
+        self._log({
+            "type": "train",
+            "loss": loss_sum / weight if weight > 0 else None,
+            "lr": window.lr,
+            "grad_norm": None if window.grad_norm is None else float(window.grad_norm),
+            "examples_per_s": round(examples / seconds, 2),
+        })  # fmt: skip
+        window.reset()
+
+    def _trim_log(self) -> None:
+        """On resume, drop log lines written after the checkpoint (they will be redone)."""
+        path = self.out / METRICS_LOG
+        if not (self.accelerator.is_main_process and self.options.resume and path.is_file()):
+            return
+        kept = [
+            line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= self.state.step
+        ]  # fmt: skip
+        path.write_text("".join(line + "\n" for line in kept))
+
+    def close(self) -> None:
+        self.accelerator.free_memory()
+        if self.accelerator.num_processes > 1:
+            self.accelerator.end_training()
+
+
+@dataclass
+class _Window:
+    """Training loss and throughput since the last log line."""
+
+    loss_sum: float | torch.Tensor = 0.0  # a tensor on the device while training (no sync)
+    weight: float = 0.0
+    examples: int = 0
+    lr: float | None = None
+    grad_norm: float | torch.Tensor | None = None
+    started: float = field(default_factory=time.perf_counter)
+    recent_loss: float | None = None
+
+    def add(self, loss_sum: float, weight: float, examples: int) -> None:
+        self.loss_sum += loss_sum
+        self.weight += weight
+        self.examples += examples
+
+    def reset(self) -> None:
+        if self.weight > 0:
+            self.recent_loss = float(self.loss_sum) / self.weight
+        self.loss_sum, self.weight, self.examples = 0.0, 0.0, 0
+        self.started = time.perf_counter()
+
+    def status(self) -> str:
+        loss = float(self.loss_sum) / self.weight if self.weight > 0 else self.recent_loss
+        seconds = time.perf_counter() - self.started
+        rate = self.examples / seconds if seconds > 0 and self.examples else None
+        parts = []
+        if loss is not None:
+            parts.append(f"loss {loss:.4f}")
+        if rate is not None:
+            parts.append(f"{rate:,.1f} ex/s")
+        return " · ".join(parts)
+
