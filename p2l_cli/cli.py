@@ -33,7 +33,7 @@ from p2l_cli.commands import (
     train,
 )
 from p2l_cli.errors import UserError
-from p2l_cli.ui import console, set_quiet
+from p2l_cli.ui import console, reset_quiet
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -101,7 +101,7 @@ def _main(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
     ] = False,
 ) -> None:
-    set_quiet(quiet)
+    reset_quiet(quiet)
 
 
 DATA, MODEL, USE = "Data", "Model", "Leaderboards and routing"

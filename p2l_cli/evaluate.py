@@ -187,7 +187,7 @@ def make_votes(
     if kept.height == 0:
         raise UserError(f"{source}: no vote is between models of the predictions' model list")
     weights = (
-        kept["weight"].cast(pl.Float64).fill_null(1.0).to_numpy()
+        np.array(kept["weight"].cast(pl.Float64).fill_null(1.0).to_numpy())
         if "weight" in kept.columns
         else np.ones(kept.height)
     )
@@ -233,7 +233,7 @@ def align_predictions(
     coefs = joined["coefs"].list.to_array(len(preds.models)).to_numpy().astype(np.float64)
     eta = None
     if has_eta(preds.family):
-        eta = joined["eta"].cast(pl.Float64).to_numpy()
+        eta = np.array(joined["eta"].cast(pl.Float64).to_numpy(), dtype=np.float64)
     return votes, coefs, eta, key
 
 
@@ -411,7 +411,7 @@ def align_truth(ids: pl.Series, truth: TruthTable, models: list[str]) -> Truth:
         coefs[found] = rows.to_numpy().astype(np.float64)[:, order]
     eta = None
     if "true_eta" in joined.columns:
-        eta = joined["true_eta"].cast(pl.Float64).fill_null(0.0).to_numpy()
+        eta = np.array(joined["true_eta"].cast(pl.Float64).fill_null(0.0).to_numpy())
     category = np.full(joined.height, "", dtype=object)
     if "category" in joined.columns:
         category = joined["category"].cast(pl.String).fill_null("").to_numpy().astype(object)
@@ -910,7 +910,7 @@ def render(result: dict, console: Any) -> None:
             _fmt(block["brier"]),
             _fmt(block["ece"], 3),
         )
-    console.print(table)
+    _print_table(console, table)
     shown = [n for n in PREDICTORS if result.get(n, {}).get("available", False)]
     console.print("[dim]" + "; ".join(PREDICTOR_NOTES[n] for n in shown) + "[/]")
     for line in summary_lines(result):
@@ -988,7 +988,42 @@ def render_calibration(result: dict, console: Any, table_class: Any) -> None:
             else:
                 cells += [str(row["votes"]), _fmt(row["predicted"], 3), _fmt(row["observed"], 3)]
         table.add_row(*cells)
-    console.print(table)
+    _print_table(console, table)
+
+
+def _interval(gain: dict | None) -> str:
+    if not gain or gain.get("low") is None or not math.isfinite(gain["low"]):
+        return "—"
+    return f"{gain['low']:+.3f}..{gain['high']:+.3f}"
+
+
+def _add_columns(table: Any, columns: list[str]) -> None:
+    table.add_column(columns[0], no_wrap=True)
+    for column in columns[1:]:
+        table.add_column(column, justify="right", no_wrap=True)
+
+
+def _wide_table(table_class: Any, title: str) -> Any:
+    return table_class(title=title, title_justify="left")
+
+
+def _print_table(console: Any, table: Any) -> None:
+    """Print a table whole: wider than the terminal rather than with its numbers cut."""
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    needed = Measurement.get(console, console.options.update(max_width=1000), table).maximum
+    if console.quiet or needed <= console.width:
+        console.print(table)
+        return
+    wide = Console(
+        file=console.file,
+        width=min(needed, 200),
+        force_terminal=console.is_terminal,
+        color_system=console.color_system,
+        highlight=False,
+    )
+    wide.print(table)
 
 
 def render_groups(result: dict, console: Any, table_class: Any) -> None:
@@ -997,53 +1032,53 @@ def render_groups(result: dict, console: Any, table_class: Any) -> None:
         return
     has_marginal = any("marginal" in row for row in groups["rows"])
     has_oracle = any("oracle" in row for row in groups["rows"])
-    table = table_class(title=f"By {groups['by']}", title_justify="left")
-    columns = [groups["by"], "votes", "NLL P2L"]
-    columns += ["NLL marginal", "gain [interval]"] if has_marginal else []
-    columns += ["NLL oracle"] if has_oracle else []
-    columns += ["acc. P2L"] + (["acc. marginal"] if has_marginal else [])
-    for i, column in enumerate(columns):
-        table.add_column(column, justify="left" if i == 0 else "right")
+    table = _wide_table(table_class, f"By {groups['by']} (NLL per vote)")
+    columns = [groups["by"], "votes", "P2L"]
+    columns += ["marginal", "gain", "interval"] if has_marginal else []
+    columns += ["oracle"] if has_oracle else []
+    columns += ["acc. P2L"]
+    _add_columns(table, columns)
     for row in groups["rows"]:
-        cells = [str(row["group"]), str(row["votes"]), _fmt(row["p2l"]["nll"])]
+        cells = [str(row["group"]), str(row["votes"]), _fmt(row["p2l"]["nll"], 3)]
         if has_marginal:
-            cells += [_fmt(row["marginal"]["nll"]), _gain_text(row.get("gain"))]
+            gain = row.get("gain")
+            cells += [
+                _fmt(row["marginal"]["nll"], 3),
+                _fmt((gain or {}).get("nll"), 3, signed=True),
+                _interval(gain),
+            ]
         if has_oracle:
-            cells += [_fmt(row.get("oracle", {}).get("nll"))]
+            cells += [_fmt(row.get("oracle", {}).get("nll"), 3)]
         cells += [_pct(row["p2l"]["accuracy"])]
-        if has_marginal:
-            cells += [_pct(row["marginal"]["accuracy"])]
         table.add_row(*cells)
-    console.print(table)
+    _print_table(console, table)
 
 
 def render_recovery(result: dict, console: Any, table_class: Any) -> None:
     rows = result.get("recovery")
     if not rows:
         return
-    table = table_class(
-        title="Leaderboard recovery vs the true leaderboard: Kendall tau (higher is better) and "
+    table = _wide_table(
+        table_class,
+        "Leaderboard recovery: Kendall tau to the true leaderboard (higher is better), "
         "mean |difference| of pairwise win probabilities (lower is better)",
-        title_justify="left",
     )
     columns = [
         "category",
-        "val prompts",
-        "train votes",
-        "tau P2L",
-        "tau own votes",
-        "tau marginal",
-        "|dW| P2L",
-        "|dW| own votes",
-        "|dW| marginal",
+        "val",
+        "train",
+        "τ P2L",
+        "τ own",
+        "τ marg.",
+        "|ΔW| P2L",
+        "|ΔW| own",
+        "|ΔW| marg.",
     ]
-    for i, column in enumerate(columns):
-        table.add_column(column, justify="left" if i == 0 else "right")
+    _add_columns(table, columns)
     counts = result.get("train_votes_per_category", {})
     for row in rows:
-        train_votes = (
-            result.get("train_votes") if row["category"] == "(all)" else counts.get(row["category"])
-        )
+        everything = row["category"] == "(all)"
+        train_votes = result.get("train_votes") if everything else counts.get(row["category"])
         cells = [
             row["category"],
             str(row["val_prompts"]),
@@ -1053,10 +1088,10 @@ def render_recovery(result: dict, console: Any, table_class: Any) -> None:
             for name in ("p2l", "category_fit", "marginal"):
                 cells.append(_fmt(row.get(name, {}).get(key), 3))
         table.add_row(*cells)
-    console.print(table)
+    _print_table(console, table)
     console.print(
-        "'own votes': a leaderboard fitted on that category's training votes alone "
-        "('(all)': the marginal leaderboard)."
+        "[dim]val: validation prompts aggregated; train: training votes; own: a leaderboard "
+        "fitted on the category's training votes alone; marg.: the marginal leaderboard[/]"
     )
 
 

@@ -199,7 +199,6 @@ def select_model_files(
 class ModelFacts:
     """What a model folder says about itself, for the card."""
 
-    name: str
     config: dict
     model_list: list[str]
     training_config: dict = field(default_factory=dict)
@@ -267,7 +266,6 @@ def read_model_folder(model_dir: Path) -> ModelFacts:
     if "head.head.weight" not in _weight_keys(model_dir):
         raise UserError(f"{model_dir}: not a P2L model folder (the weights have no P2L head)")
     return ModelFacts(
-        name=model_dir.resolve().name,
         config=_read_json_file(model_dir / "config.json", dict),
         model_list=models,
         training_config=_optional_json(model_dir / "training_config.json") or {},
@@ -566,7 +564,8 @@ def leaderboard_plot(rows: list[dict], limit: int = 40) -> bytes | None:
         from matplotlib.figure import Figure
     except ImportError:
         return None
-    rows = [r for r in rows if isinstance(r.get("score"), (int, float))][:limit]
+    scored = [r for r in rows if isinstance(r.get("score"), (int, float))]
+    rows = scored[:limit]
     if not rows:
         return None
     names = [str(r["model"]).replace("$", r"\$") for r in rows][::-1]  # no mathtext
@@ -581,7 +580,8 @@ def leaderboard_plot(rows: list[dict], limit: int = 40) -> bytes | None:
     ax.set_xlim(left=low)
     ax.set_xlabel("Arena score over the validation prompts")
     ax.grid(axis="x", alpha=0.3)
-    ax.set_title("Aggregated leaderboard", loc="left", fontsize=10)
+    top = f" (top {limit} of {len(scored)})" if len(scored) > limit else ""
+    ax.set_title(f"Aggregated leaderboard{top}", loc="left", fontsize=10)
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", metadata={"Software": None})

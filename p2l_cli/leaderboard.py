@@ -31,7 +31,6 @@ from p2l_cli.errors import UserError
 from p2l_cli.stats import families
 from p2l_cli.stats.aggregate import aggregate_fit, bootstrap_aggregate
 from p2l_cli.stats.marginal import (
-    ARENA_SCALE,
     CI_METHODS,
     arena_scale,
     fit_grouped,
@@ -460,16 +459,13 @@ def parse_anchor(text: str) -> tuple[str, float]:
 
 
 def anchor_table(table: pl.DataFrame, model: str, value: float) -> pl.DataFrame:
-    """Shift scores and bounds so that ``model`` scores ``value`` (theta moves with them)."""
+    """Shift scores and bounds so that ``model`` scores ``value`` (theta stays centred)."""
     row = table.filter(pl.col("model") == model)
     if row.height == 0:
         known = table.get_column("model").to_list()
         raise UserError(f"--anchor {model}: no such model{_did_you_mean(model, known)}")
     shift = value - float(row.get_column("score")[0])
-    return table.with_columns(
-        pl.col("score", "lower", "upper") + shift,
-        pl.col("theta") + shift / ARENA_SCALE,
-    )
+    return table.with_columns(pl.col("score", "lower", "upper") + shift)
 
 
 # ------------------------------------------------------------------------------- output
@@ -542,7 +538,10 @@ def render(table: pl.DataFrame, title: str):
 
     out = Table(title=title, title_justify="left", header_style="bold")
     for column in table.columns:
-        out.add_column(column, justify="right" if table.schema[column].is_numeric() else "left")
+        numeric = table.schema[column].is_numeric()
+        widest = 0 if numeric else max((len(str(v)) for v in table.get_column(column)), default=0)
+        out.add_column(column, justify="right" if numeric else "left",
+                       min_width=min(widest, 40) or None)
     for row in table.iter_rows():
         out.add_row(*(_cell(v, c) for v, c in zip(row, table.columns)))
     return out

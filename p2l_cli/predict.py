@@ -57,6 +57,7 @@ from p2l_cli.model import collate, encode_prompts, load_p2l
 DEFAULT_BATCH_TOKENS = 16384
 DEFAULT_MAX_BATCH_SIZE = 256
 DEFAULT_CHUNK_ROWS = 4096
+DEFAULT_MIN_FILL = 0.75
 PREDICTION_COLUMNS = ("coefs", "eta")
 PROMPT_COLUMNS = (
     "prompt", "prompts", "messages", "conversation", "conversation_a", "question", "text",
@@ -213,8 +214,12 @@ def resolve_dtype(name: str | torch.dtype | None, device: torch.device) -> torch
     return DTYPES[name]
 
 
-def load_for_inference(source: str | Path, device: str | torch.device = "auto",
-                       dtype: str | torch.dtype = "auto", local_rank: int = 0):
+def load_for_inference(
+    source: str | Path,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "auto",
+    local_rank: int = 0,
+):
     """Load a P2L model for prediction; the head stays in float32 whatever the backbone's
     dtype. Returns ``(model, tokenizer)``."""
     target = resolve_device(device, local_rank)
@@ -244,18 +249,26 @@ def token_limit(model, tokenizer, max_length: int | None = None) -> int:
 
 
 def plan_batches(
-    lengths: Sequence[int], batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    lengths: Sequence[int],
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+    min_fill: float = DEFAULT_MIN_FILL,
 ) -> list[np.ndarray]:
-    """Row indices grouped into batches, longest first, so that each batch's padded size
-    (rows x longest row) stays within ``batch_tokens`` (a longer row goes alone)."""
-    lengths = np.asarray(lengths, dtype=np.int64)
+    """Row indices grouped into batches, longest first. A batch's padded size (rows x its
+    longest row) stays within ``batch_tokens`` (a longer row goes alone), and a batch closes
+    before real tokens would fall below ``min_fill`` of its padded size, so that a few long
+    prompts do not pad many short ones."""
+    lengths = np.maximum(np.asarray(lengths, dtype=np.int64), 1)
     order = np.argsort(-lengths, kind="stable")
     batches = []
     start = 0
     while start < len(order):
-        longest = max(int(lengths[order[start]]), 1)
-        size = max(1, min(max_batch_size, batch_tokens // longest))
+        longest = int(lengths[order[start]])
+        room = max(1, min(max_batch_size, batch_tokens // longest))
+        real = np.cumsum(lengths[order[start : start + room]])
+        rows = np.arange(1, len(real) + 1)
+        dense = real >= min_fill * rows * longest  # holds for a prefix: lengths decrease
+        size = max(1, int(dense.sum()))
         batches.append(order[start : start + size])
         start += size
     return batches
@@ -290,8 +303,10 @@ def predict_ids(
 def _collate(rows: list[list[int]], pad_token_id: int, device: torch.device):
     input_ids, attention_mask = collate(rows, pad_token_id)
     non_blocking = device.type == "cuda"
-    return (input_ids.to(device, non_blocking=non_blocking),
-            attention_mask.to(device, non_blocking=non_blocking))
+    return (
+        input_ids.to(device, non_blocking=non_blocking),
+        attention_mask.to(device, non_blocking=non_blocking),
+    )
 
 
 def encode(model, tokenizer, prompts: list[list[str]], max_length: int | None = None):
@@ -299,8 +314,10 @@ def encode(model, tokenizer, prompts: list[list[str]], max_length: int | None = 
     if not prompts:
         return []
     limit = token_limit(model, tokenizer, max_length)
-    info = model.info if limit == model.info.max_length else dataclasses.replace(
-        model.info, max_length=limit
+    info = (
+        model.info
+        if limit == model.info.max_length
+        else dataclasses.replace(model.info, max_length=limit)
     )
     return encode_prompts(tokenizer, prompts, info)
 
@@ -319,8 +336,9 @@ def predict_prompts(
     (a plain string counts as one turn), in input order."""
     prompts = [[p] if isinstance(p, str) else list(p) for p in prompts]
     ids = encode(model, tokenizer, prompts, max_length)
-    return predict_ids(model, ids, tokenizer.pad_token_id, batch_tokens, max_batch_size,
-                       device, on_batch)
+    return predict_ids(
+        model, ids, tokenizer.pad_token_id, batch_tokens, max_batch_size, device, on_batch
+    )
 
 
 # ----------------------------------------------------------------------- DataFrames
@@ -330,8 +348,9 @@ def with_predictions(df: pl.DataFrame, coefs: np.ndarray, eta: np.ndarray | None
     """``df`` with ``coefs`` (list[float32]) and ``eta`` (float32, rk heads) appended; any
     earlier prediction columns are replaced."""
     df = df.drop([c for c in PREDICTION_COLUMNS if c in df.columns])
-    columns = [pl.Series("coefs", np.ascontiguousarray(coefs, dtype=np.float32))
-               .cast(pl.List(pl.Float32))]
+    columns = [
+        pl.Series("coefs", np.ascontiguousarray(coefs, dtype=np.float32)).cast(pl.List(pl.Float32))
+    ]
     if eta is not None:
         columns.append(pl.Series("eta", np.asarray(eta, dtype=np.float32)))
     return df.with_columns(columns)
@@ -384,8 +403,9 @@ def predict_frame(
     if bad and not skip_bad_rows:
         raise UserError(f"{name}: row {bad[0][1]}: {bad[0][2]}")
     df = drop_rows(df, [position for position, _, _ in bad])
-    coefs, eta = predict_prompts(model, tokenizer, turns, batch_tokens, max_batch_size,
-                                 device, max_length)
+    coefs, eta = predict_prompts(
+        model, tokenizer, turns, batch_tokens, max_batch_size, device, max_length
+    )
     return with_predictions(df, coefs, eta)
 
 
@@ -448,8 +468,7 @@ def _parse_jsonl_lines(index: int, lines: list[tuple[int, bytes]], name: str) ->
         frame = pl.read_ndjson(io.BytesIO(b"\n".join(good)), infer_schema_length=None)
     except (pl.exceptions.PolarsError, ValueError, TypeError) as exc:
         raise UserError(
-            f"{name}: lines {rows[0]}-{rows[-1]}: cannot build a table "
-            f"({str(exc).splitlines()[0]})"
+            f"{name}: lines {rows[0]}-{rows[-1]}: cannot build a table ({str(exc).splitlines()[0]})"
         ) from None
     return Chunk(index, frame, rows, bad)
 
@@ -476,8 +495,9 @@ def read_chunks(
     if not path.is_file():
         raise UserError(f"{name}: no such file" if not path.exists() else f"{name}: not a file")
     if fmt == "jsonl":
-        return InputTable(name, "line", _jsonl_chunks(path.open("rb"), chunk_rows, close=True),
-                          _count_lines(path))
+        return InputTable(
+            name, "line", _jsonl_chunks(path.open("rb"), chunk_rows, close=True), _count_lines(path)
+        )
     if fmt == "parquet":
         return _parquet_chunks(path, name, chunk_rows)
     return _whole_table(path.read_bytes(), fmt, name, chunk_rows)
@@ -653,8 +673,7 @@ def _unified_schema(parts: list[Path]) -> pa.Schema:
     if not parts:
         return pa.schema([])
     try:
-        schema = pa.unify_schemas([pq.read_schema(p) for p in parts],
-                                  promote_options="permissive")
+        schema = pa.unify_schemas([pq.read_schema(p) for p in parts], promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise UserError(
             f"the input's columns change type between chunks ({str(exc).splitlines()[0]}); "
@@ -695,9 +714,11 @@ class PredictOptions:
     skip_bad_rows: bool = False
 
     def check(self) -> None:
-        for option, value in (("--batch-tokens", self.batch_tokens),
-                              ("--max-batch-size", self.max_batch_size),
-                              ("--chunk-rows", self.chunk_rows)):
+        for option, value in (
+            ("--batch-tokens", self.batch_tokens),
+            ("--max-batch-size", self.max_batch_size),
+            ("--chunk-rows", self.chunk_rows),
+        ):
             if value < 1:
                 raise UserError(f"{option} {value}: must be at least 1")
         if self.max_length is not None and self.max_length < 2:
@@ -754,8 +775,15 @@ def predict_chunks(
             if on_rows is not None:
                 on_rows(len(bad))
         ids = encode(model, tokenizer, turns, options.max_length)
-        coefs, eta = predict_ids(model, ids, tokenizer.pad_token_id, options.batch_tokens,
-                                 options.max_batch_size, device, on_rows)
+        coefs, eta = predict_ids(
+            model,
+            ids,
+            tokenizer.pad_token_id,
+            options.batch_tokens,
+            options.max_batch_size,
+            device,
+            on_rows,
+        )
         summary.rows += frame.height
         summary.tokens += sum(len(row) for row in ids)
         write(raw.index, with_predictions(frame, coefs, eta))
@@ -798,11 +826,13 @@ def predict_file(
     started = time.perf_counter()
     if workers.world == 1 and out_fmt == "jsonl":
         with TableWriter(dest, "jsonl", meta=meta) as writer:
-            summary = predict_chunks(model, tokenizer, table, lambda _, df: writer.write(df),
-                                     options, workers, on_rows)
+            summary = predict_chunks(
+                model, tokenizer, table, lambda _, df: writer.write(df), options, workers, on_rows
+            )
     else:
-        summary = _predict_in_parts(model, tokenizer, table, dest, out_fmt, meta, options,
-                                    workers, on_rows)
+        summary = _predict_in_parts(
+            model, tokenizer, table, dest, out_fmt, meta, options, workers, on_rows
+        )
     summary.seconds = time.perf_counter() - started
     summary.dest = source_name(dest)
     return summary
@@ -816,9 +846,13 @@ def _predict_in_parts(model, tokenizer, table, dest, fmt, meta, options, workers
         summary = PredictSummary()
         try:
             summary = predict_chunks(
-                model, tokenizer, table,
+                model,
+                tokenizer,
+                table,
                 lambda index, df: df.write_parquet(part_path(folder, index)),
-                options, workers, on_rows,
+                options,
+                workers,
+                on_rows,
             )
         except Exception as exc:  # every process must reach the gather below
             if workers.world == 1:
@@ -869,7 +903,8 @@ def prompt_leaderboard(coefs: np.ndarray, eta: float | None, info) -> list[Leade
     score = 1000.0 + 400.0 / math.log(10.0) * centred
     order = np.argsort(-theta.numpy(), kind="stable")
     return [
-        LeaderboardRow(rank, info.model_list[i], float(theta[i]), float(score[i]),
-                       float(win_rate[i]))
+        LeaderboardRow(
+            rank, info.model_list[i], float(theta[i]), float(score[i]), float(win_rate[i])
+        )
         for rank, i in enumerate(order, start=1)
     ]

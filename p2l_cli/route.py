@@ -40,15 +40,17 @@ import torch
 from scipy import optimize, sparse
 
 from p2l_cli.errors import UserError
+from p2l_cli.stats.aggregate import aggregate
 from p2l_cli.stats.families import canonical_family, has_eta, win_probability
+from p2l_cli.stats.marginal import arena_scale
 
 SCOPES = ("batch", "prompt")
 SOLVERS = ("exact", "highs")
 PRICE_KEY = "price_per_million_output_tokens"
 TOKENS_KEY = "mean_output_tokens"
 SHIFT_INVARIANT = ("bt", "bt-tie", "rk")
-ARENA_SCALE = 400.0 / math.log(10.0)
 _TOP_K = re.compile(r"^leaderboard-top-(\d+)$")
+BLOCK_ELEMENTS = 1 << 15  # pairwise probabilities per block: a block's temporaries stay in cache
 
 # ------------------------------------------------------------------- costs and weights files
 
@@ -270,10 +272,6 @@ def opponent_distribution(
 
 def leaderboard_theta(coefs: np.ndarray, eta: np.ndarray | None, family: str) -> np.ndarray:
     """The leaderboard aggregated over the prompts (DESIGN.md's aggregation)."""
-    try:
-        from p2l_cli.stats.aggregate import aggregate
-    except ImportError:  # the aggregation module is not there yet: rank by mean coefficient
-        return coefs.mean(axis=0)
     return np.asarray(aggregate(coefs, eta, family=family)[0], dtype=np.float64)
 
 
@@ -282,13 +280,13 @@ def expected_win_rates(
     q: np.ndarray,
     eta: np.ndarray | None = None,
     family: str = "bt",
-    block: int = 2048,
 ) -> np.ndarray:
     """``v[z, i] = sum_a q_a P(i preferred to a | z)`` for every prompt and model ``[N, M]``."""
     family = canonical_family(family)
     support = np.flatnonzero(q > 0)
-    weights = torch.from_numpy(q[support].astype(np.float64))
+    weights = torch.tensor(q[support], dtype=torch.float64)
     out = np.empty(coefs.shape, dtype=np.float64)
+    block = max(1, BLOCK_ELEMENTS // (coefs.shape[1] * len(support)))
     for start in range(0, coefs.shape[0], block):
         theta = torch.tensor(coefs[start : start + block], dtype=torch.float64)
         tie = None
@@ -497,6 +495,7 @@ def router_thetas(
     win_rates: Sequence[float],
     eta: np.ndarray | None = None,
     family: str = "bt",
+    tol: float = 1e-12,
 ) -> np.ndarray:
     """The Bradley-Terry coefficient of each mean win rate ``R`` (Algorithm 1, last step).
 
@@ -507,43 +506,76 @@ def router_thetas(
     first centred on their ``q``-weighted mean; grk keeps its absolute scale (0 = the
     "both bad" reference) and the mean over prompts of that ``q``-weighted mean is subtracted
     from the root. Either way ``theta = 0`` is the average opponent.
+
+    Rates that no strength reaches map to the end of the searched range (the field's range
+    widened by 1): a mixture of the models always lies inside it.
     """
     family = canonical_family(family)
     support = np.flatnonzero(q > 0)
-    weights = torch.from_numpy(q[support] / q[support].sum())
+    weights = q[support] / q[support].sum()
     theta = np.asarray(coefs, np.float64)[:, support]
-    centre = theta @ weights.numpy()
+    centre = theta @ weights
     offset = 0.0
     if family in SHIFT_INVARIANT:
         theta = theta - centre[:, None]
     else:
         offset = float(centre.mean())
-    field = torch.tensor(theta)
-    tie = torch.tensor(eta, dtype=torch.float64)[:, None] if has_eta(family) else None
-
-    def mean_win(x: float) -> float:
-        p = win_probability(torch.tensor(x, dtype=torch.float64), field, tie, family)
-        return float((p @ weights).mean())
-
-    low, high = float(theta.min()) - 1.0, float(theta.max()) + 1.0
-    roots = []
-    for rate in win_rates:
-        lo, hi = low, high
-        while mean_win(lo) > rate and lo > low - 60:
-            lo -= 2 * (hi - lo)
-        while mean_win(hi) < rate and hi < high + 60:
-            hi += 2 * (hi - lo)
-        f_lo, f_hi = mean_win(lo) - rate, mean_win(hi) - rate
-        if f_lo >= 0 or f_hi <= 0:  # a rate at the edge of what any strength reaches
-            roots.append(lo if f_lo >= 0 else hi)
-            continue
-        roots.append(optimize.brentq(lambda x, r=rate: mean_win(x) - r, lo, hi, xtol=1e-10))
-    return np.asarray(roots) - offset
+    pooled = _PooledWinRate(theta, weights, eta if has_eta(family) else None, family)
+    targets = np.asarray(win_rates, dtype=np.float64)
+    return _invert(pooled, targets, float(theta.min()) - 1.0, float(theta.max()) + 1.0, tol) - offset
 
 
-def arena_score(theta):
-    """The Arena scale, 1000 + 400/ln(10) * theta."""
-    return 1000.0 + ARENA_SCALE * np.asarray(theta, dtype=np.float64)
+class _PooledWinRate:
+    """``F(x) = mean_z sum_a q_a P(x vs theta_a(z))`` for many ``x`` at once, increasing in
+    ``x``; evaluated in blocks of prompts small enough to stay in cache."""
+
+    def __init__(self, field: np.ndarray, weights: np.ndarray, eta, family: str):
+        self.field = torch.tensor(field, dtype=torch.float64)
+        self.weights = torch.tensor(weights, dtype=torch.float64)
+        self.tie = None if eta is None else torch.tensor(eta, dtype=torch.float64)[None, :, None]
+        self.family = family
+
+    def __call__(self, xs: np.ndarray) -> np.ndarray:
+        n, k = self.field.shape
+        x = torch.tensor(xs, dtype=torch.float64)[:, None, None]
+        rows = max(1, BLOCK_ELEMENTS // max(len(xs) * k, 1))
+        total = torch.zeros(len(xs), dtype=torch.float64)
+        for start in range(0, n, rows):
+            tie = None if self.tie is None else self.tie[:, start : start + rows]
+            p = win_probability(x, self.field[None, start : start + rows], tie, self.family)
+            total += (p @ self.weights).sum(dim=1)
+        return total.numpy() / n
+
+
+def _invert(fn, targets: np.ndarray, low: float, high: float, tol: float) -> np.ndarray:
+    """Solve ``fn(x) = target`` for an increasing ``fn`` and many targets at once: bracket on
+    a grid, then the Illinois variant of regula falsi, only on the targets not yet solved."""
+    grid = np.linspace(low, high, 33)
+    values = np.maximum.accumulate(fn(grid))
+    j = np.clip(np.searchsorted(values, targets), 1, len(grid) - 1)
+    a, b = grid[j - 1], grid[j]
+    fa, fb = values[j - 1] - targets, values[j] - targets
+    x = np.where(fa >= 0, a, b)  # targets outside the range stay at its ends
+    active = (fa < 0) & (fb > 0)
+    side = np.zeros(len(targets))
+    for _ in range(100):
+        if not active.any():
+            break
+        idx = np.flatnonzero(active)
+        guess = (a[idx] * fb[idx] - b[idx] * fa[idx]) / (fb[idx] - fa[idx])
+        value = fn(guess) - targets[idx]
+        x[idx] = guess
+        low_side = value < 0
+        # Illinois: halve the kept end's value when the same end is kept twice running
+        fb[idx] = np.where(low_side & (side[idx] < 0), fb[idx] / 2, fb[idx])
+        fa[idx] = np.where(~low_side & (side[idx] > 0), fa[idx] / 2, fa[idx])
+        a[idx] = np.where(low_side, guess, a[idx])
+        fa[idx] = np.where(low_side, value, fa[idx])
+        b[idx] = np.where(low_side, b[idx], guess)
+        fb[idx] = np.where(low_side, fb[idx], value)
+        side[idx] = np.where(low_side, -1.0, 1.0)
+        active[idx] = (np.abs(value) > tol) & (b[idx] - a[idx] > 1e-13 * (1 + np.abs(guess)))
+    return x
 
 
 # ------------------------------------------------------------------------------ summaries
@@ -590,7 +622,7 @@ def summarise(problem: Problem, routing: Routing, chosen: np.ndarray, budget: fl
     thetas = router_thetas(
         problem.coefs, problem.q, [router_rate, *single_rates], problem.eta, problem.family
     )
-    scores = arena_score(thetas)
+    scores = arena_scale(thetas)
     router = {"mean_win_rate": router_rate, "theta": float(thetas[0]), "score": float(scores[0])}
     if costs is not None:
         router["mean_cost"] = float((routing.strategy @ costs).mean())
@@ -633,7 +665,7 @@ def sweep(problem: Problem, budgets: Sequence[float], scope: str, solver: str) -
                 "mean_cost": float((routing.strategy @ problem.costs).mean()),
                 "mean_win_rate": rate,
                 "theta": theta,
-                "score": float(arena_score(theta)),
+                "score": float(arena_scale(theta)),
                 "price": routing.price,
             }
         )
@@ -659,6 +691,19 @@ class Predictions:
     family: str
     coefs: np.ndarray  # [N, M] float64
     eta: np.ndarray | None  # [N] for rk and grk
+
+
+def predict_prompts_table(model_source: str, source: str):
+    """Predict a prompts table (file or ``-``) with a P2L model: ``(frame, metadata)``."""
+    from p2l_cli.io import read_table_meta, source_name
+    from p2l_cli.predict import load_for_inference, predict_frame
+
+    df, _ = read_table_meta(source)
+    if df.height == 0:
+        raise UserError(f"{source_name(source)}: no prompts to route")
+    model, tokenizer = load_for_inference(model_source)
+    frame = predict_frame(model, tokenizer, df, name=source_name(source))
+    return frame, model.info.metadata()
 
 
 def predictions_arrays(df, meta: dict | None, source: str) -> Predictions:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
 import signal
@@ -170,8 +171,12 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
         cuda_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         precision = "bf16" if cuda_bf16 else "fp32"
     mixed = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}[precision]
+    # Without GPUs, several processes (torchrun) need Accelerate's multi-CPU mode.
+    multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     try:
-        return Accelerator(mixed_precision=mixed, gradient_accumulation_steps=config.grad_accum)
+        return Accelerator(
+            mixed_precision=mixed, gradient_accumulation_steps=config.grad_accum, cpu=multi_cpu
+        )
     except ValueError as exc:
         raise UserError(f"--precision {config.precision}: {exc}") from None
 
@@ -553,6 +558,7 @@ class Trainer:
             None if train.weights is None else train.weights[examples],
             self.family,
         )
+        started = time.perf_counter()
         snapshot, accumulation_counter = rng_snapshot(), accelerator.step
         for micro in range(layout.grad_accum):
             if micro and self._should_stop():
@@ -583,6 +589,7 @@ class Trainer:
         state.step += 1
         state.step_in_epoch += 1
         state.examples += layout.global_batch
+        self.window.seconds += time.perf_counter() - started
         return True
 
     def _after_step(self, end_of_epoch: bool) -> None:
@@ -887,13 +894,18 @@ class Trainer:
         if self.accelerator.num_processes > 1:
             totals = self.accelerator.reduce(totals, reduction="sum")
         loss_sum, weight, examples = (float(x) for x in totals.cpu())
-        seconds = max(time.perf_counter() - window.started, 1e-9)
+        seconds = max(window.seconds, 1e-9)
+        if self.accelerator.num_processes > 1:  # the slowest process sets the pace
+            seconds = float(self.accelerator.reduce(
+                torch.tensor(seconds, dtype=torch.float64, device=self.device), "max"
+            ))  # fmt: skip
         self._log({
             "type": "train",
             "loss": loss_sum / weight if weight > 0 else None,
             "lr": window.lr,
             "grad_norm": None if window.grad_norm is None else float(window.grad_norm),
             "examples_per_s": round(examples / seconds, 2),
+            "step_seconds": round(seconds / max(1, examples / self.layout.global_batch), 4),
         })  # fmt: skip
         window.reset()
 
@@ -916,31 +928,35 @@ class Trainer:
 
 @dataclass
 class _Window:
-    """Training loss and throughput since the last log line."""
+    """Training loss and throughput since the last log line; time spent validating or
+    checkpointing does not count against throughput."""
 
     loss_sum: float | torch.Tensor = 0.0  # a tensor on the device while training (no sync)
     weight: float = 0.0
     examples: int = 0
+    seconds: float = 0.0
     lr: float | None = None
     grad_norm: float | torch.Tensor | None = None
-    started: float = field(default_factory=time.perf_counter)
     recent_loss: float | None = None
+    recent_rate: float | None = None
 
-    def add(self, loss_sum: float, weight: float, examples: int) -> None:
+    def add(self, loss_sum, weight: float, examples: int) -> None:
         self.loss_sum += loss_sum
         self.weight += weight
         self.examples += examples
 
+    def rate(self) -> float | None:
+        return self.examples / self.seconds if self.seconds > 0 and self.examples else None
+
     def reset(self) -> None:
         if self.weight > 0:
             self.recent_loss = float(self.loss_sum) / self.weight
-        self.loss_sum, self.weight, self.examples = 0.0, 0.0, 0
-        self.started = time.perf_counter()
+        self.recent_rate = self.rate() or self.recent_rate
+        self.loss_sum, self.weight, self.examples, self.seconds = 0.0, 0.0, 0, 0.0
 
     def status(self) -> str:
         loss = float(self.loss_sum) / self.weight if self.weight > 0 else self.recent_loss
-        seconds = time.perf_counter() - self.started
-        rate = self.examples / seconds if seconds > 0 and self.examples else None
+        rate = self.rate() or self.recent_rate
         parts = []
         if loss is not None:
             parts.append(f"loss {loss:.4f}")

@@ -26,8 +26,16 @@ QuietOption = Annotated[
 T = TypeVar("T")
 
 
+def reset_quiet(quiet: bool) -> None:
+    """Called once per invocation by the top-level ``p2l`` callback."""
+    console.quiet = bool(quiet or os.environ.get("P2L_QUIET", "") not in ("", "0"))
+
+
 def set_quiet(quiet: bool) -> None:
-    console.quiet = quiet or os.environ.get("P2L_QUIET", "") not in ("", "0")
+    """Silence stderr messages; ``p2l -q CMD`` and ``p2l CMD -q`` both do, and a later
+    ``set_quiet(False)`` from a subcommand does not undo the global flag."""
+    env_quiet = os.environ.get("P2L_QUIET", "") not in ("", "0")
+    console.quiet = bool(quiet or env_quiet or console.quiet)
 
 
 def info(message: str) -> None:

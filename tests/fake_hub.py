@@ -169,11 +169,12 @@ class FakeHub:
         if namespace != self.user:
             message = f"You don't have the rights to create a {repo_type} under this namespace"
             return 403, {"error": message}, {"X-Error-Message": message}
-        if (repo_type, repo_id) in self.repos:
-            return 409, {"error": "You already created this repo", "url": ""}, {}
+        url = f"{self.url}/{prefix}{repo_id}"
+        if (repo_type, repo_id) in self.repos:  # the Hub names the existing repo's URL
+            return 409, {"error": f"You already created this {repo_type} repo", "url": url}, {}
         repo = Repo(repo_type, repo_id, self.user, private=payload.get("visibility") == "private")
         self.repos[(repo_type, repo_id)] = repo
-        return 200, {"url": f"{self.url}/{prefix}{repo_id}", "name": repo_id}, {}
+        return 200, {"url": url, "name": repo_id}, {}
 
     def _repo_info(self, body: bytes, type: str, repo: str, rev: str = "main"):
         found = self.repos.get((type, repo))

@@ -38,9 +38,7 @@ def predictions(prompts: dict[str, list[float]], models: list[str], loss: str = 
         {"prompt": [[p] for p in prompts], "coefs": list(prompts.values())},
         schema={"prompt": pl.List(pl.String), "coefs": pl.List(pl.Float32)},
     )
-    return ev.predictions_from_table(
-        frame, {"models": models, "head": "bt", "loss": loss}, "preds"
-    )
+    return ev.predictions_from_table(frame, {"models": models, "head": "bt", "loss": loss}, "preds")
 
 
 # ------------------------------------------------------------------ per-vote pieces by hand
@@ -81,9 +79,14 @@ def test_bootstrap_over_two_prompts_by_hand():
 
 def test_votes_map_to_the_predictions_model_list_by_name():
     frame = battles(
-        [("p", "x", "y", "model_a"), ("p", "x", "y", "model_b"), ("p", "y", "x", "tie"),
-         ("p", "x", "z", "tie (bothbad)"), ("p", "y", "w", "model_a")]
-    )  # fmt: skip
+        [
+            ("p", "x", "y", "model_a"),
+            ("p", "x", "y", "model_b"),
+            ("p", "y", "x", "tie"),
+            ("p", "x", "z", "tie (bothbad)"),
+            ("p", "y", "w", "model_a"),
+        ]
+    )
     votes = ev.make_votes(frame, ["z", "y", "x"], "val")
     assert votes.labels.tolist() == [[2, 1, 0], [1, 2, 0], [1, 2, 1], [2, 0, 2]]
     assert votes.dropped == 1  # "w" is not in the model list
@@ -104,13 +107,16 @@ def test_labels_column_maps_through_the_data_model_list():
 def test_p2l_and_marginal_scores_by_hand():
     """Two models: the marginal bt leaderboard of 3 wins to 1 has theta_x - theta_y = log 3
     (closed form); P2L predicts +1 on prompt 'p' and -1 on prompt 'q'."""
-    train = battles(
-        [("t", "x", "y", "model_a")] * 3 + [("t", "x", "y", "model_b")], prefix="t"
-    )
+    train = battles([("t", "x", "y", "model_a")] * 3 + [("t", "x", "y", "model_b")], prefix="t")
     val = battles(
-        [("p", "x", "y", "model_a"), ("p", "y", "x", "model_b"), ("q", "x", "y", "model_b"),
-         ("q", "x", "y", "model_a"), ("q", "x", "y", "tie")]
-    )  # fmt: skip
+        [
+            ("p", "x", "y", "model_a"),
+            ("p", "y", "x", "model_b"),
+            ("q", "x", "y", "model_b"),
+            ("q", "x", "y", "model_a"),
+            ("q", "x", "y", "tie"),
+        ]
+    )
     preds = predictions({"p": [0.5, -0.5], "q": [-0.5, 0.5]}, ["x", "y"])
     result = ev.evaluate_predictions(
         preds, val, "val", train, "train", settings=ev.Settings(bootstrap=200)
@@ -162,9 +168,7 @@ def test_by_turns_groups_votes():
             "winner": ["model_a", "model_b", "model_a"],
         }
     )
-    frame = pl.DataFrame(
-        {"id": ["a", "b", "c"], "coefs": [[1.0, 0.0], [0.0, 2.0], [0.0, 0.0]]}
-    )
+    frame = pl.DataFrame({"id": ["a", "b", "c"], "coefs": [[1.0, 0.0], [0.0, 2.0], [0.0, 0.0]]})
     preds = ev.predictions_from_table(frame, {"models": ["x", "y"], "loss": "bt"}, "preds")
     result = ev.evaluate_predictions(preds, val, "val", settings=ev.Settings(by="turns"))
     rows = {row["group"]: row for row in result["groups"]["rows"]}
@@ -185,16 +189,21 @@ def write_hand_case(folder):
     """The two-model case above as files: val/train battles and a predictions file."""
     train = battles([("t", "x", "y", "model_a")] * 3 + [("t", "x", "y", "model_b")], "t")
     val = battles(
-        [("p", "x", "y", "model_a"), ("p", "y", "x", "model_b"), ("q", "x", "y", "model_b"),
-         ("q", "x", "y", "model_a")]
-    ).with_columns(pl.Series("category", ["code", "code", "poem", "poem"]))  # fmt: skip
+        [
+            ("p", "x", "y", "model_a"),
+            ("p", "y", "x", "model_b"),
+            ("q", "x", "y", "model_b"),
+            ("q", "x", "y", "model_a"),
+        ]
+    ).with_columns(pl.Series("category", ["code", "code", "poem", "poem"]))
     preds = pl.DataFrame(
         {"id": val["id"], "prompt": val["prompt"], "coefs": [[0.5, -0.5]] * 2 + [[-0.5, 0.5]] * 2}
     )
     write_table(train, folder / "train.parquet")
     write_table(val, folder / "val.parquet")
-    write_table(preds, folder / "preds.parquet", meta={"models": ["x", "y"], "head": "bt",
-                                                       "loss": "bt"})  # fmt: skip
+    write_table(
+        preds, folder / "preds.parquet", meta={"models": ["x", "y"], "head": "bt", "loss": "bt"}
+    )
     return folder
 
 
@@ -202,9 +211,18 @@ def test_cli_json_by_category_and_plots(tmp_path):
     write_hand_case(tmp_path)
     out = tmp_path / "eval.json"
     result = run_cli(
-        "evaluate", tmp_path / "preds.parquet", tmp_path / "val.parquet", "--by", "category",
-        "--json", out, "--plot", tmp_path / "plots", "--bootstrap", "100",
-    )  # fmt: skip
+        "evaluate",
+        tmp_path / "preds.parquet",
+        tmp_path / "val.parquet",
+        "--by",
+        "category",
+        "--json",
+        out,
+        "--plot",
+        tmp_path / "plots",
+        "--bootstrap",
+        "100",
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     # train.parquet beside val.parquet is the default baseline
@@ -225,8 +243,16 @@ def test_cli_json_by_category_and_plots(tmp_path):
 
 def test_cli_json_to_stdout(tmp_path):
     write_hand_case(tmp_path)
-    result = run_cli("evaluate", tmp_path / "preds.parquet", tmp_path / "val.parquet",
-                     "--json", "-", "--bootstrap", "0", "-q")  # fmt: skip
+    result = run_cli(
+        "evaluate",
+        tmp_path / "preds.parquet",
+        tmp_path / "val.parquet",
+        "--json",
+        "-",
+        "--bootstrap",
+        "0",
+        "-q",
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["p2l"]["n"] == 4 and "low" not in report["gain"]
@@ -241,6 +267,156 @@ def test_cli_user_errors_are_one_line(tmp_path):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "bare.parquet: no p2l metadata" in last
     assert "Traceback" not in result.stderr
-    result = run_cli("evaluate", tmp_path / "preds.parquet", tmp_path / "val.parquet",
-                     "--by", "language")  # fmt: skip
+    result = run_cli(
+        "evaluate", tmp_path / "preds.parquet", tmp_path / "val.parquet", "--by", "language"
+    )
     assert result.exit_code == 2 and "--by language" in result.stderr
+
+
+# ------------------------------------------------------------- simulated votes and truth
+
+
+def simulated_split(family: str, seed: int = 3, battles: int = 1600, models: int = 5):
+    """Simulated votes as battles (ids, models, winner, category), split 2:1 by row."""
+    from p2l_cli.data.simulate import simulate_arena
+
+    arena = simulate_arena(
+        num_battles=battles, num_models=models, family=family, seed=seed, num_prompts=0
+    )
+    frame = arena.battles.select(
+        pl.col("question_id").alias("id"), "model_a", "model_b", "winner", "category"
+    )
+    cut = 2 * battles // 3
+    truth = ev.TruthTable(arena.truth, list(arena.models), "truth")
+    return arena, frame[:cut], frame[cut:], truth
+
+
+def true_predictions(arena, val: pl.DataFrame, family: str) -> ev.Predictions:
+    """A "P2L model" that outputs the true coefficients of each validation prompt."""
+    rows = val.select("id").join(arena.truth, on="id", how="left")
+    columns = [pl.col("id"), pl.col("true_coefs").alias("coefs")]
+    if "true_eta" in rows.columns:
+        columns.append(pl.col("true_eta").alias("eta"))
+    meta = {"models": list(arena.models), "head": "bt", "loss": family}
+    return ev.predictions_from_table(rows.select(columns), meta, "truth-as-p2l")
+
+
+@pytest.mark.parametrize("family", ["bt", "rk"])
+def test_true_coefficients_capture_all_of_the_achievable_gain(family):
+    arena, train, val, truth = simulated_split(family)
+    preds = true_predictions(arena, val, family)
+    result = ev.evaluate_predictions(
+        preds, val, "val", train, "train", truth, settings=ev.Settings(bootstrap=200)
+    )
+    assert result["votes"] == val.height and result["dropped_votes"] == 0
+    assert result["p2l"]["nll"] == result["oracle"]["nll"]
+    assert result["gain"]["nll"] == result["oracle"]["gain"]["nll"] > 0
+    assert result["oracle"]["fraction_captured"] == 1.0
+    assert result["gain"]["low"] < result["gain"]["nll"] < result["gain"]["high"]
+    for row in result["recovery"]:
+        assert row["p2l"]["kendall_tau"] == pytest.approx(1.0)
+        assert row["p2l"]["win_prob_gap"] == pytest.approx(0.0, abs=1e-9)
+    if family == "bt":
+        # the oracle's NLL by hand: mean log(1 + exp(-(theta_winner - theta_loser)))
+        coefs = np.array(val.join(arena.truth, on="id", how="left")["true_coefs"].to_list())
+        names = list(arena.models)
+        a = np.array([names.index(m) for m in val["model_a"]])
+        b = np.array([names.index(m) for m in val["model_b"]])
+        sign = np.where(val["winner"].to_numpy() == "model_a", 1.0, -1.0)
+        rows = np.arange(val.height)
+        margin = sign * (coefs[rows, a] - coefs[rows, b])
+        assert result["oracle"]["nll"] == pytest.approx(np.mean(np.log1p(np.exp(-margin))))
+
+
+def test_category_leaderboards_match_a_direct_fit():
+    """The per-category baseline, refitted per category with scipy on a hand-written
+    Bradley-Terry likelihood, gives the same validation NLL."""
+    from scipy.optimize import minimize
+
+    arena, train, val, truth = simulated_split("bt", seed=5, battles=900, models=4)
+    names = list(arena.models)
+    preds = true_predictions(arena, val, "bt")
+    result = ev.evaluate_predictions(
+        preds, val, "val", train, "train", truth, settings=ev.Settings(bootstrap=0)
+    )
+
+    def indices(frame):
+        a = np.array([names.index(m) for m in frame["model_a"]])
+        b = np.array([names.index(m) for m in frame["model_b"]])
+        a_won = frame["winner"].to_numpy() == "model_a"
+        return np.where(a_won, a, b), np.where(a_won, b, a)
+
+    def bt_nll(theta, winner, loser):
+        return np.mean(np.log1p(np.exp(-(theta[winner] - theta[loser]))))
+
+    losses = []
+    for category in sorted(set(val["category"])):
+        w, l = indices(train.filter(pl.col("category") == category))
+        theta = minimize(
+            bt_nll, np.zeros(len(names)), args=(w, l), method="BFGS", options={"gtol": 1e-10}
+        ).x
+        vw, vl = indices(val.filter(pl.col("category") == category))
+        losses.append(np.log1p(np.exp(-(theta[vw] - theta[vl]))))
+    assert result["category_fit"]["nll"] == pytest.approx(np.concatenate(losses).mean(), abs=1e-5)
+    counts = result["train_votes_per_category"]
+    assert sum(counts.values()) == train.height
+
+
+def test_end_to_end_with_a_tiny_backbone(tmp_path):
+    """simulate -> prepare -> train (tiny random BERT) -> evaluate the model folder and its
+    predictions file: both agree with each other and with the training run's own validation
+    figures (an independent computation of the same numbers)."""
+    from tests.conftest import run_cli
+    from tests.tiny import make_backbone
+
+    backbone = make_backbone("bert", tmp_path / "backbone")
+    arena, data, model = tmp_path / "arena", tmp_path / "data", tmp_path / "model"
+    steps = [
+        ["simulate", arena, "--battles", "400", "--models", "4", "--prompts", "0", "--seed", "2"],
+        ["prepare", arena / "battles.parquet", "-o", data, "--val-fraction", "0.25"],
+        [
+            "train",
+            data,
+            "-o",
+            model,
+            "--backbone",
+            backbone,
+            "--epochs",
+            "1",
+            "--batch-size",
+            "32",
+            "--max-length",
+            "64",
+            "--cache-dir",
+            tmp_path / "cache",
+        ],
+        ["predict", model, data / "val.parquet", "-o", tmp_path / "preds.parquet"],
+    ]
+    for argv in steps:
+        result = run_cli(*argv)
+        assert result.exit_code == 0, f"{argv[0]}: {result.output}"
+    reports = {}
+    for name, source in (("model", model), ("file", tmp_path / "preds.parquet")):
+        out = tmp_path / f"{name}.json"
+        result = run_cli(
+            "evaluate",
+            source,
+            data / "val.parquet",
+            "--truth",
+            arena / "truth.parquet",
+            "--json",
+            out,
+            "--bootstrap",
+            "100",
+        )
+        assert result.exit_code == 0, result.output
+        reports[name] = json.loads(out.read_text())
+    by_model, by_file = reports["model"], reports["file"]
+    assert by_model["joined_on"] == "prompt" and by_file["joined_on"] == "id"
+    for key in ("p2l", "marginal", "oracle", "category_fit"):
+        assert by_model[key]["nll"] == pytest.approx(by_file[key]["nll"], abs=1e-6)
+    trained = json.loads((model / "metrics.json").read_text())["val"]
+    assert by_model["votes"] == trained["p2l"]["n"]
+    for key in ("p2l", "marginal"):
+        assert by_model[key]["nll"] == pytest.approx(trained[key]["nll"], abs=1e-4)
+        assert by_model[key]["accuracy"] == pytest.approx(trained[key]["accuracy"], abs=1e-6)

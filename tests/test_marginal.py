@@ -11,7 +11,7 @@ from scipy.optimize import minimize
 from scipy.special import expit
 
 from p2l_cli.stats import arena_scale
-from p2l_cli.stats.marginal import fit_marginal
+from p2l_cli.stats.marginal import fit_grouped, fit_marginal, group_votes
 
 # ------------------------------------------------ independent per-vote likelihood (numpy)
 
@@ -151,11 +151,32 @@ def test_sandwich_matches_hand_written_estimator():
     scores = -dscore[:, None] * onehot
     hessian = (onehot * (weights * p * (1 - p))[:, None]).T @ onehot
     meat = (scores * (weights**2)[:, None]).T @ scores
-    h_inv = np.linalg.pinv(hessian, rcond=1e-10)
-    cov = h_inv @ meat @ h_inv
+    # LMArena's regularised Hessian, 1e-5 on the diagonal for weighted votes:
+    # inv(H + 1e-5 I) B inv(H + 1e-5 I). H and B vanish along the common shift, so it equals
+    # the same product taken in an orthonormal basis of the centred subspace, where the
+    # rounding along the shift is not amplified by 1/1e-5.
+    basis = np.linalg.svd(np.eye(m) - 1.0 / m)[0][:, : m - 1]
+
+    def regularised_sandwich(h, b, ridge):
+        inner = np.linalg.inv(basis.T @ h @ basis + ridge * np.eye(m - 1))
+        return basis @ inner @ (basis.T @ b @ basis) @ inner @ basis.T
+
+    cov = regularised_sandwich(hessian, meat, 1e-5)
     np.testing.assert_allclose(fit.cov, cov, rtol=1e-6, atol=1e-12)
     se = np.sqrt(np.diag(cov))
     np.testing.assert_allclose(fit.upper - fit.lower, 2 * 1.959963984540054 * se, rtol=1e-6)
+    # without the ridge: the pseudo-inverse sandwich of centred ratings
+    votes = group_votes(winner, loser, code, m, "bt-tie", weights)
+    exact = fit_grouped(votes, "bt-tie", ci="sandwich", sandwich_ridge=0.0)
+    h_pinv = np.linalg.pinv(hessian, rcond=1e-10)
+    np.testing.assert_allclose(exact.cov, h_pinv @ meat @ h_pinv, rtol=1e-6, atol=1e-12)
+    # unweighted votes: 1e-5 per vote
+    plain = fit_marginal(winner, loser, code, m, family="bt-tie", ci="sandwich")
+    p = expit(plain.theta[winner] - plain.theta[loser])
+    scores = -(np.where(code == 0, 1.0, 0.5) - p)[:, None] * onehot
+    hessian = (onehot * (p * (1 - p))[:, None]).T @ onehot
+    want = regularised_sandwich(hessian, scores.T @ scores, 1e-5 * len(winner))
+    np.testing.assert_allclose(plain.cov, want, rtol=1e-6)
 
 
 @pytest.mark.parametrize("family", ["bt-tie", "rk", "grk"])

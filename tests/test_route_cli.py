@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import polars as pl
 import pytest
-from conftest import run_p2l
+from conftest import run_cli, run_p2l
 from scipy.special import expit
 
 from p2l_cli import io as p2l_io
@@ -163,12 +163,17 @@ def test_sampling_is_seeded_and_deterministic_takes_the_mode(arena):
             "0.003", "--budget-scope", "prompt", "-o", "-", "-q", "--drop-coefs"]  # fmt: skip
     with ThreadPoolExecutor(2) as pool:
         runs = list(pool.map(lambda extra: run_p2l(*args, *extra, check=True),
-                             [["--seed", "1"], ["--seed", "1"], ["--deterministic"]]))  # fmt: skip
-    first, again, mode = (read_jsonl(r.stdout)[1] for r in runs)
-    assert first["model"].to_list() == again["model"].to_list()
+                             [["--seed", "1"], ["--deterministic"]]))  # fmt: skip
+    sampled, mode = (read_jsonl(r.stdout)[1] for r in runs)
+    again = run_cli(*args, "--seed", "1")
+    assert again.exit_code == 0
+    assert read_jsonl(again.stdout_bytes)[1]["model"].to_list() == sampled["model"].to_list()
     likeliest = [max(s, key=lambda e: (e["prob"], -COSTS[e["model"]]))["model"]
                  for s in mode["strategy"].to_list()]  # fmt: skip
     assert mode["model"].to_list() == likeliest
+    mixed = sampled.filter(pl.col("strategy").list.len() == 2)
+    assert mixed.height > 10  # per-prompt budgets mix two models on many prompts
+    assert mixed["model"].n_unique() > 1
 
 
 def _error_cases(folder):
@@ -205,14 +210,6 @@ def _error_cases(folder):
     bare = pl.DataFrame({"coefs": [[0.0] * len(MODELS)]})
     p2l_io.write_table(bare, folder / "bare.parquet")
     cases["no metadata"] = ([folder / "bare.parquet"], ["bare.parquet", "metadata"])
-    cases["price and budget"] = (
-        [folder / "pred.parquet", "--costs", costs, "--budget", "0.01", "--price", "3"],
-        ["--price"],
-    )
-    cases["plot without sweep"] = (
-        [folder / "pred.parquet", "--costs", costs, "--plot", folder / "x.png"],
-        ["--sweep"],
-    )
     return cases
 
 
@@ -228,3 +225,94 @@ def test_every_error_exits_2_with_one_line(arena):
         assert "Traceback" not in err and err.strip().count("\n") == 0, (name, err)
         for needle in cases[name][1]:
             assert needle in err, (name, needle, err)
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--budget", "0.01", "--price", "3"], "--price"),
+        (["--plot", "x.png"], "--sweep"),
+        (["--sweep", "0.01,abc"], "--sweep"),
+        (["--budget-scope", "week", "--budget", "0.01"], "--budget-scope"),
+        (["--opponents", "leaderboard-top-0"], "between 1 and 5"),
+        (["--models", "gpt-mid,nobody"], "'nobody'"),
+    ],
+)
+def test_option_errors_exit_2(arena, extra, needle):
+    folder, _ = arena
+    result = run_cli("route", folder / "pred.parquet", "--costs", folder / "costs.yaml", *extra)
+    assert result.exit_code == 2, result.output
+    assert needle in result.stderr
+
+
+# --------------------------------------------------------------- predict -> route, for real
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory):
+    """A simulated arena's fresh prompts and costs, and a tiny random P2L model (rk head) over
+    its models."""
+    import torch
+    from tiny import make_backbone
+
+    from p2l_cli.data.simulate import simulate_arena, write_arena
+    from p2l_cli.model import build_p2l, save_p2l
+
+    folder = tmp_path_factory.mktemp("simulated")
+    arena = simulate_arena(num_battles=20, num_models=5, num_prompts=40, seed=3)
+    write_arena(arena, folder / "arena")
+    backbone = make_backbone("llama", folder / "backbone", seed=1)
+    model, tokenizer = build_p2l(str(backbone), arena.models, head_type="rk", loss_type="rk",
+                                 max_length=128)  # fmt: skip
+    torch.manual_seed(5)
+    model.head.initialise("normal", std=0.5)
+    save_p2l(model, tokenizer, folder / "p2l")
+    return folder, arena
+
+
+def test_predict_then_route_on_a_simulated_arena(simulated):
+    import subprocess
+    import sys
+
+    from p2l_cli.predict import load_for_inference, predict_frame
+    from p2l_cli.stats.families import win_matrix
+
+    folder, arena = simulated
+    prompts, costs = folder / "arena" / "prompts.jsonl", folder / "arena" / "costs.yaml"
+    cheapest = min(s["price_per_million_output_tokens"] * s["mean_output_tokens"] / 1e6
+                   for s in arena.costs.values())  # fmt: skip
+    budget = str(cheapest * 3)
+    route_args = ["--costs", costs, "--budget", budget, "--deterministic", "-o", "-", "-q"]
+    # `p2l predict MODEL prompts -o - | p2l route -` through a real pipe, and `--model`,
+    # side by side
+    p2l = [sys.executable, "-m", "p2l_cli"]
+    predict = subprocess.Popen([*p2l, "predict", folder / "p2l", prompts, "-o", "-", "-q"],
+                               stdout=subprocess.PIPE)  # fmt: skip
+    piped = subprocess.Popen([*p2l, "route", "-", *route_args], stdin=predict.stdout,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    predict.stdout.close()
+    with ThreadPoolExecutor(1) as pool:
+        direct = pool.submit(run_p2l, "route", prompts, "--model", folder / "p2l", *route_args)
+        piped_out, piped_err = piped.communicate(timeout=600)
+        direct = direct.result()
+    assert predict.wait() == 0 and piped.returncode == 0, piped_err.decode()
+    assert direct.returncode == 0, direct.stderr.decode()
+    piped = subprocess.CompletedProcess(piped.args, 0, piped_out, piped_err)
+    meta, piped_routes = read_jsonl(piped.stdout)
+    _, direct_routes = read_jsonl(direct.stdout)
+    assert meta == {"models": arena.models, "head": "rk", "loss": "rk"}
+    assert piped_routes["model"].to_list() == direct_routes["model"].to_list()
+    # the coefficients are the model's, and the win rates follow from them (rk, ties half)
+    model, tokenizer = load_for_inference(folder / "p2l", "cpu", "float32")
+    expected = predict_frame(model, tokenizer, pl.read_ndjson(prompts))
+    coefs = np.array(expected["coefs"].to_list())
+    np.testing.assert_allclose(np.array(direct_routes["coefs"].to_list()), coefs, atol=1e-5)
+    import torch
+
+    values = win_matrix(torch.tensor(coefs), torch.tensor(expected["eta"].to_numpy()), "rk")
+    values = values.mean(dim=-1).numpy()
+    index = {m: i for i, m in enumerate(arena.models)}
+    for row, strategy in enumerate(direct_routes["strategy"].to_list()):
+        rate = sum(e["prob"] * values[row, index[e["model"]]] for e in strategy)
+        assert direct_routes["win_rate"][row] == pytest.approx(rate, abs=1e-5)
+    assert direct_routes["cost"].mean() <= float(budget) * (1 + 1e-9)

@@ -1,8 +1,41 @@
-"""`p2l demo` (placeholder: being written in this session; replaced before landing)."""
+"""`p2l demo`: simulate, prepare, train, evaluate, rank and route, end to end on a CPU."""
 
-from p2l_cli.errors import UserError
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from p2l_cli.ui import QuietOption, set_quiet
 
 
-def demo() -> None:
-    """Not written yet."""
-    raise UserError("p2l demo is not written yet")
+def demo(
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="Folder for every file the stages write."),
+    ] = Path("p2l-demo"),
+    small: Annotated[
+        bool,
+        typer.Option(
+            "--small",
+            help="A reduced run for CI: a smaller arena, the backbone frozen, about a minute.",
+        ),
+    ] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the arena and the training.")] = 0,
+    force: Annotated[
+        bool, typer.Option("--force", help="Reuse a non-empty --out folder, replacing its files.")
+    ] = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Run the whole pipeline offline on a simulated arena, printing each `p2l` command
+    before it runs (about 10 minutes on a laptop CPU; --small: about one).
+
+    Example:
+
+      p2l demo --out p2l-demo && bash p2l-demo/commands.sh
+    """
+    set_quiet(quiet)
+    from p2l_cli.demo import run_demo
+
+    run_demo(out, small=small, seed=seed, force=force, quiet=quiet)

@@ -16,46 +16,71 @@ INPUT, OUTPUT, SPEED = "Input", "Output", "Hardware and speed"
 def predict(
     model: Annotated[
         str,
-        typer.Argument(help="P2L model: a folder from `p2l train`, a published lmarena-ai "
-                       "checkpoint folder, or a Hub id in the local cache.", show_default=False),
+        typer.Argument(
+            help="P2L model: a folder from `p2l train`, a published lmarena-ai "
+            "checkpoint folder, or a Hub id in the local cache.",
+            show_default=False,
+        ),
     ],
     prompts: Annotated[
         str | None,
-        typer.Argument(help="Prompts: JSONL, Parquet or CSV, or - for stdin.",
-                       show_default=False),
+        typer.Argument(help="Prompts: JSONL, Parquet or CSV, or - for stdin.", show_default=False),
     ] = None,
     output: Annotated[
         str | None,
-        typer.Option("--output", "-o", help="Predictions file (.parquet, .jsonl, .csv, .json) "
-                     "or - for stdout.", rich_help_panel=OUTPUT, show_default=False),
+        typer.Option(
+            "--output",
+            "-o",
+            help="Predictions file (.parquet, .jsonl, .csv, .json) or - for stdout.",
+            rich_help_panel=OUTPUT,
+            show_default=False,
+        ),
     ] = None,
     prompt: Annotated[
         str | None,
-        typer.Option("--prompt", "-p", help="Predict one prompt and print its leaderboard.",
-                     rich_help_panel=INPUT, show_default=False),
+        typer.Option(
+            "--prompt",
+            "-p",
+            help="Predict one prompt and print its leaderboard.",
+            rich_help_panel=INPUT,
+            show_default=False,
+        ),
     ] = None,
     prompt_column: Annotated[
         str | None,
-        typer.Option(help="Column holding the prompt (text, list of user turns, or messages); "
-                     "found automatically when absent (prompt, messages, conversation_a, ...).",
-                     rich_help_panel=INPUT, show_default=False),
+        typer.Option(
+            help="Column holding the prompt (text, list of user turns, or messages); "
+            "found automatically when absent (prompt, messages, conversation_a, ...).",
+            rich_help_panel=INPUT,
+            show_default=False,
+        ),
     ] = None,
     input_format: Annotated[
         str | None,
-        typer.Option(help="Format of PROMPTS when its extension does not tell "
-                     "(jsonl, parquet, csv, json); stdin is sniffed.",
-                     rich_help_panel=INPUT, show_default=False),
+        typer.Option(
+            help="Format of PROMPTS when its extension does not tell "
+            "(jsonl, parquet, csv, json); stdin is sniffed.",
+            rich_help_panel=INPUT,
+            show_default=False,
+        ),
     ] = None,
     skip_bad_rows: Annotated[
         bool,
-        typer.Option(help="Drop rows with no usable prompt or invalid JSON (counted on "
-                     "stderr) instead of stopping.", rich_help_panel=INPUT),
+        typer.Option(
+            help="Drop rows with no usable prompt or invalid JSON (counted on "
+            "stderr) instead of stopping.",
+            rich_help_panel=INPUT,
+        ),
     ] = False,
     fmt: Annotated[
         str | None,
-        typer.Option("--format", help="Output format (parquet, jsonl, csv, json); default: "
-                     "the extension, JSONL for stdout.", rich_help_panel=OUTPUT,
-                     show_default=False),
+        typer.Option(
+            "--format",
+            help="Output format (parquet, jsonl, csv, json); default: "
+            "the extension, JSONL for stdout.",
+            rich_help_panel=OUTPUT,
+            show_default=False,
+        ),
     ] = None,
     device: Annotated[
         str,
@@ -63,26 +88,38 @@ def predict(
     ] = "auto",
     dtype: Annotated[
         str,
-        typer.Option(help="auto (bfloat16 on GPUs that support it, else float16 on GPU, "
-                     "float32 on CPU), float32, bfloat16 or float16.", rich_help_panel=SPEED),
+        typer.Option(
+            help="auto (bfloat16 on GPUs that support it, else float16 on GPU, "
+            "float32 on CPU), float32, bfloat16 or float16.",
+            rich_help_panel=SPEED,
+        ),
     ] = "auto",
     batch_tokens: Annotated[
         int,
-        typer.Option(help="Padded tokens per batch (rows x longest row); prompts are sorted "
-                     "by length so that batches are dense.", rich_help_panel=SPEED),
+        typer.Option(
+            help="Padded tokens per batch (rows x longest row); prompts are sorted "
+            "by length so that batches are dense.",
+            rich_help_panel=SPEED,
+        ),
     ] = 16384,
     max_batch_size: Annotated[
         int, typer.Option(help="Most prompts in one batch.", rich_help_panel=SPEED)
     ] = 256,
     chunk_rows: Annotated[
         int,
-        typer.Option(help="Rows read, sorted and written at a time (memory stays bounded by "
-                     "this, not by the input size).", rich_help_panel=SPEED),
+        typer.Option(
+            help="Rows read, sorted and written at a time (memory stays bounded by "
+            "this, not by the input size).",
+            rich_help_panel=SPEED,
+        ),
     ] = 4096,
     max_length: Annotated[
         int | None,
-        typer.Option(help="Truncate prompts (from the left) to this many tokens; default: "
-                     "the model's.", rich_help_panel=SPEED, show_default=False),
+        typer.Option(
+            help="Truncate prompts (from the left) to this many tokens; default: the model's.",
+            rich_help_panel=SPEED,
+            show_default=False,
+        ),
     ] = None,
     quiet: QuietOption = False,
 ) -> None:
@@ -102,8 +139,12 @@ def predict(
     from p2l_cli import predict as library
 
     options = library.PredictOptions(
-        prompt_column=prompt_column, batch_tokens=batch_tokens, max_batch_size=max_batch_size,
-        chunk_rows=chunk_rows, max_length=max_length, skip_bad_rows=skip_bad_rows,
+        prompt_column=prompt_column,
+        batch_tokens=batch_tokens,
+        max_batch_size=max_batch_size,
+        chunk_rows=chunk_rows,
+        max_length=max_length,
+        skip_bad_rows=skip_bad_rows,
     )
     options.check()
     if prompt is not None:
@@ -127,15 +168,25 @@ def predict(
             return lambda rows: bar.advance(task, rows)
 
         summary = library.predict_file(
-            model, prompts, output, fmt=fmt, input_format=input_format, options=options,
-            device=device, dtype=dtype, workers=workers, progress=start,
+            model,
+            prompts,
+            output,
+            fmt=fmt,
+            input_format=input_format,
+            options=options,
+            device=device,
+            dtype=dtype,
+            workers=workers,
+            progress=start,
         )
     if summary.skipped:
         warn(f"skipped {summary.skipped} bad row(s) of {prompts} (first: {summary.first_bad})")
     where = "stdout" if output == "-" else output
     processes = f" on {workers.world} processes" if workers.world > 1 else ""
-    info(f"predicted {summary.rows} prompts in {summary.seconds:.1f} s "
-         f"({summary.rate:.1f} prompts/s{processes}) -> {where}")
+    info(
+        f"predicted {summary.rows} prompts in {summary.seconds:.1f} s "
+        f"({summary.rate:.1f} prompts/s{processes}) -> {where}"
+    )
 
 
 def _one_prompt(library, model_source, text, output, fmt, options, device, dtype) -> None:
@@ -145,8 +196,13 @@ def _one_prompt(library, model_source, text, output, fmt, options, device, dtype
     from p2l_cli.io import write_table
 
     model, tokenizer = library.load_for_inference(model_source, device, dtype)
-    frame = library.predict_frame(model, tokenizer, pl.DataFrame({"prompt": [text]}),
-                                  max_length=options.max_length, name="--prompt")
+    frame = library.predict_frame(
+        model,
+        tokenizer,
+        pl.DataFrame({"prompt": [text]}),
+        max_length=options.max_length,
+        name="--prompt",
+    )
     coefs = frame["coefs"][0].to_numpy()
     eta = float(frame["eta"][0]) if "eta" in frame.columns else None
     rows = library.prompt_leaderboard(coefs, eta, model.info)
@@ -158,8 +214,9 @@ def _one_prompt(library, model_source, text, output, fmt, options, device, dtype
     table.add_column("score", justify="right")
     table.add_column("win rate vs field", justify="right")
     for row in rows:
-        table.add_row(str(row.rank), row.model, f"{row.coef:+.4f}", f"{row.score:.1f}",
-                      f"{row.win_rate:.1%}")
+        table.add_row(
+            str(row.rank), row.model, f"{row.coef:+.4f}", f"{row.score:.1f}", f"{row.win_rate:.1%}"
+        )
     table.caption = "score: 1000 + 400/ln(10) x (coefficient - mean); " + (
         f"{model.info.family} family" + ("" if eta is None else f", eta {eta:.4f}")
     )

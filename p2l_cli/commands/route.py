@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from p2l_cli import io
-from p2l_cli.errors import UserError
 from p2l_cli.ui import QuietOption, console, set_quiet
 
 BUDGET, CHOICE, OUTPUT = "Budget", "Models and opponents", "Output"
@@ -126,7 +125,11 @@ def route(
     from p2l_cli import route as lib  # numpy/torch/scipy load only when routing
 
     lib.check_options(costs, budget, budget_scope, price, solver, sweep, plot)
-    df, meta, source = _read_input(input, model)
+    source = io.source_name(input)
+    if model is None:
+        df, meta = io.read_table_meta(input)
+    else:
+        df, meta = lib.predict_prompts_table(model, input)
     preds = lib.predictions_arrays(df, meta, source)
     choosable = lib.choosable_models(preds.models, models)
     cost_vector = None
@@ -159,14 +162,3 @@ def route(
     console.print(lib.summary_tables(result))
     if summary is not None:
         io.write_json(summary, result)
-
-
-def _read_input(source: str, model: str | None):
-    name = io.source_name(source)
-    if model is None:
-        df, meta = io.read_table_meta(source)
-        return df, meta, name
-    raise UserError(
-        f"--model {model}: predicting inside route is not available yet; run "
-        f"`p2l predict {model} {source} -o - | p2l route - ...`"
-    )

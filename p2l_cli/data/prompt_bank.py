@@ -36,19 +36,35 @@ CATEGORY_SHARE = {
 
 EASY_PHRASES = (
     "Keep it short and simple.",
-    "I'm a beginner, so please keep it simple.",
     "Just a quick answer is fine.",
-    "No need for details, a rough idea is enough.",
-    "Explain it like I'm twelve.",
+    "Nothing fancy, please.",
+    "A rough answer is enough.",
 )
 
 HARD_PHRASES = (
-    "Be rigorous and cover every edge case.",
-    "This is for production, so it must be correct and efficient.",
-    "Reason step by step and double-check your answer.",
+    "Be thorough and precise: this matters a lot.",
     "I want an expert-level answer with all the details.",
-    "Make it thorough: justify every claim and point out subtle pitfalls.",
+    "Take your time, think it through carefully, and double-check everything.",
+    "Please be rigorous and don't skip any step.",
 )
+
+# Difficulty phrases that fit only some categories, added to the generic ones.
+EASY_EXTRA: dict[str, tuple[str, ...]] = {
+    "code": ("I'm a beginner, so please keep it simple.",),
+    "math": ("I'm not good at math, so keep it simple.",),
+    "sql": ("I'm new to SQL, so please keep it simple.",),
+    "science": ("Explain it like I'm twelve.",),
+}
+HARD_EXTRA: dict[str, tuple[str, ...]] = {
+    "code": ("This is for production, so it must be correct and efficient.",
+             "Handle every edge case."),
+    "math": ("Show every step and double-check your answer.",),
+    "sql": ("The table has a billion rows, so performance matters.",),
+    "science": ("Go into the underlying physics and cite the key experiments.",),
+    "creative_writing": ("Make it literary and surprising, with layered imagery.",),
+    "translation": ("Preserve every nuance of tone and register.",),
+    "business_writing": ("It's for a very important client, so make it polished and precise.",),
+}
 
 OPENING_PHRASES = ("", "", "", "Hi! ", "Hey, ", "Quick question: ", "Please help: ", "Hello. ")
 

@@ -236,8 +236,14 @@ def load_p2l(
     unexpected = sorted(set(tensors) - expected)
     # Tied or non-persistent buffers may be absent; anything else is a mismatch.
     missing = [k for k in missing if not k.endswith(_REBUILDABLE)]
-    if missing or unexpected:
-        detail = ", ".join((missing + unexpected)[:4])
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    resized = [
+        f"{k} {tuple(v.shape)} (expected {tuple(shapes[k])})"
+        for k, v in tensors.items()
+        if k in shapes and v.shape != shapes[k]
+    ]
+    if missing or unexpected or resized:
+        detail = ", ".join((missing + unexpected + resized)[:4])
         raise UserError(
             f"{model_dir}: weights do not match a {info.model_type} backbone with a "
             f"{info.head_type} head for {len(info.model_list)} models ({detail})"

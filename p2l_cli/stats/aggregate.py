@@ -65,6 +65,8 @@ def _outcome_family(family: str) -> str:
 
 
 def _as_tensor(values, dtype=None) -> torch.Tensor:
+    if isinstance(values, np.ndarray) and not values.flags.writeable:
+        values = values.copy()  # e.g. a view of an Arrow buffer
     tensor = torch.as_tensor(values)
     if not tensor.is_floating_point():
         tensor = tensor.to(torch.float64)

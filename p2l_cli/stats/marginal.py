@@ -22,7 +22,14 @@ import numpy as np
 from scipy.stats import norm
 
 from p2l_cli.stats import families
-from p2l_cli.stats.pairfit import DEFAULT_RIDGE, PairRows, sandwich, solve
+from p2l_cli.stats.pairfit import (
+    DEFAULT_RIDGE,
+    SANDWICH_RIDGE,
+    PairRows,
+    lmarena_hessian_ridge,
+    sandwich,
+    solve,
+)
 
 ARENA_BASE = 1000.0
 ARENA_SCALE = 400.0 / math.log(10.0)
@@ -156,8 +163,14 @@ def fit_grouped(
     seed: int = 0,
     level: float = 0.95,
     ridge: float = DEFAULT_RIDGE,
+    sandwich_ridge: float = SANDWICH_RIDGE,
 ) -> MarginalFit:
-    """Fit a family to grouped votes; ``ci`` is ``sandwich``, ``bootstrap`` or ``none``."""
+    """Fit a family to grouped votes; ``ci`` is ``sandwich``, ``bootstrap`` or ``none``.
+
+    ``ridge`` is added (times 1/2 |theta|^2) to the mean NLL. The sandwich regularises the
+    Hessian's diagonal as LMArena does: ``sandwich_ridge`` times the number of votes when
+    they are unweighted, ``sandwich_ridge`` alone when weighted (0 gives the exact sandwich).
+    """
     family = families.canonical_family(family)
     if ci not in CI_METHODS:
         raise ValueError(f"ci must be one of {CI_METHODS}, not {ci!r}")
@@ -173,7 +186,8 @@ def fit_grouped(
     )
     z = norm.ppf(0.5 + level / 2)
     if ci == "sandwich":
-        cov = sandwich(votes.rows, votes.weight, votes.weight_sq, family, theta, eta, ridge)
+        cov = sandwich(votes.rows, votes.weight, votes.weight_sq, family, theta, eta,
+                       lmarena_hessian_ridge(votes.weight, votes.count, sandwich_ridge))
         m = votes.rows.num_models
         fit.cov = cov[:m, :m]
         se = np.sqrt(np.clip(np.diag(fit.cov), 0.0, None))

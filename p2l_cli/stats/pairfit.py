@@ -24,6 +24,16 @@ from p2l_cli.stats import families
 
 DEFAULT_RIDGE = 1e-9
 DEFAULT_TOL = 1e-10
+# LMArena's sandwich adds 1e-5 x (number of votes) to the Hessian's diagonal when votes are
+# unweighted and 1e-5 when they are weighted (arena-rank's hessian_reg). It keeps intervals
+# finite for models with few votes; p2l follows it so that its intervals match LMArena's.
+SANDWICH_RIDGE = 1e-5
+
+
+def lmarena_hessian_ridge(weight: np.ndarray, count: np.ndarray, ridge: float = SANDWICH_RIDGE):
+    """The diagonal term LMArena's sandwich adds for grouped rows (see SANDWICH_RIDGE)."""
+    unweighted = np.allclose(weight, count)
+    return ridge * float(np.sum(count)) if unweighted else ridge
 
 
 @dataclass(frozen=True)
@@ -270,13 +280,15 @@ def sandwich(
     family: str,
     theta: np.ndarray,
     eta: float | None,
-    ridge: float = DEFAULT_RIDGE,
+    hessian_ridge: float = 0.0,
 ) -> np.ndarray:
     """Robust covariance H^-1 B H^-1 of (theta[, eta]) for the summed objective.
 
     ``weight[k]`` is the summed vote weight of row k (its count when unweighted) and
     ``weight_sq[k]`` the summed squared weights: B = sum_k weight_sq_k g_k g_k^T with g_k one
-    vote's score. For shift-invariant families the inverse is taken on the centred subspace.
+    vote's score. H gets ``hessian_ridge`` on the theta diagonal. For
+    shift-invariant families the inverse is taken on the centred subspace (B ignores the
+    common shift, so with ``hessian_ridge=0`` this is the pseudo-inverse sandwich).
     """
     m = rows.num_models
     th = torch.as_tensor(np.asarray(theta, dtype=np.float64))[None]
@@ -286,8 +298,7 @@ def sandwich(
     w = torch.as_tensor(np.asarray(weight, dtype=np.float64))[None]
     w2 = torch.as_tensor(np.asarray(weight_sq, dtype=np.float64))[None]
     hessian = _assemble_matrix(rows, {k: v * w for k, v in hess.items()}, size)[0]
-    total = float(w.sum())
-    hessian[range(m), range(m)] += ridge * total
+    hessian[range(m), range(m)] += hessian_ridge
     outer = {
         (a, b): grads[a] * grads[b] * w2 for a in range(len(grads)) for b in range(a, len(grads))
     }

@@ -1,0 +1,664 @@
+"""The vote files `p2l prepare` reads: finding them, streaming their records, telling their
+schema apart, and turning one record into one battle.
+
+Schemas (what the columns hold; any file type carries any schema):
+
+- ``arena``: the Arena conversation data (lmarena-ai/arena-human-preference-100k and -140k,
+  lmsys/chatbot_arena_conversations): ``model_a``, ``model_b``, ``winner`` and
+  ``conversation_a``, a list of ``{role, content}`` messages (content a string, or a list
+  of ``{type, text}`` parts); ``id`` or ``question_id``, ``anony``, ``language``, ``tstamp``
+  or ``timestamp`` when present. The prompt is the user turns of ``conversation_a``.
+- ``kaggle``: the LMSYS arena-human-preference-55k CSV: ``id, model_a, model_b, prompt,
+  response_a, response_b, winner_model_a, winner_model_b, winner_tie``; ``prompt`` is a
+  JSON-encoded list of user turns, which may hold nulls and escaped non-ASCII text.
+- ``generic``: ``prompt`` (a string, a list of strings, or a list of messages; in CSV also
+  a JSON list), ``model_a``, ``model_b``, ``winner``; the names can be mapped.
+
+File types: Parquet (streamed by record batches, reading only the columns used), JSONL and
+CSV (streamed by lines; ``.gz`` is read too), JSON arrays (read whole); ``-`` is stdin,
+sniffed. Positions in messages: ``line N`` (1-based) for JSONL and CSV, where the record
+starts; ``row N`` (0-based, as in a data frame) for Parquet and JSON arrays.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import gzip
+import io
+import json
+import math
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import IO, Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from p2l_cli.errors import UserError
+from p2l_cli.io import STDIO, format_of, source_name
+
+SCHEMAS = ("arena", "kaggle", "generic")
+FILE_TYPES = ("parquet", "jsonl", "csv", "json")
+WINNERS = ("model_a", "model_b", "tie", "tie (bothbad)")
+KAGGLE_WINNER_COLUMNS = ("winner_model_a", "winner_model_b", "winner_tie")
+USER_ROLES = ("user", "human")
+
+_WINNER_ALIASES = {
+    "model_a": "model_a",
+    "a": "model_a",
+    "model_b": "model_b",
+    "b": "model_b",
+    "tie": "tie",
+    "draw": "tie",
+    "tie (bothbad)": "tie (bothbad)",
+    "tie(bothbad)": "tie (bothbad)",
+    "tie (both bad)": "tie (bothbad)",
+    "tie_bothbad": "tie (bothbad)",
+    "both_bad": "tie (bothbad)",
+    "bothbad": "tie (bothbad)",
+    "both bad": "tie (bothbad)",
+}
+
+
+class BadRow(Exception):
+    """A record that cannot be read as a battle; the message says why."""
+
+
+# ------------------------------------------------------------------------------ columns
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Which column holds what. ``None`` for prompt/id/tstamp means "the schema's default"."""
+
+    prompt: str | None = None
+    model_a: str = "model_a"
+    model_b: str = "model_b"
+    winner: str = "winner"
+    id: str | None = None
+    tstamp: str | None = None
+    language: str = "language"
+    category: str = "category"
+    weight: str = "weight"
+    anony: str = "anony"
+
+    def resolve(self, schema: str, present: Iterable[str]) -> Columns:
+        """Fill the defaults for ``schema`` from the columns ``present``."""
+        present = set(present)
+        prompt = self.prompt or ("conversation_a" if schema == "arena" else "prompt")
+        ident = self.id or next((c for c in ("id", "question_id") if c in present), "id")
+        tstamp = self.tstamp or next((c for c in ("tstamp", "timestamp") if c in present), "tstamp")
+        return replace(self, prompt=prompt, id=ident, tstamp=tstamp)
+
+    def required(self, schema: str) -> list[str]:
+        winner = list(KAGGLE_WINNER_COLUMNS) if schema == "kaggle" else [self.winner]
+        return [self.prompt or "prompt", self.model_a, self.model_b, *winner]
+
+    def used(self, schema: str) -> list[str]:
+        optional = [self.id, self.tstamp, self.language, self.category, self.weight, self.anony]
+        return list(dict.fromkeys([*self.required(schema), *(c for c in optional if c)]))
+
+
+def detect_schema(columns: Iterable[str], user: Columns, name: str) -> str:
+    present = set(columns)
+    if set(KAGGLE_WINNER_COLUMNS) <= present:
+        return "kaggle"
+    if user.prompt is None and "conversation_a" in present:
+        return "arena"
+    if (user.prompt or "prompt") in present:
+        return "generic"
+    shown = ", ".join(sorted(present)[:15]) or "none"
+    raise UserError(
+        f"{name}: cannot tell the format: expected Arena columns (conversation_a, model_a, "
+        f"model_b, winner), the Kaggle 55k columns (prompt, winner_model_a, ...) or a prompt "
+        f"column (map it with --prompt-column); found: {shown}"
+    )
+
+
+def check_columns(schema: str, columns: Columns, present: Iterable[str], name: str) -> None:
+    missing = [c for c in columns.required(schema) if c not in set(present)]
+    if missing:
+        raise UserError(
+            f"{name}: no column {', '.join(repr(m) for m in missing)} for the {schema} format "
+            "(map columns with --prompt-column, --model-a-column, --model-b-column, "
+            "--winner-column)"
+        )
+
+
+# -------------------------------------------------------------------------------- files
+
+
+def expand_inputs(patterns: list[str]) -> list[str]:
+    """Files from paths, globs and folders (their table files, sorted); ``-`` is stdin."""
+    files: list[str] = []
+    for pattern in patterns:
+        if pattern == STDIO:
+            files.append(pattern)
+        elif any(ch in pattern for ch in "*?["):
+            matches = sorted(p for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+            if not matches:
+                raise UserError(f"{pattern}: no file matches")
+            files.extend(matches)
+        elif Path(pattern).is_dir():
+            inside = sorted(str(p) for p in Path(pattern).iterdir() if _is_table(p))
+            if not inside:
+                raise UserError(f"{pattern}: folder holds no .parquet, .jsonl, .csv or .json file")
+            files.extend(inside)
+        elif Path(pattern).is_file():
+            files.append(pattern)
+        else:
+            raise UserError(f"{pattern}: no such file")
+    if files.count(STDIO) > 1:
+        raise UserError("- (stdin) can be given only once")
+    return list(dict.fromkeys(files))
+
+
+def _is_table(path: Path) -> bool:
+    if not path.is_file() or path.name.startswith("."):
+        return False
+    try:
+        format_of(path)
+    except UserError:
+        return False
+    return True
+
+
+@dataclass
+class RecordStream:
+    """An opened input: its file type, columns, and its records in batches.
+
+    ``batches(columns, size, messages=None)`` yields ``(positions, records)``; a record is
+    a dict, or a :class:`BadRow` for a line that is not a JSON object. Only ``columns`` are
+    read where the file type allows; a Parquet column of messages named by ``messages``
+    arrives as its user turns only.
+    """
+
+    name: str
+    file_type: str
+    columns: list[str]
+    batches: Callable[..., Iterator[tuple[list[int], list[Any]]]]
+    rows: int | None = None  # known up front for Parquet and JSON
+
+    def where(self, position: int) -> str:
+        unit = "line" if self.file_type in ("jsonl", "csv") else "row"
+        return f"{self.name}: {unit} {position}"
+
+
+def open_records(path: str, file_type: str | None = None) -> RecordStream:
+    name = source_name(path)
+    if path == STDIO:
+        return _open_stdin(file_type)
+    kind = format_of(path, file_type)
+    if kind == "parquet":
+        return _parquet_stream(name, path)
+    if kind == "json":
+        return _json_stream(name, _read_file_bytes(path))
+    opener = gzip.open if str(path).lower().endswith(".gz") else open
+    try:
+        fh = opener(path, "rb")
+    except OSError as exc:
+        raise UserError(f"{name}: cannot read ({exc.strerror or exc})") from None
+    if kind == "jsonl":
+        return _jsonl_stream(name, fh)
+    return _csv_stream(name, fh, delimiter="\t" if ".tsv" in str(path).lower() else ",")
+
+
+def _read_file_bytes(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def _open_stdin(file_type: str | None) -> RecordStream:
+    stream = sys.stdin.buffer
+    head = stream.read(4096)
+    kind = format_of(STDIO, file_type) if file_type else _sniff(head)
+    if kind in ("parquet", "json"):
+        data = head + stream.read()
+        if kind == "parquet":
+            return _parquet_stream("<stdin>", io.BytesIO(data))
+        return _json_stream("<stdin>", data)
+    joined = _Chained(head, stream)
+    if kind == "jsonl":
+        return _jsonl_stream("<stdin>", joined)
+    return _csv_stream("<stdin>", joined, delimiter=",")
+
+
+def _sniff(head: bytes) -> str:
+    if head[:4] == b"PAR1":
+        return "parquet"
+    first = head.lstrip()[:1]
+    return {b"{": "jsonl", b"[": "json"}.get(first, "csv")
+
+
+class _Chained(io.RawIOBase):
+    """Bytes already read from a stream, then the rest of the stream."""
+
+    def __init__(self, head: bytes, rest: IO[bytes]):
+        self._head = head
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self._head:
+            n = min(len(buffer), len(self._head))
+            buffer[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        data = self._rest.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+# --------------------------------------------------------------------------- the readers
+
+
+def _parquet_stream(name: str, source) -> RecordStream:
+    try:
+        parquet = pq.ParquetFile(source)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise UserError(f"{name}: not a readable Parquet file ({exc})") from None
+    present = parquet.schema_arrow.names
+
+    def batches(columns: list[str] | None, size: int, messages: str | None = None):
+        wanted = [c for c in (columns or present) if c in present]
+        shrink = messages if messages in wanted and _is_message_list(
+            parquet.schema_arrow.field(messages).type) else None
+        position = 0
+        try:
+            for batch in parquet.iter_batches(batch_size=size, columns=wanted):
+                records = _user_turns_only(batch, shrink) if shrink else batch.to_pylist()
+                yield list(range(position, position + len(records))), records
+                position += len(records)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise UserError(f"{name}: row {position}: cannot read ({exc})") from None
+
+    return RecordStream(name, "parquet", present, batches, parquet.metadata.num_rows)
+
+
+def _is_message_list(kind: pa.DataType) -> bool:
+    """``list<struct<role: string, content: string, ...>>``, as in Arena conversations."""
+    if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)):
+        return False
+    item = kind.value_type
+    if not pa.types.is_struct(item):
+        return False
+    fields = {item.field(i).name: item.field(i).type for i in range(item.num_fields)}
+    return all(
+        name in fields and (pa.types.is_string(fields[name]) or pa.types.is_large_string(fields[name]))
+        for name in ("role", "content")
+    )
+
+
+def _user_turns_only(batch: pa.RecordBatch, column: str) -> list[dict]:
+    """Records whose message column holds only the user turns' text: the assistant's
+    answers, most of the bytes, never become Python objects."""
+    frame = pl.from_arrow(batch)
+    is_user = pl.element().struct.field("role").str.to_lowercase().is_in(list(USER_ROLES))
+    frame = frame.with_columns(
+        pl.col(column).list.eval(pl.element().filter(is_user).struct.field("content"))
+    )
+    return frame.to_dicts()
+
+
+def _json_stream(name: str, data: bytes) -> RecordStream:
+    try:
+        records = json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{name}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{name}: not UTF-8 text") from None
+    if not isinstance(records, list):
+        raise UserError(f"{name}: expected a JSON array of objects")
+    present = list(dict.fromkeys(k for r in records[:1000] if isinstance(r, dict) for k in r))
+
+    def batches(columns: list[str] | None, size: int, messages: str | None = None):
+        for start in range(0, len(records), size):
+            chunk = [
+                r if isinstance(r, dict) else BadRow("expected a JSON object")
+                for r in records[start : start + size]
+            ]
+            yield list(range(start, start + len(chunk))), chunk
+
+    return RecordStream(name, "json", present, batches, len(records))
+
+
+def _jsonl_line(line: bytes) -> Any:
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return BadRow(f"not valid JSON ({exc.msg})")
+    except UnicodeDecodeError:
+        return BadRow("not UTF-8 text")
+    return value if isinstance(value, dict) else BadRow("expected a JSON object")
+
+
+def _jsonl_stream(name: str, fh: IO[bytes]) -> RecordStream:
+    numbered = enumerate(fh, start=1)
+    head: list[tuple[int, bytes]] = []
+    present: list[str] = []
+    for number, line in numbered:
+        head.append((number, line))
+        if line.strip():
+            value = _jsonl_line(line)
+            if isinstance(value, dict):
+                present = list(value)
+                break
+
+    def batches(columns: list[str] | None, size: int, messages: str | None = None):
+        positions: list[int] = []
+        records: list[Any] = []
+        for number, line in _chain(head, numbered):
+            if not line.strip():
+                continue
+            positions.append(number)
+            records.append(_jsonl_line(line))
+            if len(records) >= size:
+                yield positions, records
+                positions, records = [], []
+        if records:
+            yield positions, records
+
+    return RecordStream(name, "jsonl", present, batches)
+
+
+def _chain(first: list, rest: Iterator) -> Iterator:
+    yield from first
+    yield from rest
+
+
+def _csv_stream(name: str, fh: IO[bytes], delimiter: str) -> RecordStream:
+    csv.field_size_limit(2**31 - 1)
+    text = io.TextIOWrapper(fh, encoding="utf-8-sig", newline="")
+    reader = csv.reader(text, delimiter=delimiter)
+    try:
+        header = next(reader, None)
+    except UnicodeDecodeError:
+        raise UserError(f"{name}: not UTF-8 text") from None
+    except csv.Error as exc:
+        raise UserError(f"{name}: line 1: not valid CSV ({exc})") from None
+    if not header:
+        raise UserError(f"{name}: empty CSV file (no header line)")
+
+    def batches(columns: list[str] | None, size: int, messages: str | None = None):
+        positions: list[int] = []
+        records: list[Any] = []
+        start = reader.line_num + 1
+        while True:
+            try:
+                row = next(reader, None)
+            except UnicodeDecodeError:
+                raise UserError(f"{name}: line {start}: not UTF-8 text") from None
+            except csv.Error as exc:
+                raise UserError(f"{name}: line {start}: not valid CSV ({exc})") from None
+            if row is None:
+                break
+            if row:
+                positions.append(start)
+                if len(row) == len(header):
+                    records.append(dict(zip(header, row)))
+                else:
+                    records.append(BadRow(f"{len(row)} fields, the header has {len(header)}"))
+            start = reader.line_num + 1
+            if len(records) >= size:
+                yield positions, records
+                positions, records = [], []
+        if records:
+            yield positions, records
+
+    return RecordStream(name, "csv", header, batches)
+
+
+# ------------------------------------------------------------------------ one record
+
+
+@dataclass
+class Battle:
+    id: str | None
+    prompt: list[str]
+    model_a: str
+    model_b: str
+    winner: str
+    tstamp: float | None = None
+    language: str | None = None
+    category: str | None = None
+    weight: float | None = None
+    anony: bool | None = None
+
+
+class RecordParser:
+    """Turns one record of a schema into a :class:`Battle`, or the reason to drop it
+    (``"empty_prompt"``, ``"unknown_winner"``, ``"same_model"``); raises :class:`BadRow`
+    for a record that is malformed."""
+
+    def __init__(self, schema: str, columns: Columns, text_fields: bool):
+        self.schema = schema
+        self.columns = columns
+        # CSV holds only text: a prompt there may be a JSON list, and "" means missing.
+        self.text_fields = text_fields
+
+    def __call__(self, record: dict) -> Battle | str:
+        c = self.columns
+        prompt = self._prompt(record.get(c.prompt))
+        model_a = _model(record.get(c.model_a), c.model_a)
+        model_b = _model(record.get(c.model_b), c.model_b)
+        if self.schema == "kaggle":
+            winner = _one_hot_winner(record)
+        else:
+            winner = parse_winner(record.get(c.winner), model_a, model_b)
+        battle = Battle(
+            id=_ident(self._get(record, c.id)),
+            prompt=prompt,
+            model_a=model_a,
+            model_b=model_b,
+            winner=winner or "",
+            tstamp=parse_tstamp(self._get(record, c.tstamp), c.tstamp),
+            language=_label(self._get(record, c.language)),
+            category=_label(self._get(record, c.category)),
+            weight=_weight(self._get(record, c.weight), c.weight),
+            anony=_flag(self._get(record, c.anony), c.anony),
+        )
+        if not prompt:
+            return "empty_prompt"
+        if winner is None:
+            return "unknown_winner"
+        if model_a == model_b:
+            return "same_model"
+        return battle
+
+    def _get(self, record: dict, column: str | None) -> Any:
+        value = record.get(column) if column else None
+        return None if self.text_fields and value == "" else value
+
+    def _prompt(self, value: Any) -> list[str]:
+        column = self.columns.prompt or "prompt"
+        if isinstance(value, str):
+            text = value.strip()
+            if self.schema == "kaggle" and text.startswith("["):
+                try:
+                    value = json.loads(text)
+                except json.JSONDecodeError as exc:
+                    raise BadRow(f"{column} is not a JSON list ({exc.msg})") from None
+            elif self.text_fields and text.startswith("[") and text.endswith("]"):
+                value = _json_list_or_text(value)
+        return parse_prompt(value, column)
+
+
+def _json_list_or_text(value: str) -> Any:
+    """A CSV cell holding a JSON list of turns or messages, else the text itself."""
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        return value
+    if isinstance(parsed, list) and all(isinstance(t, (str, dict, type(None))) for t in parsed):
+        return parsed
+    return value
+
+
+def parse_prompt(value: Any, column: str = "prompt") -> list[str]:
+    """The non-blank user turns of a prompt value: a string, a list of strings (nulls
+    skipped), or a list of ``{role, content}`` messages (user turns kept)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [_text(value)] if value.strip() else []
+    if isinstance(value, dict):
+        raise BadRow(f"{column} is an object; expected text, a list of turns or of messages")
+    if not isinstance(value, (list, tuple)):
+        raise BadRow(f"{column} is a {type(value).__name__}; expected text or a list")
+    turns: list[str] = []
+    for number, item in enumerate(value):
+        if item is None:
+            continue
+        if isinstance(item, str):
+            turn = item
+        elif isinstance(item, dict):
+            if "role" not in item:
+                raise BadRow(f"{column}: message {number} has no 'role'")
+            if str(item["role"]).lower() not in USER_ROLES:
+                continue
+            turn = _content_text(item.get("content"), column, number)
+        else:
+            raise BadRow(f"{column}: turn {number} is a {type(item).__name__}, not text")
+        if turn.strip():
+            turns.append(_text(turn))
+    return turns
+
+
+def _content_text(content: Any, column: str, number: int) -> str:
+    """A message's text: a string, or the text parts of a list of ``{type, text}`` parts."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [p.get("text") for p in content if isinstance(p, dict)]
+        return "\n".join(p for p in parts if isinstance(p, str) and p)
+    raise BadRow(f"{column}: message {number} content is a {type(content).__name__}, not text")
+
+
+def _text(value: str) -> str:
+    """Text that can be written as UTF-8: JSON escapes may leave lone surrogates."""
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def parse_winner(value: Any, model_a: str, model_b: str) -> str | None:
+    """``model_a``, ``model_b``, ``tie`` or ``tie (bothbad)``; ``None`` when unknown.
+    Aliases (``a``, ``both_bad``, ...) and the winning model's name are accepted."""
+    if not isinstance(value, str):
+        return None
+    key = value.strip()
+    found = _WINNER_ALIASES.get(key.lower())
+    if found:
+        return found
+    if key == model_a:
+        return "model_a"
+    if key == model_b:
+        return "model_b"
+    return None
+
+
+def _one_hot_winner(record: dict) -> str | None:
+    flags = [_flag(record.get(c), c) for c in KAGGLE_WINNER_COLUMNS]
+    if sum(1 for f in flags if f) != 1:
+        return None
+    return ("model_a", "model_b", "tie")[flags.index(True)]
+
+
+def _model(value: Any, column: str) -> str:
+    if not isinstance(value, str):
+        raise BadRow(f"{column} is {'missing' if value is None else type(value).__name__}")
+    name = value.strip()
+    if not name:
+        raise BadRow(f"{column} is empty")
+    return name
+
+
+def _ident(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return _text(str(value))
+
+
+def _label(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return _text(value)
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+
+
+def _weight(value: Any, column: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        weight = float(value)
+    except (TypeError, ValueError):
+        raise BadRow(f"{column} {value!r} is not a number") from None
+    if not math.isfinite(weight) or weight < 0:
+        raise BadRow(f"{column} {value!r} must be a finite number >= 0")
+    return weight
+
+
+_TRUE = ("true", "1", "1.0", "yes", "t")
+_FALSE = ("false", "0", "0.0", "no", "f")
+
+
+def _flag(value: Any, column: str) -> bool | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise BadRow(f"{column} {value!r} is not true/false or 0/1")
+
+
+def parse_tstamp(value: Any, column: str = "tstamp") -> float | None:
+    """Seconds since the epoch from a number (seconds, or milli/microseconds when huge),
+    a datetime, or an ISO 8601 string; naive times are taken as UTC."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise BadRow(f"{column} {value!r} is not a time")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+        if math.isnan(seconds):
+            return None
+        if abs(seconds) > 1e14:
+            return seconds / 1e6
+        if abs(seconds) > 1e11:
+            return seconds / 1e3
+        return seconds
+    if isinstance(value, datetime):
+        moment = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return moment.timestamp()
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=timezone.utc).timestamp()
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return parse_tstamp(float(text), column)
+        except ValueError:
+            pass
+        try:
+            return parse_tstamp(datetime.fromisoformat(text.replace("Z", "+00:00")), column)
+        except ValueError:
+            pass
+    raise BadRow(f"{column} {value!r} is not a time (seconds since 1970 or ISO 8601)")

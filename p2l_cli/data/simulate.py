@@ -1,0 +1,550 @@
+"""A synthetic arena with a planted, prompt-dependent truth: the data behind `p2l simulate`.
+
+The world: ``M`` models, each with a general strength, a skill per prompt category (partly
+tied to its general strength, partly a speciality that its name advertises: ``coder``,
+``math``, ``writer``, ...), and a gain on hard prompts. A prompt is written from the
+templates of its category (``prompt_bank``); an appended phrase may mark it easy or hard.
+Its true coefficients are
+
+    theta_m(z) = general_m + skill_m[category(z)] + difficulty(z) * hard_gain_m
+
+centred over the models (``grk`` instead keeps an absolute level, lower for hard prompts,
+because its "both bad" outcome is measured against a fixed reference of strength 0). Both
+the category and the difficulty are visible in the text, so a model reading the prompt can
+learn theta(z). Votes are drawn from ``p2l_cli.stats.families.outcome_probs`` of the chosen
+family: ``bt`` and ``bt-tie`` give decisive votes only, ``rk`` adds ties (tie width by
+category), ``grk`` adds ties and "both bad" ties. Pairs are drawn by popularity among the
+models released at the battle's time, so pairs are not equally frequent.
+
+Everything is drawn from one ``numpy`` seed, so a seed gives the same files.
+"""
+
+from __future__ import annotations
+
+import math
+import string
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+from rich.table import Table
+
+from p2l_cli.data import prompt_bank as bank
+from p2l_cli.errors import UserError
+from p2l_cli.io import write_json, write_table, write_text
+from p2l_cli.stats.families import canonical_family, outcome_probs, rk_raw_eta
+
+START = datetime(2024, 6, 1, tzinfo=timezone.utc).timestamp()
+WINNERS = ("model_a", "model_b", "tie", "tie (bothbad)")  # outcome index -> arena winner
+
+GENERAL_SD = 0.6  # spread of general strength (logits)
+SKILL_SD = 0.3  # spread of the category skills not explained by strength
+SPECIALITY_BONUS = 0.9
+SPECIALIST_SHARE = 0.3
+HARD_GAIN = 0.35  # hard prompts widen the gaps between models by this share
+# How much general strength carries over to each category (casual chat compresses gaps).
+CATEGORY_SLOPE = {
+    "code": 0.3,
+    "math": 0.5,
+    "creative_writing": 0.0,
+    "translation": 0.1,
+    "casual_chat": -0.45,
+    "sql": 0.25,
+    "science": 0.1,
+    "business_writing": 0.0,
+}
+# Ties: the Rao-Kupper tie width, and the grounded RK raw eta, per category.
+RK_TIE_WIDTH = {
+    "code": 0.35,
+    "math": 0.3,
+    "creative_writing": 0.7,
+    "translation": 0.5,
+    "casual_chat": 0.8,
+    "sql": 0.35,
+    "science": 0.5,
+    "business_writing": 0.6,
+}
+GRK_ETA = {
+    "code": -0.5,
+    "math": -0.7,
+    "creative_writing": 0.2,
+    "translation": -0.2,
+    "casual_chat": 0.3,
+    "sql": -0.5,
+    "science": -0.2,
+    "business_writing": 0.0,
+}
+GRK_LEVEL = 1.5  # mean absolute strength in grk: about one vote in ten is "both bad"
+GRK_HARD_DROP = 0.5  # hard prompts lower every model's absolute strength by this much
+
+DIFFICULTY_SHARE = (0.3, 0.4, 0.3)  # easy, plain, hard
+FOREIGN_CHAT_SHARE = 0.3  # of casual chat prompts
+GREETING_SHARE = 0.15  # of English casual chat prompts
+MULTI_TURN_SHARE = 0.15
+ANONYMOUS_SHARE = 0.94
+LAUNCH_SHARE = 0.6  # models available from the start; the others are released later
+
+
+@dataclass(frozen=True)
+class Prompt:
+    turns: list[str]
+    difficulty: int  # -1 easy, 0 plain, 1 hard
+    language: str
+
+
+@dataclass
+class World:
+    """The planted truth: models and what makes each strong where."""
+
+    models: list[str]  # sorted
+    categories: list[str]
+    family: str
+    general: np.ndarray  # [M]
+    skills: np.ndarray  # [M, C]
+    hard_gain: np.ndarray  # [M]
+    popularity: np.ndarray  # [M]
+    release: np.ndarray  # [M] fraction of the time span
+    speciality: list[str | None]
+    price: np.ndarray  # [M] dollars per million output tokens
+    tokens: np.ndarray  # [M] mean output tokens
+
+    def coefs(self, category: np.ndarray, difficulty: np.ndarray) -> np.ndarray:
+        """True coefficients ``[N, M]`` for prompts of these categories and difficulties."""
+        raw = (
+            self.general[None, :]
+            + self.skills[:, category].T
+            + difficulty[:, None] * self.hard_gain[None, :]
+        )
+        centred = raw - raw.mean(axis=1, keepdims=True)
+        if self.family == "grk":
+            return centred + (GRK_LEVEL - GRK_HARD_DROP * difficulty)[:, None]
+        return centred
+
+    def eta(self, category: np.ndarray) -> np.ndarray | None:
+        """The raw tie parameter of each prompt (the head's scale), for rk and grk."""
+        if self.family == "rk":
+            per_category = np.array([rk_raw_eta(RK_TIE_WIDTH[c]) for c in self.categories])
+        elif self.family == "grk":
+            per_category = np.array([GRK_ETA[c] for c in self.categories])
+        else:
+            return None
+        return per_category[category]
+
+    def costs(self) -> dict[str, dict[str, float]]:
+        return {
+            name: {
+                "price_per_million_output_tokens": float(self.price[i]),
+                "mean_output_tokens": int(self.tokens[i]),
+            }
+            for i, name in enumerate(self.models)
+        }
+
+    def leaderboards(self) -> dict[str, dict[str, float]]:
+        """Each category's true leaderboard on a plain prompt, best first."""
+        boards = {}
+        for c, name in enumerate(self.categories):
+            theta = self.coefs(np.array([c]), np.zeros(1))[0]
+            order = np.argsort(-theta, kind="stable")
+            boards[name] = {self.models[i]: round(float(theta[i]), 4) for i in order}
+        return boards
+
+
+@dataclass
+class SimulatedArena:
+    battles: pl.DataFrame  # arena conversation schema
+    truth: pl.DataFrame  # id, category, difficulty, language, true_coefs (+ true_eta)
+    prompts: pl.DataFrame  # fresh prompts, not in battles, with their truth
+    costs: dict[str, dict[str, float]]
+    world: World
+    config: dict = field(default_factory=dict)
+
+    @property
+    def models(self) -> list[str]:
+        return self.world.models
+
+    @property
+    def family(self) -> str:
+        return self.world.family
+
+
+# ------------------------------------------------------------------------------ prompts
+
+
+@lru_cache(maxsize=None)
+def _fields(template: str) -> tuple[str, ...]:
+    return tuple(name for _, name, _, _ in string.Formatter().parse(template) if name)
+
+
+def _pick(pool, rng: np.random.Generator):
+    return pool[int(rng.integers(len(pool)))]
+
+
+def fill_template(template: str, rng: np.random.Generator) -> str:
+    """Fill each ``{slot}``; a slot named ``x2`` differs from slot ``x`` when both appear."""
+    values: dict[str, str] = {}
+    for name in _fields(template):
+        value = str(_pick(bank.SLOTS[name], rng))
+        twin = values.get(name[:-1]) if name.endswith("2") else None
+        for _ in range(8):
+            if value != twin:
+                break
+            value = str(_pick(bank.SLOTS[name], rng))
+        values[name] = value
+    return template.format(**values)
+
+
+def render_prompt(category: str, rng: np.random.Generator, multi_turn: bool = True) -> Prompt:
+    """One prompt of ``category``: its user turns, difficulty and language."""
+    if category == "casual_chat":
+        u = rng.random()
+        if u < FOREIGN_CHAT_SHARE:
+            language, template = _pick(bank.FOREIGN_CHAT, rng)
+            return Prompt([fill_template(template, rng)], 0, language)
+        if u < FOREIGN_CHAT_SHARE + GREETING_SHARE * (1 - FOREIGN_CHAT_SHARE):
+            return Prompt([_pick(bank.GREETINGS, rng)], 0, "English")
+    text = _open(_pick(bank.OPENING_PHRASES, rng), fill_template(_pick(bank.TEMPLATES[category], rng), rng))
+    difficulty = int(rng.choice([-1, 0, 1], p=DIFFICULTY_SHARE))
+    if difficulty:
+        text += " " + _pick(_difficulty_phrases(category, difficulty), rng)
+    turns = [text]
+    if multi_turn and rng.random() < MULTI_TURN_SHARE:
+        turns.append(_pick(bank.FOLLOW_UPS[category], rng))
+    return Prompt(turns, difficulty, "English")
+
+
+def _open(opening: str, text: str) -> str:
+    """``"Hey, " + "Write a poem"`` -> ``"Hey, write a poem"`` (but keeps "I" and "SQL")."""
+    first = text.split(" ", 1)[0]
+    if opening.endswith((", ", ": ")) and first[1:].islower() and first not in ("I", "I'm"):
+        text = text[0].lower() + text[1:]
+    return opening + text
+
+
+@lru_cache(maxsize=None)
+def _difficulty_phrases(category: str, difficulty: int) -> tuple[str, ...]:
+    if difficulty > 0:
+        return bank.HARD_PHRASES + bank.HARD_EXTRA.get(category, ())
+    return bank.EASY_PHRASES + bank.EASY_EXTRA.get(category, ())
+
+
+def _answer(category: str, rng: np.random.Generator) -> str:
+    return f"{_pick(bank.ANSWER_OPENERS[category], rng)} {_pick(bank.ANSWER_CLOSERS, rng)}".strip()
+
+
+def _conversation(turns: list[str], category: str, rng: np.random.Generator) -> list[dict]:
+    messages = []
+    for turn in turns:
+        messages.append({"role": "user", "content": turn})
+        messages.append({"role": "assistant", "content": _answer(category, rng)})
+    return messages
+
+
+# -------------------------------------------------------------------------------- world
+
+
+def _model_names(strength_rank: np.ndarray, speciality: list[str | None], rng) -> list[str]:
+    """Fictional names: a stem, a version, the speciality and a size tag growing with rank."""
+    count = len(strength_rank)
+    stems = [bank.NAME_STEMS[i % len(bank.NAME_STEMS)] for i in rng.permutation(count)]
+    names: list[str] = []
+    for i in range(count):
+        size = bank.SIZE_TAGS[int(strength_rank[i] * len(bank.SIZE_TAGS) // count)]
+        parts = [stems[i], _pick(bank.NAME_VERSIONS, rng)]
+        if speciality[i]:
+            parts.append(speciality[i])
+        parts.append(size)
+        name = "-".join(parts)
+        suffix = 2
+        while name in names:
+            name = "-".join(parts[:1] + [f"{parts[1]}.{suffix}"] + parts[2:])
+            suffix += 1
+        names.append(name)
+    return names
+
+
+def build_world(
+    num_models: int, categories: list[str], family: str, rng: np.random.Generator
+) -> World:
+    general = rng.normal(0.0, GENERAL_SD, num_models)
+    general -= general.mean()
+    rank = np.argsort(np.argsort(general))
+    usable = [s for s, cats in bank.SPECIALITIES.items() if set(cats) & set(categories)]
+    speciality: list[str | None] = [None] * num_models
+    if usable:
+        chosen = rng.choice(num_models, size=max(1, round(SPECIALIST_SHARE * num_models)),
+                            replace=False)
+        for i in chosen:
+            speciality[i] = usable[int(rng.integers(len(usable)))]
+    slope = np.array([CATEGORY_SLOPE[c] for c in categories])
+    skills = rng.normal(0.0, SKILL_SD, (num_models, len(categories))) + general[:, None] * slope
+    for i, spec in enumerate(speciality):
+        for c, name in enumerate(categories):
+            if spec and name in bank.SPECIALITIES[spec]:
+                skills[i, c] += SPECIALITY_BONUS
+    names = _model_names(rank, speciality, rng)
+    popularity = np.exp(0.4 * general + rng.normal(0.0, 0.4, num_models))
+    launched = max(2, math.ceil(LAUNCH_SHARE * num_models))
+    release = np.zeros(num_models)
+    late = rng.permutation(num_models)[launched:]
+    release[late] = rng.uniform(0.05, LAUNCH_SHARE, len(late))
+    price = np.maximum(0.05, np.round(np.exp(0.6 + 1.6 * general + rng.normal(0, 0.35, num_models)), 2))
+    tokens = np.round(450 * np.exp(0.25 * general + rng.normal(0, 0.2, num_models)), -1)
+    order = np.argsort(names)
+    return World(
+        models=[names[i] for i in order],
+        categories=list(categories),
+        family=family,
+        general=general[order],
+        skills=skills[order],
+        hard_gain=HARD_GAIN * general[order],
+        popularity=popularity[order],
+        release=release[order],
+        speciality=[speciality[i] for i in order],
+        price=price[order],
+        tokens=tokens[order].astype(int),
+    )
+
+
+def draw_pairs(world: World, times: np.ndarray, rng: np.random.Generator):
+    """Model indices ``(a, b)`` for battles at ``times`` (fractions of the span, sorted):
+    among the models released by then, each side drawn by popularity, sides in random order."""
+    first = np.empty(len(times), dtype=np.int64)
+    second = np.empty(len(times), dtype=np.int64)
+    edges = np.unique(np.concatenate([[0.0], world.release[world.release > 0], [np.inf]]))
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        rows = np.flatnonzero((times >= lo) & (times < hi))
+        if rows.size == 0:
+            continue
+        available = np.flatnonzero(world.release <= lo)
+        weight = world.popularity[available] / world.popularity[available].sum()
+        a = rng.choice(available, size=rows.size, p=weight)
+        b = rng.choice(available, size=rows.size, p=weight)
+        clash = np.flatnonzero(a == b)
+        while clash.size:
+            b[clash] = rng.choice(available, size=clash.size, p=weight)
+            clash = clash[a[clash] == b[clash]]
+        first[rows], second[rows] = a, b
+    swap = rng.random(len(times)) < 0.5
+    return np.where(swap, second, first), np.where(swap, first, second)
+
+
+def draw_outcomes(
+    coefs_a: np.ndarray, coefs_b: np.ndarray, eta: np.ndarray | None, family: str, rng
+) -> np.ndarray:
+    """Outcome index per vote (0 a wins, 1 b wins, 2 tie, 3 both bad) from the family."""
+    probs = outcome_probs(
+        torch.from_numpy(coefs_a),
+        torch.from_numpy(coefs_b),
+        None if eta is None else torch.from_numpy(eta),
+        family,
+    ).numpy()
+    probs = probs / probs.sum(axis=1, keepdims=True)
+    last_possible = (probs > 0).cumsum(axis=1).argmax(axis=1)
+    u = rng.random(len(probs))
+    outcome = (u[:, None] >= probs.cumsum(axis=1)).sum(axis=1)
+    return np.minimum(outcome, last_possible)
+
+
+# ----------------------------------------------------------------------------- simulate
+
+
+def _check(num_battles: int, num_models: int, categories, num_prompts: int, days: float):
+    if num_battles < 1:
+        raise UserError(f"--battles {num_battles}: must be at least 1")
+    if num_models < 2:
+        raise UserError(f"--models {num_models}: need at least 2 models")
+    if num_prompts < 0:
+        raise UserError(f"--prompts {num_prompts}: must be 0 or more")
+    if not days > 0:
+        raise UserError(f"--days {days}: must be positive")
+    unknown = [c for c in categories if c not in bank.CATEGORY_NAMES]
+    if unknown or not categories:
+        raise UserError(
+            f"--categories: unknown {', '.join(unknown) or '(none given)'}; choose from "
+            f"{', '.join(bank.CATEGORY_NAMES)}"
+        )
+
+
+def simulate_arena(
+    num_battles: int = 6000,
+    num_models: int = 10,
+    family: str = "bt",
+    seed: int = 0,
+    categories: list[str] | None = None,
+    num_prompts: int = 300,
+    days: float = 60.0,
+) -> SimulatedArena:
+    """Simulate an arena: battles in the Arena conversation schema, their truth, fresh
+    prompts with their truth, and the models' costs. Same arguments, same frames."""
+    try:
+        family = canonical_family(family)
+    except ValueError as exc:
+        raise UserError(f"--family: {exc}") from None
+    categories = list(dict.fromkeys(categories or bank.CATEGORY_NAMES))
+    _check(num_battles, num_models, categories, num_prompts, days)
+    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(6)]
+    world_rng, time_rng, prompt_rng, answer_rng, vote_rng, fresh_rng = streams
+
+    world = build_world(num_models, categories, family, world_rng)
+    times = np.sort(time_rng.uniform(0.0, 1.0, num_battles))
+    model_a, model_b = draw_pairs(world, times, time_rng)
+    share = np.array([bank.CATEGORY_SHARE[c] for c in categories])
+    category = time_rng.choice(len(categories), size=num_battles, p=share / share.sum())
+    anony = time_rng.random(num_battles) < ANONYMOUS_SHARE
+    ids = [time_rng.bytes(16).hex() for _ in range(num_battles)]
+
+    prompts = [render_prompt(categories[c], prompt_rng) for c in category]
+    difficulty = np.array([p.difficulty for p in prompts], dtype=np.float64)
+    coefs = world.coefs(category, difficulty)
+    eta = world.eta(category)
+    rows = np.arange(num_battles)
+    outcome = draw_outcomes(coefs[rows, model_a], coefs[rows, model_b], eta, family, vote_rng)
+
+    names = np.array(world.models, dtype=object)
+    battles = pl.DataFrame(
+        {
+            "question_id": ids,
+            "model_a": names[model_a].tolist(),
+            "model_b": names[model_b].tolist(),
+            "winner": [WINNERS[o] for o in outcome],
+            "conversation_a": [
+                _conversation(p.turns, categories[c], answer_rng) for p, c in zip(prompts, category)
+            ],
+            "conversation_b": [
+                _conversation(p.turns, categories[c], answer_rng) for p, c in zip(prompts, category)
+            ],
+            "turn": [len(p.turns) for p in prompts],
+            "anony": anony.tolist(),
+            "language": [p.language for p in prompts],
+            "tstamp": (START + times * days * 86400.0).round(3).tolist(),
+            "category": [categories[c] for c in category],
+        },
+        schema_overrides={"turn": pl.Int64, "tstamp": pl.Float64},
+    )
+    truth = _truth_frame(ids, category, difficulty, prompts, coefs, eta, categories)
+    seen = {p.turns[0] for p in prompts}
+    fresh = _fresh_prompts(world, num_prompts, seen, fresh_rng)
+    config = {
+        "seed": seed,
+        "family": family,
+        "battles": num_battles,
+        "models": num_models,
+        "categories": categories,
+        "prompts": num_prompts,
+        "days": days,
+        "start": datetime.fromtimestamp(START, timezone.utc).isoformat(),
+    }
+    return SimulatedArena(battles, truth, fresh, world.costs(), world, config)
+
+
+def _truth_frame(ids, category, difficulty, prompts, coefs, eta, categories) -> pl.DataFrame:
+    columns = {
+        "id": ids,
+        "category": [categories[c] for c in category],
+        "difficulty": difficulty.astype(np.int64).tolist(),
+        "language": [p.language for p in prompts],
+        "true_coefs": coefs.tolist(),
+    }
+    if eta is not None:
+        columns["true_eta"] = eta.tolist()
+    return pl.DataFrame(columns, schema_overrides={"true_coefs": pl.List(pl.Float64)})
+
+
+def _fresh_prompts(world: World, count: int, seen: set[str], rng) -> pl.DataFrame:
+    """``count`` single-turn prompts whose text is in no battle, with their truth."""
+    share = np.array([bank.CATEGORY_SHARE[c] for c in world.categories])
+    chosen: list[tuple[int, Prompt]] = []
+    texts = set(seen)
+    attempts = 0
+    while len(chosen) < count and attempts < 50 * count + 100:
+        attempts += 1
+        c = int(rng.choice(len(world.categories), p=share / share.sum()))
+        prompt = render_prompt(world.categories[c], rng, multi_turn=False)
+        if prompt.turns[0] not in texts:
+            texts.add(prompt.turns[0])
+            chosen.append((c, prompt))
+    category = np.array([c for c, _ in chosen], dtype=np.int64)
+    difficulty = np.array([p.difficulty for _, p in chosen], dtype=np.float64)
+    coefs = world.coefs(category, difficulty) if chosen else np.zeros((0, len(world.models)))
+    columns = {
+        "id": [f"prompt-{i:05d}" for i in range(len(chosen))],
+        "prompt": [p.turns[0] for _, p in chosen],
+        "category": [world.categories[c] for c in category],
+        "difficulty": difficulty.astype(np.int64).tolist(),
+        "language": [p.language for _, p in chosen],
+        "true_coefs": coefs.tolist(),
+    }
+    eta = world.eta(category)
+    if eta is not None:
+        columns["true_eta"] = eta.tolist()
+    schema = {"true_coefs": pl.List(pl.Float64), "difficulty": pl.Int64}
+    return pl.DataFrame(columns, schema_overrides=schema)
+
+
+# ------------------------------------------------------------------------------ writing
+
+OUTPUTS = ("battles.parquet", "truth.parquet", "prompts.jsonl", "costs.yaml", "simulation.json")
+
+
+def costs_yaml(costs: dict[str, dict[str, float]]) -> str:
+    lines = [
+        "# Simulated per-answer costs: cost = price_per_million_output_tokens * mean_output_tokens / 1e6",
+    ]
+    for name, spec in costs.items():
+        lines.append(f"{name}:")
+        lines.append(f"  price_per_million_output_tokens: {spec['price_per_million_output_tokens']}")
+        lines.append(f"  mean_output_tokens: {spec['mean_output_tokens']}")
+    return "\n".join(lines) + "\n"
+
+
+def write_arena(arena: SimulatedArena, out_dir: str | Path) -> list[Path]:
+    """Write the simulation's files into ``out_dir`` (each atomically); returns their paths."""
+    root = Path(out_dir)
+    if root.exists() and not root.is_dir():
+        raise UserError(f"{out_dir}: exists and is not a folder")
+    root.mkdir(parents=True, exist_ok=True)
+    meta = {"models": arena.models, "loss": arena.family, "family": arena.family}
+    write_table(arena.battles, root / "battles.parquet")
+    write_table(arena.truth, root / "truth.parquet", meta=meta)
+    write_table(arena.prompts, root / "prompts.jsonl")
+    write_text(root / "costs.yaml", costs_yaml(arena.costs))
+    summary = {
+        **arena.config,
+        "model_list": arena.models,
+        "general_strength": {
+            m: round(float(g), 4) for m, g in zip(arena.models, arena.world.general)
+        },
+        "speciality": dict(zip(arena.models, arena.world.speciality)),
+        "category_leaderboards": arena.world.leaderboards(),
+        "winners": dict(arena.battles["winner"].value_counts().sort("winner").iter_rows()),
+    }
+    write_json(root / "simulation.json", summary)
+    return [root / name for name in OUTPUTS]
+
+
+def summary_table(arena: SimulatedArena) -> Table:
+    """Per model: battles, win share, cost of an answer, and its true rank per category."""
+    battles = arena.battles
+    boards = arena.world.leaderboards()
+    table = Table(title=f"simulated arena: {battles.height} battles, family {arena.family}")
+    table.add_column("model")
+    table.add_column("battles", justify="right")
+    table.add_column("won", justify="right")
+    table.add_column("$/answer", justify="right")
+    table.add_column("best categories")
+    for i, name in enumerate(arena.models):
+        as_a = battles.filter(pl.col("model_a") == name)
+        as_b = battles.filter(pl.col("model_b") == name)
+        count = as_a.height + as_b.height
+        won = (as_a["winner"] == "model_a").sum() + (as_b["winner"] == "model_b").sum()
+        cost = arena.world.price[i] * arena.world.tokens[i] / 1e6
+        firsts = [c for c, board in boards.items() if next(iter(board)) == name]
+        table.add_row(
+            name, str(count), f"{won / count:.0%}" if count else "-", f"{cost:.5f}",
+            ", ".join(firsts),
+        )
+    return table

@@ -1,0 +1,414 @@
+"""`p2l demo`: the whole pipeline on a simulated arena, offline, on the CPU.
+
+Each stage is an ordinary ``p2l`` command line, run through the same Typer app as the
+shell runs it (in this process), and printed before it runs; every file it writes stays
+in one folder, and ``commands.sh`` there lists the command lines, so any stage can be
+rerun by hand or pointed at other data:
+
+    simulate -> prepare -> train -> predict -> evaluate -> leaderboards -> route
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.markup import escape
+
+from p2l_cli.errors import UserError
+
+DEFAULT_OUT = "p2l-demo"
+VAL_FRACTION = 0.2
+# Prompts whose leaderboards the demo prints: two categories whose best models differ.
+EXAMPLE_PROMPTS = (
+    (
+        "Write a Python function that removes duplicate entries from a list while keeping "
+        "their order. This is for production, so it must be correct and efficient."
+    ),
+    "hey there! how are you today?",
+    "Write a haiku about a lighthouse in winter in the style of Basho.",
+)
+
+
+@dataclass(frozen=True)
+class Size:
+    """How big a demo run is: the arena, and what training may spend."""
+
+    battles: int
+    models: int
+    prompts: int
+    train_flags: tuple[str, ...] = ()
+
+
+SIZES = {
+    # A few thousand training votes; the recipe fine-tunes MiniLM in a few minutes on a CPU.
+    "full": Size(battles=6000, models=10, prompts=300),
+    # For CI: the backbone frozen (its pooled states computed once), a short run of the head.
+    "small": Size(
+        battles=1200,
+        models=6,
+        prompts=60,
+        train_flags=("--freeze-backbone", "--epochs", "8", "--eval-every", "0"),
+    ),
+}
+
+
+@dataclass
+class Stage:
+    """One command line of the pipeline, with what to tell the user before it runs."""
+
+    title: str
+    argv: list[str]
+    note: str = ""
+
+    @property
+    def command(self) -> str:
+        return shlex.join(["p2l", *self.argv])
+
+
+@dataclass
+class Layout:
+    """Where each stage reads and writes, all under one folder."""
+
+    root: Path
+    arena: Path = field(init=False)
+    data: Path = field(init=False)
+    model: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.arena = self.root / "arena"
+        self.data = self.root / "data"
+        self.model = self.root / "model"
+
+    @property
+    def val_predictions(self) -> Path:
+        return self.root / "val_predictions.parquet"
+
+    @property
+    def prompt_predictions(self) -> Path:
+        return self.root / "prompt_predictions.parquet"
+
+    @property
+    def evaluation(self) -> Path:
+        return self.root / "evaluation.json"
+
+    @property
+    def routes(self) -> Path:
+        return self.root / "routes.parquet"
+
+    @property
+    def route_summary(self) -> Path:
+        return self.root / "route_summary.json"
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots"
+
+    @property
+    def commands(self) -> Path:
+        return self.root / "commands.sh"
+
+
+def data_stages(layout: Layout, size: Size, seed: int) -> list[Stage]:
+    return [
+        Stage(
+            "Simulate an arena",
+            [
+                "simulate",
+                str(layout.arena),
+                "--battles",
+                str(size.battles),
+                "--models",
+                str(size.models),
+                "--prompts",
+                str(size.prompts),
+                "--seed",
+                str(seed),
+            ],
+            "votes on prompts whose true leaderboard depends on the prompt's category and "
+            "difficulty; truth.parquet holds the truth, costs.yaml what each answer costs",
+        ),
+        Stage(
+            "Prepare the votes",
+            [
+                "prepare",
+                str(layout.arena / "battles.parquet"),
+                "-o",
+                str(layout.data),
+                "--val-fraction",
+                str(VAL_FRACTION),
+                "--seed",
+                str(seed),
+            ],
+            "the battles contract, split by prompt into training and validation votes",
+        ),
+    ]
+
+
+def model_stages(layout: Layout, size: Size, seed: int, overwrite: bool) -> list[Stage]:
+    train = [
+        "train",
+        str(layout.data),
+        "-o",
+        str(layout.model),
+        "--recipe",
+        "minilm-cpu",
+        "--seed",
+        str(seed),
+        *size.train_flags,
+    ]
+    if overwrite:
+        train.append("--overwrite")
+    return [
+        Stage(
+            "Train a P2L model",
+            train,
+            "on the embedded MiniLM backbone; the head starts at the marginal leaderboard",
+        ),
+        Stage(
+            "Predict the validation prompts",
+            [
+                "predict",
+                str(layout.model),
+                str(layout.data / "val.parquet"),
+                "-o",
+                str(layout.val_predictions),
+            ],
+        ),
+    ]
+
+
+def evaluation_stages(layout: Layout, plots: bool) -> list[Stage]:
+    evaluate = [
+        "evaluate",
+        str(layout.val_predictions),
+        str(layout.data / "val.parquet"),
+        "--train",
+        str(layout.data / "train.parquet"),
+        "--truth",
+        str(layout.arena / "truth.parquet"),
+        "--by",
+        "category",
+        "--json",
+        str(layout.evaluation),
+    ]
+    if plots:
+        evaluate += ["--plot", str(layout.plots)]
+    return [
+        Stage(
+            "Evaluate against the marginal leaderboard",
+            evaluate,
+            "held-out votes; the truth adds the oracle and how well leaderboards are recovered",
+        )
+    ]
+
+
+def leaderboard_stages(layout: Layout) -> list[Stage]:
+    stages = [
+        Stage(
+            f"Leaderboard for one prompt ({i + 1} of {len(EXAMPLE_PROMPTS)})",
+            ["predict", str(layout.model), "--prompt", text],
+        )
+        for i, text in enumerate(EXAMPLE_PROMPTS)
+    ]
+    stages.append(
+        Stage(
+            "Leaderboards per category",
+            [
+                "leaderboard",
+                str(layout.val_predictions),
+                "--by",
+                "category",
+                "--ci",
+                "none",
+                "--top",
+                "5",
+            ],
+            "each aggregated over that category's validation prompts",
+        )
+    )
+    return stages
+
+
+def route_stages(layout: Layout, budget: float) -> list[Stage]:
+    prompts = layout.arena / "prompts.jsonl"
+    return [
+        Stage(
+            "Predict a prompt file",
+            ["predict", str(layout.model), str(prompts), "-o", str(layout.prompt_predictions)],
+            "fresh prompts that no vote was cast on",
+        ),
+        Stage(
+            "Route the prompts under a budget",
+            [
+                "route",
+                str(layout.prompt_predictions),
+                "--costs",
+                str(layout.arena / "costs.yaml"),
+                "--budget",
+                f"{budget:.3g}",
+                "-o",
+                str(layout.routes),
+                "--summary",
+                str(layout.route_summary),
+            ],
+            "the best expected win rate against the other models at this mean cost per prompt",
+        ),
+    ]
+
+
+# ------------------------------------------------------------------------------- running
+
+
+def run_command(argv: list[str], quiet: bool = False) -> None:
+    """Run ``p2l ARGV`` through the CLI's Typer app, in this process."""
+    from p2l_cli.cli import app
+
+    try:
+        from typer._click.exceptions import ClickException
+    except ImportError:  # pragma: no cover
+        from click.exceptions import ClickException
+
+    args = (["--quiet"] if quiet else []) + list(argv)
+    try:
+        code = app(args=args, prog_name="p2l", standalone_mode=False)
+    except ClickException as exc:
+        raise UserError(f"p2l {argv[0]}: {exc.format_message()}") from None
+    if isinstance(code, int) and code != 0:
+        raise UserError(f"the stage `p2l {argv[0]}` failed (exit {code}); see above")
+
+
+def default_budget(costs_path: Path) -> float:
+    """A budget that binds: the geometric mean of the cheapest and the dearest answer."""
+    from p2l_cli.route import read_costs
+
+    costs = read_costs(costs_path)
+    low, high = min(costs.values()), max(costs.values())
+    return math.sqrt(low * high) if low > 0 else (low + high) / 2
+
+
+def has_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def check_out_dir(root: Path, force: bool) -> bool:
+    """Whether earlier results are there (and may be replaced, with ``force``)."""
+    if root.exists() and not root.is_dir():
+        raise UserError(f"--out {root}: exists and is not a folder")
+    used = root.is_dir() and any(root.iterdir())
+    if used and not force:
+        raise UserError(f"--out {root}: not empty; choose another folder or add --force")
+    return used
+
+
+def run_demo(
+    out: str | Path = DEFAULT_OUT,
+    small: bool = False,
+    seed: int = 0,
+    force: bool = False,
+    quiet: bool = False,
+    runner: Callable[[list[str], bool], None] = run_command,
+) -> list[Stage]:
+    """Run every stage, printing each command line first; returns the stages run."""
+    from p2l_cli.ui import console
+
+    root = Path(out)
+    overwrite = check_out_dir(root, force)
+    root.mkdir(parents=True, exist_ok=True)
+    layout = Layout(root)
+    size = SIZES["small" if small else "full"]
+    done: list[Stage] = []
+    started = time.perf_counter()
+
+    def run(stages: list[Stage]) -> None:
+        for stage in stages:
+            number = len(done) + 1
+            console.rule(f"[bold]{number}. {stage.title}")
+            if stage.note:
+                console.print(f"[dim]{stage.note}[/]")
+            console.print(f"[bold cyan]$ {escape(stage.command)}[/]", soft_wrap=True)
+            stage_started = time.perf_counter()
+            runner(stage.argv, quiet)
+            done.append(stage)
+            write_commands(layout.commands, done)
+            console.print(f"[dim]({time.perf_counter() - stage_started:.1f} s)[/]")
+
+    run(data_stages(layout, size, seed))
+    run(model_stages(layout, size, seed, overwrite))
+    run(evaluation_stages(layout, has_matplotlib()))
+    run(leaderboard_stages(layout))
+    run(route_stages(layout, default_budget(layout.arena / "costs.yaml")))
+    finish(layout, done, time.perf_counter() - started)
+    return done
+
+
+def write_commands(path: Path, stages: list[Stage]) -> None:
+    from p2l_cli.io import write_text
+
+    lines = ["#!/usr/bin/env bash", "# The commands `p2l demo` ran, in order.", "set -euo pipefail"]
+    for stage in stages:
+        lines += ["", f"# {stage.title}", stage.command]
+    write_text(path, "\n".join(lines) + "\n")
+
+
+def recap(layout: Layout) -> list[str]:
+    """The headline figures of the evaluation and of the routing, in a few lines."""
+    import json
+
+    lines = []
+    if layout.evaluation.is_file():
+        report = json.loads(layout.evaluation.read_text())
+        gain = report.get("gain") or {}
+        if gain:
+            lines.append(
+                f"held-out NLL per vote: P2L {report['p2l']['nll']:.4f}, marginal leaderboard "
+                f"{report['marginal']['nll']:.4f} (gain {gain['nll']:+.4f}, interval "
+                f"{gain.get('low', math.nan):+.4f} to {gain.get('high', math.nan):+.4f})"
+            )
+        captured = (report.get("oracle") or {}).get("fraction_captured")
+        if captured is not None:
+            lines.append(
+                f"share of the achievable gain (true coefficients) captured: {100 * captured:.0f}%"
+            )
+    if layout.route_summary.is_file():
+        summary = json.loads(layout.route_summary.read_text())
+        router = summary["router"]
+        affordable = [m for m in summary["models"] if m.get("fits_budget")]
+        best = affordable[0] if affordable else None
+        line = (
+            f"routing {summary['n_prompts']} prompts at a budget of {summary['budget']:.3g}: "
+            f"mean cost {router.get('mean_cost', math.nan):.3g}, predicted win rate "
+            f"{100 * router['mean_win_rate']:.1f}%"
+        )
+        if best is not None:
+            line += (
+                f" vs {100 * best['mean_win_rate']:.1f}% for the best single model within "
+                f"the budget ({best['model']})"
+            )
+        lines.append(line)
+    return lines
+
+
+def finish(layout: Layout, stages: list[Stage], seconds: float) -> None:
+    from p2l_cli.ui import console
+
+    console.rule("[bold]Done")
+    for line in recap(layout):
+        console.print(line)
+    console.print(
+        f"{len(stages)} stages in {seconds / 60:.1f} minutes; every file is in {layout.root}/:"
+    )
+    for path in sorted(layout.root.rglob("*")):
+        if path.is_file() and "checkpoints" not in path.parts:
+            console.print(f"  {path.relative_to(layout.root)}", highlight=False)
+    console.print(
+        f"Rerun any stage by hand, or on your own data, with the commands in {layout.commands}"
+    )

@@ -1,0 +1,110 @@
+"""`p2l demo`: the pipeline's command lines, and the reduced demo run as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from p2l_cli import demo
+from p2l_cli.errors import UserError
+from tests.conftest import REPO, run_p2l
+
+
+def test_stages_are_command_lines_that_the_shell_splits_back():
+    layout = demo.Layout(Path("/tmp/some where"))
+    stages = (
+        demo.data_stages(layout, demo.SIZES["small"], 3)
+        + demo.model_stages(layout, demo.SIZES["small"], 3, overwrite=True)
+        + demo.evaluation_stages(layout, plots=False)
+        + demo.leaderboard_stages(layout)
+        + demo.route_stages(layout, 0.00123)
+    )
+    for stage in stages:
+        words = shlex.split(stage.command)
+        assert words[0] == "p2l" and words[1:] == stage.argv
+    commands = [stage.argv[0] for stage in stages]
+    assert commands[:4] == ["simulate", "prepare", "train", "predict"]
+    assert {"evaluate", "leaderboard", "route"} <= set(commands)
+    route = stages[-1].argv
+    assert route[route.index("--budget") + 1] == "0.00123"
+    assert "--overwrite" in stages[2].argv and "--freeze-backbone" in stages[2].argv
+
+
+def test_budget_is_between_the_cheapest_and_the_dearest_answer(tmp_path):
+    costs = tmp_path / "costs.yaml"
+    costs.write_text(
+        "a: 0.0001\nb:\n  price_per_million_output_tokens: 10\n  mean_output_tokens: 400\n"
+    )
+    assert demo.default_budget(costs) == pytest.approx(math.sqrt(0.0001 * 0.004))
+
+
+def test_out_folder_must_be_empty_unless_forced(tmp_path):
+    assert demo.check_out_dir(tmp_path / "new", force=False) is False
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "file").write_text("x")
+    with pytest.raises(UserError, match="not empty"):
+        demo.check_out_dir(tmp_path / "used", force=False)
+    assert demo.check_out_dir(tmp_path / "used", force=True) is True
+
+
+def test_example_prompts_file_is_valid():
+    rows = pl.read_ndjson(REPO / "examples" / "prompts.jsonl")
+    assert rows.height >= 20 and set(rows.columns) == {"prompt", "category"}
+    from p2l_cli.data.prompt_bank import CATEGORY_NAMES
+
+    assert set(rows["category"]) == set(CATEGORY_NAMES)
+
+
+def test_small_demo_runs_every_stage_and_prints_rerunnable_commands(tmp_path):
+    out = tmp_path / "demo"
+    env = {"P2L_CACHE_DIR": str(tmp_path / "cache")}
+    proc = run_p2l("demo", "--small", "--out", out, env=env, timeout=600)
+    stderr = proc.stderr.decode(errors="replace")
+    assert proc.returncode == 0, stderr[-4000:]
+    for name in (
+        "arena/battles.parquet",
+        "arena/truth.parquet",
+        "arena/costs.yaml",
+        "arena/prompts.jsonl",
+        "data/train.parquet",
+        "data/val.parquet",
+        "data/models.json",
+        "model/model.safetensors",
+        "model/metrics.json",
+        "val_predictions.parquet",
+        "evaluation.json",
+        "prompt_predictions.parquet",
+        "routes.parquet",
+        "route_summary.json",
+        "commands.sh",
+    ):
+        assert (out / name).is_file(), name
+    commands = [
+        line for line in (out / "commands.sh").read_text().splitlines() if line.startswith("p2l ")
+    ]
+    assert [shlex.split(c)[1] for c in commands][:4] == ["simulate", "prepare", "train", "predict"]
+    flat = " ".join(stderr.split())  # the terminal may wrap long lines
+    for command in commands:
+        assert f"$ {command}" in flat
+
+    report = json.loads((out / "evaluation.json").read_text())
+    assert report["marginal"]["available"] and report["oracle"]["available"]
+    assert report["votes"] > 100 and math.isfinite(report["p2l"]["nll"])
+    assert report["oracle"]["nll"] < report["marginal"]["nll"]
+
+    # a printed command reruns by hand and gives the same figures
+    evaluate = next(c for c in commands if shlex.split(c)[1] == "evaluate")
+    words = shlex.split(evaluate)[1:]
+    words[words.index("--json") + 1] = str(tmp_path / "again.json")
+    again = run_p2l(*words, env=env, check=True)
+    assert again.returncode == 0
+    rerun = json.loads((tmp_path / "again.json").read_text())
+    assert rerun["p2l"] == report["p2l"] and rerun["gain"] == report["gain"]
+
+    again = run_p2l("demo", "--small", "--out", out, env=env)
+    assert again.returncode == 2 and b"not empty" in again.stderr

@@ -1,0 +1,148 @@
+"""The P2L model core: save -> load round trips, published checkpoints, the head's maths."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from tiny import make_backbone
+from transformers import AutoModel, AutoTokenizer
+
+from p2l_cli.errors import UserError
+from p2l_cli.model import P2LHead, build_p2l, collate, encode_prompts, load_p2l, save_p2l
+
+MODELS = ["model-b", "model-a", "model-c", "model-d"]  # build_p2l sorts them
+PROMPTS = [
+    ["write a python function that sorts a list of numbers"],
+    ["hello how are you", "translate this sentence into french please"],
+    ["compose a short poem about the autumn sea <|cls|> and the moon"],
+]
+
+
+@pytest.fixture(scope="module")
+def backbones(tmp_path_factory):
+    root = tmp_path_factory.mktemp("backbones")
+    return {kind: make_backbone(kind, root / kind) for kind in ("qwen2", "llama", "bert")}
+
+
+def _forward(model, tokenizer, prompts):
+    ids = encode_prompts(tokenizer, prompts, model.info)
+    input_ids, mask = collate(ids, tokenizer.pad_token_id)
+    with torch.no_grad():
+        return model(input_ids, mask), ids
+
+
+@pytest.mark.parametrize(
+    "kind, loss, rank, pooling",
+    [("qwen2", "grk", None, None), ("llama", "bt", 2, None), ("bert", "rk", 3, "mean")],
+)
+def test_save_then_load_gives_identical_coefficients(backbones, tmp_path, kind, loss, rank,
+                                                     pooling):
+    torch.manual_seed(1)
+    model, tokenizer = build_p2l(str(backbones[kind]), MODELS, loss_type=loss, head_rank=rank,
+                                 pooling=pooling, max_length=64)
+    model.head.initialise("normal", std=0.5)
+    model.eval()
+    before, ids_before = _forward(model, tokenizer, PROMPTS)
+    save_p2l(model, tokenizer, tmp_path / "m", {"lr": 1e-3})
+
+    loaded, tokenizer2 = load_p2l(tmp_path / "m")
+    after, ids_after = _forward(loaded, tokenizer2, PROMPTS)
+    assert ids_after == ids_before
+    assert loaded.info.model_list == sorted(MODELS)
+    assert loaded.info.family == ("grk" if loss == "grk" else loss)
+    assert loaded.info.head_rank == rank
+    assert loaded.info.pooling == model.info.pooling
+    assert torch.equal(before.coefs, after.coefs)
+    if loss == "bt":
+        assert after.eta is None
+    else:
+        assert torch.equal(before.eta, after.eta)
+    config = json.loads((tmp_path / "m" / "training_config.json").read_text())
+    assert config["lr"] == 1e-3 and config["loss_type"] == model.info.family
+    assert json.loads((tmp_path / "m" / "model_list.json").read_text()) == sorted(MODELS)
+
+
+def test_decoder_input_is_chat_template_then_cls(backbones):
+    model, tokenizer = build_p2l(str(backbones["qwen2"]), MODELS, max_length=512)
+    ids = encode_prompts(tokenizer, [PROMPTS[2]], model.info)[0]
+    text = "<|im_start|>user\n" + PROMPTS[2][0].replace("<|cls|>", "") + "<|im_end|>\n"
+    expected = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.cls_token_id]
+    assert ids == expected
+    assert ids.count(tokenizer.cls_token_id) == 1
+    # left truncation keeps the cls token and the end of the prompt
+    model.info.max_length = 8
+    short = encode_prompts(tokenizer, [PROMPTS[2]], model.info)[0]
+    assert short == expected[-8:]
+
+
+def _published_checkpoint(backbone_dir, folder, num_models=3):
+    """A checkpoint in lmarena-ai's layout, written by hand from the backbone's files."""
+    tokenizer = AutoTokenizer.from_pretrained(backbone_dir)
+    tokenizer.add_special_tokens({"cls_token": "<|cls|>", "pad_token": "<|pad|>"})
+    network = AutoModel.from_pretrained(backbone_dir)
+    network.resize_token_embeddings(len(tokenizer))
+    hidden = network.config.hidden_size
+    generator = torch.Generator().manual_seed(7)
+    head = {
+        "head.head.weight": torch.randn(num_models, hidden, generator=generator),
+        "head.head.bias": torch.randn(num_models, generator=generator),
+        "head.eta_head.weight": torch.randn(1, hidden, generator=generator) * 0.1,
+        "head.eta_head.bias": torch.tensor([0.3]),
+    }
+    tensors = {f"model.{k}": v.contiguous() for k, v in network.state_dict().items()}
+    tensors.update(head)
+    folder.mkdir()
+    save_file(tensors, str(folder / "model.safetensors"))
+    config = network.config.to_dict()
+    config["architectures"] = ["P2LModel"]
+    (folder / "config.json").write_text(json.dumps(config))
+    tokenizer.save_pretrained(str(folder))
+    models = [f"llm-{i}" for i in range(num_models)]
+    (folder / "model_list.json").write_text(json.dumps(models))
+    (folder / "training_config.json").write_text(json.dumps({
+        "model_type": config["model_type"], "head_type": "rk", "loss_type": "bag",
+        "chat_template": tokenizer.chat_template, "learning_rate": 8e-6,
+    }))  # fmt: skip
+    return network.eval(), tokenizer, head, models
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "llama"])
+def test_published_layout_loads_and_matches_a_hand_written_forward(backbones, tmp_path, kind):
+    network, tokenizer, head, models = _published_checkpoint(backbones[kind], tmp_path / "pub")
+    model, loaded_tokenizer = load_p2l(tmp_path / "pub")
+    assert model.info.family == "grk" and model.info.head_type == "rk"
+    assert model.info.model_list == models
+
+    prompt = ["what is the derivative of sine of x", "and of cosine?"]
+    messages = [{"role": "user", "content": turn} for turn in prompt]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.cls_token_id]
+    with torch.no_grad():
+        hidden = network(input_ids=torch.tensor([ids])).last_hidden_state[0, -1]
+    coefs = head["head.head.weight"] @ hidden + head["head.head.bias"]
+    eta = head["head.eta_head.weight"][0] @ hidden + head["head.eta_head.bias"][0]
+
+    out, encoded = _forward(model, loaded_tokenizer, [prompt, ["a longer second prompt " * 5]])
+    assert encoded[0] == ids
+    torch.testing.assert_close(out.coefs[0], coefs, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.eta[0], eta, rtol=1e-5, atol=1e-5)
+
+
+def test_weights_of_another_shape_are_a_clear_error(backbones, tmp_path):
+    _published_checkpoint(backbones["qwen2"], tmp_path / "pub")
+    (tmp_path / "pub" / "model_list.json").write_text(json.dumps(["a", "b", "c", "d", "e"]))
+    with pytest.raises(UserError, match="weights do not match"):
+        load_p2l(tmp_path / "pub")
+
+
+def test_low_rank_head_and_initialisation():
+    head = P2LHead(16, 5, "rk", rank=2)
+    assert sum(p.numel() for p in head.head.parameters()) == 16 * 2 + 2 * 5 + 5
+    bias = torch.linspace(-1, 1, 5)
+    head.initialise("zeros", bias=bias, eta=0.7)
+    coefs, eta = head(torch.randn(3, 16))
+    assert torch.equal(coefs, bias.expand(3, 5))  # starts exactly at the given leaderboard
+    assert torch.allclose(eta, torch.full((3,), 0.7))
