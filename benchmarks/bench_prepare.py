@@ -39,19 +39,22 @@ FILLER = (
 def padded(conversation: list[dict], answer_chars: int) -> list[dict]:
     return [
         {**m, "content": m["content"] + " " + FILLER[:answer_chars]}
-        if m["role"] == "assistant" else m
+        if m["role"] == "assistant"
+        else m
         for m in conversation
-    ]  # fmt: skip
+    ]
 
 
 def build_input(path: Path, rows: int, chunk: int, models: int, answer_chars: int) -> float:
     started = time.perf_counter()
     base = simulate_arena(num_battles=chunk, num_models=models, seed=0, num_prompts=0).battles
     base = base.with_columns(
-        pl.Series("conversation_a", [padded(c, answer_chars) for c in base["conversation_a"]
-                                     .to_list()]),  # fmt: skip
-        pl.Series("conversation_b", [padded(c, answer_chars) for c in base["conversation_b"]
-                                     .to_list()]),  # fmt: skip
+        pl.Series(
+            "conversation_a", [padded(c, answer_chars) for c in base["conversation_a"].to_list()]
+        ),
+        pl.Series(
+            "conversation_b", [padded(c, answer_chars) for c in base["conversation_b"].to_list()]
+        ),
     )
     writer = None
     written = 0
@@ -73,8 +76,17 @@ def build_input(path: Path, rows: int, chunk: int, models: int, answer_chars: in
 
 def run_prepare(source: Path, out: Path, extra: list[str]) -> tuple[float, float]:
     """Wall seconds and peak resident memory (GiB) of `p2l prepare` in a fresh process."""
-    command = [sys.executable, "-m", "p2l_cli", "prepare", str(source), "-o", str(out), "-q",
-               *extra]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "p2l_cli",
+        "prepare",
+        str(source),
+        "-o",
+        str(out),
+        "-q",
+        *extra,
+    ]
     timer = shutil.which("time") or "/usr/bin/time"
     measured = Path(timer).exists()
     if measured:
@@ -97,31 +109,41 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_500_000)
     parser.add_argument("--chunk", type=int, default=100_000, help="simulated battles, repeated")
     parser.add_argument("--models", type=int, default=60)
-    parser.add_argument("--answer-chars", type=int, default=1500,
-                        help="characters added to every assistant answer")
+    parser.add_argument(
+        "--answer-chars", type=int, default=1500, help="characters added to every assistant answer"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the generated files")
     args, extra = parser.parse_known_args()
 
     OUT.mkdir(parents=True, exist_ok=True)
     source = OUT / f"arena-{args.rows}.parquet"
     if not source.exists():
-        seconds = build_input(source, args.rows, min(args.chunk, args.rows), args.models,
-                              args.answer_chars)  # fmt: skip
+        seconds = build_input(
+            source, args.rows, min(args.chunk, args.rows), args.models, args.answer_chars
+        )
         print(f"built {source.name}: {args.rows:,} battles in {seconds:.0f} s")
     size_gb = source.stat().st_size / 1e9
     uncompressed = pq.ParquetFile(source).metadata
-    raw_gb = sum(uncompressed.row_group(i).total_byte_size
-                 for i in range(uncompressed.num_row_groups)) / 1e9  # fmt: skip
+    raw_gb = (
+        sum(uncompressed.row_group(i).total_byte_size for i in range(uncompressed.num_row_groups))
+        / 1e9
+    )
     out = OUT / "data"
     wall, peak_gib = run_prepare(source, out, extra)
     summary = (out / "prepare.json").read_text()
-    print(f"machine: {platform.machine()}, {shutil.os.cpu_count()} CPUs, Python "
-          f"{platform.python_version()}")  # fmt: skip
+    print(
+        f"machine: {platform.machine()}, {shutil.os.cpu_count()} CPUs, Python "
+        f"{platform.python_version()}"
+    )
     print(f"input: {args.rows:,} battles, {size_gb:.2f} GB on disk, {raw_gb:.2f} GB uncompressed")
-    print(f"p2l prepare: {wall:.0f} s wall, {args.rows / wall:,.0f} battles/s, "
-          f"peak RSS {peak_gib:.2f} GiB")  # fmt: skip
-    print(f"outputs: {sum(p.stat().st_size for p in out.iterdir()) / 1e6:.0f} MB, "
-          f"prepare.json {len(summary)} bytes")  # fmt: skip
+    print(
+        f"p2l prepare: {wall:.0f} s wall, {args.rows / wall:,.0f} battles/s, "
+        f"peak RSS {peak_gib:.2f} GiB"
+    )
+    print(
+        f"outputs: {sum(p.stat().st_size for p in out.iterdir()) / 1e6:.0f} MB, "
+        f"prepare.json {len(summary)} bytes"
+    )
     if not args.keep:
         shutil.rmtree(OUT)
 

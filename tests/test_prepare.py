@@ -55,8 +55,10 @@ def vote(prompt, a, b, winner, **extra) -> dict:
 
 def test_arena_100k_parquet_schema(tmp_path):
     """The arena-human-preference-100k layout as Parquet: nested conversation structs."""
-    records = [json.loads(line) for line in (FIXTURES / "arena_conversations_sample.jsonl")
-               .read_text().splitlines()]  # fmt: skip
+    records = [
+        json.loads(line)
+        for line in (FIXTURES / "arena_conversations_sample.jsonl").read_text().splitlines()
+    ]
     for r in records:  # the 100k release has these instead of the moderation tags
         r.pop("openai_moderation"), r.pop("toxic_chat_tag")
         r["is_code"], r["dedup_tag"] = False, {"high_freq": False, "sampled": True}
@@ -96,8 +98,9 @@ def test_arena_jsonl_fixture_with_anony_only(tmp_path):
 
 def test_arena_140k_parquet_with_content_parts(tmp_path):
     """The arena-140k layout: typed content parts, a ``both_bad`` winner, datetimes."""
-    records = [json.loads(line) for line in (FIXTURES / "arena_140k_sample.jsonl")
-               .read_text().splitlines()]  # fmt: skip
+    records = [
+        json.loads(line) for line in (FIXTURES / "arena_140k_sample.jsonl").read_text().splitlines()
+    ]
     for r in records:
         r["timestamp"] = datetime.fromisoformat(r["timestamp"].replace("Z", "+00:00"))
     source = tmp_path / "train-00000-of-00007.parquet"
@@ -108,8 +111,10 @@ def test_arena_140k_parquet_with_content_parts(tmp_path):
     assert models == ["claude-3-7-sonnet-20250219", "gemini-2.5-pro", "o3-2025-04-16"]
     rows = {r["id"]: r for r in battles.iter_rows(named=True)}
     both_bad = rows["0df47d30-5246-42a0-ae3a-0a77b1f7973f"]
-    assert both_bad["prompt"] == ["Prove Fermat's last theorem in one line.",
-                                  "Then just sketch it."]  # fmt: skip
+    assert both_bad["prompt"] == [
+        "Prove Fermat's last theorem in one line.",
+        "Then just sketch it.",
+    ]
     assert both_bad["winner"] == "tie (bothbad)"
     assert both_bad["labels"] == [2, 1, 2]
     assert both_bad["tstamp"] == pytest.approx(
@@ -154,16 +159,46 @@ def test_kaggle_55k_csv(tmp_path):
 
 
 def test_generic_jsonl_with_mapped_columns(tmp_path):
-    source = write_jsonl(tmp_path / "votes.jsonl", [
-        {"question": "What is 2+2?", "left": "m1", "right": "m2", "vote": "m2", "uid": 7},
-        {"question": ["Hi", "How are you?"], "left": "m2", "right": "m3", "vote": "A", "uid": 8},
-        {"question": [{"role": "system", "content": "be brief"},
-                      {"role": "user", "content": "Name a color"}],
-         "left": "m3", "right": "m1", "vote": "draw", "uid": 9},
-    ])  # fmt: skip
-    prepare(source, "-o", tmp_path / "data", "--val-fraction", "0", "--prompt-column", "question",
-            "--model-a-column", "left", "--model-b-column", "right", "--winner-column", "vote",
-            "--id-column", "uid")  # fmt: skip
+    source = write_jsonl(
+        tmp_path / "votes.jsonl",
+        [
+            {"question": "What is 2+2?", "left": "m1", "right": "m2", "vote": "m2", "uid": 7},
+            {
+                "question": ["Hi", "How are you?"],
+                "left": "m2",
+                "right": "m3",
+                "vote": "A",
+                "uid": 8,
+            },
+            {
+                "question": [
+                    {"role": "system", "content": "be brief"},
+                    {"role": "user", "content": "Name a color"},
+                ],
+                "left": "m3",
+                "right": "m1",
+                "vote": "draw",
+                "uid": 9,
+            },
+        ],
+    )
+    prepare(
+        source,
+        "-o",
+        tmp_path / "data",
+        "--val-fraction",
+        "0",
+        "--prompt-column",
+        "question",
+        "--model-a-column",
+        "left",
+        "--model-b-column",
+        "right",
+        "--winner-column",
+        "vote",
+        "--id-column",
+        "uid",
+    )
     rows = {r["id"]: r for r in everything(tmp_path / "data").iter_rows(named=True)}
     assert rows["7"]["winner"] == "model_b" and rows["7"]["labels"] == [1, 0, 0]
     assert rows["8"]["prompt"] == ["Hi", "How are you?"] and rows["8"]["labels"] == [1, 2, 0]
@@ -182,9 +217,10 @@ def test_generic_csv_plain_and_json_list_prompts(tmp_path):
     prepare(source, "-o", tmp_path / "data", "--val-fraction", "0")
     rows = everything(tmp_path / "data").sort("weight", nulls_last=True).to_dicts()
     assert [r["prompt"] for r in rows] == [
-        ["[not json] keep me as text"], ["Write a poem,\nwith a line break"],
+        ["[not json] keep me as text"],
+        ["Write a poem,\nwith a line break"],
         ["turn one", "turn two"],
-    ]  # fmt: skip
+    ]
     assert [r["weight"] for r in rows] == [1.0, 2.5, None]
     assert [r["labels"] for r in rows] == [[1, 0, 0], [0, 1, 0], [1, 0, 2]]
 
@@ -205,13 +241,16 @@ def test_stdin_and_parquet_round_trip_of_own_output(tmp_path):
 
 def test_labels_match_a_hand_computation(tmp_path):
     # sorted: alpha=0, mid=1, zeta=2
-    source = write_jsonl(tmp_path / "v.jsonl", [
-        vote("p1", "zeta", "alpha", "model_a", id="1"),
-        vote("p2", "zeta", "alpha", "model_b", id="2"),
-        vote("p3", "mid", "zeta", "tie", id="3"),
-        vote("p4", "alpha", "mid", "tie (bothbad)", id="4"),
-        vote("p5", "mid", "alpha", "model_a", id="5"),
-    ])  # fmt: skip
+    source = write_jsonl(
+        tmp_path / "v.jsonl",
+        [
+            vote("p1", "zeta", "alpha", "model_a", id="1"),
+            vote("p2", "zeta", "alpha", "model_b", id="2"),
+            vote("p3", "mid", "zeta", "tie", id="3"),
+            vote("p4", "alpha", "mid", "tie (bothbad)", id="4"),
+            vote("p5", "mid", "alpha", "model_a", id="5"),
+        ],
+    )
     prepare(source, "-o", tmp_path / "data", "--val-fraction", "0")
     battles = everything(tmp_path / "data")
     assert load(tmp_path / "data")[2] == ["alpha", "mid", "zeta"]
@@ -240,15 +279,35 @@ def test_every_drop_reason_is_counted(tmp_path):
         vote("c vs a", "c", "a", "model_a", language="English"),
     ]
     source = write_jsonl(tmp_path / "v.jsonl", records)
-    prepare(source, "-o", tmp_path / "data", "--val-fraction", "0", "--anony-only",
-            "--language", "english", "--models", "a,b,c", "--models", "d",
-            "--min-battles-per-model", "2")  # fmt: skip
+    prepare(
+        source,
+        "-o",
+        tmp_path / "data",
+        "--val-fraction",
+        "0",
+        "--anony-only",
+        "--language",
+        "english",
+        "--models",
+        "a,b,c",
+        "--models",
+        "d",
+        "--min-battles-per-model",
+        "2",
+    )
     _, _, models, report = load(tmp_path / "data")
     assert report["drops"] == {
-        "malformed": 0, "empty_prompt": 2, "unknown_winner": 2, "same_model": 1,
-        "not_anonymous": 1, "language": 1, "model_not_allowed": 1, "duplicate": 1,
-        "prompt_in_val": 0, "few_battles": 2,
-    }  # fmt: skip
+        "malformed": 0,
+        "empty_prompt": 2,
+        "unknown_winner": 2,
+        "same_model": 1,
+        "not_anonymous": 1,
+        "language": 1,
+        "model_not_allowed": 1,
+        "duplicate": 1,
+        "prompt_in_val": 0,
+        "few_battles": 2,
+    }
     assert report["rows_read"] == len(records) and report["battles"] == 4
     assert models == ["a", "b"]
     kept = sorted(everything(tmp_path / "data")["prompt"].to_list())
@@ -281,8 +340,15 @@ def _repeated_prompts(n_prompts: int) -> list[dict]:
     records = []
     for p in range(n_prompts):
         for k in range(1 + p % 4):  # each prompt asked 1 to 4 times
-            records.append(vote(f"prompt number {p}", f"m{k % 3}", f"m{(k + 1) % 3}",
-                                "model_a", tstamp=1_700_000_000 + 60 * len(records)))
+            records.append(
+                vote(
+                    f"prompt number {p}",
+                    f"m{k % 3}",
+                    f"m{(k + 1) % 3}",
+                    "model_a",
+                    tstamp=1_700_000_000 + 60 * len(records),
+                )
+            )
     return records
 
 
@@ -325,22 +391,30 @@ def test_chrono_split_needs_every_tstamp(tmp_path):
 
 
 def test_val_file_supplies_the_split_and_removes_its_prompts_from_train(tmp_path):
-    train_source = write_jsonl(tmp_path / "train.jsonl", [
-        vote("shared prompt", "a", "b", "model_a"),
-        vote("train only", "a", "b", "model_b"),
-        vote("train only 2", "b", "c", "tie"),
-    ])  # fmt: skip
-    val_source = write_jsonl(tmp_path / "val.jsonl", [
-        vote("shared prompt", "b", "a", "model_b"),
-        vote("val only", "a", "c", "model_a"),
-    ])  # fmt: skip
+    train_source = write_jsonl(
+        tmp_path / "train.jsonl",
+        [
+            vote("shared prompt", "a", "b", "model_a"),
+            vote("train only", "a", "b", "model_b"),
+            vote("train only 2", "b", "c", "tie"),
+        ],
+    )
+    val_source = write_jsonl(
+        tmp_path / "val.jsonl",
+        [
+            vote("shared prompt", "b", "a", "model_b"),
+            vote("val only", "a", "c", "model_a"),
+        ],
+    )
     prepare(train_source, "-o", tmp_path / "data", "--val-file", val_source)
     train, val, models, report = load(tmp_path / "data")
     assert models == ["a", "b", "c"]
     assert sorted(p[0] for p in train["prompt"].to_list()) == ["train only", "train only 2"]
     assert sorted(p[0] for p in val["prompt"].to_list()) == ["shared prompt", "val only"]
     assert report["drops"]["prompt_in_val"] == 1
-    assert val.filter(pl.col("prompt").list.first() == "val only")["labels"].to_list() == [[0, 2, 0]]
+    assert val.filter(pl.col("prompt").list.first() == "val only")["labels"].to_list() == [
+        [0, 2, 0]
+    ]
 
 
 # ------------------------------------------------------------------------------ bad rows
@@ -349,7 +423,7 @@ def test_val_file_supplies_the_split_and_removes_its_prompts_from_train(tmp_path
 def test_malformed_jsonl_line_exits_2_naming_file_and_line(tmp_path):
     source = tmp_path / "bad.jsonl"
     good = json.dumps(vote("fine", "a", "b", "model_a"))
-    source.write_text(f"{good}\n{good}\n{{\"prompt\": \"cut off\n{good}\n")
+    source.write_text(f'{good}\n{good}\n{{"prompt": "cut off\n{good}\n')
     proc = run_p2l("prepare", source, "-o", tmp_path / "data")
     assert proc.returncode == 2
     err = proc.stderr.decode()
@@ -367,8 +441,14 @@ def test_malformed_rows_in_csv_and_parquet_name_their_position(tmp_path):
     assert result.exit_code == 2
     assert "kaggle.csv: line 4: prompt is not a JSON list" in result.output
 
-    table = pa.table({"prompt": ["x", "y", "z"], "model_a": ["a", "a", None],
-                      "model_b": ["b", "b", "b"], "winner": ["model_a"] * 3})  # fmt: skip
+    table = pa.table(
+        {
+            "prompt": ["x", "y", "z"],
+            "model_a": ["a", "a", None],
+            "model_b": ["b", "b", "b"],
+            "winner": ["model_a"] * 3,
+        }
+    )
     pq.write_table(table, tmp_path / "votes.parquet")
     result = run_cli("prepare", tmp_path / "votes.parquet", "-o", tmp_path / "data")
     assert result.exit_code == 2
@@ -378,8 +458,19 @@ def test_malformed_rows_in_csv_and_parquet_name_their_position(tmp_path):
 def test_skip_bad_rows_counts_them(tmp_path):
     source = tmp_path / "bad.jsonl"
     rows = [json.dumps(vote(f"fine {i}", "a", "b", "model_a")) for i in range(3)]
-    source.write_text("\n".join([rows[0], "not json", rows[1], "[1, 2]", rows[2],
-                                 json.dumps(vote("w", "a", "b", "model_a", weight=-1))]) + "\n")
+    source.write_text(
+        "\n".join(
+            [
+                rows[0],
+                "not json",
+                rows[1],
+                "[1, 2]",
+                rows[2],
+                json.dumps(vote("w", "a", "b", "model_a", weight=-1)),
+            ]
+        )
+        + "\n"
+    )
     prepare(source, "-o", tmp_path / "data", "--skip-bad-rows", "--val-fraction", "0")
     report = load(tmp_path / "data")[3]
     assert report["drops"]["malformed"] == 3
@@ -398,8 +489,9 @@ def test_missing_column_is_a_usage_error(tmp_path):
 
 
 def test_failed_run_leaves_previous_outputs_untouched(tmp_path):
-    good = write_jsonl(tmp_path / "good.jsonl", [vote(f"q{i}", "a", "b", "model_a")
-                                                 for i in range(4)])  # fmt: skip
+    good = write_jsonl(
+        tmp_path / "good.jsonl", [vote(f"q{i}", "a", "b", "model_a") for i in range(4)]
+    )
     prepare(good, "-o", tmp_path / "data", "--val-fraction", "0")
     before = {p.name: p.read_bytes() for p in (tmp_path / "data").iterdir()}
     bad = tmp_path / "bad.jsonl"

@@ -61,8 +61,19 @@ def hand_probs(a: np.ndarray, b: np.ndarray, eta: np.ndarray | None, family: str
 
 def test_same_seed_same_files_other_seed_other_files(tmp_path):
     for name, seed in (("one", "7"), ("two", "7"), ("three", "8")):
-        result = run_cli("simulate", tmp_path / name, "--battles", "300", "--prompts", "20",
-                         "--family", "grk", "--seed", seed, "-q")  # fmt: skip
+        result = run_cli(
+            "simulate",
+            tmp_path / name,
+            "--battles",
+            "300",
+            "--prompts",
+            "20",
+            "--family",
+            "grk",
+            "--seed",
+            seed,
+            "-q",
+        )
         assert result.exit_code == 0, result.output
     for name in FILES:
         assert digest(tmp_path / "one" / name) == digest(tmp_path / "two" / name), name
@@ -75,12 +86,37 @@ def test_same_seed_same_files_other_seed_other_files(tmp_path):
 
 
 def test_files_follow_the_arena_schema_and_the_truth_contract(tmp_path):
-    assert run_cli("simulate", tmp_path, "--battles", "800", "--models", "7", "--family", "rk",
-                   "--prompts", "50", "-q").exit_code == 0  # fmt: skip
+    assert (
+        run_cli(
+            "simulate",
+            tmp_path,
+            "--battles",
+            "800",
+            "--models",
+            "7",
+            "--family",
+            "rk",
+            "--prompts",
+            "50",
+            "-q",
+        ).exit_code
+        == 0
+    )
     battles = pl.read_parquet(tmp_path / "battles.parquet")
     truth, meta = read_table_meta(tmp_path / "truth.parquet")
-    assert {"question_id", "model_a", "model_b", "winner", "conversation_a", "conversation_b",
-            "turn", "anony", "language", "tstamp", "category"} <= set(battles.columns)  # fmt: skip
+    assert {
+        "question_id",
+        "model_a",
+        "model_b",
+        "winner",
+        "conversation_a",
+        "conversation_b",
+        "turn",
+        "anony",
+        "language",
+        "tstamp",
+        "category",
+    } <= set(battles.columns)
     assert meta["models"] == sorted(meta["models"]) and len(meta["models"]) == 7
     assert meta["loss"] == "rk"
     assert set(battles["winner"]) <= {"model_a", "model_b", "tie"}
@@ -110,13 +146,17 @@ def test_files_follow_the_arena_schema_and_the_truth_contract(tmp_path):
     by_feature = {(r["category"], r["difficulty"]): r["true_coefs"] for r in truth.to_dicts()}
     for row in prompts.to_dicts():
         if (row["category"], row["difficulty"]) in by_feature:
-            assert row["true_coefs"] == pytest.approx(by_feature[row["category"], row["difficulty"]])
+            assert row["true_coefs"] == pytest.approx(
+                by_feature[row["category"], row["difficulty"]]
+            )
 
     costs = yaml.safe_load((tmp_path / "costs.yaml").read_text())
     summary = json.loads((tmp_path / "simulation.json").read_text())
     assert sorted(costs) == meta["models"]
-    per_answer = [costs[m]["price_per_million_output_tokens"] * costs[m]["mean_output_tokens"]
-                  / 1e6 for m in meta["models"]]  # fmt: skip
+    per_answer = [
+        costs[m]["price_per_million_output_tokens"] * costs[m]["mean_output_tokens"] / 1e6
+        for m in meta["models"]
+    ]
     assert all(0 < c < 0.1 for c in per_answer)
     strength = [summary["general_strength"][m] for m in meta["models"]]
     assert spearmanr(per_answer, strength).statistic > 0.5  # stronger models cost more
@@ -125,10 +165,14 @@ def test_files_follow_the_arena_schema_and_the_truth_contract(tmp_path):
 def test_pairing_is_uneven_and_follows_release_dates(tmp_path):
     arena = simulate_arena(num_battles=4000, num_models=10, seed=3, num_prompts=0)
     battles = arena.battles
-    pairs = battles.select(
-        pl.min_horizontal("model_a", "model_b").alias("x"),
-        pl.max_horizontal("model_a", "model_b").alias("y"),
-    ).group_by("x", "y").len()["len"]
+    pairs = (
+        battles.select(
+            pl.min_horizontal("model_a", "model_b").alias("x"),
+            pl.max_horizontal("model_a", "model_b").alias("y"),
+        )
+        .group_by("x", "y")
+        .len()["len"]
+    )
     assert pairs.max() > 2.5 * pairs.min()
     early = battles.head(150)
     assert len(set(early["model_a"]) | set(early["model_b"])) <= 6  # later models not out yet
@@ -141,8 +185,14 @@ def test_pairing_is_uneven_and_follows_release_dates(tmp_path):
 
 @pytest.mark.parametrize("family", ["bt", "rk", "grk"])
 def test_vote_frequencies_match_the_true_probabilities(family):
-    arena = simulate_arena(num_battles=10000, num_models=4, family=family, seed=11,
-                           categories=["code", "casual_chat", "math"], num_prompts=0)  # fmt: skip
+    arena = simulate_arena(
+        num_battles=10000,
+        num_models=4,
+        family=family,
+        seed=11,
+        categories=["code", "casual_chat", "math"],
+        num_prompts=0,
+    )
     battles, truth = arena.battles, arena.truth
     index = {m: i for i, m in enumerate(arena.models)}
     a = battles["model_a"].replace_strict(index).to_numpy()
@@ -151,12 +201,17 @@ def test_vote_frequencies_match_the_true_probabilities(family):
     rows = np.arange(len(a))
     eta = truth["true_eta"].to_numpy() if family != "bt" else None
     probs = hand_probs(coefs[rows, a], coefs[rows, b], eta, family)
-    outcome = battles["winner"].replace_strict(
-        {"model_a": 0, "model_b": 1, "tie": 2, "tie (bothbad)": 3}
-    ).to_numpy()
+    outcome = (
+        battles["winner"]
+        .replace_strict({"model_a": 0, "model_b": 1, "tie": 2, "tie (bothbad)": 3})
+        .to_numpy()
+    )
     observed = np.eye(4)[outcome]
-    cells = (battles["category"].cast(pl.Categorical).to_physical().to_numpy() * 100
-             + np.minimum(a, b) * 10 + np.maximum(a, b))  # fmt: skip
+    cells = (
+        battles["category"].cast(pl.Categorical).to_physical().to_numpy() * 100
+        + np.minimum(a, b) * 10
+        + np.maximum(a, b)
+    )
     worst = 0.0
     for cell in np.unique(cells):
         mask = cells == cell
@@ -173,8 +228,10 @@ def test_vote_frequencies_match_the_true_probabilities(family):
         assert 0.04 < observed[:, 3].mean() < 0.2 and 0.1 < observed[:, 2].mean() < 0.4
     # the truth depends on the prompt: some pair's win probability moves across categories
     p_win = sigmoid(coefs[:, :, None] - coefs[:, None, :])
-    by_category = [p_win[truth["category"].to_numpy() == c].mean(axis=0)
-                   for c in ("code", "casual_chat", "math")]  # fmt: skip
+    by_category = [
+        p_win[truth["category"].to_numpy() == c].mean(axis=0)
+        for c in ("code", "casual_chat", "math")
+    ]
     assert max(np.abs(x - y).max() for x in by_category for y in by_category) > 0.08
 
 
@@ -190,8 +247,9 @@ def test_category_is_recoverable_from_text_with_minilm():
     tokenizer = AutoTokenizer.from_pretrained(get_model_path())
     model = AutoModel.from_pretrained(get_model_path()).eval()
     with torch.no_grad():
-        encoded = tokenizer(texts, padding=True, truncation=True, max_length=64,
-                            return_tensors="pt")  # fmt: skip
+        encoded = tokenizer(
+            texts, padding=True, truncation=True, max_length=64, return_tensors="pt"
+        )
         hidden = model(**encoded).last_hidden_state
         mask = encoded["attention_mask"].unsqueeze(-1).float()
         emb = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
@@ -221,10 +279,32 @@ def test_category_is_recoverable_from_text_with_minilm():
 
 
 def test_simulate_then_prepare_round_trip(tmp_path):
-    run_p2l("simulate", tmp_path / "arena", "--battles", "1500", "--models", "6", "--family",
-            "grk", "--seed", "4", "--prompts", "10", check=True)  # fmt: skip
-    run_p2l("prepare", tmp_path / "arena" / "battles.parquet", "-o", tmp_path / "data",
-            "--val-fraction", "0.1", "--language", "English", check=True)  # fmt: skip
+    run_p2l(
+        "simulate",
+        tmp_path / "arena",
+        "--battles",
+        "1500",
+        "--models",
+        "6",
+        "--family",
+        "grk",
+        "--seed",
+        "4",
+        "--prompts",
+        "10",
+        check=True,
+    )
+    run_p2l(
+        "prepare",
+        tmp_path / "arena" / "battles.parquet",
+        "-o",
+        tmp_path / "data",
+        "--val-fraction",
+        "0.1",
+        "--language",
+        "English",
+        check=True,
+    )
     battles = pl.read_parquet(tmp_path / "arena" / "battles.parquet")
     truth, meta = read_table_meta(tmp_path / "arena" / "truth.parquet")
     report = json.loads((tmp_path / "data" / "prepare.json").read_text())
@@ -233,8 +313,9 @@ def test_simulate_then_prepare_round_trip(tmp_path):
     english = battles.filter(pl.col("language") == "English")
     assert report["drops"]["language"] == battles.height - english.height > 0
     assert report["battles"] == english.height
-    prepared = pl.concat([pl.read_parquet(tmp_path / "data" / f) for f in
-                          ("train.parquet", "val.parquet")])  # fmt: skip
+    prepared = pl.concat(
+        [pl.read_parquet(tmp_path / "data" / f) for f in ("train.parquet", "val.parquet")]
+    )
     source = {r["question_id"]: r for r in english.iter_rows(named=True)}
     categories = dict(truth.select("id", "category").iter_rows())
     assert set(prepared["id"]) == set(source)
@@ -243,8 +324,12 @@ def test_simulate_then_prepare_round_trip(tmp_path):
         assert row["prompt"] == user_turns(original["conversation_a"])
         assert row["category"] == categories[row["id"]] == original["category"]
         a, b = models.index(original["model_a"]), models.index(original["model_b"])
-        expected = {"model_a": [a, b, 0], "model_b": [b, a, 0], "tie": [a, b, 1],
-                    "tie (bothbad)": [a, b, 2]}[original["winner"]]  # fmt: skip
+        expected = {
+            "model_a": [a, b, 0],
+            "model_b": [b, a, 0],
+            "tie": [a, b, 1],
+            "tie (bothbad)": [a, b, 2],
+        }[original["winner"]]
         assert row["labels"] == expected
 
 

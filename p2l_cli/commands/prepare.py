@@ -12,8 +12,7 @@ INPUT, COLUMNS, FILTERS, SPLIT, OUTPUT = "Input", "Columns", "Filters", "Validat
 
 
 def _column(name: str) -> typer.Option:
-    return typer.Option(help=f"Column holding {name}.", rich_help_panel=COLUMNS,
-                        show_default=False)  # fmt: skip
+    return typer.Option(help=f"Column holding {name}.", rich_help_panel=COLUMNS, show_default=False)
 
 
 def _names(values: list[str] | None) -> tuple[str, ...]:
@@ -24,55 +23,85 @@ def _names(values: list[str] | None) -> tuple[str, ...]:
 def prepare(
     inputs: Annotated[
         list[str],
-        typer.Argument(help="Vote files (Parquet, JSONL, CSV, JSON; .gz too), globs, folders, "
-                       "or - for stdin.", show_default=False),
+        typer.Argument(
+            help="Vote files (Parquet, JSONL, CSV, JSON; .gz too), globs, folders, or - for stdin.",
+            show_default=False,
+        ),
     ],
     output: Annotated[
         str,
-        typer.Option("--output", "-o", help="Output folder: train.parquet, val.parquet, "
-                     "models.json, prepare.json.", rich_help_panel=OUTPUT, show_default=False),
+        typer.Option(
+            "--output",
+            "-o",
+            help="Output folder: train.parquet, val.parquet, models.json, prepare.json.",
+            rich_help_panel=OUTPUT,
+            show_default=False,
+        ),
     ],
     schema: Annotated[
         str | None,
-        typer.Option("--format", help="Input schema: arena (conversation_a messages), kaggle "
-                     "(the 55k CSV) or generic (prompt/model_a/model_b/winner). Default: "
-                     "detected per file from its columns.", rich_help_panel=INPUT,
-                     show_default=False),
+        typer.Option(
+            "--format",
+            help="Input schema: arena (conversation_a messages), kaggle "
+            "(the 55k CSV) or generic (prompt/model_a/model_b/winner). Default: "
+            "detected per file from its columns.",
+            rich_help_panel=INPUT,
+            show_default=False,
+        ),
     ] = None,
     input_format: Annotated[
         str | None,
-        typer.Option(help="File type when the extension does not tell: parquet, jsonl, csv, "
-                     "json (stdin is sniffed).", rich_help_panel=INPUT, show_default=False),
+        typer.Option(
+            help="File type when the extension does not tell: parquet, jsonl, csv, "
+            "json (stdin is sniffed).",
+            rich_help_panel=INPUT,
+            show_default=False,
+        ),
     ] = None,
     skip_bad_rows: Annotated[
         bool,
-        typer.Option(help="Drop malformed rows (counted in prepare.json) instead of stopping "
-                     "at the first.", rich_help_panel=INPUT),
+        typer.Option(
+            help="Drop malformed rows (counted in prepare.json) instead of stopping at the first.",
+            rich_help_panel=INPUT,
+        ),
     ] = False,
     prompt_column: Annotated[
         str | None,
-        typer.Option(help="Column holding the prompt: text, a list of user turns, or a list "
-                     "of {role, content} messages. Default: conversation_a (arena) or prompt.",
-                     rich_help_panel=COLUMNS, show_default=False),
+        typer.Option(
+            help="Column holding the prompt: text, a list of user turns, or a list "
+            "of {role, content} messages. Default: conversation_a (arena) or prompt.",
+            rich_help_panel=COLUMNS,
+            show_default=False,
+        ),
     ] = None,
     model_a_column: Annotated[str, _column("the first model's name")] = "model_a",
     model_b_column: Annotated[str, _column("the second model's name")] = "model_b",
     winner_column: Annotated[
         str,
-        typer.Option(help="Column holding the winner: model_a, model_b, tie, tie (bothbad) "
-                     "(also a/b, both_bad, or the winning model's name).",
-                     rich_help_panel=COLUMNS, show_default=False),
+        typer.Option(
+            help="Column holding the winner: model_a, model_b, tie, tie (bothbad) "
+            "(also a/b, both_bad, or the winning model's name).",
+            rich_help_panel=COLUMNS,
+            show_default=False,
+        ),
     ] = "winner",
     id_column: Annotated[
         str | None,
-        typer.Option(help="Column holding the battle id. Default: id, else question_id, "
-                     "else a hash of the battle.", rich_help_panel=COLUMNS, show_default=False),
+        typer.Option(
+            help="Column holding the battle id. Default: id, else question_id, "
+            "else a hash of the battle.",
+            rich_help_panel=COLUMNS,
+            show_default=False,
+        ),
     ] = None,
     tstamp_column: Annotated[
         str | None,
-        typer.Option(help="Column holding the time (seconds since 1970 or ISO 8601). "
-                     "Default: tstamp, else timestamp.", rich_help_panel=COLUMNS,
-                     show_default=False),
+        typer.Option(
+            help="Column holding the time (seconds since 1970 or ISO 8601). "
+            "Default: tstamp, else timestamp.",
+            rich_help_panel=COLUMNS,
+            show_default=False,
+        ),
     ] = None,
     language_column: Annotated[str, _column("the language")] = "language",
     category_column: Annotated[str, _column("the category")] = "category",
@@ -80,28 +109,44 @@ def prepare(
     anony_column: Annotated[str, _column("the anonymous flag")] = "anony",
     anony_only: Annotated[
         bool,
-        typer.Option(help="Drop battles whose anony flag is false (the model names were "
-                     "shown to the voter).", rich_help_panel=FILTERS),
+        typer.Option(
+            help="Drop battles whose anony flag is false (the model names were "
+            "shown to the voter).",
+            rich_help_panel=FILTERS,
+        ),
     ] = False,
     language: Annotated[
         list[str] | None,
-        typer.Option("--language", help="Keep only these languages (repeat or comma-separate; "
-                     "case-insensitive).", rich_help_panel=FILTERS, show_default=False),
+        typer.Option(
+            "--language",
+            help="Keep only these languages (repeat or comma-separate; case-insensitive).",
+            rich_help_panel=FILTERS,
+            show_default=False,
+        ),
     ] = None,
     models: Annotated[
         list[str] | None,
-        typer.Option("--models", help="Keep only battles between these models (repeat or "
-                     "comma-separate).", rich_help_panel=FILTERS, show_default=False),
+        typer.Option(
+            "--models",
+            help="Keep only battles between these models (repeat or comma-separate).",
+            rich_help_panel=FILTERS,
+            show_default=False,
+        ),
     ] = None,
     min_battles_per_model: Annotated[
         int,
-        typer.Option(help="Drop models with fewer battles than this (repeated until every "
-                     "model left has enough).", rich_help_panel=FILTERS),
+        typer.Option(
+            help="Drop models with fewer battles than this (repeated until every "
+            "model left has enough).",
+            rich_help_panel=FILTERS,
+        ),
     ] = 0,
     keep_duplicates: Annotated[
         bool,
-        typer.Option(help="Keep repeated battles (same id, prompt, models, winner and time).",
-                     rich_help_panel=FILTERS),
+        typer.Option(
+            help="Keep repeated battles (same id, prompt, models, winner and time).",
+            rich_help_panel=FILTERS,
+        ),
     ] = False,
     val_fraction: Annotated[
         float,
@@ -109,20 +154,27 @@ def prepare(
     ] = 0.05,
     val_split: Annotated[
         str,
-        typer.Option(help="random: by prompt text, so no prompt is in both splits; chrono: "
-                     "the latest battles by tstamp.", rich_help_panel=SPLIT),
+        typer.Option(
+            help="random: by prompt text, so no prompt is in both splits; chrono: "
+            "the latest battles by tstamp.",
+            rich_help_panel=SPLIT,
+        ),
     ] = "random",
     val_file: Annotated[
         str | None,
-        typer.Option(help="Use this vote file as the validation split instead (prepared "
-                     "alike; training battles with the same prompt are dropped).",
-                     rich_help_panel=SPLIT, show_default=False),
+        typer.Option(
+            help="Use this vote file as the validation split instead (prepared "
+            "alike; training battles with the same prompt are dropped).",
+            rich_help_panel=SPLIT,
+            show_default=False,
+        ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the random split.", rich_help_panel=SPLIT)] = 0,
     batch_rows: Annotated[
         int,
-        typer.Option(help="Rows read and written at a time (memory grows with this).",
-                     rich_help_panel=OUTPUT),
+        typer.Option(
+            help="Rows read and written at a time (memory grows with this).", rich_help_panel=OUTPUT
+        ),
     ] = 20_000,
     quiet: QuietOption = False,
 ) -> None:
@@ -147,9 +199,15 @@ def prepare(
         schema=schema,
         file_type=input_format,
         columns=Columns(
-            prompt=prompt_column, model_a=model_a_column, model_b=model_b_column,
-            winner=winner_column, id=id_column, tstamp=tstamp_column,
-            language=language_column, category=category_column, weight=weight_column,
+            prompt=prompt_column,
+            model_a=model_a_column,
+            model_b=model_b_column,
+            winner=winner_column,
+            id=id_column,
+            tstamp=tstamp_column,
+            language=language_column,
+            category=category_column,
+            weight=weight_column,
             anony=anony_column,
         ),
         anony_only=anony_only,

@@ -14,33 +14,45 @@ SIZE, TRUTH = "Size", "Truth"
 def simulate(
     out_dir: Annotated[
         str,
-        typer.Argument(help="Output folder: battles.parquet, truth.parquet, prompts.jsonl, "
-                       "costs.yaml, simulation.json.", show_default=False),
+        typer.Argument(
+            help="Output folder: battles.parquet, truth.parquet, prompts.jsonl, "
+            "costs.yaml, simulation.json.",
+            show_default=False,
+        ),
     ],
     battles: Annotated[int, typer.Option(help="Number of battles.", rich_help_panel=SIZE)] = 6000,
     models: Annotated[int, typer.Option(help="Number of models.", rich_help_panel=SIZE)] = 10,
     prompts: Annotated[
         int,
-        typer.Option(help="Fresh prompts (in no battle) with their truth, for predict and "
-                     "route.", rich_help_panel=SIZE),
+        typer.Option(
+            help="Fresh prompts (in no battle) with their truth, for predict and route.",
+            rich_help_panel=SIZE,
+        ),
     ] = 300,
     days: Annotated[
         float, typer.Option(help="Time span of the battles in days.", rich_help_panel=SIZE)
     ] = 60.0,
     family: Annotated[
         str,
-        typer.Option(help="Vote family: bt (decisive votes only), bt-tie (same votes as bt), "
-                     "rk (with ties) or grk (with ties and both-bad ties).",
-                     rich_help_panel=TRUTH),
+        typer.Option(
+            help="Vote family: bt (decisive votes only), bt-tie (same votes as bt), "
+            "rk (with ties) or grk (with ties and both-bad ties).",
+            rich_help_panel=TRUTH,
+        ),
     ] = "bt",
     categories: Annotated[
         str | None,
-        typer.Option(help="Comma-separated prompt categories (default: all): code, math, "
-                     "creative_writing, translation, casual_chat, sql, science, "
-                     "business_writing.", rich_help_panel=TRUTH, show_default=False),
+        typer.Option(
+            help="Comma-separated prompt categories (default: all): code, math, "
+            "creative_writing, translation, casual_chat, sql, science, "
+            "business_writing.",
+            rich_help_panel=TRUTH,
+            show_default=False,
+        ),
     ] = None,
-    seed: Annotated[int, typer.Option(help="Random seed; same seed, same files.",
-                                      rich_help_panel=TRUTH)] = 0,
+    seed: Annotated[
+        int, typer.Option(help="Random seed; same seed, same files.", rich_help_panel=TRUTH)
+    ] = 0,
     quiet: QuietOption = False,
 ) -> None:
     """Simulate an arena whose per-prompt leaderboards are known: battles in the Arena
@@ -60,8 +72,13 @@ def simulate(
 
     chosen = [c.strip() for c in categories.split(",") if c.strip()] if categories else None
     arena = simulate_arena(
-        num_battles=battles, num_models=models, family=family, seed=seed,
-        categories=chosen, num_prompts=prompts, days=days,
+        num_battles=battles,
+        num_models=models,
+        family=family,
+        seed=seed,
+        categories=chosen,
+        num_prompts=prompts,
+        days=days,
     )
     paths = write_arena(arena, out_dir)
     console.print(summary_table(arena))

@@ -270,8 +270,11 @@ def _parquet_stream(name: str, source) -> RecordStream:
 
     def batches(columns: list[str] | None, size: int, messages: str | None = None):
         wanted = [c for c in (columns or present) if c in present]
-        shrink = messages if messages in wanted and _is_message_list(
-            parquet.schema_arrow.field(messages).type) else None
+        shrink = (
+            messages
+            if messages in wanted and _is_message_list(parquet.schema_arrow.field(messages).type)
+            else None
+        )
         position = 0
         try:
             for batch in parquet.iter_batches(batch_size=size, columns=wanted):
@@ -293,7 +296,8 @@ def _is_message_list(kind: pa.DataType) -> bool:
         return False
     fields = {item.field(i).name: item.field(i).type for i in range(item.num_fields)}
     return all(
-        name in fields and (pa.types.is_string(fields[name]) or pa.types.is_large_string(fields[name]))
+        name in fields
+        and (pa.types.is_string(fields[name]) or pa.types.is_large_string(fields[name]))
         for name in ("role", "content")
     )
 

@@ -36,8 +36,8 @@ from p2l_cli import __version__
 from p2l_cli.data.formats import (
     FILE_TYPES,
     SCHEMAS,
-    Battle,
     BadRow,
+    Battle,
     Columns,
     RecordParser,
     RecordStream,
@@ -85,8 +85,12 @@ STAGE_SCHEMA = pa.schema(
         ("_pos", pa.int64()),
     ]
 )
-OPTIONAL = {"weight": pa.float64(), "language": pa.string(), "category": pa.string(),
-            "tstamp": pa.float64()}  # fmt: skip
+OPTIONAL = {
+    "weight": pa.float64(),
+    "language": pa.string(),
+    "category": pa.string(),
+    "tstamp": pa.float64(),
+}
 
 
 @dataclass
@@ -258,14 +262,20 @@ def _open_input(path: str, options: PrepareOptions) -> tuple[RecordStream, str, 
 
 
 def _ingest(
-    path: str, val: bool, index: int, options: PrepareOptions, stage: _Stage,
-    report: PrepareReport, bar,
-) -> None:  # fmt: skip
+    path: str,
+    val: bool,
+    index: int,
+    options: PrepareOptions,
+    stage: _Stage,
+    report: PrepareReport,
+    bar,
+) -> None:
     stream, schema, parser = _open_input(path, options)
     task = bar.add_task(stream.name, total=stream.rows, status="")
     rows = 0
-    batches = stream.batches(parser.columns.used(schema), options.batch_rows,
-                             messages=parser.columns.prompt)  # fmt: skip
+    batches = stream.batches(
+        parser.columns.used(schema), options.batch_rows, messages=parser.columns.prompt
+    )
     for positions, records in batches:
         kept: list[tuple[int, Battle]] = []
         for position, record in zip(positions, records):
@@ -290,8 +300,13 @@ def _ingest(
         bar.advance(task, len(records))
     report.rows_read += rows
     report.inputs.append(
-        {"path": stream.name, "file_type": stream.file_type, "format": schema, "rows": rows,
-         "role": "val" if val else "input"}  # fmt: skip
+        {
+            "path": stream.name,
+            "file_type": stream.file_type,
+            "format": schema,
+            "rows": rows,
+            "role": "val" if val else "input",
+        }
     )
 
 
@@ -347,8 +362,8 @@ def chrono_val_rows(tstamp: np.ndarray, candidates: np.ndarray, fraction: float)
 
 def _decide(stage: Path, options: PrepareOptions, report: PrepareReport) -> Decision:
     frame = pl.read_parquet(
-        stage, columns=["_key", "_pkey", "_val", "_src", "_pos", "model_a", "model_b",
-                        "winner", "tstamp"],  # fmt: skip
+        stage,
+        columns=["_key", "_pkey", "_val", "_src", "_pos", "model_a", "model_b", "winner", "tstamp"],
     )
     keep = np.ones(frame.height, dtype=bool)
     from_val_file = frame["_val"].to_numpy()
@@ -362,8 +377,7 @@ def _decide(stage: Path, options: PrepareOptions, report: PrepareReport) -> Deci
         report.drops["prompt_in_val"] += int(clash.sum())
         keep &= ~clash
     before = keep.sum()
-    keep = drop_rare_models(frame["model_a"], frame["model_b"], keep,
-                            options.min_battles_per_model)  # fmt: skip
+    keep = drop_rare_models(frame["model_a"], frame["model_b"], keep, options.min_battles_per_model)
     report.drops["few_battles"] += int(before - keep.sum())
     kept = frame.filter(pl.Series(keep))
     models = sorted(set(kept["model_a"].unique()) | set(kept["model_b"].unique()))
@@ -401,8 +415,12 @@ def _choose_val(frame, keep, from_val_file, options, report) -> np.ndarray:
     val, prompts = random_val_rows(
         frame["_pkey"].to_numpy(), candidates, options.val_fraction, options.seed
     )
-    report.split = {"method": "random", "val_fraction": options.val_fraction,
-                    "seed": options.seed, "val_prompts": prompts}  # fmt: skip
+    report.split = {
+        "method": "random",
+        "val_fraction": options.val_fraction,
+        "seed": options.seed,
+        "val_prompts": prompts,
+    }
     return val
 
 
@@ -434,9 +452,8 @@ def _iso(seconds: float) -> str:
 
 def _nothing_left(report: PrepareReport, models: int) -> str:
     drops = ", ".join(f"{DROP_REASONS[r]}: {n}" for r, n in report.drops.items() if n)
-    return (
-        f"no usable battles: {report.rows_read} rows read, {models} model(s) left"
-        + (f" (dropped: {drops})" if drops else "")
+    return f"no usable battles: {report.rows_read} rows read, {models} model(s) left" + (
+        f" (dropped: {drops})" if drops else ""
     )
 
 
@@ -464,18 +481,21 @@ def encode_labels(frame: pl.DataFrame, models: list[str]) -> pl.DataFrame:
     b = pl.col("model_b").replace_strict(models, index, return_dtype=pl.Int64)
     b_won = pl.col("winner") == "model_b"
     code = (
-        pl.when(pl.col("winner") == "tie").then(1)
-        .when(pl.col("winner") == "tie (bothbad)").then(2)
+        pl.when(pl.col("winner") == "tie")
+        .then(1)
+        .when(pl.col("winner") == "tie (bothbad)")
+        .then(2)
         .otherwise(0)
         .cast(pl.Int64)
-    )  # fmt: skip
+    )
     first = pl.when(b_won).then(b).otherwise(a)
     second = pl.when(b_won).then(a).otherwise(b)
     return frame.with_columns(labels=pl.concat_list([first, second, code]))
 
 
-def _write_splits(stage: Path, decision: Decision, optional: set[str], folder: Path,
-                  batch_rows: int, bar) -> None:  # fmt: skip
+def _write_splits(
+    stage: Path, decision: Decision, optional: set[str], folder: Path, batch_rows: int, bar
+) -> None:
     schema = output_schema(optional)
     names = schema.names
     parquet = pq.ParquetFile(stage)
@@ -535,8 +555,9 @@ def prepare_battles(
         decision = _decide(stage.path, options, report)
         report.columns = output_schema(stage.seen_optional).names
         with progress() as bar:
-            _write_splits(stage.path, decision, stage.seen_optional, staging,
-                          options.batch_rows, bar)  # fmt: skip
+            _write_splits(
+                stage.path, decision, stage.seen_optional, staging, options.batch_rows, bar
+            )
         (staging / "stage.parquet").unlink()
         write_json(staging / "models.json", decision.models)
         write_json(staging / "prepare.json", report.to_json(options))

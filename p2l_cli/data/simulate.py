@@ -25,7 +25,7 @@ import math
 import string
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -174,7 +174,7 @@ class SimulatedArena:
 # ------------------------------------------------------------------------------ prompts
 
 
-@lru_cache(maxsize=None)
+@cache
 def _fields(template: str) -> tuple[str, ...]:
     return tuple(name for _, name, _, _ in string.Formatter().parse(template) if name)
 
@@ -206,7 +206,9 @@ def render_prompt(category: str, rng: np.random.Generator, multi_turn: bool = Tr
             return Prompt([fill_template(template, rng)], 0, language)
         if u < FOREIGN_CHAT_SHARE + GREETING_SHARE * (1 - FOREIGN_CHAT_SHARE):
             return Prompt([_pick(bank.GREETINGS, rng)], 0, "English")
-    text = _open(_pick(bank.OPENING_PHRASES, rng), fill_template(_pick(bank.TEMPLATES[category], rng), rng))
+    text = _open(
+        _pick(bank.OPENING_PHRASES, rng), fill_template(_pick(bank.TEMPLATES[category], rng), rng)
+    )
     difficulty = int(rng.choice([-1, 0, 1], p=DIFFICULTY_SHARE))
     if difficulty:
         text += " " + _pick(_difficulty_phrases(category, difficulty), rng)
@@ -224,7 +226,7 @@ def _open(opening: str, text: str) -> str:
     return opening + text
 
 
-@lru_cache(maxsize=None)
+@cache
 def _difficulty_phrases(category: str, difficulty: int) -> tuple[str, ...]:
     if difficulty > 0:
         return bank.HARD_PHRASES + bank.HARD_EXTRA.get(category, ())
@@ -275,8 +277,9 @@ def build_world(
     usable = [s for s, cats in bank.SPECIALITIES.items() if set(cats) & set(categories)]
     speciality: list[str | None] = [None] * num_models
     if usable:
-        chosen = rng.choice(num_models, size=max(1, round(SPECIALIST_SHARE * num_models)),
-                            replace=False)
+        chosen = rng.choice(
+            num_models, size=max(1, round(SPECIALIST_SHARE * num_models)), replace=False
+        )
         for i in chosen:
             speciality[i] = usable[int(rng.integers(len(usable)))]
     slope = np.array([CATEGORY_SLOPE[c] for c in categories])
@@ -291,7 +294,9 @@ def build_world(
     release = np.zeros(num_models)
     late = rng.permutation(num_models)[launched:]
     release[late] = rng.uniform(0.05, LAUNCH_SHARE, len(late))
-    price = np.maximum(0.05, np.round(np.exp(0.6 + 1.6 * general + rng.normal(0, 0.35, num_models)), 2))
+    price = np.maximum(
+        0.05, np.round(np.exp(0.6 + 1.6 * general + rng.normal(0, 0.35, num_models)), 2)
+    )
     tokens = np.round(450 * np.exp(0.25 * general + rng.normal(0, 0.2, num_models)), -1)
     order = np.argsort(names)
     return World(
@@ -496,7 +501,9 @@ def costs_yaml(costs: dict[str, dict[str, float]]) -> str:
     ]
     for name, spec in costs.items():
         lines.append(f"{name}:")
-        lines.append(f"  price_per_million_output_tokens: {spec['price_per_million_output_tokens']}")
+        lines.append(
+            f"  price_per_million_output_tokens: {spec['price_per_million_output_tokens']}"
+        )
         lines.append(f"  mean_output_tokens: {spec['mean_output_tokens']}")
     return "\n".join(lines) + "\n"
 
@@ -544,7 +551,10 @@ def summary_table(arena: SimulatedArena) -> Table:
         cost = arena.world.price[i] * arena.world.tokens[i] / 1e6
         firsts = [c for c, board in boards.items() if next(iter(board)) == name]
         table.add_row(
-            name, str(count), f"{won / count:.0%}" if count else "-", f"{cost:.5f}",
+            name,
+            str(count),
+            f"{won / count:.0%}" if count else "-",
+            f"{cost:.5f}",
             ", ".join(firsts),
         )
     return table
