@@ -36,11 +36,13 @@ FILLER = (
 ) * 40
 
 
-def padded(conversation: list[dict], answer_chars: int) -> list[dict]:
+def padded(conversation: list[dict], answer_chars: int, tag: str) -> list[dict]:
+    """Assistant answers made ``answer_chars`` longer and unique per battle (as real answers
+    are, so that Parquet cannot shrink them into a dictionary)."""
+    start = int(tag[:4], 16) % 600
+    extra = f" [{tag}] " + FILLER[start : start + answer_chars]
     return [
-        {**m, "content": m["content"] + " " + FILLER[:answer_chars]}
-        if m["role"] == "assistant"
-        else m
+        {**m, "content": m["content"] + extra} if m["role"] == "assistant" else m
         for m in conversation
     ]
 
@@ -48,12 +50,18 @@ def padded(conversation: list[dict], answer_chars: int) -> list[dict]:
 def build_input(path: Path, rows: int, chunk: int, models: int, answer_chars: int) -> float:
     started = time.perf_counter()
     base = simulate_arena(num_battles=chunk, num_models=models, seed=0, num_prompts=0).battles
+    ids = base["question_id"].to_list()
     base = base.with_columns(
         pl.Series(
-            "conversation_a", [padded(c, answer_chars) for c in base["conversation_a"].to_list()]
+            "conversation_a",
+            [padded(c, answer_chars, i) for c, i in zip(base["conversation_a"].to_list(), ids)],
         ),
         pl.Series(
-            "conversation_b", [padded(c, answer_chars) for c in base["conversation_b"].to_list()]
+            "conversation_b",
+            [
+                padded(c, answer_chars, i[::-1])
+                for c, i in zip(base["conversation_b"].to_list(), ids)
+            ],
         ),
     )
     writer = None
@@ -74,6 +82,15 @@ def build_input(path: Path, rows: int, chunk: int, models: int, answer_chars: in
     return time.perf_counter() - started
 
 
+def to_jsonl(source: Path) -> Path:
+    target = source.with_suffix(".jsonl")
+    if not target.exists():
+        with target.open("wb") as fh:
+            for batch in pq.ParquetFile(source).iter_batches(batch_size=20_000):
+                pl.from_arrow(batch).write_ndjson(fh)
+    return target
+
+
 def run_prepare(source: Path, out: Path, extra: list[str]) -> tuple[float, float]:
     """Wall seconds and peak resident memory (GiB) of `p2l prepare` in a fresh process."""
     command = [
@@ -92,7 +109,7 @@ def run_prepare(source: Path, out: Path, extra: list[str]) -> tuple[float, float
     if measured:
         command = [timer, "-v", *command]
     started = time.perf_counter()
-    proc = subprocess.run(command, capture_output=True, text=True)
+    proc = subprocess.run(command, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - started
     if proc.returncode != 0:
         raise SystemExit(f"prepare failed ({proc.returncode}):\n{proc.stderr}")
@@ -112,6 +129,7 @@ def main() -> None:
     parser.add_argument(
         "--answer-chars", type=int, default=1500, help="characters added to every assistant answer"
     )
+    parser.add_argument("--jsonl", action="store_true", help="benchmark a JSONL copy instead")
     parser.add_argument("--keep", action="store_true", help="keep the generated files")
     args, extra = parser.parse_known_args()
 
@@ -122,12 +140,12 @@ def main() -> None:
             source, args.rows, min(args.chunk, args.rows), args.models, args.answer_chars
         )
         print(f"built {source.name}: {args.rows:,} battles in {seconds:.0f} s")
+    metadata = pq.ParquetFile(source).metadata
+    raw_gb = sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups))
+    raw_gb /= 1e9
+    if args.jsonl:
+        source = to_jsonl(source)
     size_gb = source.stat().st_size / 1e9
-    uncompressed = pq.ParquetFile(source).metadata
-    raw_gb = (
-        sum(uncompressed.row_group(i).total_byte_size for i in range(uncompressed.num_row_groups))
-        / 1e9
-    )
     out = OUT / "data"
     wall, peak_gib = run_prepare(source, out, extra)
     summary = (out / "prepare.json").read_text()
@@ -135,7 +153,10 @@ def main() -> None:
         f"machine: {platform.machine()}, {shutil.os.cpu_count()} CPUs, Python "
         f"{platform.python_version()}"
     )
-    print(f"input: {args.rows:,} battles, {size_gb:.2f} GB on disk, {raw_gb:.2f} GB uncompressed")
+    print(
+        f"input: {args.rows:,} battles, {source.suffix[1:]}, {size_gb:.2f} GB on disk, "
+        f"{raw_gb:.2f} GB as Arrow data"
+    )
     print(
         f"p2l prepare: {wall:.0f} s wall, {args.rows / wall:,.0f} battles/s, "
         f"peak RSS {peak_gib:.2f} GiB"

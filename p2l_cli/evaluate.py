@@ -156,10 +156,10 @@ def vote_labels(
 def prompt_keys(frame: pl.DataFrame) -> pl.Series:
     """One key per prompt (its user turns, however the file spells them), for joining
     predictions to votes and for the bootstrap's clusters."""
-    from p2l_cli.predict import BadPrompt, prompt_turns
-
     prompt = frame["prompt"]
     if prompt.dtype != pl.List(pl.String):
+        from p2l_cli.predict import BadPrompt, prompt_turns
+
         try:
             turns = [prompt_turns(value) for value in prompt.to_list()]
         except BadPrompt as exc:

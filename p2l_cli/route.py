@@ -26,6 +26,7 @@ opponents drawn from ``q``, the router's mean win rate (:func:`router_thetas`).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -275,6 +276,18 @@ def leaderboard_theta(coefs: np.ndarray, eta: np.ndarray | None, family: str) ->
     return np.asarray(aggregate(coefs, eta, family=family)[0], dtype=np.float64)
 
 
+@contextlib.contextmanager
+def _one_thread():
+    """Run torch on one thread: the blocks are small, and on a busy machine several threads
+    per element-wise operation cost far more in synchronisation than they save."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def expected_win_rates(
     coefs: np.ndarray,
     q: np.ndarray,
@@ -287,13 +300,14 @@ def expected_win_rates(
     weights = torch.tensor(q[support], dtype=torch.float64)
     out = np.empty(coefs.shape, dtype=np.float64)
     block = max(1, BLOCK_ELEMENTS // (coefs.shape[1] * len(support)))
-    for start in range(0, coefs.shape[0], block):
-        theta = torch.tensor(coefs[start : start + block], dtype=torch.float64)
-        tie = None
-        if has_eta(family):
-            tie = torch.tensor(eta[start : start + block], dtype=torch.float64)[:, None, None]
-        p = win_probability(theta[:, :, None], theta[:, None, support], tie, family)
-        out[start : start + block] = (p @ weights).numpy()
+    with _one_thread():
+        for start in range(0, coefs.shape[0], block):
+            theta = torch.tensor(coefs[start : start + block], dtype=torch.float64)
+            tie = None
+            if has_eta(family):
+                tie = torch.tensor(eta[start : start + block], dtype=torch.float64)[:, None, None]
+            p = win_probability(theta[:, :, None], theta[:, None, support], tie, family)
+            out[start : start + block] = (p @ weights).numpy()
     return out
 
 
@@ -522,7 +536,9 @@ def router_thetas(
         offset = float(centre.mean())
     pooled = _PooledWinRate(theta, weights, eta if has_eta(family) else None, family)
     targets = np.asarray(win_rates, dtype=np.float64)
-    return _invert(pooled, targets, float(theta.min()) - 1.0, float(theta.max()) + 1.0, tol) - offset
+    low, high = float(theta.min()) - 1.0, float(theta.max()) + 1.0
+    with _one_thread():
+        return _invert(pooled, targets, low, high, tol) - offset
 
 
 class _PooledWinRate:
@@ -614,13 +630,17 @@ def build_problem(
 
 
 def summarise(problem: Problem, routing: Routing, chosen: np.ndarray, budget: float | None) -> dict:
-    """Mean cost and win rate of the router and of every single choosable model, with their
-    Bradley-Terry coefficients and Arena-scale scores."""
+    """Mean cost and win rate of the router and of every single choosable model; the
+    Bradley-Terry coefficient and Arena-scale score of the router and of every single model
+    that fits the budget (``None`` for the others)."""
     values, costs = problem.values, problem.costs
     router_rate = float((routing.strategy * values).sum(axis=1).mean())
     single_rates = values.mean(axis=0)
-    thetas = router_thetas(
-        problem.coefs, problem.q, [router_rate, *single_rates], problem.eta, problem.family
+    fits = np.ones(len(single_rates), bool) if budget is None else costs <= budget
+    thetas = np.full(len(single_rates) + 1, np.nan)
+    scored = np.concatenate([[True], fits])
+    thetas[scored] = router_thetas(
+        problem.coefs, problem.q, [router_rate, *single_rates[fits]], problem.eta, problem.family
     )
     scores = arena_scale(thetas)
     router = {"mean_win_rate": router_rate, "theta": float(thetas[0]), "score": float(scores[0])}
@@ -632,8 +652,9 @@ def summarise(problem: Problem, routing: Routing, chosen: np.ndarray, budget: fl
         row = {"model": name, "mean_win_rate": float(single_rates[s])}
         if costs is not None:
             row["cost"] = float(costs[s])
-            row["fits_budget"] = bool(budget is None or costs[s] <= budget)
-        row.update(theta=float(thetas[s + 1]), score=float(scores[s + 1]))
+            row["fits_budget"] = bool(fits[s])
+        row["theta"] = float(thetas[s + 1]) if fits[s] else None
+        row["score"] = float(scores[s + 1]) if fits[s] else None
         row["chosen_share"] = float(np.mean(chosen == s))
         singles.append(row)
     singles.sort(key=lambda r: -r["mean_win_rate"])
@@ -654,21 +675,19 @@ def sweep(problem: Problem, budgets: Sequence[float], scope: str, solver: str) -
     for budget in budgets:
         check_budget(budget, problem.costs, problem.names)
         routing = solve(problem.values, problem.costs, budget, scope, solver=solver)
-        rate = float((routing.strategy * problem.values).sum(axis=1).mean())
-        theta = float(
-            router_thetas(problem.coefs, problem.q, [rate], problem.eta, problem.family)[0]
-        )
         rows.append(
             {
                 "budget": float(budget),
                 "scope": scope,
                 "mean_cost": float((routing.strategy @ problem.costs).mean()),
-                "mean_win_rate": rate,
-                "theta": theta,
-                "score": float(arena_scale(theta)),
+                "mean_win_rate": float((routing.strategy * problem.values).sum(axis=1).mean()),
                 "price": routing.price,
             }
         )
+    rates = [row["mean_win_rate"] for row in rows]
+    thetas = router_thetas(problem.coefs, problem.q, rates, problem.eta, problem.family)
+    for row, theta in zip(rows, thetas):
+        row.update(theta=float(theta), score=float(arena_scale(theta)))
     return rows
 
 
@@ -804,10 +823,11 @@ def summary_tables(summary: dict):
         cells = [row["model"] + ("" if style is None else " (over budget)")]
         if has_cost:
             cells.append(f"{row['cost']:.6g}")
+        scored = row["theta"] is not None
         cells += [
             f"{row['mean_win_rate']:.4f}",
-            f"{row['theta']:+.3f}",
-            f"{row['score']:.1f}",
+            f"{row['theta']:+.3f}" if scored else "-",
+            f"{row['score']:.1f}" if scored else "-",
             f"{row['chosen_share']:.1%}",
         ]
         table.add_row(*cells, style=style)

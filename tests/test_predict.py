@@ -616,6 +616,7 @@ def test_usage_errors(folders, tmp_path):
         (("predict", folders["qwen2"]), "PROMPTS"),
         (("predict", folders["qwen2"], "p.jsonl", "--prompt", "x"), "not both"),
         (("predict", tmp_path, "--prompt", "x"), "not a P2L model folder"),
+        (("predict", "nobody/not-cached-p2l", "--prompt", "x"), "not in the Hugging Face cache"),
         (("predict", folders["qwen2"], "-", "-o", "-", "--batch-tokens", "0"), "--batch-tokens"),
     ]
     for args, message in cases:

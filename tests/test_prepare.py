@@ -139,8 +139,10 @@ def test_kaggle_55k_csv(tmp_path):
     rows = {r["id"]: r for r in battles.iter_rows(named=True)}
     assert set(rows) == {"30192", "53567", "65089", "96401", "198779"}
     assert rows["30192"]["prompt"] == [
-        "Is it morally right to try to have a certain percentage of females on managerial "
-        "positions?",
+        (
+            "Is it morally right to try to have a certain percentage of females on "
+            "managerial positions?"
+        ),
         "OK, does pineapple belong on a pizza? Relax and give me fun answer.",
     ]
     assert rows["53567"]["prompt"] == [
@@ -234,6 +236,29 @@ def test_stdin_and_parquet_round_trip_of_own_output(tmp_path):
     # prepare's own output is a generic battles file: preparing it again changes nothing
     prepare(tmp_path / "first" / "train.parquet", "-o", tmp_path / "second", "--val-fraction", "0")
     assert everything(tmp_path / "second").equals(first)
+
+
+def test_stdin_csv_and_a_folder_of_inputs(tmp_path):
+    data = (FIXTURES / "kaggle_55k_sample.csv").read_bytes()
+    result = prepare("-", "-o", tmp_path / "from-stdin", "--val-fraction", "0", input=data)
+    assert everything(tmp_path / "from-stdin").height == 5
+    # a folder: its data files, not the JSON beside them (here a prepared folder's own)
+    result = prepare(tmp_path / "from-stdin", "-o", tmp_path / "again", "--val-fraction", "0")
+    assert everything(tmp_path / "again").height == 5
+    assert [i["path"].rsplit("/", 1)[-1] for i in load(tmp_path / "again")[3]["inputs"]] == [
+        "train.parquet",
+        "val.parquet",
+    ]
+    assert "Traceback" not in result.output
+
+
+def test_filters_on_missing_columns_warn(tmp_path):
+    source = write_jsonl(
+        tmp_path / "v.jsonl", [vote(f"q{i}", "a", "b", "model_a") for i in range(3)]
+    )
+    result = prepare(source, "-o", tmp_path / "data", "--anony-only", "--val-fraction", "0")
+    assert "no 'anony' column, so --anony-only keeps all its battles" in result.output
+    assert load(tmp_path / "data")[3]["battles"] == 3
 
 
 # ------------------------------------------------------------------------ labels by hand

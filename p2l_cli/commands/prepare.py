@@ -12,7 +12,7 @@ INPUT, COLUMNS, FILTERS, SPLIT, OUTPUT = "Input", "Columns", "Filters", "Validat
 
 
 def _column(name: str) -> typer.Option:
-    return typer.Option(help=f"Column holding {name}.", rich_help_panel=COLUMNS, show_default=False)
+    return typer.Option(help=f"Column holding {name}.", rich_help_panel=COLUMNS)
 
 
 def _names(values: list[str] | None) -> tuple[str, ...]:
@@ -225,6 +225,8 @@ def prepare(
     report = prepare_battles(inputs, output, options)
     for message in report.bad_rows:
         warn(f"skipped {message}")
+    for message in report.warnings:
+        warn(message)
     unseen = sorted(set(options.models) - set(report.models))
     if unseen:
         warn(f"--models: no battles kept for {', '.join(unseen[:10])}")

@@ -134,7 +134,8 @@ def check_columns(schema: str, columns: Columns, present: Iterable[str], name: s
 
 
 def expand_inputs(patterns: list[str]) -> list[str]:
-    """Files from paths, globs and folders (their table files, sorted); ``-`` is stdin."""
+    """Files from paths, globs and folders (their Parquet, JSONL and CSV files, sorted);
+    ``-`` is stdin."""
     files: list[str] = []
     for pattern in patterns:
         if pattern == STDIO:
@@ -147,7 +148,7 @@ def expand_inputs(patterns: list[str]) -> list[str]:
         elif Path(pattern).is_dir():
             inside = sorted(str(p) for p in Path(pattern).iterdir() if _is_table(p))
             if not inside:
-                raise UserError(f"{pattern}: folder holds no .parquet, .jsonl, .csv or .json file")
+                raise UserError(f"{pattern}: folder holds no .parquet, .jsonl or .csv file")
             files.extend(inside)
         elif Path(pattern).is_file():
             files.append(pattern)
@@ -159,13 +160,14 @@ def expand_inputs(patterns: list[str]) -> list[str]:
 
 
 def _is_table(path: Path) -> bool:
+    """A data file inside a folder: Parquet, JSONL or CSV (JSON files there are more often
+    metadata, such as a prepared folder's models.json)."""
     if not path.is_file() or path.name.startswith("."):
         return False
     try:
-        format_of(path)
+        return format_of(path) in ("parquet", "jsonl", "csv")
     except UserError:
         return False
-    return True
 
 
 @dataclass
@@ -224,7 +226,7 @@ def _open_stdin(file_type: str | None) -> RecordStream:
         if kind == "parquet":
             return _parquet_stream("<stdin>", io.BytesIO(data))
         return _json_stream("<stdin>", data)
-    joined = _Chained(head, stream)
+    joined = io.BufferedReader(_Chained(head, stream))
     if kind == "jsonl":
         return _jsonl_stream("<stdin>", joined)
     return _csv_stream("<stdin>", joined, delimiter=",")

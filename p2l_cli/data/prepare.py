@@ -154,6 +154,7 @@ class PrepareReport:
     winners: dict[str, int] = field(default_factory=dict)
     split: dict = field(default_factory=dict)
     columns: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def count_bad(self, message: str) -> None:
         self.drops["malformed"] += 1
@@ -183,6 +184,7 @@ class PrepareReport:
                 "dedupe": options.dedupe,
             },
             "bad_rows": self.bad_rows,
+            "warnings": self.warnings,
         }
 
 
@@ -271,6 +273,7 @@ def _ingest(
     bar,
 ) -> None:
     stream, schema, parser = _open_input(path, options)
+    _warn_missing_filter_columns(stream, parser.columns, options, report)
     task = bar.add_task(stream.name, total=stream.rows, status="")
     rows = 0
     batches = stream.batches(
@@ -308,6 +311,19 @@ def _ingest(
             "role": "val" if val else "input",
         }
     )
+
+
+def _warn_missing_filter_columns(stream, columns: Columns, options, report) -> None:
+    if not stream.columns:
+        return
+    if options.anony_only and columns.anony not in stream.columns:
+        report.warnings.append(
+            f"{stream.name}: no {columns.anony!r} column, so --anony-only keeps all its battles"
+        )
+    if options.languages and columns.language not in stream.columns:
+        report.warnings.append(
+            f"{stream.name}: no {columns.language!r} column, so --language drops all its battles"
+        )
 
 
 # -------------------------------------------------------------------- pass 2: decide
@@ -352,7 +368,7 @@ def random_val_rows(
 def chrono_val_rows(tstamp: np.ndarray, candidates: np.ndarray, fraction: float) -> np.ndarray:
     """The latest ``fraction`` of the battles by time (ties in time keep the input order)."""
     rows = np.flatnonzero(candidates)
-    count = int(round(fraction * len(rows)))
+    count = round(fraction * len(rows))
     val = np.zeros_like(candidates)
     if count:
         order = np.argsort(tstamp[rows], kind="stable")
@@ -387,7 +403,18 @@ def _decide(stage: Path, options: PrepareOptions, report: PrepareReport) -> Deci
     if not (keep & ~val).any():
         raise UserError("no training battles left: every kept battle went to validation")
     _count(frame, keep, val, models, report)
+    _warn_shared_ids(stage, keep, report)
     return Decision(keep, val, models)
+
+
+def _warn_shared_ids(stage: Path, keep: np.ndarray, report: PrepareReport) -> None:
+    ids = pl.read_parquet(stage, columns=["id"])["id"].filter(keep)
+    shared = ids.len() - ids.n_unique()
+    if shared:
+        report.warnings.append(
+            f"{shared} battles share their id with another, different battle (ids that mean "
+            "something else in another input?); joins on id will be ambiguous"
+        )
 
 
 def _choose_val(frame, keep, from_val_file, options, report) -> np.ndarray:

@@ -116,10 +116,14 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
         "What is the derivative of {math_function}?",
         "Compute the definite integral of {math_function} from 0 to {n_small}.",
         "Prove that {math_statement}.",
-        "A train leaves at {n_speed} km/h and a second train follows {n_mid} minutes later at "
-        "{n_speed2} km/h. How long until the second train catches up?",
-        "If I invest ${n_money} at {n_small}% annual interest compounded monthly, how much "
-        "will I have after {n_mid} years?",
+        (
+            "A train leaves at {n_speed} km/h and a second train follows {n_mid} minutes "
+            "later at {n_speed2} km/h. How long until the second train catches up?"
+        ),
+        (
+            "If I invest ${n_money} at {n_small}% annual interest compounded monthly, how "
+            "much will I have after {n_mid} years?"
+        ),
         "What is the probability of getting at least {n_small} heads in {n_mid} fair coin flips?",
         "Find the eigenvalues of the matrix [[{n_small}, {n_mid}], [{n_mid}, {n_small}]].",
         "How many ways can {n_mid} people be seated around a round table?",
@@ -141,11 +145,15 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
         'Translate the following sentence into {target_language}: "{en_sentence}"',
         'How do you say "{en_phrase}" in {target_language}?',
         "Translate this into English, please: {foreign_sentence}",
-        "Please translate my message into {target_language} and keep the tone formal: "
-        '"{en_sentence}"',
+        (
+            "Please translate my message into {target_language} and keep the tone formal: "
+            '"{en_sentence}"'
+        ),
         "{grammar_question}",
-        'What is the most natural way to translate "{en_phrase}" into {target_language}? '
-        "Give a literal and an idiomatic version.",
+        (
+            'What is the most natural way to translate "{en_phrase}" into {target_language}? '
+            "Give a literal and an idiomatic version."
+        ),
         'Translate "{en_sentence}" into {target_language} and {target_language2}.',
     ),
     "casual_chat": (
@@ -164,13 +172,17 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
         "Write a SQL query that {sql_task} from the {table} table.",
         "How do I {sql_action} in {database}?",
         "Why is my {database} query with a LEFT JOIN on {table} returning duplicate rows?",
-        "Optimize this query: SELECT * FROM {table} WHERE {column} LIKE '%{sql_word}%' "
-        "ORDER BY created_at;",
+        (
+            "Optimize this query: SELECT * FROM {table} WHERE {column} LIKE '%{sql_word}%' "
+            "ORDER BY created_at;"
+        ),
         "Explain the difference between {sql_pair} in SQL.",
         "Design a database schema for {app_idea} and write the CREATE TABLE statements.",
         "In {database}, write a query on the {table} table that {sql_task}.",
-        "My {database} query that joins {table} and {table2} on {column} is very slow. "
-        "Which indexes should I add?",
+        (
+            "My {database} query that joins {table} and {table2} on {column} is very slow. "
+            "Which indexes should I add?"
+        ),
     ),
     "science": (
         "Explain {phenomenon} in simple terms.",

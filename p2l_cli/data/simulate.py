@@ -21,6 +21,7 @@ Everything is drawn from one ``numpy`` seed, so a seed gives the same files.
 
 from __future__ import annotations
 
+import itertools
 import math
 import string
 from dataclasses import dataclass, field
@@ -320,7 +321,7 @@ def draw_pairs(world: World, times: np.ndarray, rng: np.random.Generator):
     first = np.empty(len(times), dtype=np.int64)
     second = np.empty(len(times), dtype=np.int64)
     edges = np.unique(np.concatenate([[0.0], world.release[world.release > 0], [np.inf]]))
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in itertools.pairwise(edges):
         rows = np.flatnonzero((times >= lo) & (times < hi))
         if rows.size == 0:
             continue
