@@ -56,10 +56,10 @@ def uniform_prompts(n: int, seed: int = 0) -> list[list[str]]:
 
 
 def skewed_prompts(n: int, seed: int = 1) -> list[list[str]]:
-    """90% short (5-25 words), 10% long (250-450 words), in random order."""
+    """90% short (5-25 words), 10% long (200-300 words), in random order."""
     rng = random.Random(seed)
     return [
-        [sentence(rng, rng.randint(250, 450) if rng.random() < 0.1 else rng.randint(5, 25))]
+        [sentence(rng, rng.randint(200, 300) if rng.random() < 0.1 else rng.randint(5, 25))]
         for _ in range(n)
     ]
 
@@ -180,10 +180,10 @@ def memory(folder: Path, sizes: list[int], work: Path) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompts", type=int, default=512)
+    parser.add_argument("--prompts", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--batch-tokens", type=int, default=16384)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--sizes", default="1000,8000", help="prompt counts for the RSS runs")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()

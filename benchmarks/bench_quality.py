@@ -208,15 +208,17 @@ def _pct(value: float | None) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
-    parser.add_argument("--battles", type=int, default=SIZES["full"].battles)
-    parser.add_argument("--models", type=int, default=SIZES["full"].models)
+    parser.add_argument("--battles", type=int, default=None, help="default: the demo's")
+    parser.add_argument("--models", type=int, default=None, help="default: the demo's")
+    parser.add_argument("--small", action="store_true", help="the demo's --small size (smoke)")
     parser.add_argument("--out", default="/tmp/p2l-bench-quality")
     args = parser.parse_args()
+    base = SIZES["small" if args.small else "full"]
     size = Size(
-        battles=args.battles,
-        models=args.models,
-        prompts=SIZES["full"].prompts,
-        train_flags=SIZES["full"].train_flags,
+        battles=args.battles or base.battles,
+        models=args.models or base.models,
+        prompts=base.prompts,
+        train_flags=base.train_flags,
     )
     out = Path(args.out)
     results = []
@@ -226,7 +228,7 @@ def main() -> None:
         results.append(result)
         (out / "results.json").write_text(json.dumps(results, indent=2))
         summarise(results)
-    print(f"\nmachine: {os.cpu_count()} CPU cores; results in {out / 'results.json'}")
+    print(f"\nmachine: {os.cpu_count()} CPU cores; size {size}; results in {out / 'results.json'}")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from p2l_cli.commands import (
     train,
 )
 from p2l_cli.errors import UserError
-from p2l_cli.ui import console, reset_quiet
+from p2l_cli.ui import error_console, reset_quiet
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -46,10 +46,10 @@ class P2LGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except UserError as exc:
-            console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
+            error_console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
             raise typer.Exit(EXIT_USAGE) from None
         except KeyboardInterrupt:
-            console.print("[red]interrupted[/]")
+            error_console.print("[red]interrupted[/]")
             raise typer.Exit(130) from None
         except (typer.Exit, typer.Abort, ClickException):
             raise
@@ -57,7 +57,7 @@ class P2LGroup(TyperGroup):
             if os.environ.get("P2L_DEBUG"):
                 raise
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            console.print(
+            error_console.print(
                 f"[red]error:[/] {escape(type(exc).__name__)}: {escape(message)} "
                 "(set P2L_DEBUG=1 for the traceback)",
                 soft_wrap=True,
@@ -121,5 +121,5 @@ def main() -> None:
     try:
         app()
     except UserError as exc:  # raised outside a subcommand, e.g. while parsing
-        console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        error_console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         sys.exit(EXIT_USAGE)

@@ -807,6 +807,8 @@ def run_evaluation(
     from p2l_cli.ui import console, info
 
     s = settings or Settings()
+    if str(val_path) != "-" and Path(val_path).is_dir():  # a `p2l prepare` folder
+        val_path = Path(val_path) / "val.parquet"
     val = read_battles(val_path, "validation votes")
     data_models = data_model_list(val_path)
     if train_path is None:

@@ -175,6 +175,8 @@ def read_table_meta(
     """Read a whole table and its p2l metadata (``None`` when it has none)."""
     name = source_name(source)
     data = _read_bytes(source)
+    if not data.strip():
+        raise UserError(f"{name}: empty input")
     if str(source) == STDIO and not fmt:
         fmt = _sniff(data)
     else:

@@ -805,7 +805,7 @@ def summary_tables(summary: dict):
     if summary["price"] is not None and summary["budget"] is not None:
         title += f" (price {summary['price']:.4g} win rate per unit cost)"
     table = Table(title=title, title_justify="left")
-    table.add_column("strategy")
+    table.add_column("policy")
     if has_cost:
         table.add_column("mean cost", justify="right")
     table.add_column("win rate", justify="right")

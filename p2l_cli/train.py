@@ -174,11 +174,18 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
     # Without GPUs, several processes (torchrun) need Accelerate's multi-CPU mode.
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     try:
-        return Accelerator(
+        accelerator = Accelerator(
             mixed_precision=mixed, gradient_accumulation_steps=config.grad_accum, cpu=multi_cpu
         )
     except ValueError as exc:
         raise UserError(f"--precision {config.precision}: {exc}") from None
+    if accelerator.gradient_accumulation_steps != config.grad_accum:
+        raise UserError(
+            f"--grad-accum {config.grad_accum}: the Accelerate/DeepSpeed config asks for "
+            f"{accelerator.gradient_accumulation_steps} accumulation steps; leave "
+            "gradient_accumulation_steps out of that config (or make them agree)"
+        )
+    return accelerator
 
 
 def checkpoint_dir(out: Path) -> Path | None:

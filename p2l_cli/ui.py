@@ -18,6 +18,7 @@ from rich.progress import (
 )
 
 console = Console(stderr=True, highlight=False)
+error_console = Console(stderr=True, highlight=False)  # errors print even with --quiet
 
 QuietOption = Annotated[
     bool, typer.Option("--quiet", "-q", help="Print nothing but errors on stderr.")

@@ -108,3 +108,8 @@ def test_small_demo_runs_every_stage_and_prints_rerunnable_commands(tmp_path):
 
     again = run_p2l("demo", "--small", "--out", out, env=env)
     assert again.returncode == 2 and b"not empty" in again.stderr
+
+
+def test_a_failing_stage_stops_the_demo_with_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="`p2l evaluate` failed"):
+        demo.run_command(["evaluate", str(tmp_path / "none.parquet"), str(tmp_path / "v.parquet")])

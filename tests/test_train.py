@@ -30,12 +30,8 @@ from p2l_cli.train import RunOptions, TrainingInterrupted, lr_factor, train_p2l
 from p2l_cli.train_config import resolve_config
 from p2l_cli.train_data import Layout, epoch_order, step_weight
 
-QUIET = {"P2L_QUIET": "1"}
-
-
 @pytest.fixture(autouse=True)
-def _quiet_and_cached(monkeypatch, tmp_path):
-    monkeypatch.setenv("P2L_QUIET", "1")
+def _feature_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("P2L_CACHE_DIR", str(tmp_path / "cache"))
 
 
@@ -297,11 +293,24 @@ def test_every_recipe_resolves_and_shows_its_launch_command():
             "qwen2.5-3b", "qwen2.5-7b"} <= names
     for path in recipes:
         first = path.read_text().splitlines()[0]
-        assert first.startswith("#") and "p2l train" in first and path.stem in first, path
+        assert first.startswith("# ") and " train DATA_DIR -o MODEL_DIR" in first, path
+        assert first.endswith(f"--recipe {path.stem}"), path
         config, explicit, warnings = resolve_config(str(path), {})
         assert "backbone" in explicit and not warnings
     config, _, _ = resolve_config("minilm-cpu", {"lr": 1e-4})
     assert config.backbone == "minilm" and config.lr == 1e-4 and config.pooling == "mean"
+    paper, _, _ = resolve_config("qwen2.5-7b", {})
+    assert (paper.family, paper.head_type, paper.lr, paper.chrono, paper.epochs) == (
+        "grk", "rk", 8e-6, True, 1)
+    assert paper.batch_size * 8 * paper.grad_accum == 512
+
+
+def test_the_deepspeed_example_is_a_valid_accelerate_config():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(REPO / "recipes/accelerate/deepspeed-zero1.yaml"))
+    assert config.deepspeed_config["zero_stage"] == 1
+    assert "gradient_accumulation_steps" not in config.deepspeed_config  # follows --grad-accum
 
 
 def test_reference_style_config_keys_are_accepted(tmp_path):

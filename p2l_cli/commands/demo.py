@@ -9,31 +9,48 @@ import typer
 
 from p2l_cli.ui import QuietOption, set_quiet
 
+RUN = "Run"
+
 
 def demo(
     out: Annotated[
         Path,
-        typer.Option("--out", "-o", help="Folder for every file the stages write."),
+        typer.Option(
+            "--out", "-o", help="Folder for every file the stages write.", rich_help_panel=RUN
+        ),
     ] = Path("p2l-demo"),
     small: Annotated[
         bool,
         typer.Option(
             "--small",
-            help="A reduced run for CI: a smaller arena, the backbone frozen, about a minute.",
+            help="A reduced run for CI: a smaller arena and the backbone frozen (about a minute).",
+            rich_help_panel=RUN,
         ),
     ] = False,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the arena and the training.")] = 0,
+    seed: Annotated[
+        int,
+        typer.Option(
+            "--seed", help="Seed of the arena, the split and the training.", rich_help_panel=RUN
+        ),
+    ] = 0,
     force: Annotated[
-        bool, typer.Option("--force", help="Reuse a non-empty --out folder, replacing its files.")
+        bool,
+        typer.Option(
+            "--force",
+            help="Reuse a non-empty --out folder, replacing its files.",
+            rich_help_panel=RUN,
+        ),
     ] = False,
     quiet: QuietOption = False,
 ) -> None:
-    """Run the whole pipeline offline on a simulated arena, printing each `p2l` command
-    before it runs (about 10 minutes on a laptop CPU; --small: about one).
+    """Run the whole pipeline offline on a simulated arena, printing each `p2l` command line
+    before it runs; every file stays in --out, the command lines in --out/commands.sh.
+
+    About 10 minutes on a laptop CPU (--small: about one).
 
     Example:
 
-      p2l demo --out p2l-demo && bash p2l-demo/commands.sh
+      p2l demo --out p2l-demo
     """
     set_quiet(quiet)
     from p2l_cli.demo import run_demo
