@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from p2l_cli.model import build_p2l, collate, save_p2l
-from p2l_cli.predict import encode, plan_batches, predict_prompts
+from p2l_cli.predict import DEFAULT_BATCH_TOKENS, encode, plan_batches, predict_prompts
 
 VOCABULARY = (
     "the a model prompt write explain code python function list sort data table query "
@@ -117,7 +117,7 @@ def throughput(model, tokenizer, name, prompts, args) -> dict:
     ids = encode(model, tokenizer, prompts)
     batches = [
         collate([ids[i] for i in batch], tokenizer.pad_token_id)
-        for batch in plan_batches(lengths, args.batch_tokens)
+        for batch in plan_batches(lengths, args.batch_tokens or DEFAULT_BATCH_TOKENS["cpu"])
     ]
     runs = {
         "backbone": lambda: backbone_forward(model, tokenizer, prompts, args.batch_size, limit),
@@ -154,7 +154,7 @@ def peak_rss_mb(command: list[str]) -> float:
         return int(Path(report.name).read_text().split()[-1]) / 1024
 
 
-def memory(folder: Path, sizes: list[int], work: Path) -> list[dict]:
+def memory(folder: Path, sizes: list[int], chunk_rows: int, work: Path) -> list[dict]:
     rng = random.Random(2)
     results = []
     for size in sizes:
@@ -164,7 +164,7 @@ def memory(folder: Path, sizes: list[int], work: Path) -> list[dict]:
                 fh.write(json.dumps({"id": i, "prompt": sentence(rng, rng.randint(5, 40))}) + "\n")
         for out in ("preds.jsonl", "preds.parquet"):
             command = [sys.executable, "-m", "p2l_cli", "predict", str(folder), str(source)]
-            command += ["-o", str(work / out), "--chunk-rows", "1024", "-q"]
+            command += ["-o", str(work / out), "--chunk-rows", str(chunk_rows), "-q"]
             started = time.perf_counter()
             rss = peak_rss_mb(command)
             result = {
@@ -182,21 +182,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--batch-tokens", type=int, default=16384)
+    parser.add_argument("--batch-tokens", type=int, default=None, help="default: p2l's")
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--sizes", default="1000,8000", help="prompt counts for the RSS runs")
+    parser.add_argument("--sizes", default="2000,16000", help="prompt counts for the RSS runs")
+    parser.add_argument("--chunk-rows", type=int, default=256, help="for the RSS runs")
+    parser.add_argument("--only", choices=["throughput", "memory"])
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:
-        args.prompts, args.repeats, args.sizes = 128, 1, "300,1200"
+        args.prompts, args.repeats, args.sizes, args.chunk_rows = 128, 1, "300,1200", 100
     print(f"# machine: {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}")
     model, tokenizer = build_p2l("minilm", MODELS)
     model.eval()
-    throughput(model, tokenizer, "uniform", uniform_prompts(args.prompts), args)
-    throughput(model, tokenizer, "skewed", skewed_prompts(args.prompts), args)
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = save_p2l(model, tokenizer, Path(tmp) / "p2l-minilm")
-        memory(folder, [int(s) for s in args.sizes.split(",")], Path(tmp))
+    if args.only != "memory":
+        throughput(model, tokenizer, "uniform", uniform_prompts(args.prompts), args)
+        throughput(model, tokenizer, "skewed", skewed_prompts(args.prompts), args)
+    if args.only != "throughput":
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = save_p2l(model, tokenizer, Path(tmp) / "p2l-minilm")
+            sizes = [int(size) for size in args.sizes.split(",")]
+            memory(folder, sizes, args.chunk_rows, Path(tmp))
 
 
 if __name__ == "__main__":

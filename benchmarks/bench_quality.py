@@ -195,6 +195,10 @@ def summarise(results: list[dict]) -> None:
         f"  3. routing gain over the best single model (pts): "
         f"{spread([r['routing']['gain_points'] for r in results])}  (target >= 5)"
     )
+    headroom = [
+        100 * (r["routing"]["oracle_router"] - r["routing"]["best_single"]) for r in results
+    ]
+    print(f"     headroom: true-coefficient router over it (pts): {spread(headroom)}")
     print(
         f"     training minutes:                             "
         f"{spread([r['train_seconds'] / 60 for r in results])}  (limit 10)"

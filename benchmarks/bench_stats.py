@@ -190,8 +190,13 @@ def bench_families(num_votes: int, num_models: int) -> None:
 
 AGGREGATE_SCRIPT = textwrap.dedent(
     """
-    import json, resource, sys, time
+    import json, sys, time
     import numpy as np
+
+    def memory_mb(field):  # this process's own high-water mark (VmHWM) or current RSS
+        for line in open("/proc/self/status"):
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
     sys.path.insert(0, sys.argv[1])
     from p2l_cli.stats.aggregate import aggregate_fit
     n, m, family = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
@@ -203,12 +208,12 @@ AGGREGATE_SCRIPT = textwrap.dedent(
     elif family == "grk":
         eta = rng.normal(0.5, 0.5, n).astype(np.float32)
     aggregate_fit(coefs[:10], None if eta is None else eta[:10], family)  # warm-up
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = memory_mb("VmRSS")
     start = time.perf_counter()
     fit = aggregate_fit(coefs, eta, family)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"seconds": seconds, "peak_mb": peak / 1024, "before_mb": before / 1024,
+    peak = memory_mb("VmHWM")
+    print(json.dumps({"seconds": seconds, "peak_mb": peak, "before_mb": before,
                       "grad_norm": fit.grad_norm}))
     """
 )
@@ -222,8 +227,8 @@ def bench_aggregate(num_prompts: int, num_models: int) -> None:
              str(num_models), family], capture_output=True, text=True, check=True)
         result = json.loads(proc.stdout.strip().splitlines()[-1])
         print(f"  {family:4s} {result['seconds']:.2f} s; process peak RSS "
-              f"{result['peak_mb']:.0f} MB (before the call, with the inputs: "
-              f"{result['before_mb']:.0f} MB); gradient norm {result['grad_norm']:.1e}")
+              f"{result['peak_mb']:.0f} MB (RSS before the call, torch and the inputs "
+              f"loaded: {result['before_mb']:.0f} MB); gradient norm {result['grad_norm']:.1e}")
 
 
 def main() -> None:
@@ -235,7 +240,8 @@ def main() -> None:
     parser.add_argument("--skip", nargs="*", default=[], choices=["marginal", "families",
                                                                    "aggregate"])
     args = parser.parse_args()
-    print(f"machine: {os.cpu_count()} CPUs; python {sys.version.split()[0]}")
+    print(f"machine: {os.cpu_count()} CPUs; python {sys.version.split()[0]}; "
+          f"load average {os.getloadavg()[0]:.2f}")
     if "marginal" not in args.skip:
         bench_marginal(args.battles, args.models)
     if "families" not in args.skip:

@@ -45,14 +45,15 @@ class Size:
 
 
 SIZES = {
-    # A few thousand training votes; the recipe fine-tunes MiniLM in a few minutes on a CPU.
+    # A few thousand training votes, trained with the minilm-cpu recipe as it stands.
     "full": Size(battles=6000, models=10, prompts=300),
-    # For CI: the backbone frozen (its pooled states computed once), a short run of the head.
+    # For CI: a small arena, the backbone frozen (its pooled states computed once), a short
+    # run of the head.
     "small": Size(
         battles=1200,
         models=6,
         prompts=60,
-        train_flags=("--freeze-backbone", "--epochs", "8", "--eval-every", "0"),
+        train_flags=("--freeze-backbone", "--epochs", "10"),
     ),
 }
 

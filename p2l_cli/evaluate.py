@@ -1155,8 +1155,8 @@ def plot_gains(groups: dict, path: Path, plt: Any) -> Path:
     ax.bar(range(len(rows)), gains, yerr=errors, color=colours, capsize=3)
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(rows)), names, rotation=30, ha="right")
-    ax.set_ylabel("NLL gain over the marginal leaderboard (nats/vote)")
-    ax.set_title(f"P2L gain by {groups['by']}")
+    ax.set_ylabel("NLL gain vs marginal (nats/vote)")
+    ax.set_title(f"P2L gain over the marginal leaderboard by {groups['by']}")
     return _save(fig, path, plt)
 
 

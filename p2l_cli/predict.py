@@ -9,8 +9,9 @@ Three entry points, from small to large:
 
 Speed comes from batching by a token budget: within a chunk the prompts are sorted by token
 length (longest first) and each batch holds as many as fit in ``batch_tokens`` padded tokens
-(rows x longest row), so short prompts are not padded to the length of long ones. The
-original order is restored before anything is written.
+(rows x longest row), closing early rather than let padding exceed a quarter of it, so short
+prompts are not padded to the length of long ones. The original order is restored before
+anything is written.
 
 Several processes (``accelerate launch -m p2l_cli predict ...`` or ``torchrun``) split the
 input by chunk: process ``r`` of ``w`` predicts the chunks whose index is ``r`` modulo ``w``
@@ -20,7 +21,10 @@ and writes each as a Parquet part; the main process merges the parts in chunk or
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import dataclasses
+import functools
 import io
 import json
 import math
@@ -54,7 +58,9 @@ from p2l_cli.io import (
 )
 from p2l_cli.model import collate, encode_prompts, load_p2l
 
-DEFAULT_BATCH_TOKENS = 16384
+# Padded tokens per batch. CPUs run fastest on small batches that stay in cache (MiniLM on
+# 2 cores: 235 prompts/s at 2048, 170 at 16384); GPUs want large ones.
+DEFAULT_BATCH_TOKENS = {"cpu": 2048, "mps": 8192, "cuda": 16384}
 DEFAULT_MAX_BATCH_SIZE = 256
 DEFAULT_CHUNK_ROWS = 4096
 DEFAULT_MIN_FILL = 0.75
@@ -248,9 +254,13 @@ def token_limit(model, tokenizer, max_length: int | None = None) -> int:
 # ----------------------------------------------------------------------- batching
 
 
+def default_batch_tokens(device: torch.device) -> int:
+    return DEFAULT_BATCH_TOKENS.get(device.type, DEFAULT_BATCH_TOKENS["cuda"])
+
+
 def plan_batches(
     lengths: Sequence[int],
-    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    batch_tokens: int = DEFAULT_BATCH_TOKENS["cpu"],
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     min_fill: float = DEFAULT_MIN_FILL,
 ) -> list[np.ndarray]:
@@ -279,7 +289,7 @@ def predict_ids(
     model,
     ids: list[list[int]],
     pad_token_id: int,
-    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    batch_tokens: int | None = None,
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     device: torch.device | str | None = None,
     on_batch: Callable[[int], None] | None = None,
@@ -287,6 +297,7 @@ def predict_ids(
     """Coefficients ``[N, M]`` (float32) and raw ``eta`` ``[N]`` (rk heads) for token ids,
     in the order of ``ids``."""
     device = torch.device(device) if device is not None else model_device(model)
+    batch_tokens = batch_tokens or default_batch_tokens(device)
     coefs = np.empty((len(ids), len(model.info.model_list)), dtype=np.float32)
     eta = np.empty(len(ids), dtype=np.float32) if model.head.eta_head is not None else None
     for batch in plan_batches([len(row) for row in ids], batch_tokens, max_batch_size):
@@ -326,7 +337,7 @@ def predict_prompts(
     model,
     tokenizer,
     prompts: list[list[str]],
-    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    batch_tokens: int | None = None,
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     device: torch.device | str | None = None,
     max_length: int | None = None,
@@ -386,7 +397,7 @@ def predict_frame(
     tokenizer,
     df: pl.DataFrame,
     prompt_column: str | None = None,
-    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    batch_tokens: int | None = None,
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     device: torch.device | str | None = None,
     max_length: int | None = None,
@@ -707,7 +718,7 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
 @dataclass
 class PredictOptions:
     prompt_column: str | None = None
-    batch_tokens: int = DEFAULT_BATCH_TOKENS
+    batch_tokens: int | None = None  # None: by device (default_batch_tokens)
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     chunk_rows: int = DEFAULT_CHUNK_ROWS
     max_length: int | None = None
@@ -719,7 +730,7 @@ class PredictOptions:
             ("--max-batch-size", self.max_batch_size),
             ("--chunk-rows", self.chunk_rows),
         ):
-            if value < 1:
+            if value is not None and value < 1:
                 raise UserError(f"{option} {value}: must be at least 1")
         if self.max_length is not None and self.max_length < 2:
             raise UserError(f"--max-length {self.max_length}: must be at least 2")
@@ -787,7 +798,26 @@ def predict_chunks(
         summary.rows += frame.height
         summary.tokens += sum(len(row) for row in ids)
         write(raw.index, with_predictions(frame, coefs, eta))
+        trim_heap()
     return summary
+
+
+@functools.cache
+def _libc_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, musl, Windows)
+        return None
+
+
+def trim_heap() -> None:
+    """Give freed heap pages back to the system (glibc). Activations of ever-changing
+    shapes otherwise fragment the heap, and the resident size creeps up chunk after chunk
+    (by ~200 MB over 16,000 prompts with MiniLM); with this it stays flat."""
+    malloc_trim = _libc_malloc_trim()
+    if malloc_trim is not None:
+        malloc_trim(0)
 
 
 def predict_file(
@@ -891,6 +921,7 @@ def prompt_leaderboard(coefs: np.ndarray, eta: float | None, info) -> list[Leade
     """One prompt's leaderboard, best first: Arena-scale score ``1000 + 400/ln(10) * theta``
     relative to the mean coefficient, and the expected win rate against the other models
     (ties counting half, in the model's likelihood family)."""
+    from p2l_cli.stats import arena_scale
     from p2l_cli.stats.families import win_matrix
 
     theta = torch.as_tensor(np.asarray(coefs, dtype=np.float64))
@@ -899,8 +930,7 @@ def prompt_leaderboard(coefs: np.ndarray, eta: float | None, info) -> list[Leade
     m = len(theta)
     off_diagonal = ~np.eye(m, dtype=bool)
     win_rate = (wins * off_diagonal).sum(axis=1) / max(m - 1, 1)
-    centred = theta.numpy() - theta.numpy().mean()
-    score = 1000.0 + 400.0 / math.log(10.0) * centred
+    score = arena_scale(theta.numpy() - theta.numpy().mean())
     order = np.argsort(-theta.numpy(), kind="stable")
     return [
         LeaderboardRow(

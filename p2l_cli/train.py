@@ -27,6 +27,8 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -158,11 +160,15 @@ def train_p2l(
     prepare_output_dir(out, options, accelerator)
     for message in warnings:
         warn(message)
-    trainer = Trainer(config, Path(data_dir), out, accelerator, options)
+    threads = torch.get_num_threads()
     try:
-        return trainer.run()
+        trainer = Trainer(config, Path(data_dir), out, accelerator, options)
+        try:
+            return trainer.run()
+        finally:
+            trainer.close()
     finally:
-        trainer.close()
+        torch.set_num_threads(threads)
 
 
 def make_accelerator(config: TrainConfig) -> Accelerator:
@@ -261,7 +267,7 @@ def param_groups(module: torch.nn.Module, config: TrainConfig, head_only: bool) 
 
 
 def make_optimizer(groups: list[dict], config: TrainConfig) -> torch.optim.Optimizer:
-    kwargs = dict(lr=config.lr, betas=tuple(config.adam_betas), eps=config.adam_eps)
+    kwargs = {"lr": config.lr, "betas": tuple(config.adam_betas), "eps": config.adam_eps}
     try:
         return torch.optim.AdamW(groups, fused=True, **kwargs)
     except (RuntimeError, ValueError, TypeError):
@@ -293,13 +299,6 @@ class StopSignals:
 
     def __init__(self):
         self.received: str | None = None
-        self._previous: dict = {}
-
-    def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
 
     def _handle(self, signum, frame) -> None:
         if self.received is not None:
@@ -307,9 +306,17 @@ class StopSignals:
         self.received = signal.Signals(signum).name
         console.print(f"[yellow]{self.received}: stopping after a checkpoint…[/]")
 
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, self._handle)
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def leaderboard_rows(theta: np.ndarray, models: list[str]) -> list[dict]:
@@ -329,6 +336,8 @@ def _fmt(metrics: dict | None, key: str) -> str:
 
 
 class Trainer:
+    """One training run: built from a config (setup), then `run()` (train), then `close()`."""
+
     def __init__(
         self,
         config: TrainConfig,
@@ -389,6 +398,9 @@ class Trainer:
         if config.freeze_backbone:
             self.features = self._frozen_features([train_print, val_print])
             trainable: torch.nn.Module = self.model.head
+            if self.device.type == "cpu":
+                # the head's matrices are tiny: thread start-up would cost more than it saves
+                torch.set_num_threads(1)
         else:
             trainable = self.model
             self._prepare_backbone_for_training()
@@ -418,7 +430,7 @@ class Trainer:
         max_length = config.max_length
         limit = getattr(backbone_config, "max_position_embeddings", None)
         if is_encoder(backbone_config) and limit and max_length > limit:
-            warn(f"--max-length {max_length}: {config.backbone} reads at most {limit} tokens")
+            console.print(f"max length: {limit} tokens ({config.backbone} reads no more)")
             max_length = int(limit)
         model, tokenizer = build_p2l(
             config.backbone,
@@ -515,10 +527,10 @@ class Trainer:
     # --------------------------------------------------------------------------- the loop
 
     def run(self) -> TrainResult:
-        config, state = self.config, self.state
+        state = self.state
         self._announce()
         self._trim_log()
-        with self.signals, progress() as bar:
+        with self.signals.installed(), progress() as bar:
             task = bar.add_task("training", total=self.total_steps, completed=state.step, status="")
             if state.step == 0 and state.last_eval_step is None:
                 self._evaluate()
@@ -798,6 +810,7 @@ class Trainer:
             from safetensors.torch import load_file
 
             self.best_head = load_file(str(found / BEST_HEAD))
+        saved.config = self.config.to_dict()  # operational settings may have changed
         self.state = saved
         console.print(f"resuming from {found} at step {saved.step} (epoch {saved.epoch + 1})")
 

@@ -107,7 +107,7 @@ class TrainConfig:
     def warmup_steps(self, total_steps: int) -> int:
         """``warmup`` below 1 is a fraction of the run, from 1 on a number of steps."""
         if self.warmup < 1:
-            return int(math.ceil(self.warmup * total_steps))
+            return math.ceil(self.warmup * total_steps)
         return int(self.warmup)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from p2l_cli.io import atomic_path
@@ -104,7 +105,7 @@ def load_cached(path: Path, names: list[str]) -> dict[str, torch.Tensor] | None:
         return None
     try:
         tensors = load_file(str(path))
-    except Exception:  # a damaged cache entry is recomputed
+    except (OSError, SafetensorError):  # a damaged cache entry is recomputed
         return None
     return tensors if all(n in tensors for n in names) else None
 

@@ -149,3 +149,19 @@ def test_win_matrix_counts_ties_half():
             p = textbook_probs(float(coefs[0, i]), float(coefs[0, j]), -5.0, "rk")
             assert abs(w[i, j] - float(p[0] + p[2] / 2)) < 1e-12
     np.testing.assert_allclose(w + w.T, np.ones((3, 3)), atol=1e-12)
+
+
+@pytest.mark.parametrize("family", families.FAMILIES)
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, ABS_TOL), (torch.float32, 2e-6)])
+def test_direct_probabilities_match_log_space(family, dtype, tol):
+    rng = np.random.default_rng(2)
+    a = torch.tensor(rng.uniform(-50, 50, 2000), dtype=dtype)
+    b = torch.tensor(rng.uniform(-50, 50, 2000), dtype=dtype)
+    a[:5] = torch.tensor([50.0, -50.0, 0.0, 3.0, -49.0])
+    b[:5] = torch.tensor([-50.0, 50.0, 0.0, 3.0, -50.0])
+    eta = torch.tensor(rng.uniform(-60, 60, 2000), dtype=dtype) if families.has_eta(family) else None
+    direct = families.outcome_probs_direct(a, b, eta, family)
+    want = families.outcome_log_probs(a.double(), b.double(),
+                                      None if eta is None else eta.double(), family).exp()
+    assert torch.isfinite(direct).all()
+    assert (direct.double() - want).abs().max() <= tol

@@ -171,7 +171,7 @@ def test_by_group_matrix_and_model_view(battles, tmp_path):
 
 
 def test_reweight_by_inverse_pair_frequency(battles, tmp_path):
-    path, df = battles
+    _, df = battles
     skewed = df.filter((pl.col("model_a") == "alpha") | (pl.col("model_b") == "alpha")
                        | (pl.col("id").str.slice(1).cast(pl.Int64) % 4 == 0))
     skewed_path = tmp_path / "skewed.parquet"

@@ -636,7 +636,6 @@ def test_empty_input_writes_an_empty_table_with_metadata(folders, tmp_path):
 # ----------------------------------------------------------------------- several processes
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(
     shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
     reason="torchrun not installed",

@@ -6,7 +6,6 @@ from typing import Annotated
 
 import typer
 
-from p2l_cli.leaderboard import Request, run
 from p2l_cli.ui import QuietOption, console, set_quiet
 
 FIT, INTERVALS, VIEWS, OUTPUT = "Fit", "Intervals", "Views", "Output"
@@ -55,7 +54,8 @@ def leaderboard(
     anchor: Annotated[
         str | None,
         typer.Option("--anchor", help="Shift scores so that MODEL scores VALUE, e.g. "
-                     "'gpt-4o=1200'. Default: the mean model scores 1000.",
+                     "'gpt-4o=1200'. Default: the mean model scores 1000 (grk: the "
+                     "both-bad reference does).",
                      rich_help_panel=FIT),
     ] = None,
     ci: Annotated[
@@ -105,6 +105,8 @@ def leaderboard(
     Example: p2l leaderboard data/train.parquet --by category -o board.csv
     """
     set_quiet(quiet)
+    from p2l_cli.leaderboard import Request, run  # torch loads only when the command runs
+
     run(
         Request(
             source=input, input_format=input_format, output=output, output_format=format,

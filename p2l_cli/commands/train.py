@@ -217,17 +217,18 @@ def train(
     set_quiet(quiet)
     from p2l_cli.train import RunOptions, TrainingInterrupted, train_p2l
 
-    overrides = dict(
-        backbone=backbone, loss=loss, head=head, head_rank=head_rank, head_init=head_init,
-        marginal_init=marginal_init, pooling=pooling, max_length=max_length,
-        freeze_backbone=freeze_backbone, gradient_checkpointing=gradient_checkpointing,
-        precision=precision, epochs=epochs, max_steps=max_steps, lr=lr, head_lr=head_lr,
-        batch_size=batch_size, grad_accum=grad_accum, warmup=warmup, scheduler=scheduler,
-        weight_decay=weight_decay, max_grad_norm=max_grad_norm, seed=seed, chrono=chrono,
-        group_by_length=group_by_length, weighted=weighted, eval_every=eval_every,
-        eval_batch_size=eval_batch_size, patience=patience, log_every=log_every,
-        save_every=save_every,
-    )  # fmt: skip
+    overrides = {
+        "backbone": backbone, "loss": loss, "head": head, "head_rank": head_rank,
+        "head_init": head_init, "marginal_init": marginal_init, "pooling": pooling,
+        "max_length": max_length, "freeze_backbone": freeze_backbone,
+        "gradient_checkpointing": gradient_checkpointing, "precision": precision,
+        "epochs": epochs, "max_steps": max_steps, "lr": lr, "head_lr": head_lr,
+        "batch_size": batch_size, "grad_accum": grad_accum, "warmup": warmup,
+        "scheduler": scheduler, "weight_decay": weight_decay, "max_grad_norm": max_grad_norm,
+        "seed": seed, "chrono": chrono, "group_by_length": group_by_length, "weighted": weighted,
+        "eval_every": eval_every, "eval_batch_size": eval_batch_size, "patience": patience,
+        "log_every": log_every, "save_every": save_every,
+    }  # fmt: skip
     options = RunOptions(
         resume=resume, overwrite=overwrite, stop_after=stop_after, cache_dir=cache_dir
     )

@@ -25,9 +25,11 @@ import numpy as np
 import torch
 
 from p2l_cli.stats import families
-from p2l_cli.stats.pairfit import PairRows, solve
+from p2l_cli.stats.pairfit import PairRows, single_threaded, solve
 
-BLOCK_ELEMENTS = 1 << 16
+# Prompts are summed in blocks of about this many pair entries (1 MB in float32): small
+# enough to stay in cache, large enough that per-block overhead does not dominate.
+BLOCK_ELEMENTS = 1 << 18
 AGGREGATE_TOL = 1e-12
 # Keeps the fit finite when a model wins a pair with probability exactly 1 in float32.
 AGGREGATE_RIDGE = 1e-12
@@ -76,16 +78,37 @@ def _as_tensor(values, dtype=None) -> torch.Tensor:
 def block_outcome_probs(
     coefs: torch.Tensor, eta: torch.Tensor | None, family: str
 ) -> torch.Tensor:
-    """Per-prompt outcome probabilities ``[n, K, M, M]``: K = 1 (win) for bt, 2 (win, tie)
-    for rk, 3 (win, tie, both bad) for grk."""
+    """Per-prompt pair probabilities ``[n, K, M, M]`` from which the sums are built: K = 1
+    (P(i wins outright)) for bt and rk; 2 (wins, both bad) for grk. A tie's probability is
+    one minus the rest, so its sum follows from these sums (linearity)."""
     family = _outcome_family(family)
+    theta_i, theta_j = coefs[:, :, None], coefs[:, None, :]
     if family == "bt":
-        return torch.sigmoid(coefs[:, :, None] - coefs[:, None, :]).unsqueeze(1)
-    probs = families.outcome_probs(
-        coefs[:, :, None], coefs[:, None, :], eta[:, None, None], family
-    )
-    keep = [families.WIN, families.TIE] + ([families.TIE_BOTH_BAD] if family == "grk" else [])
-    return probs[..., keep].permute(0, 3, 1, 2)
+        return (theta_i - theta_j).sigmoid_().unsqueeze(1)
+    eta = eta[:, None, None]
+    win = families.direct_win_probability(theta_i, theta_j, eta, family)
+    if family == "rk":
+        return win.unsqueeze(1)
+    both_bad = families.direct_both_bad_probability(theta_i, theta_j)
+    return torch.stack([win, both_bad], dim=1)
+
+
+def _kinds(family: str) -> int:
+    return 2 if _outcome_family(family) == "grk" else 1
+
+
+def _outcome_stack(block_sums: np.ndarray, total_weight, family: str) -> np.ndarray:
+    """(win, tie, both bad) sums ``[..., K, M, M]`` from the summed block probabilities."""
+    family = _outcome_family(family)
+    win = block_sums[..., 0, :, :]
+    if family == "bt":
+        return win[..., None, :, :]
+    both_bad = block_sums[..., 1, :, :] if family == "grk" else np.zeros_like(win)
+    total = np.asarray(total_weight, dtype=np.float64).reshape(
+        np.shape(total_weight) + (1, 1))
+    tie = np.clip(total - win - np.swapaxes(win, -1, -2) - both_bad, 0.0, None)
+    parts = [win, tie] + ([both_bad] if family == "grk" else [])
+    return np.stack(parts, axis=-3)
 
 
 def _batches(coefs_batches, eta_batches, weights) -> Iterator[tuple]:
@@ -126,6 +149,7 @@ def _batches(coefs_batches, eta_batches, weights) -> Iterator[tuple]:
         raise ValueError("weights must have one value per prompt")
 
 
+@single_threaded
 def outcome_sums(
     coefs_batches, eta_batches=None, family: str = "bt", weights=None,
     block_elements: int = BLOCK_ELEMENTS,
@@ -141,19 +165,21 @@ def outcome_sums(
                                        weights):
         n, m = coefs.shape
         if acc is None:
-            acc = torch.zeros(m * m * (1 + needs_eta + (family == "grk")), dtype=torch.float64)
-        w = torch.ones(n, dtype=coefs.dtype) if weight is None else torch.as_tensor(
-            weight, dtype=coefs.dtype)
+            acc = torch.zeros(_kinds(family), m, m, dtype=torch.float64)
+        w = None if weight is None else torch.as_tensor(weight, dtype=coefs.dtype)
         block = max(1, block_elements // (m * m))
         for start in range(0, n, block):
             part = slice(start, start + block)
             probs = block_outcome_probs(coefs[part], None if eta is None else eta[part], family)
-            acc += (w[part] @ probs.reshape(probs.shape[0], -1)).to(torch.float64)
-        total_weight += float(w.to(torch.float64).sum())
+            if w is None:
+                acc += probs.sum(0)
+            else:
+                acc += (w[part] @ probs.reshape(probs.shape[0], -1)).reshape(acc.shape)
+        total_weight += float(n if w is None else w.to(torch.float64).sum())
         n_prompts += n
     if acc is None:
         raise ValueError("no prompts to aggregate")
-    sums = (acc.reshape(-1, m, m)).numpy()
+    sums = _outcome_stack(acc.numpy(), total_weight, family)
     return OutcomeSums(
         win=sums[0],
         tie=sums[1] if needs_eta else None,
@@ -243,6 +269,7 @@ def aggregate(
 # ---------------------------------------------------------------------------- bootstrap
 
 
+@single_threaded
 def bootstrap_aggregate(
     coefs, eta=None, family: str = "bt", weights=None, rounds: int = 100, seed: int = 0,
     block_prompts: int = 512,
@@ -264,14 +291,14 @@ def bootstrap_aggregate(
     rng = np.random.default_rng(seed)
     counts = rng.multinomial(n, np.full(n, 1.0 / n), size=rounds).astype(np.float64) * w
     mix = torch.as_tensor(counts, dtype=coefs.dtype)
-    kinds = 1 + families.has_eta(family_out) + (family_out == "grk")
+    kinds = _kinds(family_out)
     acc = torch.zeros(rounds, kinds * m * m, dtype=torch.float64)
     for start in range(0, n, block_prompts):
         part = slice(start, start + block_prompts)
         probs = block_outcome_probs(coefs[part], None if eta_t is None else eta_t[part],
                                     family_out)
         acc += (mix[:, part] @ probs.reshape(probs.shape[0], -1)).to(torch.float64)
-    sums = acc.reshape(rounds, kinds, m, m).numpy()
+    sums = _outcome_stack(acc.reshape(rounds, kinds, m, m).numpy(), counts.sum(1), family_out)
     rows = pair_rows(m, family_out)
     theta0, eta0 = aggregate(coefs, eta_t, family, w)
     sol = solve(rows, row_weights(sums, family_out, m), family_out, theta0=theta0, eta0=eta0,

@@ -198,3 +198,54 @@ def labels_nll(
     if weights is not None:
         mask = mask * weights.to(nll.dtype)
     return (nll * mask).sum() / mask.sum().clamp_min(torch.finfo(nll.dtype).tiny)
+
+
+# --------------------------------------------------------- bulk probabilities (additive)
+#
+# The same probabilities as outcome_probs, computed in probability space with a few
+# elementwise operations: for bulk sums over many prompts (aggregation), where an absolute
+# rounding error is harmless. Not for likelihoods: tiny probabilities lose their relative
+# precision (a tie is one minus the other outcomes).
+
+
+def _grk_t(eta: torch.Tensor) -> torch.Tensor:
+    return torch.exp(F.softplus(grk_log_t_minus_one(eta))).clamp_max(torch.finfo(eta.dtype).max)
+
+
+def direct_win_probability(theta_i, theta_j, eta=None, family: str = "bt") -> torch.Tensor:
+    """P(i wins outright against j), computed directly (see the note above)."""
+    family = canonical_family(family)
+    if family in ("bt", "bt-tie"):
+        return torch.sigmoid(theta_i - theta_j)
+    if eta is None:
+        raise ValueError(f"family {family!r} needs eta")
+    eta = torch.as_tensor(eta, dtype=theta_i.dtype, device=theta_i.device)
+    if family == "rk":
+        return torch.sigmoid(theta_i - theta_j - rk_tie_width(eta))
+    # e^a / (e^a + t e^b + 1) = 1 / (1 + t e^(b-a) + e^-a): an overflow to inf in the
+    # denominator gives the right limit 0, and no inf/inf or 0*inf can arise
+    return 1.0 / (1.0 + _grk_t(eta) * torch.exp(theta_j - theta_i) + torch.exp(-theta_i))
+
+
+def direct_both_bad_probability(theta_i, theta_j) -> torch.Tensor:
+    """grk's P(tie, both bad) = 1 / (1 + e^a + e^b), computed directly."""
+    return 1.0 / (1.0 + torch.exp(theta_i) + torch.exp(theta_j))
+
+
+def outcome_probs_direct(
+    theta_i: torch.Tensor,
+    theta_j: torch.Tensor,
+    eta: torch.Tensor | None = None,
+    family: str = "bt",
+) -> torch.Tensor:
+    """:func:`outcome_probs` computed directly (see the note above)."""
+    family = canonical_family(family)
+    theta_i, theta_j = torch.broadcast_tensors(theta_i, theta_j)
+    zero = torch.zeros_like(theta_i)
+    win = direct_win_probability(theta_i, theta_j, eta, family)
+    if family in ("bt", "bt-tie"):
+        return torch.stack([win, 1.0 - win, zero, zero], dim=-1)
+    loss = direct_win_probability(theta_j, theta_i, eta, family)
+    both_bad = direct_both_bad_probability(theta_i, theta_j) if family == "grk" else zero
+    tie = (1.0 - win - loss - both_bad).clamp_min(0.0)
+    return torch.stack([win, loss, tie, both_bad], dim=-1)

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from statistics import NormalDist
 
 import numpy as np
-from scipy.stats import norm
 
 from p2l_cli.stats import families
 from p2l_cli.stats.pairfit import (
@@ -184,7 +184,7 @@ def fit_grouped(
         theta=theta, eta=eta, family=family, nll=float(sol.nll[0]), n_votes=n_votes, ci=ci,
         model_votes=votes.model_votes,
     )
-    z = norm.ppf(0.5 + level / 2)
+    z = NormalDist().inv_cdf(0.5 + level / 2)
     if ci == "sandwich":
         cov = sandwich(votes.rows, votes.weight, votes.weight_sq, family, theta, eta,
                        lmarena_hessian_ridge(votes.weight, votes.count, sandwich_ridge))

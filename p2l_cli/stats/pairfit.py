@@ -15,12 +15,19 @@ shift-invariant families (all but ``grk``) the step keeps theta centred (mean 0)
 
 from __future__ import annotations
 
+import contextlib
+import functools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
 
 import numpy as np
 import torch
 
 from p2l_cli.stats import families
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 DEFAULT_RIDGE = 1e-9
 DEFAULT_TOL = 1e-10
@@ -34,6 +41,32 @@ def lmarena_hessian_ridge(weight: np.ndarray, count: np.ndarray, ridge: float = 
     """The diagonal term LMArena's sandwich adds for grouped rows (see SANDWICH_RIDGE)."""
     unweighted = np.allclose(weight, count)
     return ridge * float(np.sum(count)) if unweighted else ridge
+
+
+@contextlib.contextmanager
+def torch_threads(count: int = 1) -> Iterator[None]:
+    """Run torch on ``count`` threads inside the block. The stats loops issue many small
+    ops; on a busy 2-core machine, torch's thread pool spinning on them ran 10x slower
+    than one thread."""
+    previous = torch.get_num_threads()
+    if previous != count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        if previous != count:
+            torch.set_num_threads(previous)
+
+
+def single_threaded(function: Callable[P, T]) -> Callable[P, T]:
+    """Run ``function`` under :func:`torch_threads` (1)."""
+
+    @functools.wraps(function)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        with torch_threads(1):
+            return function(*args, **kwargs)
+
+    return wrapper
 
 
 @dataclass(frozen=True)
@@ -187,6 +220,7 @@ def _newton_direction(hessian: torch.Tensor, grad: torch.Tensor, m: int, centre:
     return -torch.cholesky_solve(grad.unsqueeze(-1), factor).squeeze(-1)
 
 
+@single_threaded
 def solve(
     rows: PairRows,
     weights: np.ndarray,
@@ -273,6 +307,7 @@ def _line_search(rows, w, theta, eta, value, nll, grad, step, family, ridge, cen
 # ------------------------------------------------------------------------------ sandwich
 
 
+@single_threaded
 def sandwich(
     rows: PairRows,
     weight: np.ndarray,
