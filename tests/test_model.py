@@ -55,11 +55,15 @@ def test_save_then_load_gives_identical_coefficients(backbones, tmp_path, kind, 
     assert loaded.info.family == ("grk" if loss == "grk" else loss)
     assert loaded.info.head_rank == rank
     assert loaded.info.pooling == model.info.pooling
-    assert torch.equal(before.coefs, after.coefs)
+    saved, restored = model.state_dict(), loaded.state_dict()
+    assert saved.keys() == restored.keys()
+    assert all(torch.equal(saved[name], restored[name]) for name in saved)
+    # Identical weights; a matmul over differently aligned memory may differ in the last bit.
+    torch.testing.assert_close(after.coefs, before.coefs, rtol=0, atol=1e-6)
     if loss == "bt":
         assert after.eta is None
     else:
-        assert torch.equal(before.eta, after.eta)
+        torch.testing.assert_close(after.eta, before.eta, rtol=0, atol=1e-6)
     config = json.loads((tmp_path / "m" / "training_config.json").read_text())
     assert config["lr"] == 1e-3 and config["loss_type"] == model.info.family
     assert json.loads((tmp_path / "m" / "model_list.json").read_text()) == sorted(MODELS)
