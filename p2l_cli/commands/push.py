@@ -9,7 +9,6 @@ from typing import Annotated
 
 import typer
 
-from p2l_cli import hub
 from p2l_cli.ui import QuietOption, console, set_quiet
 
 HUB, FILES, CARD = "Hub", "Files", "Card"
@@ -93,6 +92,7 @@ def push(
       p2l push preds.parquet --repo-id my-org/p2l-preds --repo-type dataset
     """
     set_quiet(quiet or console.quiet)  # keep a global `p2l -q push ...`
+    from p2l_cli import hub  # yaml, and huggingface_hub later: only when pushing
     hub.check_repo_id(repo_id)
     if dry_run:
         token = hub.known_token(token)  # only to keep it out of the files; may be None

@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from p2l_cli import io
 from p2l_cli.ui import QuietOption, console, set_quiet
 
 BUDGET, CHOICE, OUTPUT = "Budget", "Models and opponents", "Output"
@@ -122,7 +121,8 @@ def route(
     Example: p2l route predictions.parquet --costs costs.yaml --budget 0.002 -o routes.parquet
     """
     set_quiet(quiet)
-    from p2l_cli import route as lib  # numpy/torch/scipy load only when routing
+    from p2l_cli import io  # polars/pyarrow, and numpy/torch/scipy: only when routing
+    from p2l_cli import route as lib
 
     lib.check_options(costs, budget, budget_scope, price, solver, sweep, plot)
     source = io.source_name(input)

@@ -45,6 +45,7 @@ WINNERS = ("model_a", "model_b", "tie", "tie (bothbad)")  # outcome index -> are
 GENERAL_SD = 0.6  # spread of general strength (logits)
 SKILL_SD = 0.3  # spread of the category skills not explained by strength
 SPECIALITY_BONUS = 0.9
+SPECIALITY_COST = 0.0
 SPECIALIST_SHARE = 0.3
 HARD_GAIN = 0.35  # hard prompts widen the gaps between models by this share
 # How much general strength carries over to each category (casual chat compresses gaps).
@@ -269,26 +270,33 @@ def _model_names(strength_rank: np.ndarray, speciality: list[str | None], rng) -
     return names
 
 
+def _specialities(num_models: int, categories: list[str], rng) -> list[str | None]:
+    """Which models are specialists, and in what: distinct specialities while they last."""
+    usable = [s for s, cats in bank.SPECIALITIES.items() if set(cats) & set(categories)]
+    speciality: list[str | None] = [None] * num_models
+    if not usable:
+        return speciality
+    count = max(1, round(SPECIALIST_SHARE * num_models))
+    chosen = rng.choice(num_models, size=count, replace=False)
+    kinds = [usable[k] for k in rng.permutation(len(usable))]
+    for n, i in enumerate(chosen):
+        speciality[i] = kinds[n % len(kinds)]
+    return speciality
+
+
 def build_world(
     num_models: int, categories: list[str], family: str, rng: np.random.Generator
 ) -> World:
     general = rng.normal(0.0, GENERAL_SD, num_models)
     general -= general.mean()
     rank = np.argsort(np.argsort(general))
-    usable = [s for s, cats in bank.SPECIALITIES.items() if set(cats) & set(categories)]
-    speciality: list[str | None] = [None] * num_models
-    if usable:
-        chosen = rng.choice(
-            num_models, size=max(1, round(SPECIALIST_SHARE * num_models)), replace=False
-        )
-        for i in chosen:
-            speciality[i] = usable[int(rng.integers(len(usable)))]
+    speciality = _specialities(num_models, categories, rng)
     slope = np.array([CATEGORY_SLOPE[c] for c in categories])
     skills = rng.normal(0.0, SKILL_SD, (num_models, len(categories))) + general[:, None] * slope
     for i, spec in enumerate(speciality):
-        for c, name in enumerate(categories):
-            if spec and name in bank.SPECIALITIES[spec]:
-                skills[i, c] += SPECIALITY_BONUS
+        if spec:
+            strong = np.array([name in bank.SPECIALITIES[spec] for name in categories])
+            skills[i] += np.where(strong, SPECIALITY_BONUS, -SPECIALITY_COST)
     names = _model_names(rank, speciality, rng)
     popularity = np.exp(0.4 * general + rng.normal(0.0, 0.4, num_models))
     launched = max(2, math.ceil(LAUNCH_SHARE * num_models))

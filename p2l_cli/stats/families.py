@@ -53,9 +53,17 @@ def has_eta(family: str) -> bool:
 # ------------------------------------------------------------------------- tie parameters
 
 
+def exact_softplus(x: torch.Tensor) -> torch.Tensor:
+    """``log(1 + e^x)`` to full precision everywhere (``F.softplus`` turns into the identity
+    above a threshold, an error of ``e^-threshold`` there)."""
+    return torch.logaddexp(x, torch.zeros_like(x))
+
+
 def rk_tie_width(eta: torch.Tensor) -> torch.Tensor:
-    """Rao-Kupper tie width (in logit units, >= 0.02) from the raw head output."""
-    return F.softplus(eta - RK_ETA_SHIFT, beta=RK_ETA_BETA).clamp_min(RK_MIN_WIDTH)
+    """Rao-Kupper tie width (in logit units, >= 0.02) from the raw head output:
+    ``softplus(eta - 22.5)`` with ``beta = 0.1``, i.e. ``log(1 + e^(0.1 x)) / 0.1``."""
+    scaled = RK_ETA_BETA * (eta - RK_ETA_SHIFT)
+    return (exact_softplus(scaled) / RK_ETA_BETA).clamp_min(RK_MIN_WIDTH)
 
 
 def rk_raw_eta(width: float) -> float:
@@ -89,7 +97,7 @@ def _grk_log_probs(
 ) -> torch.Tensor:
     zero = torch.zeros_like(theta_i)
     log_tm1 = grk_log_t_minus_one(eta)
-    log_t = F.softplus(log_tm1)
+    log_t = exact_softplus(log_tm1)
     norm_win = torch.logsumexp(torch.stack([theta_i, log_t + theta_j, zero]), dim=0)
     norm_loss = torch.logsumexp(torch.stack([theta_j, log_t + theta_i, zero]), dim=0)
     norm_all = torch.logsumexp(torch.stack([theta_i, theta_j, zero]), dim=0)
@@ -209,7 +217,7 @@ def labels_nll(
 
 
 def _grk_t(eta: torch.Tensor) -> torch.Tensor:
-    return torch.exp(F.softplus(grk_log_t_minus_one(eta))).clamp_max(torch.finfo(eta.dtype).max)
+    return torch.exp(exact_softplus(grk_log_t_minus_one(eta))).clamp_max(torch.finfo(eta.dtype).max)
 
 
 def direct_win_probability(theta_i, theta_j, eta=None, family: str = "bt") -> torch.Tensor:
