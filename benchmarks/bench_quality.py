@@ -1,8 +1,10 @@
 """Quality benchmark: is a P2L model trained on a CPU in minutes worth it on simulated votes?
 
-For each seed: simulate an arena (a few thousand training votes), prepare it, train the
-embedded MiniLM backbone with the ``minilm-cpu`` recipe (the demo's command lines), predict
-the validation prompts and the simulator's fresh prompts, then report
+For each seed: simulate an arena (a few thousand training votes), prepare it (the demo's
+command lines), hold out a share of the training prompts as the development votes that
+training validates on (early stopping, best weights), train the embedded MiniLM backbone with
+the ``minilm-cpu`` recipe, predict the held-out validation prompts (never seen in training,
+not even for early stopping) and the simulator's fresh prompts, then report
 
 1. the validation NLL of P2L as a share of the way from the marginal leaderboard's NLL to
    that of per-category leaderboards fitted with the true categories (target >= 90%);
@@ -12,10 +14,11 @@ the validation prompts and the simulator's fresh prompts, then report
    opponents of the model P2L picks per prompt, minus that of the best single model
    (target >= 5 points);
 
-with the mean and spread over the seeds. Each stage runs as a subprocess
+The marginal and per-category baselines are fitted on all training votes, development votes
+included. Mean and spread over the seeds. Each stage runs as a subprocess
 (``python -m p2l_cli ...``), as a user would run it.
 
-    python benchmarks/bench_quality.py                    # 3 seeds, ~25 minutes on 2 cores
+    python benchmarks/bench_quality.py                    # 3 seeds, ~20 minutes on 2 cores
     python benchmarks/bench_quality.py --seeds 0 --battles 3000
 """
 
@@ -35,6 +38,8 @@ import polars as pl
 from p2l_cli.demo import SIZES, Layout, Size, data_stages, model_stages
 from p2l_cli.io import read_table_meta
 from p2l_cli.route import expected_win_rates
+
+DEV_FRACTION = 0.125  # of the training votes: what training validates on
 
 
 def run_p2l(argv: list[str], log: Path) -> float:
@@ -106,10 +111,15 @@ def one_seed(root: Path, size: Size, seed: int) -> dict:
     log = root / "bench.log"
     root.mkdir(parents=True, exist_ok=True)
     seconds = {}
-    for stage in data_stages(layout, size, seed) + model_stages(layout, size, seed, True):
-        seconds[stage.argv[0] if stage.argv[0] != "predict" else "predict_val"] = run_p2l(
-            stage.argv, log
-        )
+    for stage in data_stages(layout, size, seed):
+        seconds[stage.argv[0]] = run_p2l(stage.argv, log)
+    fit = root / "fit"  # the training votes, less the development votes (fit/val.parquet)
+    dev_split = ["prepare", str(layout.data / "train.parquet"), "-o", str(fit)]
+    run_p2l([*dev_split, "--val-fraction", str(DEV_FRACTION), "--seed", str(seed)], log)
+    train, predict_val = (stage.argv for stage in model_stages(layout, size, seed, True))
+    train[train.index(str(layout.data))] = str(fit)
+    seconds["train"] = run_p2l(train, log)
+    seconds["predict_val"] = run_p2l(predict_val, log)
     fresh = layout.arena / "prompts.jsonl"
     run_p2l(["predict", str(layout.model), str(fresh), "-o", str(layout.prompt_predictions)], log)
     run_p2l(
@@ -135,6 +145,8 @@ def one_seed(root: Path, size: Size, seed: int) -> dict:
     return {
         "seed": seed,
         "train_votes": report["train_votes"],
+        "fit_votes": pl.scan_parquet(fit / "train.parquet").select(pl.len()).collect().item(),
+        "dev_votes": pl.scan_parquet(fit / "val.parquet").select(pl.len()).collect().item(),
         "val_votes": report["votes"],
         "train_seconds": seconds["train"],
         "best_step": metrics.get("best_step"),
@@ -164,7 +176,8 @@ def summarise(results: list[dict]) -> None:
     for r in results:
         rec, route = r["recovery"], r["routing"]
         print(
-            f"  seed {r['seed']}: train {r['train_seconds'] / 60:.1f} min "
+            f"  seed {r['seed']}: {r['fit_votes']} training votes ({r['dev_votes']} more for "
+            f"early stopping, {r['val_votes']} held out); train {r['train_seconds'] / 60:.1f} min "
             f"(best step {r['best_step']} of {r['steps']}), NLL p2l {r['nll']['p2l']:.4f} "
             f"marginal {r['nll']['marginal']:.4f} categories {r['nll']['category_fit']:.4f} "
             f"oracle {r['nll']['oracle']:.4f}; share of category gain "

@@ -106,15 +106,28 @@ def _main(
 
 DATA, MODEL, USE = "Data", "Model", "Leaderboards and routing"
 
-app.command("simulate", rich_help_panel=DATA, no_args_is_help=True)(simulate.simulate)
-app.command("prepare", rich_help_panel=DATA, no_args_is_help=True)(prepare.prepare)
-app.command("train", rich_help_panel=MODEL, no_args_is_help=True)(train.train)
-app.command("predict", rich_help_panel=MODEL, no_args_is_help=True)(predict.predict)
-app.command("evaluate", rich_help_panel=MODEL, no_args_is_help=True)(evaluate.evaluate)
-app.command("push", rich_help_panel=MODEL, no_args_is_help=True)(push.push)
-app.command("leaderboard", rich_help_panel=USE, no_args_is_help=True)(leaderboard.leaderboard)
-app.command("route", rich_help_panel=USE, no_args_is_help=True)(route.route)
-app.command("demo", rich_help_panel="Getting started")(demo.demo)
+
+def _register(name: str, function: Any, panel: str, no_args_is_help: bool = True) -> None:
+    """Add a subcommand; its one-line summary in `p2l --help` is the docstring's first
+    paragraph on one line."""
+    first_paragraph = (function.__doc__ or "").strip().split("\n\n")[0]
+    app.command(
+        name,
+        rich_help_panel=panel,
+        no_args_is_help=no_args_is_help,
+        short_help=" ".join(first_paragraph.split()),
+    )(function)
+
+
+_register("simulate", simulate.simulate, DATA)
+_register("prepare", prepare.prepare, DATA)
+_register("train", train.train, MODEL)
+_register("predict", predict.predict, MODEL)
+_register("evaluate", evaluate.evaluate, MODEL)
+_register("push", push.push, MODEL)
+_register("leaderboard", leaderboard.leaderboard, USE)
+_register("route", route.route, USE)
+_register("demo", demo.demo, "Getting started", no_args_is_help=False)
 
 
 def main() -> None:

@@ -222,8 +222,8 @@ def _optional_json(path: Path) -> dict | None:
     return _read_json_file(path, dict) if path.is_file() else None
 
 
-def safetensors_keys(path: Path) -> list[str]:
-    """The tensor names in a safetensors file's header (the file's first 8 + n bytes)."""
+def safetensors_shapes(path: Path) -> dict[str, list[int]]:
+    """Tensor name -> shape from a safetensors file's header (the file's first 8 + n bytes)."""
     with path.open("rb") as fh:
         raw = fh.read(8)
         if len(raw) != 8:
@@ -235,17 +235,35 @@ def safetensors_keys(path: Path) -> list[str]:
             header = json.loads(fh.read(length))
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise UserError(f"{path}: not a safetensors file (unreadable header)") from None
-    return [key for key in header if key != "__metadata__"]
+    if not isinstance(header, dict):
+        raise UserError(f"{path}: not a safetensors file (unreadable header)")
+    return {key: list(entry.get("shape") or []) if isinstance(entry, dict) else []
+            for key, entry in header.items() if key != "__metadata__"}
 
 
-def _weight_keys(model_dir: Path) -> list[str]:
+def _weight_shapes(model_dir: Path) -> dict[str, list[int] | None]:
+    """Tensor name -> shape of the folder's weights (shape None when only a shard index
+    names the tensor)."""
     index = model_dir / "model.safetensors.index.json"
     if index.is_file():
-        return list(_read_json_file(index, dict).get("weight_map", {}))
+        return dict.fromkeys(_read_json_file(index, dict).get("weight_map", {}))
     weights = sorted(model_dir.glob("*.safetensors"))
     if not weights:
         raise UserError(f"{model_dir}: not a P2L model folder (no model.safetensors)")
-    return [key for path in weights for key in safetensors_keys(path)]
+    return {key: shape for path in weights for key, shape in safetensors_shapes(path).items()}
+
+
+# The coefficient layer: ``head.head.weight`` (a linear head, as published) or the last
+# ``head.head.<i>.weight`` of a low-rank head (a projection, then the coefficient layer).
+_HEAD_WEIGHT = re.compile(r"^head\.head\.(?:(\d+)\.)?weight$")
+
+
+def _output_layer(shapes: dict[str, list[int] | None]) -> tuple[str, list[int] | None] | None:
+    layers = [(int(m.group(1) or 0), key) for key in shapes if (m := _HEAD_WEIGHT.match(key))]
+    if not layers:
+        return None
+    key = max(layers)[1]
+    return key, shapes[key]
 
 
 def read_model_folder(model_dir: Path) -> ModelFacts:
@@ -263,8 +281,15 @@ def read_model_folder(model_dir: Path) -> ModelFacts:
     models = _read_json_file(model_dir / "model_list.json", list)
     if not models or not all(isinstance(m, str) for m in models):
         raise UserError(f"{model_dir / 'model_list.json'}: expected a non-empty list of names")
-    if "head.head.weight" not in _weight_keys(model_dir):
+    layer = _output_layer(_weight_shapes(model_dir))
+    if layer is None:
         raise UserError(f"{model_dir}: not a P2L model folder (the weights have no P2L head)")
+    key, shape = layer
+    if shape and shape[0] != len(models):
+        raise UserError(
+            f"{model_dir}: model_list.json names {len(models)} models but the head's {key} "
+            f"has {shape[0]} outputs; the folder is inconsistent"
+        )
     return ModelFacts(
         config=_read_json_file(model_dir / "config.json", dict),
         model_list=models,

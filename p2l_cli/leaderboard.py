@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 import torch
 
 from p2l_cli import io
+from p2l_cli.data.formats import file_type_of
 from p2l_cli.errors import UserError
 from p2l_cli.stats import families
 from p2l_cli.stats.aggregate import aggregate_fit, bootstrap_aggregate
@@ -49,6 +50,9 @@ WINNER_CODES = {
     "bothbad": "both_bad", "tie_bothbad": "both_bad",
 }
 NO_GROUP = "(none)"
+DEFAULT_GROUP = "category"  # what --model groups by when --by is not given
+# in written tables, not in the terminal's (they fit 80 columns without them)
+FILE_ONLY_COLUMNS = ("theta", "models")
 
 
 # ------------------------------------------------------------------------------ inputs
@@ -106,7 +110,9 @@ def _read_columns(
 ) -> tuple[pl.DataFrame, dict, list[str]]:
     """Read a table and its p2l metadata; for Parquet files only the columns we use."""
     name = io.source_name(source)
-    if source != io.STDIO and io.format_of(source, fmt) == "parquet":
+    if source != io.STDIO or fmt:
+        fmt = file_type_of(source, fmt)
+    if source != io.STDIO and fmt == "parquet":
         path = Path(source)
         if not path.is_file():
             raise UserError(f"{source}: no such file")
@@ -126,13 +132,18 @@ def _read_columns(
 
 
 def load_input(source: str, fmt: str | None = None, by: str | None = None,
-               family: str | None = None) -> Battles | Predictions:
-    """Read a battles or predictions file, telling them apart by their columns."""
+               family: str | None = None, by_required: bool = True) -> Battles | Predictions:
+    """Read a battles or predictions file, telling them apart by their columns. Without
+    ``by_required``, a missing ``by`` column leaves the data ungrouped (``groups`` None)."""
     name = io.source_name(source)
     wanted = {*BATTLE_COLUMNS, "coefs", "eta", "weight"} | ({by} if by else set())
     df, meta, columns = _read_columns(source, fmt, wanted)
     if by and by not in columns:
-        raise UserError(f"--by {by}: {name} has no column {by!r} (columns: {_list(columns)})")
+        if by_required:
+            raise UserError(
+                f"--by {by}: {name} has no column {by!r} (columns: {_list(columns)})"
+            )
+        by = None
     if "coefs" in columns:
         return predictions_from_frame(df, meta, name, by, family)
     if all(c in columns for c in BATTLE_COLUMNS):
@@ -477,9 +488,15 @@ def output_format(dest: str, fmt: str | None) -> str:
         if fmt not in OUTPUT_FORMATS:
             raise UserError(f"--format {fmt}: expected one of {', '.join(OUTPUT_FORMATS)}")
         return fmt
-    if dest != io.STDIO and Path(dest).suffix.lower() in (".md", ".markdown"):
+    if dest == io.STDIO:
+        return "jsonl"
+    if Path(dest).suffix.lower() in (".md", ".markdown"):
         return "md"
-    return io.format_of(dest, None, default="jsonl" if dest == io.STDIO else None)
+    try:
+        return io.format_of(dest)
+    except UserError:
+        raise UserError(f"{dest}: cannot tell the output format from the extension; use "
+                        f"--format ({', '.join(OUTPUT_FORMATS)})") from None
 
 
 def _cell(value, column: str) -> str:
@@ -532,10 +549,18 @@ def describe(board: Leaderboard) -> str:
     return ", ".join(parts)
 
 
+def terminal_columns(table: pl.DataFrame) -> list[str]:
+    """The columns worth showing on a terminal: not the raw theta (files keep it), nor
+    columns with no value at all (a single prompt's missing intervals)."""
+    return [c for c in table.columns
+            if c not in FILE_ONLY_COLUMNS and table.get_column(c).null_count() < table.height]
+
+
 def render(table: pl.DataFrame, title: str):
     """A rich table for the terminal."""
     from rich.table import Table
 
+    table = table.select(terminal_columns(table))
     out = Table(title=title, title_justify="left", header_style="bold")
     for column in table.columns:
         numeric = table.schema[column].is_numeric()
@@ -617,10 +642,9 @@ def _check(request: Request) -> None:
         raise UserError(f"--level {request.level}: expected a number between 0 and 1")
     if request.top is not None and request.top < 1:
         raise UserError(f"--top {request.top}: expected a positive number")
-    if request.model and not request.by:
-        raise UserError("--model shows one model across groups; add --by COLUMN")
-    if request.prompt_index is not None and request.by:
-        raise UserError("--prompt-index and --by cannot be combined")
+    if request.prompt_index is not None and (request.by or request.model):
+        raise UserError(f"--prompt-index and --{'by' if request.by else 'model'} cannot be "
+                        "combined")
     if request.output:
         output_format(request.output, request.output_format)
 
@@ -629,7 +653,15 @@ def run(request: Request, console) -> None:
     """Build the leaderboard(s), print them on ``console`` and write/plot what was asked."""
     _check(request)
     anchor = parse_anchor(request.anchor) if request.anchor else None
-    data = load_input(request.source, request.input_format, request.by, request.family)
+    if request.model and not request.by:
+        data = load_input(request.source, request.input_format, DEFAULT_GROUP, request.family,
+                          by_required=False)
+        if data.groups is None:
+            raise UserError(f"--model shows one model across groups; add --by COLUMN (the "
+                            f"input has no {DEFAULT_GROUP!r} column)")
+        request = replace(request, by=DEFAULT_GROUP)
+    else:
+        data = load_input(request.source, request.input_format, request.by, request.family)
     options = {"family": request.family, "ci": request.ci, "rounds": request.rounds,
                "seed": request.seed, "reweight": request.reweight,
                "prompt_index": request.prompt_index, "level": request.level}
@@ -652,7 +684,10 @@ def run(request: Request, console) -> None:
                 board.table = anchor_table(board.table, *anchor)
     if request.model:
         table = model_view(boards, request.model, request.by)
-        console.print(render(table, f"{request.model} by {request.by}: {overall.family}"))
+        sizes = sorted(set(table.get_column("models").to_list()))
+        among = f"{sizes[0]} models" if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]} models"
+        console.print(render(table, f"{request.model} by {request.by}: {overall.family}, "
+                                    f"ranks of {among}"))
         _finish(request, table, {request.model: table}, overall, head)
         return
     for name, board in boards.items():

@@ -57,6 +57,7 @@ from p2l_cli.io import (
     write_table,
 )
 from p2l_cli.model import collate, encode_prompts, load_p2l
+from p2l_cli.model.backbone import clamp_max_length
 
 # Padded tokens per batch. CPUs run fastest on small batches that stay in cache (MiniLM on
 # 2 cores: 235 prompts/s at 2048, 170 at 16384); GPUs want large ones.
@@ -239,15 +240,12 @@ def model_device(model: torch.nn.Module) -> torch.device:
 
 
 def token_limit(model, tokenizer, max_length: int | None = None) -> int:
-    """The longest input the model reads: its configured ``max_length`` (or ``max_length``),
-    and for encoders no more than their position embeddings allow."""
-    limit = int(max_length or model.info.max_length)
-    if model.info.encoder:
-        positions = getattr(model.config, "max_position_embeddings", None)
-        declared = getattr(tokenizer, "model_max_length", None)
-        for bound in (positions, declared):
-            if isinstance(bound, int) and 0 < bound < 10**7:
-                limit = min(limit, bound)
+    """The longest input the model reads: ``max_length`` (default: the model's own), and no
+    more than its position embeddings (and an encoder's tokenizer) allow."""
+    limit = clamp_max_length(int(max_length or model.info.max_length), model.config)
+    declared = getattr(tokenizer, "model_max_length", None)
+    if model.info.encoder and isinstance(declared, int) and 0 < declared < 10**7:
+        limit = min(limit, declared)
     return limit
 
 

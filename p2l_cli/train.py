@@ -41,7 +41,6 @@ from accelerate.utils import DistributedType, gather_object, set_seed
 from p2l_cli.errors import UserError
 from p2l_cli.io import write_json
 from p2l_cli.model import P2LModel, build_p2l, collate, save_p2l
-from p2l_cli.model.backbone import is_encoder, load_backbone_config
 from p2l_cli.model.checkpoint import state_dict_for_saving
 from p2l_cli.stats.aggregate import aggregate
 from p2l_cli.stats.families import labels_nll
@@ -319,6 +318,19 @@ class StopSignals:
                 signal.signal(sig, handler)
 
 
+def missing_ties_warning(family: str, tie_codes: np.ndarray) -> str | None:
+    """A tie family fit on votes without the ties it models has no finite optimum: eta
+    runs off (and, for grk, the coefficients' level with it). Say so before training."""
+    if family == "grk" and not np.any(tie_codes == 2):
+        return (
+            "loss grk: the training votes hold no 'tie (bothbad)', so the coefficients' level "
+            "against the reference 0 is not identified; consider --loss rk or bt"
+        )
+    if family == "rk" and not np.any(tie_codes != 0):
+        return "loss rk: the training votes hold no ties, so eta is not identified; consider --loss bt"
+    return None
+
+
 def leaderboard_rows(theta: np.ndarray, models: list[str]) -> list[dict]:
     order = np.argsort(-theta, kind="stable")
     scores = arena_scale(theta)
@@ -358,6 +370,8 @@ class Trainer:
         self.window = _Window()
 
         self.data: DataDir = load_data_dir(data_dir, config.weighted)
+        if (message := missing_ties_warning(self.family, self.data.train.labels[:, 2])) is not None:
+            warn(message)
         set_seed(config.seed)
         self.model, self.tokenizer = self._build_model()
         self.marginal = fit_marginal(
@@ -426,22 +440,21 @@ class Trainer:
 
     def _build_model(self) -> tuple[P2LModel, Any]:
         config = self.config
-        backbone_config = load_backbone_config(config.backbone)
-        max_length = config.max_length
-        limit = getattr(backbone_config, "max_position_embeddings", None)
-        if is_encoder(backbone_config) and limit and max_length > limit:
-            console.print(f"max length: {limit} tokens ({config.backbone} reads no more)")
-            max_length = int(limit)
         model, tokenizer = build_p2l(
             config.backbone,
             self.data.models,
             head_type=config.head_type,
             loss_type=config.loss,
             pooling=config.pooling,
-            max_length=max_length,
+            max_length=config.max_length,
             head_rank=config.head_rank,
             chat_template=config.chat_template,
         )
+        if model.info.max_length < config.max_length:
+            console.print(
+                f"max length: {model.info.max_length} tokens ({config.backbone} has no "
+                "position embeddings past that)"
+            )
         return model, tokenizer
 
     def _prepare_backbone_for_training(self) -> None:
@@ -452,9 +465,11 @@ class Trainer:
                 param.requires_grad_(False)
         if self.config.gradient_checkpointing:
             if getattr(network, "supports_gradient_checkpointing", False):
-                network.gradient_checkpointing_enable(
-                    gradient_checkpointing_kwargs={"use_reentrant": False}
-                )
+                kwargs = {"use_reentrant": False}
+                if hasattr(network, "activation_checkpointing_enable"):  # transformers >= 5
+                    network.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+                else:
+                    network.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
                 if hasattr(network.config, "use_cache"):
                     network.config.use_cache = False
             else:

@@ -170,6 +170,50 @@ def test_by_group_matrix_and_model_view(battles, tmp_path):
     assert rows["rank"].to_list() == sorted(rows["rank"].to_list())
 
 
+def test_model_view_groups_by_category_unless_told(battles, tmp_path):
+    path, df = battles
+    implicit, explicit = tmp_path / "implicit.csv", tmp_path / "explicit.csv"
+    assert run_cli("leaderboard", path, "--model", "echo", "-o", implicit, "-q").exit_code == 0
+    assert run_cli("leaderboard", path, "--by", "category", "--model", "echo", "-o", explicit,
+                   "-q").exit_code == 0
+    assert pl.read_csv(implicit).equals(pl.read_csv(explicit))
+    for row in pl.read_csv(implicit).iter_rows(named=True):
+        want = scipy_bt_tie_scores(df.filter(pl.col("category") == row["category"]))
+        assert row["score"] == pytest.approx(want["echo"], abs=1e-3)
+    ungrouped = tmp_path / "ungrouped.parquet"
+    df.drop("category").write_parquet(ungrouped)
+    result = run_cli("leaderboard", ungrouped, "--model", "echo")
+    assert result.exit_code == 2
+    assert "add --by COLUMN (the input has no 'category' column)" in result.output
+
+
+def test_terminal_table_leaves_theta_to_files(battles, tmp_path):
+    path, _ = battles
+    out = tmp_path / "board.csv"
+    result = run_cli("leaderboard", path, "-o", out)
+    assert result.exit_code == 0, result.output
+    header = next(line for line in result.output.splitlines() if "rank" in line)
+    assert "win_rate" in header and "theta" not in header
+    assert "theta" in pl.read_csv(out).columns
+
+
+def test_input_file_type_option(battles, tmp_path):
+    _, df = battles
+    odd = tmp_path / "battles.txt"
+    df.write_csv(odd)
+    result = run_cli("leaderboard", odd)
+    assert result.exit_code == 2
+    assert "use --input-format (parquet, jsonl, csv, json)" in result.output
+    out = tmp_path / "board.csv"
+    result = run_cli("leaderboard", odd, "--input-format", "csv", "--ci", "none", "-o", out)
+    assert result.exit_code == 0, result.output
+    want = scipy_bt_tie_scores(df)
+    for row in pl.read_csv(out).iter_rows(named=True):
+        assert row["score"] == pytest.approx(want[row["model"]], abs=1e-3)
+    result = run_cli("leaderboard", odd, "-o", tmp_path / "board.xlsx")
+    assert result.exit_code == 2 and "csv, json, jsonl, parquet, md" in result.output
+
+
 def test_reweight_by_inverse_pair_frequency(battles, tmp_path):
     _, df = battles
     skewed = df.filter((pl.col("model_a") == "alpha") | (pl.col("model_b") == "alpha")
@@ -286,7 +330,6 @@ def test_exit_2_for_bad_options(battles, tmp_path):
     cases = [
         (["--anchor", "nobody=1000"], "nobody"),
         (["--anchor", "alpha"], "MODEL=VALUE"),
-        (["--model", "alpha"], "--by"),
         (["--by", "nope"], "nope"),
         (["--family", "elo"], "elo"),
         (["--ci", "jackknife"], "jackknife"),

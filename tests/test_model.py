@@ -150,3 +150,87 @@ def test_low_rank_head_and_initialisation():
     coefs, eta = head(torch.randn(3, 16))
     assert torch.equal(coefs, bias.expand(3, 5))  # starts exactly at the given leaderboard
     assert torch.allclose(eta, torch.full((3,), 0.7))
+
+
+# ------------------------------------------------------------------- position limits
+
+
+def _longest_input_that_runs(model: torch.nn.Module, upper: int) -> int:
+    """Brute force: the largest sequence length the backbone accepts, up to ``upper``."""
+    best = 0
+    for length in range(1, upper + 1):
+        ids = torch.full((1, length), 5, dtype=torch.long)
+        try:
+            with torch.no_grad():
+                model(input_ids=ids, attention_mask=torch.ones_like(ids))
+        except (IndexError, RuntimeError):
+            break
+        best = length
+    return best
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta", "distilbert"])
+def test_position_limit_is_the_longest_input_an_absolute_encoder_reads(kind):
+    from transformers import BertConfig, DistilBertConfig, RobertaConfig
+
+    from p2l_cli.model.backbone import position_limit
+
+    size = {"hidden_size": 16, "num_attention_heads": 2, "intermediate_size": 32}
+    config = {
+        "bert": BertConfig(vocab_size=50, num_hidden_layers=1, max_position_embeddings=24, **size),
+        "roberta": RobertaConfig(vocab_size=50, num_hidden_layers=1, max_position_embeddings=24,
+                                 pad_token_id=1, **size),
+        "distilbert": DistilBertConfig(vocab_size=50, n_layers=1, dim=16, n_heads=2,
+                                       hidden_dim=32, max_position_embeddings=24),
+    }[kind]
+    network = AutoModel.from_config(config).eval()
+    assert position_limit(config) == _longest_input_that_runs(network, 40)
+    assert position_limit(config.to_dict()) == position_limit(config)
+
+
+def test_rotary_decoders_have_no_position_limit(backbones):
+    from transformers import AutoConfig
+
+    from p2l_cli.model.backbone import position_limit
+
+    for kind in ("qwen2", "llama"):
+        assert position_limit(AutoConfig.from_pretrained(backbones[kind])) is None
+
+
+def test_max_length_is_clamped_to_the_encoders_positions(backbones, tmp_path):
+    """The tiny BERT has 256 positions: a default max_length of 1024 must not reach it,
+    neither when building, nor when loading a folder whose config asks for more."""
+    model, tokenizer = build_p2l(str(backbones["bert"]), MODELS)  # max_length 1024 by default
+    assert model.info.max_length == 256
+    long_prompt = [" ".join(["write a python function that sorts"] * 200)]
+    ids = encode_prompts(tokenizer, [long_prompt], model.info)
+    assert len(ids[0]) == 256
+    model.eval()
+    with torch.no_grad():
+        coefs = model(*collate(ids, tokenizer.pad_token_id)).coefs
+    assert coefs.shape == (1, len(MODELS)) and torch.isfinite(coefs).all()
+
+    save_p2l(model, tokenizer, tmp_path / "m")
+    config_path = tmp_path / "m" / "training_config.json"
+    config = json.loads(config_path.read_text())
+    assert config["max_length"] == 256
+    config["max_length"] = 4096  # e.g. written by hand or by another tool
+    config_path.write_text(json.dumps(config))
+    loaded, _ = load_p2l(tmp_path / "m")
+    assert loaded.info.max_length == 256
+
+    decoder, _ = build_p2l(str(backbones["qwen2"]), MODELS, max_length=1024)
+    assert decoder.info.max_length == 1024  # rotary positions: no clamp (256 in its config)
+
+
+def test_saved_files_are_readable_by_others(backbones, tmp_path):
+    import os
+
+    model, tokenizer = build_p2l(str(backbones["bert"]), MODELS, max_length=32)
+    previous = os.umask(0o022)
+    try:
+        save_p2l(model, tokenizer, tmp_path / "m")
+    finally:
+        os.umask(previous)
+    for name in ("model.safetensors", "config.json", "training_config.json"):
+        assert (tmp_path / "m" / name).stat().st_mode & 0o777 == 0o644, name

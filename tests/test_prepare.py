@@ -535,3 +535,22 @@ def test_small_batches_give_the_same_output(tmp_path):
         assert pl.read_parquet(tmp_path / "big" / name).equals(
             pl.read_parquet(tmp_path / "small" / name)
         )
+
+
+def test_unknown_extension_names_input_format_and_it_works(tmp_path):
+    source = tmp_path / "votes.dat"
+    source.write_text("prompt,model_a,model_b,winner\nHi there,b,a,model_a\nBye,a,b,tie\n")
+    result = run_cli("prepare", source, "-o", tmp_path / "data")
+    assert result.exit_code == 2
+    # --format is the schema in prepare; the file type has its own option
+    assert "votes.dat: cannot tell the file type from the extension; use --input-format" in (
+        result.output
+    )
+    result = run_cli("prepare", source, "-o", tmp_path / "data", "--input-format", "xlsx")
+    assert result.exit_code == 2 and "--input-format 'xlsx'" in result.output
+    prepare(source, "-o", tmp_path / "data", "--input-format", "csv", "--val-fraction", "0")
+    rows = everything(tmp_path / "data").sort("winner").to_dicts()
+    assert [(r["prompt"], r["labels"]) for r in rows] == [
+        (["Hi there"], [1, 0, 0]),  # b (index 1) beat a
+        (["Bye"], [0, 1, 1]),  # a tie, in the order a then b
+    ]

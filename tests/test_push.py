@@ -492,3 +492,72 @@ def test_battles_folder_as_a_dataset(tmp_path, in_process_hub):
 def test_a_model_folder_is_not_a_dataset(model_dir):
     with pytest.raises(UserError, match="no Parquet file"):
         hub.build_dataset_upload(model_dir, "alice/x")
+
+
+# ------------------------------------------------------------- a folder that p2l itself wrote
+
+
+@pytest.fixture(scope="module")
+def saved_low_rank_model(tmp_path_factory) -> Path:
+    """A model folder written by p2l's own save_p2l: tiny BERT backbone, low-rank head (the
+    minilm-cpu recipe's kind), so the weights hold head.head.0/1.* and no head.head.weight."""
+    from tiny import make_backbone
+
+    from p2l_cli.model import build_p2l, save_p2l
+
+    folder = tmp_path_factory.mktemp("saved")
+    backbone = make_backbone("bert", folder / "backbone", seed=2)
+    model, tokenizer = build_p2l(str(backbone), MODELS, head_rank=2, max_length=64)
+    save_p2l(model, tokenizer, folder / "model", training_config={"lr": 0.001})
+    _write_json(folder / "model" / "metrics.json", METRICS)
+    return folder / "model"
+
+
+def test_a_low_rank_model_saved_by_p2l_is_pushed(saved_low_rank_model, in_process_hub):
+    from safetensors import safe_open
+
+    with safe_open(str(saved_low_rank_model / "model.safetensors"), "pt") as weights:
+        head_keys = {k for k in weights.keys() if k.startswith("head.")}  # noqa: SIM118
+    assert "head.head.weight" not in head_keys and "head.head.1.weight" in head_keys
+    before = _tree(saved_low_rank_model)
+    result = run_cli("push", saved_low_rank_model, "--repo-id", "alice/p2l-low-rank", "--token",
+                     in_process_hub.token, "--endpoint", in_process_hub.url)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    [commit] = in_process_hub.repo("alice/p2l-low-rank").commits
+    assert commit.files["model.safetensors"] == (
+        saved_low_rank_model / "model.safetensors").read_bytes()
+    assert json.loads(commit.files["model_list.json"]) == sorted(MODELS)
+    card = commit.files["README.md"].decode()
+    meta, body = _front_matter(card)
+    assert meta["library_name"] == "p2l" and "base_model" not in meta  # a local backbone
+    summary = {row[0]: row[1] for row in _tables(card)["Property"][1:]}
+    assert summary["Head"] == "bt: one coefficient per model, low rank 2"
+    assert summary["Models"] == str(len(MODELS))
+    _check_tables_are_well_formed(body)
+    assert set(_tables(card)) == {"Property", "Metric", "Index", "Parameter"}  # no leaderboard
+    assert _tree(saved_low_rank_model) == before
+
+
+def test_a_head_that_disagrees_with_the_model_list_is_exit_2(saved_low_rank_model, tmp_path):
+    import shutil
+
+    folder = tmp_path / "inconsistent"
+    shutil.copytree(saved_low_rank_model, folder)
+    _write_json(folder / "model_list.json", [*MODELS, "one-too-many"])
+    result = run_cli("push", folder, "--repo-id", "alice/p2l", "--dry-run")
+    assert result.exit_code == 2, result.output
+    [line] = _error_lines(result.stderr)
+    assert "model_list.json names 5 models" in line and "head.head.1.weight has 4 outputs" in line
+
+
+def test_the_cli_starts_without_hub_torch_scipy_or_polars():
+    """Every command but push works offline, and `p2l --help` stays fast: importing the CLI
+    loads neither the Hub client nor the heavy numeric libraries."""
+    import subprocess
+    import sys
+
+    heavy = ("huggingface_hub", "torch", "scipy", "transformers", "polars", "pyarrow", "numpy")
+    code = ("import sys, p2l_cli.cli; "
+            f"print(','.join(m for m in {heavy!r} if m in sys.modules))")  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True)
+    assert proc.stdout.decode().strip() == ""

@@ -263,6 +263,40 @@ def test_batch_lp_equals_a_generic_lp_with_the_same_price():
             assert routing.price == pytest.approx(price, rel=1e-6, abs=1e-9)
 
 
+def brute_force_batch_value(values: np.ndarray, c: np.ndarray, budget: float) -> float:
+    """Best mean win rate over every pure assignment of models to prompts, and every such
+    assignment with one prompt moved part of the way to another model so that the mean cost
+    is exactly the budget (a vertex of the batch LP has N + 1 constraints, so at most one
+    prompt mixes two models)."""
+    n, m = values.shape
+    best = -np.inf
+    for assignment in itertools.product(range(m), repeat=n):
+        rows = np.arange(n)
+        cost = c[list(assignment)].mean()
+        value = values[rows, list(assignment)].mean()
+        if cost <= budget + 1e-15:
+            best = max(best, value)
+        for z, j in itertools.product(range(n), range(m)):
+            step = (c[j] - c[assignment[z]]) / n
+            if step == 0:
+                continue
+            share = (budget - cost) / step
+            if 0 < share < 1:
+                best = max(best, value + share * (values[z, j] - values[z, assignment[z]]) / n)
+    return best
+
+
+def test_batch_lp_equals_brute_force_over_vertices():
+    rng = np.random.default_rng(15)
+    for _ in range(80):
+        values, costs, budget = random_case(rng, n_max=4, m_max=4)
+        strategy = route.route_batch(values, costs, budget).strategy
+        check_strategies(strategy)
+        assert ((strategy > 0).sum(axis=1) == 2).sum() <= 1  # one prompt mixes at most
+        got = (strategy * values).sum(axis=1).mean()
+        assert got == pytest.approx(brute_force_batch_value(values, costs, budget), abs=1e-12)
+
+
 def test_batch_lp_with_highs_matches_the_exact_method():
     coefs, costs = simulated_arena(60, seed=7)
     values = route.expected_win_rates(coefs, np.full(8, 1 / 8))

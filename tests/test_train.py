@@ -17,7 +17,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, run_p2l
 from safetensors.torch import load_file
 from tiny import make_backbone
 from train_helpers import MODELS, planted_battles, write_data_dir
@@ -306,6 +306,55 @@ def test_every_recipe_resolves_and_shows_its_launch_command():
     assert paper.batch_size * 8 * paper.grad_accum == 512
 
 
+def test_a_paper_recipe_runs_from_any_directory(backbones, data, tmp_path):
+    """`--recipe recipes/NAME.yaml` (the README's form) from a folder with no recipes/ in it:
+    the recipes shipped with p2l are found, and a paper recipe trains a tiny Qwen2 end to end
+    (rk head, grk loss, time order, gradient checkpointing)."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "model"
+    run_p2l("train", data, "-o", out, "--recipe", "recipes/qwen2.5-0.5b.yaml", "--backbone",
+            backbones["qwen2"], "--max-steps", "2", "--grad-accum", "2", "--lr", "1e-3", "-q",
+            cwd=elsewhere, check=True, env={"OMP_NUM_THREADS": "1",
+                                            "P2L_CACHE_DIR": str(tmp_path / "cache")})
+    saved = json.loads((out / "training_config.json").read_text())
+    assert (saved["loss_type"], saved["head_type"], saved["chrono"]) == ("grk", "rk", True)
+    assert saved["gradient_checkpointing"] and saved["adam_eps"] == 1e-8
+    assert saved["max_length"] == 16384  # rotary positions: the recipe's length is kept
+    assert saved["global_batch"] == 4 * 2 and saved["lr"] == 1e-3
+    model, _ = load_p2l(out)
+    assert model.head.eta_head is not None and model.info.family == "grk"
+
+
+def test_gradient_checkpointing_changes_memory_not_results(backbones, data, tmp_path,
+                                                          monkeypatch):
+    enabled = []
+    prepare = train_module.Trainer._prepare_backbone_for_training
+
+    def spy(self):
+        prepare(self)
+        network = self.model.model
+        flag = "is_activation_checkpointing"  # transformers >= 5; before: is_gradient_...
+        if not hasattr(network, flag):
+            flag = "is_gradient_checkpointing"
+        enabled.append(getattr(network, flag))
+
+    monkeypatch.setattr(train_module.Trainer, "_prepare_backbone_for_training", spy)
+    settings = {"max_steps": 3, "batch_size": 8, "lr": 1e-3, "eval_every": 100}
+    plain = _train(data, tmp_path / "plain", backbones["llama"], **settings)
+    recomputed = _train(data, tmp_path / "ckpt", backbones["llama"],
+                        gradient_checkpointing=True, **settings)
+    assert enabled == [False, True]
+    assert plain.state.step == recomputed.state.step == 3
+    original = load_file(str(backbones["llama"] / "model.safetensors"))
+    a, b = (_weights(tmp_path / run / "checkpoints/last") for run in ("plain", "ckpt"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+    name = "layers.0.mlp.up_proj.weight"
+    assert not torch.equal(a["model." + name], original[name])  # the backbone did train
+
+
 def test_the_deepspeed_example_is_a_valid_accelerate_config():
     from accelerate.commands.config.config_args import load_config_from_file
 
@@ -323,6 +372,18 @@ def test_reference_style_config_keys_are_accepted(tmp_path):
     assert (config.lr, config.grad_accum, config.family, config.head_type) == (
         8e-6, 32, "grk", "rk")
     assert len(warnings) == 1 and "proj_name" in warnings[0]
+
+
+def test_a_tie_family_without_its_ties_is_flagged():
+    from p2l_cli.train import missing_ties_warning
+
+    decisive, ties, bothbad = np.zeros(20, int), np.array([0] * 19 + [1]), np.array([0, 1, 2])
+    assert "tie (bothbad)" in missing_ties_warning("grk", ties)
+    assert missing_ties_warning("grk", bothbad) is None
+    assert "no ties" in missing_ties_warning("rk", decisive)
+    assert missing_ties_warning("rk", ties) is None
+    assert missing_ties_warning("bt", decisive) is None and missing_ties_warning("bt-tie",
+                                                                                decisive) is None
 
 
 def test_learning_rate_schedules():

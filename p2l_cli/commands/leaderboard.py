@@ -8,7 +8,7 @@ import typer
 
 from p2l_cli.ui import QuietOption, console, set_quiet
 
-FIT, INTERVALS, VIEWS, OUTPUT = "Fit", "Intervals", "Views", "Output"
+INPUT, FIT, INTERVALS, VIEWS, OUTPUT = "Input", "Fit", "Intervals", "Views", "Output"
 
 
 def leaderboard(
@@ -37,8 +37,9 @@ def leaderboard(
     ] = None,
     input_format: Annotated[
         str | None,
-        typer.Option("--input-format", help="Input format when the extension does not say "
-                     "(parquet, jsonl, csv, json).", rich_help_panel=OUTPUT),
+        typer.Option("--input-format", help="Input file type when the extension does not "
+                     "say (parquet, jsonl, csv, json; stdin is sniffed).",
+                     rich_help_panel=INPUT),
     ] = None,
     family: Annotated[
         str | None,
@@ -82,8 +83,8 @@ def leaderboard(
     ] = None,
     model: Annotated[
         str | None,
-        typer.Option("--model", help="With --by: this model's rank and score in every group, "
-                     "best first.", rich_help_panel=VIEWS),
+        typer.Option("--model", help="This model's rank and score in every group of --by "
+                     "(default: category), best first.", rich_help_panel=VIEWS),
     ] = None,
     prompt_index: Annotated[
         int | None,
@@ -99,10 +100,19 @@ def leaderboard(
 ) -> None:
     """Leaderboard of models with confidence intervals, ranks tied where intervals overlap.
 
-    From battles: the maximum-likelihood (Arena) leaderboard. From P2L predictions: the
-    aggregate leaderboard of all the prompts, or of one with --prompt-index.
+    From battles: the maximum-likelihood (Arena) leaderboard.
 
-    Example: p2l leaderboard data/train.parquet --by category -o board.csv
+    From P2L predictions: the aggregate of all the prompts, or one prompt's (--prompt-index).
+
+    Examples:
+
+      p2l leaderboard data/train.parquet
+
+      p2l leaderboard data/train.parquet --by category -o board.csv
+
+      p2l leaderboard data/train.parquet --model gpt-4o --anchor gpt-4o=1200
+
+      p2l leaderboard predictions.parquet --ci bootstrap --plot board.png
     """
     set_quiet(quiet)
     from p2l_cli.leaderboard import Request, run  # torch loads only when the command runs

@@ -178,8 +178,11 @@ def prepare(
     ] = 20_000,
     quiet: QuietOption = False,
 ) -> None:
-    """Turn pairwise votes (Arena data, the Kaggle 55k CSV, or any prompt/model_a/model_b/
-    winner table) into the training data folder: labelled battles split into train and val.
+    """Turn pairwise votes into the training data folder: labelled battles, train and val.
+
+    Reads Arena conversation data, the Kaggle 55k CSV, or a prompt/model_a/model_b/winner table.
+
+    Files are Parquet, JSONL, CSV or JSON; the schema is detected from the columns (--format).
 
     Examples:
 
@@ -187,7 +190,9 @@ def prepare(
 
       p2l prepare "shards/*.parquet" -o data/ --anony-only --language English --min-battles-per-model 50
 
-      p2l prepare train.csv -o data/ --val-split chrono --val-fraction 0.1
+      p2l prepare train.csv -o data/ --skip-bad-rows     (the Kaggle 55k CSV)
+
+      p2l prepare arena-140k.parquet -o data/ --val-split chrono --val-fraction 0.1
 
       cat votes.jsonl | p2l prepare - -o data/ --prompt-column question --winner-column vote
     """

@@ -44,9 +44,13 @@ WINNERS = ("model_a", "model_b", "tie", "tie (bothbad)")  # outcome index -> are
 
 GENERAL_SD = 0.6  # spread of general strength (logits)
 SKILL_SD = 0.3  # spread of the category skills not explained by strength
-SPECIALITY_BONUS = 0.9
-SPECIALITY_COST = 0.0
-SPECIALIST_SHARE = 0.3
+# Specialists (coder, math, writer, ...), as in real arenas: a specialist gains this much in
+# its categories, plus a share of its gap to the strongest model (domain tuning brings a
+# weaker base close to the frontier there), and loses a little everywhere else.
+SPECIALITY_BONUS = 1.4
+SPECIALITY_CATCH_UP = 0.4
+SPECIALITY_COST = 0.3
+SPECIALIST_SHARE = 0.4
 HARD_GAIN = 0.35  # hard prompts widen the gaps between models by this share
 # How much general strength carries over to each category (casual chat compresses gaps).
 CATEGORY_SLOPE = {
@@ -270,14 +274,17 @@ def _model_names(strength_rank: np.ndarray, speciality: list[str | None], rng) -
     return names
 
 
-def _specialities(num_models: int, categories: list[str], rng) -> list[str | None]:
-    """Which models are specialists, and in what: distinct specialities while they last."""
+def _specialities(general: np.ndarray, categories: list[str], rng) -> list[str | None]:
+    """Which models are specialists, and in what (distinct specialities while they last);
+    the strongest model is a generalist."""
+    num_models = len(general)
     usable = [s for s, cats in bank.SPECIALITIES.items() if set(cats) & set(categories)]
     speciality: list[str | None] = [None] * num_models
-    if not usable:
+    if not usable or num_models < 2:
         return speciality
-    count = max(1, round(SPECIALIST_SHARE * num_models))
-    chosen = rng.choice(num_models, size=count, replace=False)
+    count = min(num_models - 1, max(1, round(SPECIALIST_SHARE * num_models)))
+    others = np.delete(np.arange(num_models), np.argmax(general))
+    chosen = rng.choice(others, size=count, replace=False)
     kinds = [usable[k] for k in rng.permutation(len(usable))]
     for n, i in enumerate(chosen):
         speciality[i] = kinds[n % len(kinds)]
@@ -290,13 +297,14 @@ def build_world(
     general = rng.normal(0.0, GENERAL_SD, num_models)
     general -= general.mean()
     rank = np.argsort(np.argsort(general))
-    speciality = _specialities(num_models, categories, rng)
+    speciality = _specialities(general, categories, rng)
     slope = np.array([CATEGORY_SLOPE[c] for c in categories])
     skills = rng.normal(0.0, SKILL_SD, (num_models, len(categories))) + general[:, None] * slope
     for i, spec in enumerate(speciality):
         if spec:
             strong = np.array([name in bank.SPECIALITIES[spec] for name in categories])
-            skills[i] += np.where(strong, SPECIALITY_BONUS, -SPECIALITY_COST)
+            bonus = SPECIALITY_BONUS + SPECIALITY_CATCH_UP * (general.max() - general[i])
+            skills[i] += np.where(strong, bonus, -SPECIALITY_COST)
     names = _model_names(rank, speciality, rng)
     popularity = np.exp(0.4 * general + rng.normal(0.0, 0.4, num_models))
     launched = max(2, math.ceil(LAUNCH_SHARE * num_models))

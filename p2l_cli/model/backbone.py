@@ -72,6 +72,35 @@ def default_pooling(config: PretrainedConfig) -> str:
     return "first" if is_encoder(config) else "cls"
 
 
+# Learned absolute positions that start after the padding index (fairseq style).
+_OFFSET_POSITIONS = {"camembert", "mpnet", "roberta", "xlm-roberta", "xlm-roberta-xl"}
+_ABSOLUTE_DECODERS = {"gpt2": "n_positions", "opt": "max_position_embeddings"}
+
+
+def position_limit(config: PretrainedConfig | dict) -> int | None:
+    """The most tokens a backbone with a fixed table of position embeddings can read (BERT,
+    MiniLM: 512; RoBERTa: 514 - 2), or ``None`` when nothing bounds the length (rotary
+    decoders such as Qwen2 or Llama read past their trained context)."""
+    get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
+    model_type = get("model_type", "")
+    if model_type in _ABSOLUTE_DECODERS:
+        limit = get(_ABSOLUTE_DECODERS[model_type])
+    elif model_type in ENCODER_TYPES:
+        limit = get("max_position_embeddings")
+    else:
+        return None
+    if not isinstance(limit, int) or limit <= 0:
+        return None
+    if model_type in _OFFSET_POSITIONS:
+        limit -= int(get("pad_token_id") or 0) + 1
+    return limit
+
+
+def clamp_max_length(max_length: int, config: PretrainedConfig | dict) -> int:
+    limit = position_limit(config)
+    return max_length if limit is None else min(max_length, limit)
+
+
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 

@@ -21,6 +21,7 @@ from p2l_cli import __version__
 from p2l_cli.errors import UserError
 from p2l_cli.io import atomic_path, write_json
 from p2l_cli.model.backbone import (
+    clamp_max_length,
     default_pooling,
     is_encoder,
     load_backbone_config,
@@ -51,7 +52,8 @@ def build_p2l(
     extra: dict | None = None,
 ):
     """A P2L model on a pretrained backbone, with cls/pad tokens added when the tokenizer
-    lacks them (the embeddings are resized). Returns ``(model, tokenizer)``."""
+    lacks them (the embeddings are resized). ``max_length`` is lowered to what a backbone
+    with absolute positions can read (512 for BERT/MiniLM). Returns ``(model, tokenizer)``."""
     config = load_backbone_config(backbone)
     encoder = is_encoder(config)
     tokenizer = load_tokenizer(backbone, encoder, chat_template)
@@ -66,7 +68,7 @@ def build_p2l(
         head_type=head_type,
         loss_type=loss_type,
         pooling=pooling or default_pooling(config),
-        max_length=max_length,
+        max_length=clamp_max_length(max_length, config),
         backbone=backbone,
         model_type=config.model_type,
         head_rank=head_rank,
@@ -116,6 +118,7 @@ def save_p2l(
     tensors = state_dict if state_dict is not None else state_dict_for_saving(model)
     with atomic_path(out / WEIGHTS) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
+        os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates its files 0600
     if (out / WEIGHTS_INDEX).exists():
         (out / WEIGHTS_INDEX).unlink()
     config = model.model.config.to_dict()
@@ -130,6 +133,12 @@ def save_p2l(
         {**(training_config or {}), **info_config, "p2l_version": __version__},
     )
     return out
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 # ---------------------------------------------------------------------------------- load
@@ -156,7 +165,7 @@ def resolve_model_dir(source: str | Path) -> Path:
             f"{source}: not a local folder and not in the Hugging Face cache "
             "(offline mode: download it first with `hf download`, or unset HF_HUB_OFFLINE)"
         ) from None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 (network and Hub errors of many types)
         raise UserError(f"{source}: cannot fetch from the Hub ({str(exc).splitlines()[0]})") from None
 
 
@@ -173,7 +182,7 @@ def read_info(model_dir: Path) -> P2LInfo:
     encoder = bool(config.get("encoder", model_type in _encoder_types()))
     loss = canonical_family(config.get("loss_type", "bt"))
     head = config.get("head_type") or ("rk" if loss in ("rk", "grk") else "bt")
-    max_length = int(config.get("max_length") or 8192)
+    max_length = clamp_max_length(int(config.get("max_length") or 8192), backbone_config)
     rank = config.get("head_rank")
     if rank is None and config.get("linear_head_downsize_factor"):
         rank = len(models) // int(config["linear_head_downsize_factor"])
@@ -284,7 +293,7 @@ def _fresh_copy(module: torch.nn.Module) -> torch.nn.Module | None:
     try:
         with torch.device("cpu"):
             return type(module)(config=config)
-    except Exception:
+    except Exception:  # noqa: BLE001 (not every module builds from its config alone)
         return None
 
 
