@@ -64,15 +64,15 @@ def format_of(path: str | Path, fmt: str | None = None, default: str | None = No
     )
 
 
-def _sniff(data: bytes) -> str:
-    if data[:4] == b"PAR1":
+def sniff_format(head: bytes) -> str:
+    """The table format of data that starts with ``head`` (for stdin, which has no name).
+    Empty data counts as JSONL, the one format in which no rows is a valid table."""
+    if head[:4] == b"PAR1":
         return "parquet"
-    head = data.lstrip()[:1]
-    if head == b"{":
+    first = head.lstrip()[:1]
+    if first in (b"{", b""):
         return "jsonl"
-    if head == b"[":
-        return "json"
-    return "csv"
+    return "json" if first == b"[" else "csv"
 
 
 # ---------------------------------------------------------------------------------- reading
@@ -104,7 +104,7 @@ def _first_bad_json_line(data: bytes) -> tuple[int, str] | None:
     return None
 
 
-def _split_metadata_line(data: bytes) -> tuple[dict | None, bytes]:
+def split_metadata_line(data: bytes) -> tuple[dict | None, bytes]:
     """Strip a leading ``{"p2l": {...}}`` line from JSONL bytes."""
     stripped = data.lstrip()
     newline = stripped.find(b"\n")
@@ -120,7 +120,7 @@ def _split_metadata_line(data: bytes) -> tuple[dict | None, bytes]:
     return None, data
 
 
-def _parse(data: bytes, fmt: str, name: str) -> tuple[pl.DataFrame, dict | None]:
+def parse_table(data: bytes, fmt: str, name: str) -> tuple[pl.DataFrame, dict | None]:
     meta = None
     if fmt == "parquet":
         try:
@@ -132,12 +132,12 @@ def _parse(data: bytes, fmt: str, name: str) -> tuple[pl.DataFrame, dict | None]
             meta = json.loads(raw)
         return pl.from_arrow(table), meta
     if fmt == "jsonl":
-        meta, data = _split_metadata_line(data)
+        meta, data = split_metadata_line(data)
         if not data.strip():
             return pl.DataFrame(), meta
         try:
             return pl.read_ndjson(io.BytesIO(data), infer_schema_length=None), meta
-        except Exception as exc:  # polars raises several types; find the line for the user
+        except Exception as exc:  # noqa: BLE001 -- polars raises several types; find the line
             bad = _first_bad_json_line(data)
             if bad:
                 raise UserError(f"{name}: line {bad[0]}: {bad[1]}") from None
@@ -164,7 +164,7 @@ def _parse(data: bytes, fmt: str, name: str) -> tuple[pl.DataFrame, dict | None]
                 ),
                 meta,
             )
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 -- polars raises several types
             raise UserError(f"{name}: cannot read as CSV ({str(exc).splitlines()[0]})") from None
     raise UserError(f"{name}: unknown format {fmt!r}")
 
@@ -178,10 +178,10 @@ def read_table_meta(
     if not data.strip():
         raise UserError(f"{name}: empty input")
     if str(source) == STDIO and not fmt:
-        fmt = _sniff(data)
+        fmt = sniff_format(data[:64])
     else:
         fmt = format_of(source, fmt)
-    return _parse(data, fmt, name)
+    return parse_table(data, fmt, name)
 
 
 def read_table(source: str | Path, fmt: str | None = None) -> pl.DataFrame:
@@ -204,7 +204,7 @@ def read_metadata(source: str | Path) -> dict | None:
         return json.loads(raw) if raw else None
     if fmt == "jsonl":
         with path.open("rb") as fh:
-            return _split_metadata_line(fh.readline())[0]
+            return split_metadata_line(fh.readline())[0]
     return read_table_meta(source, fmt)[1]
 
 
@@ -223,7 +223,7 @@ def iter_batches(
             if head == b"PAR1" or not hasattr(stream, "peek"):
                 df, meta = read_table_meta(source)
                 return meta, iter([df])
-            fmt = "jsonl" if head.lstrip()[:1] in (b"{", b"") else _sniff(head)
+            fmt = sniff_format(head)
         if fmt != "jsonl":
             df, meta = read_table_meta(source, fmt)
             return meta, iter([df])
@@ -255,7 +255,7 @@ def _iter_jsonl(
     stream: IO[bytes], name: str, batch_rows: int
 ) -> tuple[dict | None, Iterator[pl.DataFrame]]:
     first = stream.readline()
-    meta, rest = _split_metadata_line(first)
+    meta, _ = split_metadata_line(first)
     pending = [] if meta is not None else [(1, first)]
 
     def batches() -> Iterator[pl.DataFrame]:
@@ -419,7 +419,7 @@ class TableWriter:
         self._stack = contextlib.ExitStack()
         self._fh: IO[bytes] | None = None
 
-    def __enter__(self) -> TableWriter:
+    def __enter__(self) -> TableWriter:  # noqa: PYI034 -- Self needs Python 3.11
         if self.to_stdout:
             self._fh = sys.stdout.buffer
         else:

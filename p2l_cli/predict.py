@@ -49,11 +49,12 @@ from p2l_cli.io import (
     METADATA_KEY,
     STDIO,
     TableWriter,
-    _parse,
-    _split_metadata_line,
     atomic_path,
     format_of,
+    parse_table,
+    sniff_format,
     source_name,
+    split_metadata_line,
     write_table,
 )
 from p2l_cli.model import collate, encode_prompts, load_p2l
@@ -495,7 +496,7 @@ def read_chunks(
         stream = sys.stdin.buffer
         if not hasattr(stream, "peek"):  # e.g. a BytesIO standing in for stdin in tests
             stream = io.BufferedReader(stream)
-        fmt = format_of(source, fmt) if fmt else _sniff(stream.peek(64)[:64])
+        fmt = format_of(source, fmt) if fmt else sniff_format(stream.peek(64)[:64])
         if fmt == "jsonl":
             return InputTable(name, "line", _jsonl_chunks(stream, chunk_rows, close=False))
         return _whole_table(stream.read(), fmt, name, chunk_rows)
@@ -512,21 +513,12 @@ def read_chunks(
     return _whole_table(path.read_bytes(), fmt, name, chunk_rows)
 
 
-def _sniff(head: bytes) -> str:
-    if head[:4] == b"PAR1":
-        return "parquet"
-    first = head.lstrip()[:1]
-    if first in (b"{", b""):
-        return "jsonl"
-    return "json" if first == b"[" else "csv"
-
-
 def _jsonl_chunks(stream: IO[bytes], chunk_rows: int, close: bool) -> Iterator[RawChunk]:
     with contextlib.closing(stream) if close else contextlib.nullcontext():
         lines: list[tuple[int, bytes]] = []
         index = 0
         for number, line in enumerate(stream, start=1):
-            if number == 1 and _split_metadata_line(line)[0] is not None:
+            if number == 1 and split_metadata_line(line)[0] is not None:
                 continue  # a predictions file's {"p2l": ...} line
             lines.append((number, line))
             if len(lines) >= chunk_rows:
@@ -568,7 +560,7 @@ def _parquet_chunks(path: Path | io.BytesIO, name: str, chunk_rows: int) -> Inpu
 def _whole_table(data: bytes, fmt: str, name: str, chunk_rows: int) -> InputTable:
     if fmt == "parquet":
         return _parquet_chunks(io.BytesIO(data), name, chunk_rows)
-    frame, _ = _parse(data, fmt, name)
+    frame, _ = parse_table(data, fmt, name)
 
     def chunks() -> Iterator[RawChunk]:
         for index, start in enumerate(range(0, frame.height, chunk_rows)):

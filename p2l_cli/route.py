@@ -731,7 +731,8 @@ def predictions_arrays(df, meta: dict | None, source: str) -> Predictions:
     if not isinstance(models, list) or not models or not all(isinstance(x, str) for x in models):
         raise UserError(
             f"{source}: no p2l metadata with a model list; route reads the output of "
-            "`p2l predict` (Parquet, or JSONL whose first line is {\"p2l\": {...}})"
+            "`p2l predict` (Parquet, or JSONL whose first line is {\"p2l\": {...}}), or "
+            "prompts with --model MODEL"
         )
     raw_family = meta.get("loss") or meta.get("head") or "bt"
     try:
@@ -804,6 +805,8 @@ def summary_tables(summary: dict):
         title += f" with a budget of {summary['budget']:g}"
     if summary["price"] is not None and summary["budget"] is not None:
         title += f" (price {summary['price']:.4g} win rate per unit cost)"
+    elif summary["price"]:  # --price: each prompt alone, no budget
+        title += f" at a price of {summary['price']:.4g} win rate per unit cost"
     table = Table(title=title, title_justify="left")
     table.add_column("policy")
     if has_cost:

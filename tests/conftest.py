@@ -28,7 +28,8 @@ def run_p2l(*args, input: bytes | str | None = None, check: bool = False, env=No
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                 "TOKENIZERS_PARALLELISM": "false", **(env or {})}
     proc = subprocess.run([sys.executable, "-m", "p2l_cli", *map(str, args)], input=input,
-                          capture_output=True, env=full_env, cwd=cwd, timeout=timeout)
+                          capture_output=True, env=full_env, cwd=cwd, timeout=timeout,
+                          check=False)
     if check and proc.returncode != 0:
         raise AssertionError(
             f"p2l {' '.join(map(str, args))} exited {proc.returncode}:\n"

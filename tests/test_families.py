@@ -165,3 +165,56 @@ def test_direct_probabilities_match_log_space(family, dtype, tol):
                                       None if eta is None else eta.double(), family).exp()
     assert torch.isfinite(direct).all()
     assert (direct.double() - want).abs().max() <= tol
+
+
+def _log_space_pair_probs(coefs, eta, family):
+    c = coefs.double()
+    e = None if eta is None else eta.double()[:, None, None]
+    return families.outcome_log_probs(c[:, :, None], c[:, None, :], e, family).exp()
+
+
+@pytest.mark.parametrize("family", families.FAMILIES)
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, ABS_TOL), (torch.float32, 1e-6)])
+@pytest.mark.parametrize("offset", [0.0, 100.0, -130.0])
+def test_factored_matrices_match_log_space(family, dtype, tol, offset):
+    # 40 prompts x 9 models spanning [-50, 50]; a common offset moves bt/rk prompts far out
+    # (the factored form centres them), grk ones into the direct fallback (|theta| > 80)
+    rng = np.random.default_rng(3)
+    coefs = torch.tensor(rng.uniform(-50, 50, (40, 9)), dtype=dtype)
+    coefs[0] = torch.tensor([50.0, -50.0, 0.0, 49.5, -49.5, 3.0, 3.0, 1e-3, -1e-3])
+    if family != "grk" or offset == 0.0:
+        coefs[1:] = coefs[1:] + offset
+    else:
+        coefs[1] = coefs[1] + offset  # one far-out grk prompt in the block
+    eta = torch.tensor(rng.uniform(-60, 60, 40), dtype=dtype) if families.has_eta(family) else None
+    want = _log_space_pair_probs(coefs, eta, family)
+    win = families.outright_win_matrices(coefs, eta, family)
+    assert win.dtype == dtype and torch.isfinite(win).all()
+    assert (win.double() - want[..., families.WIN]).abs().max() <= tol
+    if family == "grk":
+        both_bad = families.both_bad_matrices(coefs)
+        assert torch.isfinite(both_bad).all()
+        assert (both_bad.double() - want[..., families.TIE_BOTH_BAD]).abs().max() <= tol
+
+
+def test_factored_matrices_match_textbook_values():
+    coefs = torch.tensor([[1.3, -0.4, 2.0]], dtype=torch.float64)
+    for family, eta in (("bt", None), ("rk", -8.0), ("grk", 1.5)):
+        eta_t = None if eta is None else torch.tensor([eta], dtype=torch.float64)
+        win = families.outright_win_matrices(coefs, eta_t, family)[0]
+        for i in range(3):
+            for j in range(3):
+                p = textbook_probs(float(coefs[0, i]), float(coefs[0, j]), eta, family)
+                assert close(float(win[i, j]), float(p[0]))
+                if family == "grk":
+                    bb = families.both_bad_matrices(coefs)[0]
+                    assert close(float(bb[i, j]), float(p[3]))
+
+
+def test_factored_matrices_write_into_out():
+    coefs = torch.tensor([[0.5, -1.0], [2.0, 0.0]])
+    out = torch.full((2, 2, 2), math.nan)
+    got = families.outright_win_matrices(coefs, None, "bt", out=out)
+    assert got.data_ptr() == out.data_ptr()
+    np.testing.assert_allclose(out[1].numpy(), [[0.5, 1 / (1 + math.exp(-2.0))],
+                                                [1 / (1 + math.exp(2.0)), 0.5]], atol=1e-7)

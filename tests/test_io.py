@@ -108,7 +108,8 @@ def test_table_writer_keeps_old_file_on_error(tmp_path):
 
 
 def _roundtrip_through_pipe(payload: bytes, code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], input=payload, capture_output=True)
+    return subprocess.run([sys.executable, "-c", code], input=payload, capture_output=True,
+                          check=False)
 
 
 def test_stdin_is_sniffed_and_stdout_defaults_to_jsonl(tmp_path):

@@ -680,3 +680,22 @@ def test_torchrun_two_processes_match_one(folders, loaded, tmp_path):
     coefs = np.array(out["coefs"].to_list())
     assert np.abs(coefs - expected_coefs(loaded, "llama", df["prompt"].to_list())).max() <= TOL
     assert not [p for p in tmp_path.iterdir() if ".parts-" in p.name]
+
+
+def test_a_hub_id_in_the_cache_loads_offline(folders, loaded, tmp_path):
+    """A Hub id resolves through the Hugging Face cache (its own on-disk layout, built here
+    by hand) with HF_HUB_OFFLINE=1, in a real process."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--acme--p2l-tiny"
+    shutil.copytree(folders["llama"], repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    df = prompts_frame(6)
+    df.select("id", "prompt").write_ndjson(tmp_path / "p.jsonl")
+    proc = run_p2l("predict", "acme/p2l-tiny", tmp_path / "p.jsonl", "-o", "-", "-q",
+                   env={"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HOME": str(tmp_path)},
+                   check=True)
+    lines = proc.stdout.decode().splitlines()
+    assert json.loads(lines[0])["p2l"]["head"] == "rk"
+    coefs = np.array([json.loads(line)["coefs"] for line in lines[1:]])
+    assert np.abs(coefs - expected_coefs(loaded, "llama", df["prompt"].to_list())).max() <= TOL

@@ -75,10 +75,10 @@ def train_wordpiece_tokenizer(vocab_size: int = 300) -> PreTrainedTokenizerFast:
 
 
 def _decoder_kwargs(vocab: int) -> dict:
-    return dict(
-        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-    )
+    return {
+        "vocab_size": vocab, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256,
+    }
 
 
 def make_backbone(kind: str, folder: str | Path, seed: int = 0) -> Path:

@@ -118,7 +118,21 @@ def route(
 ) -> None:
     """Route prompts to models by their per-prompt leaderboards, within a cost budget.
 
-    Example: p2l route predictions.parquet --costs costs.yaml --budget 0.002 -o routes.parquet
+    Without --budget, each prompt goes to its best model.
+
+    --budget-scope batch (default): the mean expected cost is at most the budget (one LP).
+
+    --budget-scope prompt: every prompt's expected cost is.
+
+    Examples:
+
+      p2l route preds.parquet -c costs.yaml --budget 0.002 -o routes.parquet
+
+      p2l predict model/ prompts.jsonl -o - | p2l route - -c costs.yaml -b 0.002
+
+      p2l route prompts.jsonl --model model/ -c costs.yaml --price 120 -o -
+
+      p2l route preds.parquet -c costs.yaml --sweep 0.001,0.002,0.004 --plot curve.png
     """
     set_quiet(quiet)
     from p2l_cli import io  # polars/pyarrow, and numpy/torch/scipy: only when routing

@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from p2l_cli.errors import UserError
-from p2l_cli.io import STDIO, format_of, source_name
+from p2l_cli.io import STDIO, format_of, sniff_format, source_name
 
 SCHEMAS = ("arena", "kaggle", "generic")
 FILE_TYPES = ("parquet", "jsonl", "csv", "json")
@@ -239,7 +239,7 @@ def _read_file_bytes(path: str) -> bytes:
 def _open_stdin(file_type: str | None) -> RecordStream:
     stream = sys.stdin.buffer
     head = stream.read(4096)
-    kind = file_type_of(STDIO, file_type) if file_type else _sniff(head)
+    kind = file_type_of(STDIO, file_type) if file_type else sniff_format(head)
     if kind in ("parquet", "json"):
         data = head + stream.read()
         if kind == "parquet":
@@ -249,13 +249,6 @@ def _open_stdin(file_type: str | None) -> RecordStream:
     if kind == "jsonl":
         return _jsonl_stream("<stdin>", joined)
     return _csv_stream("<stdin>", joined, delimiter=",")
-
-
-def _sniff(head: bytes) -> str:
-    if head[:4] == b"PAR1":
-        return "parquet"
-    first = head.lstrip()[:1]
-    return {b"{": "jsonl", b"[": "json"}.get(first, "csv")
 
 
 class _Chained(io.RawIOBase):

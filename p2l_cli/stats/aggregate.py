@@ -78,19 +78,16 @@ def _as_tensor(values, dtype=None) -> torch.Tensor:
 def block_outcome_probs(
     coefs: torch.Tensor, eta: torch.Tensor | None, family: str
 ) -> torch.Tensor:
-    """Per-prompt pair probabilities ``[n, K, M, M]`` from which the sums are built: K = 1
+    """Per-prompt pair probabilities ``[K, n, M, M]`` from which the sums are built: K = 1
     (P(i wins outright)) for bt and rk; 2 (wins, both bad) for grk. A tie's probability is
     one minus the rest, so its sum follows from these sums (linearity)."""
     family = _outcome_family(family)
-    theta_i, theta_j = coefs[:, :, None], coefs[:, None, :]
-    if family == "bt":
-        return (theta_i - theta_j).sigmoid_().unsqueeze(1)
-    eta = eta[:, None, None]
-    win = families.direct_win_probability(theta_i, theta_j, eta, family)
-    if family == "rk":
-        return win.unsqueeze(1)
-    both_bad = families.direct_both_bad_probability(theta_i, theta_j)
-    return torch.stack([win, both_bad], dim=1)
+    n, m = coefs.shape
+    probs = torch.empty(_kinds(family), n, m, m, dtype=coefs.dtype)
+    families.outright_win_matrices(coefs, eta, family, out=probs[0])
+    if family == "grk":
+        families.both_bad_matrices(coefs, out=probs[1])
+    return probs
 
 
 def _kinds(family: str) -> int:
@@ -172,9 +169,10 @@ def outcome_sums(
             part = slice(start, start + block)
             probs = block_outcome_probs(coefs[part], None if eta is None else eta[part], family)
             if w is None:
-                acc += probs.sum(0)
+                acc += probs.sum(1)
             else:
-                acc += (w[part] @ probs.reshape(probs.shape[0], -1)).reshape(acc.shape)
+                flat = probs.reshape(probs.shape[0], probs.shape[1], -1)
+                acc += (w[part] @ flat).reshape(acc.shape)
         total_weight += float(n if w is None else w.to(torch.float64).sum())
         n_prompts += n
     if acc is None:
@@ -297,7 +295,8 @@ def bootstrap_aggregate(
         part = slice(start, start + block_prompts)
         probs = block_outcome_probs(coefs[part], None if eta_t is None else eta_t[part],
                                     family_out)
-        acc += (mix[:, part] @ probs.reshape(probs.shape[0], -1)).to(torch.float64)
+        flat = probs.reshape(kinds, probs.shape[1], -1)
+        acc += (mix[:, part] @ flat).transpose(0, 1).reshape(rounds, -1).to(torch.float64)
     sums = _outcome_stack(acc.reshape(rounds, kinds, m, m).numpy(), counts.sum(1), family_out)
     rows = pair_rows(m, family_out)
     theta0, eta0 = aggregate(coefs, eta_t, family, w)

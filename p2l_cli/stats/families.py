@@ -257,3 +257,84 @@ def outcome_probs_direct(
     both_bad = direct_both_bad_probability(theta_i, theta_j) if family == "grk" else zero
     tie = (1.0 - win - loss - both_bad).clamp_min(0.0)
     return torch.stack([win, loss, tie, both_bad], dim=-1)
+
+
+# ------------------------------------------------ pair matrices for bulk sums (factored)
+#
+# Aggregation sums the pair probabilities of many prompts: [n, M, M] entries per block. Each
+# probability factors into per-model terms computed once per prompt (O(n M), in float64):
+#
+#     P(i wins outright against j) = 1 / (1 + u_i v_j)     (every family)
+#     grk's P(tie, both bad)        = 1 / (x_i + y_j)
+#
+# so an entry costs one multiply-add and one reciprocal instead of an exponential. The
+# factors of bt and rk are taken relative to the prompt's midpoint coefficient (the shift
+# cancels). Entries are as exact as the direct forms above (a few units in the last place
+# of the block's dtype); blocks whose coefficients lie more than FACTORED_RANGE from the
+# midpoint (where u could underflow to 0 while v overflows) use the direct forms instead.
+
+FACTORED_RANGE = 80.0
+
+
+def _factor_centre(coefs: torch.Tensor, family: str) -> torch.Tensor:
+    """Per-prompt shift ``[n, 1]``: the midpoint for shift-invariant families, 0 for grk."""
+    if family == "grk":
+        return torch.zeros(coefs.shape[:-1] + (1,), dtype=coefs.dtype)
+    return 0.5 * (coefs.amax(-1, keepdim=True) + coefs.amin(-1, keepdim=True))
+
+
+def win_factors(coefs: torch.Tensor, eta: torch.Tensor | None, family: str):
+    """``(u, v)``, each ``[n, M]`` float64, with P(i wins outright vs j) = 1 / (1 + u_i v_j)
+    for coefficients ``coefs [n, M]`` and raw tie outputs ``eta [n]`` (rk, grk).
+
+    bt: u = e^-(a-c), v = e^(b-c); rk: v also times e^width; grk: u = e^-a, v = 1 + t e^b.
+    """
+    family = canonical_family(family)
+    coefs = coefs.to(torch.float64)
+    shifted = coefs - _factor_centre(coefs, family)
+    u = torch.exp(-shifted)
+    if family in ("bt", "bt-tie"):
+        return u, torch.exp(shifted)
+    if eta is None:
+        raise ValueError(f"family {family!r} needs eta")
+    eta = torch.as_tensor(eta, dtype=torch.float64).reshape(-1, 1)
+    if family == "rk":
+        return u, torch.exp(shifted + rk_tie_width(eta))
+    return u, 1.0 + _grk_t(eta) * torch.exp(shifted)
+
+
+def both_bad_factors(coefs: torch.Tensor):
+    """``(x, y)`` with grk's P(tie, both bad) = 1 / (x_i + y_j): x = e^a, y = 1 + e^b."""
+    x = torch.exp(coefs.to(torch.float64))
+    return x, 1.0 + x
+
+
+def _factored_is_safe(coefs: torch.Tensor, family: str) -> bool:
+    if coefs.numel() == 0:
+        return True
+    spread = (coefs.to(torch.float64) - _factor_centre(coefs.to(torch.float64), family)).abs()
+    return bool(spread.max() <= FACTORED_RANGE)
+
+
+def outright_win_matrices(coefs: torch.Tensor, eta: torch.Tensor | None, family: str,
+                          out: torch.Tensor | None = None) -> torch.Tensor:
+    """``W[z, i, j]`` = P(model i wins outright against j) for prompts ``coefs [n, M]`` (and
+    ``eta [n]``), in coefs' dtype; written into ``out`` when given."""
+    family = canonical_family(family)
+    if not _factored_is_safe(coefs, family):
+        eta_b = None if eta is None else torch.as_tensor(eta, dtype=coefs.dtype)[:, None, None]
+        direct = direct_win_probability(coefs[:, :, None], coefs[:, None, :], eta_b, family)
+        return direct if out is None else out.copy_(direct)
+    u, v = (f.to(coefs.dtype) for f in win_factors(coefs, eta, family))
+    one = torch.ones((), dtype=coefs.dtype)
+    matrices = torch.addcmul(one, u[:, :, None], v[:, None, :], out=out)
+    return matrices.reciprocal_()
+
+
+def both_bad_matrices(coefs: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``B[z, i, j]`` = grk's P(tie, both bad) for prompts ``coefs [n, M]``, in coefs' dtype."""
+    if not _factored_is_safe(coefs, "grk"):
+        direct = direct_both_bad_probability(coefs[:, :, None], coefs[:, None, :])
+        return direct if out is None else out.copy_(direct)
+    x, y = (f.to(coefs.dtype) for f in both_bad_factors(coefs))
+    return torch.add(x[:, :, None], y[:, None, :], out=out).reciprocal_()
