@@ -417,7 +417,7 @@ def model_card_metadata(facts: ModelFacts, license: str) -> dict:
 
 def _summary_section(facts: ModelFacts) -> str:
     tc = facts.training_config
-    backbone = backbone_of(facts) or "unknown"
+    backbone = _without_local_folders(backbone_of(facts)) or "unknown"
     model_type = facts.config.get("model_type") or tc.get("model_type")
     head, loss = _head(facts), _loss(facts)
     base = base_model_of(facts)
@@ -541,8 +541,16 @@ def _config_value(value: Any, limit: int = 120) -> str:
     return md(text)
 
 
+def _without_local_folders(value: Any) -> Any:
+    """A local path shown by its last component: the card should not reveal a user's folders."""
+    if isinstance(value, str) and (value.startswith(("/", "~", "./", "../")) or "\\" in value):
+        return Path(value.replace("\\", "/")).name or value
+    return value
+
+
 def _training_section(training_config: dict) -> str | None:
-    shown = {k: v for k, v in training_config.items() if k != "chat_template"}
+    shown = {k: _without_local_folders(v) for k, v in training_config.items()
+             if k != "chat_template"}
     if not shown and not training_config.get("chat_template"):
         return None
     parts = ["## Training configuration\n\nFrom `training_config.json`:"]

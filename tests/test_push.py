@@ -561,3 +561,17 @@ def test_the_cli_starts_without_hub_torch_scipy_or_polars():
             f"print(','.join(m for m in {heavy!r} if m in sys.modules))")  # fmt: skip
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True)
     assert proc.stdout.decode().strip() == ""
+
+
+def test_the_card_does_not_reveal_local_folders(model_dir):
+    config = json.loads((model_dir / "training_config.json").read_text())
+    config.update(data="/home/alice/secret-project/arena-data",
+                  backbone="/home/alice/models/qwen-finetune", cache_dir="~/scratch/features")
+    _write_json(model_dir / "training_config.json", config)
+    card = hub.build_model_upload(model_dir, "alice/p2l-minilm").card
+    table = {row[0]: row[1] for row in _tables(card)["Parameter"][1:]}
+    assert table["data"] == "arena-data"
+    assert table["backbone"] == "qwen-finetune"
+    assert table["cache_dir"] == "features"
+    assert "/home/alice" not in card and "scratch" not in card
+    assert table["loss_type"] == "bt"  # other values as they are

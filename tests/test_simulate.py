@@ -357,3 +357,24 @@ def test_bad_options_are_usage_errors(tmp_path):
     assert result.exit_code == 2 and "unknown poetry" in result.output
     result = run_cli("simulate", tmp_path, "--family", "elo")
     assert result.exit_code == 2 and "--family" in result.output
+
+
+# ------------------------------------------------------------------------- specialists
+
+
+def test_default_world_has_specialists_that_make_routing_worth_it():
+    gains = []
+    for seed in range(4):
+        arena = simulate_arena(num_battles=10, num_models=10, seed=seed, num_prompts=600)
+        world = arena.world
+        specialists = [s for s in world.speciality if s]
+        assert len(specialists) == 4 and len(set(specialists)) == 4  # distinct while they last
+        assert world.speciality[int(np.argmax(world.general))] is None
+        for i, spec in enumerate(world.speciality):
+            if spec:  # the tag in the name matches where the model is better
+                assert f"-{spec}-" in world.models[i]
+        theta = np.array(arena.prompts["true_coefs"].to_list())
+        # expected win rate of each model against a uniformly drawn opponent, per prompt
+        value = sigmoid(theta[:, :, None] - theta[:, None, :]).mean(axis=2)
+        gains.append(value.max(axis=1).mean() - value.mean(axis=0).max())
+    assert min(gains) > 0.03 and np.mean(gains) > 0.06
