@@ -60,9 +60,11 @@ def hand_probs(a: np.ndarray, b: np.ndarray, eta: np.ndarray | None, family: str
 
 
 def test_same_seed_same_files_other_seed_other_files(tmp_path):
-    for name, seed in (("one", "7"), ("two", "7"), ("three", "8")):
+    # The folder as an argument or as -o, like the other commands: the same files.
+    for name, seed, where in (("one", "7", []), ("two", "7", ["-o"]), ("three", "8", [])):
         result = run_cli(
             "simulate",
+            *where,
             tmp_path / name,
             "--battles",
             "300",
@@ -357,6 +359,10 @@ def test_bad_options_are_usage_errors(tmp_path):
     assert result.exit_code == 2 and "unknown poetry" in result.output
     result = run_cli("simulate", tmp_path, "--family", "elo")
     assert result.exit_code == 2 and "--family" in result.output
+    result = run_cli("simulate", tmp_path / "a", "-o", tmp_path / "b")
+    assert result.exit_code == 2 and "two output folders" in result.output
+    result = run_cli("simulate", "--battles", "100")
+    assert result.exit_code == 2 and "no output folder" in result.output
 
 
 # ------------------------------------------------------------------------- specialists

@@ -13,13 +13,18 @@ SIZE, TRUTH = "Size", "Truth"
 
 def simulate(
     out_dir: Annotated[
-        str,
+        str | None,
         typer.Argument(
             help="Output folder: battles.parquet, truth.parquet, prompts.jsonl, "
             "costs.yaml, simulation.json.",
             show_default=False,
         ),
-    ],
+    ] = None,
+    out: Annotated[
+        str | None,
+        typer.Option("--out", "-o", help="The output folder, as an option (like the other "
+                     "commands' -o).", show_default=False),
+    ] = None,
     battles: Annotated[int, typer.Option(help="Number of battles.", rich_help_panel=SIZE)] = 6000,
     models: Annotated[int, typer.Option(help="Number of models.", rich_help_panel=SIZE)] = 10,
     prompts: Annotated[
@@ -68,6 +73,7 @@ def simulate(
       p2l simulate arena/ --categories code,math,casual_chat
     """
     set_quiet(quiet)
+    out_dir = _one_out_dir(out_dir, out)
     from p2l_cli.data.simulate import simulate_arena, summary_table, write_arena
 
     chosen = [c.strip() for c in categories.split(",") if c.strip()] if categories else None
@@ -83,3 +89,13 @@ def simulate(
     paths = write_arena(arena, out_dir)
     console.print(summary_table(arena))
     console.print(f"wrote {', '.join(str(p) for p in paths)}")
+
+
+def _one_out_dir(positional: str | None, option: str | None) -> str:
+    from p2l_cli.errors import UserError
+
+    if positional and option and positional != option:
+        raise UserError(f"two output folders given ({positional} and -o {option}); give one")
+    if not (positional or option):
+        raise UserError("no output folder: p2l simulate DIR (or -o DIR)")
+    return positional or option
