@@ -9,6 +9,8 @@
        python3 -m venv /tmp/arena_venv && /tmp/arena_venv/bin/pip install arena-rank
 
    (or point ``ARENA_RANK_PYTHON`` at any interpreter that imports ``arena_rank``).
+   The whole-process comparison alternates p2l and arena-rank runs and reports medians and
+   the load average, since the machine may be shared.
 2. Fit times of every family on 1.5 million votes, with sandwich and bootstrap intervals.
 3. Aggregation of 100,000 prompts x 130 models: time and peak memory (in a fresh process).
 
@@ -122,14 +124,41 @@ def arena_end_to_end(path: Path, reweight: bool) -> tuple[pl.DataFrame, dict, fl
         return pl.read_json(out), timing, wall
 
 
-def cli_wall(path: Path, out: Path) -> float:
-    best = float("inf")
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "p2l_cli", "leaderboard", str(path), "-o",
-                        str(out), "-q"], check=True, cwd=REPO)
-        best = min(best, time.perf_counter() - start)
-    return best
+WHOLE_PROCESS_ROUNDS = 7
+
+
+def _timed_run(command: list[str], cwd: Path | None = None) -> float:
+    start = time.perf_counter()
+    subprocess.run(command, check=True, cwd=cwd, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def whole_processes(path: Path, tmp: Path, rounds: int = WHOLE_PROCESS_ROUNDS) -> None:
+    """``p2l leaderboard`` and the arena-rank script as whole processes (interpreter start and
+    imports included), run alternately so that both see the same load; medians."""
+    p2l = [sys.executable, "-m", "p2l_cli", "leaderboard", str(path), "-o",
+           str(tmp / "out.csv"), "-q"]
+    script = tmp / "arena.py"
+    script.write_text(ARENA_SCRIPT)
+    arena = [ARENA_PYTHON, str(script), str(path), str(tmp / "arena.json"), "0"]
+    have_arena = Path(ARENA_PYTHON).exists()
+    load_before = os.getloadavg()[0]
+    ours, theirs = [], []
+    for _ in range(rounds):
+        ours.append(_timed_run(p2l, cwd=REPO))
+        if have_arena:
+            theirs.append(_timed_run(arena))
+    load_after = os.getloadavg()[0]
+    print(f"  whole processes, {rounds} alternating rounds (load average {load_before:.2f} "
+          f"before, {load_after:.2f} after):")
+    print(f"    p2l CLI    median {np.median(ours):.2f} s (min {min(ours):.2f}, "
+          f"max {max(ours):.2f})")
+    if have_arena:
+        print(f"    arena-rank median {np.median(theirs):.2f} s (min {min(theirs):.2f}, "
+              f"max {max(theirs):.2f})")
+        print(f"    speed-up, whole processes: {np.median(theirs) / np.median(ours):.2f}x "
+              f"(ratio of medians)")
 
 
 def bench_marginal(num_battles: int, num_models: int) -> None:
@@ -142,9 +171,7 @@ def bench_marginal(num_battles: int, num_models: int) -> None:
             ours, ours_s = p2l_end_to_end(path, reweight)
             print(f"  [{label}] p2l read -> table (in process): {ours_s:.2f} s")
             if not reweight:
-                cli_s = cli_wall(path, Path(tmp) / "out.csv")
-                print(f"  [{label}] p2l CLI wall (python start + imports included): "
-                      f"{cli_s:.2f} s")
+                whole_processes(path, Path(tmp))
             arena = arena_end_to_end(path, reweight)
             if arena is None:
                 continue
@@ -152,8 +179,6 @@ def bench_marginal(num_battles: int, num_models: int) -> None:
             print(f"  [{label}] arena-rank read -> table (in process): {timing['work_s']:.2f} s "
                   f"(+ {timing['import_s']:.2f} s imports; process wall {wall:.2f} s)")
             print(f"  [{label}] speed-up, in process: {timing['work_s'] / ours_s:.1f}x")
-            if not reweight:
-                print(f"  [{label}] speed-up, whole processes: {wall / cli_s:.1f}x")
             joined = ours.join(theirs, on="model")
             rating_diff = (joined["score"] - joined["rating"]).abs().max()
             lower_diff = (joined["lower"] - joined["lower_right"]).abs().max()

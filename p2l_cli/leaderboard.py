@@ -121,7 +121,7 @@ def _read_columns(
             if "coefs" in schema.names:
                 wanted = wanted | {"eta"}
             columns = [c for c in schema.names if c in wanted]
-            table = pq.read_table(path, columns=columns)
+            table = _read_parquet(path, columns, schema)
         except (pa.ArrowInvalid, OSError) as exc:
             raise UserError(f"{name}: not a readable Parquet file ({exc})") from None
         raw = (schema.metadata or {}).get(io.METADATA_KEY.encode())
@@ -129,6 +129,17 @@ def _read_columns(
         return pl.from_arrow(table), meta, schema.names
     df, meta = io.read_table_meta(source, fmt)
     return df, meta or {}, df.columns
+
+
+def _read_parquet(path: Path, columns: list[str], schema: pa.Schema) -> pa.Table:
+    """The columns of one Parquet file. Text columns (model names, outcomes, groups: few
+    distinct values) come dictionary-encoded, which polars reads as categoricals without
+    building a string per row."""
+    text = [c for c in columns
+            if pa.types.is_string(schema.field(c).type)
+            or pa.types.is_large_string(schema.field(c).type)]
+    with pq.ParquetFile(path, read_dictionary=text) as parquet:
+        return parquet.read(columns=columns)
 
 
 def load_input(source: str, fmt: str | None = None, by: str | None = None,
@@ -170,35 +181,68 @@ def _groups(df: pl.DataFrame, by: str | None) -> np.ndarray | None:
     return df.get_column(by).cast(pl.String).fill_null(NO_GROUP).to_numpy()
 
 
+def _categorical(series: pl.Series) -> pl.Series:
+    """``series`` as a categorical of its text values (a no-op for Parquet text columns)."""
+    if series.dtype == pl.Categorical:
+        return series
+    return series.cast(pl.String).cast(pl.Categorical)
+
+
+def _text_codes(series: pl.Series) -> tuple[np.ndarray, list[str]]:
+    """A categorical column without nulls as (each row's index into ``values``, ``values``:
+    its distinct texts), from the categorical's integer ids rather than its strings."""
+    distinct = series.unique()
+    ids = distinct.to_physical().to_numpy().astype(np.int64)
+    position = np.zeros(ids.max() + 1, dtype=np.int64)
+    position[ids] = np.arange(len(ids))
+    codes = position[series.to_physical().to_numpy()]
+    return codes, distinct.cast(pl.String).to_list()
+
+
+def _recode(codes: np.ndarray, values: list[str], order: list[str]) -> np.ndarray:
+    """``codes`` into ``values`` as indices into ``order`` (which holds every value)."""
+    index = {value: i for i, value in enumerate(order)}
+    return np.array([index[value] for value in values], dtype=np.int64)[codes]
+
+
+def _outcome_codes(winner: pl.Series, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per vote: whether model_b won, and the tie code. The few distinct winner values are
+    normalised once, then looked up per row."""
+    if winner.null_count():
+        row = _first_bad_row(winner.is_null())
+        raise UserError(f"{name}: row {row}: winner is empty")
+    rows, values = _text_codes(winner)
+    codes = [WINNER_CODES.get(value.lower().strip()) for value in values]
+    unknown = [value for value, code in zip(values, codes) if code is None]
+    if unknown:
+        row = _first_bad_row(winner.cast(pl.String).is_in(unknown))
+        raise UserError(
+            f"{name}: row {row}: winner {winner.cast(pl.String)[row - 1]!r} is not one of "
+            "model_a, model_b, tie, tie (bothbad)"
+        )
+    tie_of = {"a": families.DECISIVE, "b": families.DECISIVE, "tie": families.TIE_CODE,
+              "both_bad": families.BOTH_BAD_CODE}
+    b_wins = np.array([code == "b" for code in codes])[rows]
+    tie_code = np.array([tie_of[code] for code in codes], dtype=np.int64)[rows]
+    return b_wins, tie_code
+
+
 def battles_from_frame(df: pl.DataFrame, name: str, by: str | None = None) -> Battles:
     """Votes from Arena-schema columns ``model_a``, ``model_b``, ``winner``."""
     if df.height == 0:
         raise UserError(f"{name}: no battles")
-    a = df.get_column("model_a").cast(pl.String)
-    b = df.get_column("model_b").cast(pl.String)
+    a = _categorical(df.get_column("model_a"))
+    b = _categorical(df.get_column("model_b"))
     for column, series in (("model_a", a), ("model_b", b)):
         if series.null_count():
             raise UserError(f"{name}: row {_first_bad_row(series.is_null())}: {column} is empty")
-    outcome = df.get_column("winner").cast(pl.String).str.to_lowercase().str.strip_chars()
-    codes = outcome.replace_strict(WINNER_CODES, default=None, return_dtype=pl.String)
-    if codes.null_count():
-        row = _first_bad_row(codes.is_null())
-        value = df.get_column("winner")[row - 1]
-        raise UserError(
-            f"{name}: row {row}: winner {value!r} is not one of model_a, model_b, tie, "
-            "tie (bothbad)"
-        )
-    same = a == b
-    if same.any():
-        raise UserError(f"{name}: row {_first_bad_row(same)}: model_a and model_b are the same")
-    models = pl.concat([a, b]).unique().sort().to_list()
-    enum = pl.Enum(models)
-    ia = a.cast(enum).to_physical().to_numpy().astype(np.int64)
-    ib = b.cast(enum).to_physical().to_numpy().astype(np.int64)
-    codes_np = codes.to_numpy()
-    b_wins = codes_np == "b"
-    tie_code = np.select([codes_np == "tie", codes_np == "both_bad"],
-                         [families.TIE_CODE, families.BOTH_BAD_CODE], families.DECISIVE)
+    b_wins, tie_code = _outcome_codes(_categorical(df.get_column("winner")), name)
+    (codes_a, values_a), (codes_b, values_b) = _text_codes(a), _text_codes(b)
+    models = sorted(set(values_a) | set(values_b))
+    ia, ib = _recode(codes_a, values_a, models), _recode(codes_b, values_b, models)
+    same = np.flatnonzero(ia == ib)
+    if len(same):
+        raise UserError(f"{name}: row {same[0] + 1}: model_a and model_b are the same")
     weight = None
     if "weight" in df.columns:
         w = df.get_column("weight").cast(pl.Float64, strict=False)

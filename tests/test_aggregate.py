@@ -11,7 +11,12 @@ import torch
 from scipy.optimize import minimize
 from scipy.special import expit
 
-from p2l_cli.stats.aggregate import aggregate, aggregate_fit, bootstrap_aggregate
+from p2l_cli.stats.aggregate import (
+    aggregate,
+    aggregate_fit,
+    bootstrap_aggregate,
+    outcome_sums,
+)
 
 
 def outcome_probs(theta_i, theta_j, eta, family):
@@ -135,6 +140,28 @@ def test_one_shared_leaderboard_is_its_own_aggregate(family):
     np.testing.assert_allclose(theta, shared, atol=1e-7)
     if eta is not None:
         assert got_eta == pytest.approx(eta, abs=1e-6)
+
+
+@pytest.mark.parametrize("family", ["bt", "rk", "grk"])
+@pytest.mark.parametrize("dtype,atol", [(np.float64, 1e-13), (np.float32, 3e-7)])
+def test_outcome_sums_match_textbook_means(family, dtype, atol):
+    # many blocks and partial sums (300 prompts of 60 models, small blocks); some prompts far
+    # from 0, whose blocks the families module computes another way
+    coefs, etas = random_prompts(300, 60, family, seed=8)
+    coefs[::37] = coefs[::37] * 12 + 90
+    sums = outcome_sums(coefs.astype(dtype), None if etas is None else etas.astype(dtype),
+                        family, block_elements=60 * 60 * 7)
+    i, j = np.meshgrid(np.arange(60), np.arange(60), indexing="ij")
+    mean = [np.mean([outcome_probs(c[i], c[j], None if etas is None else etas[z], family)[o]
+                     for z, c in enumerate(coefs.astype(dtype).astype(np.float64))], axis=0)
+            for o in range(4)]
+    off = ~np.eye(60, dtype=bool)
+    assert sums.n_prompts == 300
+    np.testing.assert_allclose((sums.win / 300)[off], mean[0][off], atol=atol)
+    if family != "bt":
+        np.testing.assert_allclose((sums.tie / 300)[off], mean[2][off], atol=atol)
+    if family == "grk":
+        np.testing.assert_allclose((sums.both_bad / 300)[off], mean[3][off], atol=atol)
 
 
 def test_extreme_coefficients_stay_finite():

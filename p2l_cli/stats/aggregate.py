@@ -28,10 +28,14 @@ import torch
 from p2l_cli.stats import families
 from p2l_cli.stats.pairfit import PairRows, single_threaded, solve
 
-# Prompts are summed in blocks of about this many pair entries per outcome kind (2 MB in
+# Prompts are summed in blocks of about this many pair entries per outcome kind (4 MB in
 # float32): small enough to stay in cache, large enough that per-block overhead does not
-# dominate (2^17 to 2^21 measured; 2^19 to 2^20 were fastest for bt and grk at M = 130).
-BLOCK_ELEMENTS = 1 << 19
+# dominate (2^16 to 2^22 measured at M = 130: 2^19 to 2^20 were fastest for bt and grk).
+BLOCK_ELEMENTS = 1 << 20
+# A block's probabilities are summed in the input's dtype over at most this many prompts
+# at a time, then added into float64: in float32, the rounding of a running sum grows
+# with its size, and summing in float64 directly is ten times slower.
+SUM_PROMPTS = 16
 AGGREGATE_TOL = 1e-12
 # Keeps the fit finite when a model wins a pair with probability exactly 1 in float32.
 AGGREGATE_RIDGE = 1e-12
@@ -148,6 +152,18 @@ def _batches(coefs_batches, eta_batches, weights) -> Iterator[tuple]:
         raise ValueError("weights must have one value per prompt")
 
 
+def _add_prompt_sum(acc: torch.Tensor, probs: torch.Tensor, weight: torch.Tensor | None):
+    """``acc [K, M, M]`` (float64) += the (weighted) sum over prompts of ``probs [K, n, M,
+    M]``, SUM_PROMPTS prompts at a time."""
+    for start in range(0, probs.shape[1], SUM_PROMPTS):
+        part = probs[:, start : start + SUM_PROMPTS]
+        if weight is None:
+            acc += part.sum(1)
+        else:
+            flat = part.reshape(part.shape[0], part.shape[1], -1)
+            acc += (weight[start : start + SUM_PROMPTS] @ flat).reshape(acc.shape)
+
+
 @single_threaded
 def outcome_sums(
     coefs_batches, eta_batches=None, family: str = "bt", weights=None,
@@ -170,11 +186,7 @@ def outcome_sums(
         for start in range(0, n, block):
             part = slice(start, start + block)
             probs = block_outcome_probs(coefs[part], None if eta is None else eta[part], family)
-            if w is None:
-                acc += probs.sum(1)
-            else:
-                flat = probs.reshape(probs.shape[0], probs.shape[1], -1)
-                acc += (w[part] @ flat).reshape(acc.shape)
+            _add_prompt_sum(acc, probs, None if w is None else w[part])
         total_weight += float(n if w is None else w.to(torch.float64).sum())
         n_prompts += n
     if acc is None:

@@ -211,8 +211,9 @@ def labels_nll(
 # --------------------------------------------------------- bulk probabilities (additive)
 #
 # The same probabilities as outcome_probs, computed in probability space with a few
-# elementwise operations: for bulk sums over many prompts (aggregation), where an absolute
-# rounding error is harmless. Not for likelihoods: tiny probabilities lose their relative
+# elementwise operations: for bulk sums over many prompts (aggregation, through the
+# factored forms below, which fall back on these), where an absolute rounding error is
+# harmless. Not for likelihoods: tiny probabilities lose their relative
 # precision (a tie is one minus the other outcomes).
 
 
@@ -267,31 +268,29 @@ def outcome_probs_direct(
 #     P(i wins outright against j) = 1 / (1 + u_i v_j)     (every family)
 #     grk's P(tie, both bad)        = 1 / (x_i + y_j)
 #
-# so an entry costs one multiply-add and one reciprocal instead of an exponential. The
-# factors of bt and rk are taken relative to the prompt's midpoint coefficient (the shift
-# cancels). Entries are as exact as the direct forms above (a few units in the last place
-# of the block's dtype); blocks whose coefficients lie more than FACTORED_RANGE from the
-# midpoint (where u could underflow to 0 while v overflows) use the direct forms instead.
+# so an entry costs a multiplication (or addition), an addition and a reciprocal instead of
+# an exponential. The factors of bt and rk are taken relative to the prompt's midpoint
+# coefficient (the shift cancels). Entries are as exact as the direct forms above (a few
+# units in the last place of the block's dtype). Blocks with a coefficient more than
+# FACTORED_RANGE from that midpoint (from 0 for grk), where u could underflow to 0 while v
+# overflows, use the direct forms instead.
 
 FACTORED_RANGE = 80.0
 
 
-def _factor_centre(coefs: torch.Tensor, family: str) -> torch.Tensor:
-    """Per-prompt shift ``[n, 1]``: the midpoint for shift-invariant families, 0 for grk."""
-    if family == "grk":
-        return torch.zeros(coefs.shape[:-1] + (1,), dtype=coefs.dtype)
-    return 0.5 * (coefs.amax(-1, keepdim=True) + coefs.amin(-1, keepdim=True))
-
-
-def win_factors(coefs: torch.Tensor, eta: torch.Tensor | None, family: str):
-    """``(u, v)``, each ``[n, M]`` float64, with P(i wins outright vs j) = 1 / (1 + u_i v_j)
-    for coefficients ``coefs [n, M]`` and raw tie outputs ``eta [n]`` (rk, grk).
-
-    bt: u = e^-(a-c), v = e^(b-c); rk: v also times e^width; grk: u = e^-a, v = 1 + t e^b.
-    """
-    family = canonical_family(family)
+def _shifted(coefs: torch.Tensor, family: str) -> torch.Tensor:
+    """Coefficients in float64 relative to each prompt's midpoint (bt, rk) or as they are
+    (grk, which is not shift-invariant)."""
     coefs = coefs.to(torch.float64)
-    shifted = coefs - _factor_centre(coefs, family)
+    if family == "grk":
+        return coefs
+    return coefs - 0.5 * (coefs.amax(-1, keepdim=True) + coefs.amin(-1, keepdim=True))
+
+
+def _win_factors(shifted: torch.Tensor, eta: torch.Tensor | None, family: str):
+    """``(u, v)``, ``[n, M]`` float64, with P(i wins outright vs j) = 1 / (1 + u_i v_j); with
+    c the prompt's midpoint: bt: u = e^-(a-c), v = e^(b-c); rk: v times e^width; grk:
+    u = e^-a, v = 1 + t e^b."""
     u = torch.exp(-shifted)
     if family in ("bt", "bt-tie"):
         return u, torch.exp(shifted)
@@ -303,17 +302,8 @@ def win_factors(coefs: torch.Tensor, eta: torch.Tensor | None, family: str):
     return u, 1.0 + _grk_t(eta) * torch.exp(shifted)
 
 
-def both_bad_factors(coefs: torch.Tensor):
-    """``(x, y)`` with grk's P(tie, both bad) = 1 / (x_i + y_j): x = e^a, y = 1 + e^b."""
-    x = torch.exp(coefs.to(torch.float64))
-    return x, 1.0 + x
-
-
-def _factored_is_safe(coefs: torch.Tensor, family: str) -> bool:
-    if coefs.numel() == 0:
-        return True
-    spread = (coefs.to(torch.float64) - _factor_centre(coefs.to(torch.float64), family)).abs()
-    return bool(spread.max() <= FACTORED_RANGE)
+def _factored_is_safe(shifted: torch.Tensor) -> bool:
+    return shifted.numel() == 0 or bool(shifted.abs().max() <= FACTORED_RANGE)
 
 
 def outright_win_matrices(coefs: torch.Tensor, eta: torch.Tensor | None, family: str,
@@ -321,20 +311,22 @@ def outright_win_matrices(coefs: torch.Tensor, eta: torch.Tensor | None, family:
     """``W[z, i, j]`` = P(model i wins outright against j) for prompts ``coefs [n, M]`` (and
     ``eta [n]``), in coefs' dtype; written into ``out`` when given."""
     family = canonical_family(family)
-    if not _factored_is_safe(coefs, family):
+    shifted = _shifted(coefs, family)
+    if not _factored_is_safe(shifted):
         eta_b = None if eta is None else torch.as_tensor(eta, dtype=coefs.dtype)[:, None, None]
         direct = direct_win_probability(coefs[:, :, None], coefs[:, None, :], eta_b, family)
         return direct if out is None else out.copy_(direct)
-    u, v = (f.to(coefs.dtype) for f in win_factors(coefs, eta, family))
-    one = torch.ones((), dtype=coefs.dtype)
-    matrices = torch.addcmul(one, u[:, :, None], v[:, None, :], out=out)
-    return matrices.reciprocal_()
+    u, v = (f.to(coefs.dtype) for f in _win_factors(shifted, eta, family))
+    matrices = torch.mul(u[:, :, None], v[:, None, :], out=out)
+    return matrices.add_(1.0).reciprocal_()
 
 
 def both_bad_matrices(coefs: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """``B[z, i, j]`` = grk's P(tie, both bad) for prompts ``coefs [n, M]``, in coefs' dtype."""
-    if not _factored_is_safe(coefs, "grk"):
+    """``B[z, i, j]`` = grk's P(tie, both bad) = 1 / (x_i + y_j) with x = e^a, y = 1 + e^b,
+    for prompts ``coefs [n, M]``, in coefs' dtype."""
+    if not _factored_is_safe(coefs):
         direct = direct_both_bad_probability(coefs[:, :, None], coefs[:, None, :])
         return direct if out is None else out.copy_(direct)
-    x, y = (f.to(coefs.dtype) for f in both_bad_factors(coefs))
-    return torch.add(x[:, :, None], y[:, None, :], out=out).reciprocal_()
+    x = torch.exp(coefs.to(torch.float64))
+    y = (1.0 + x).to(coefs.dtype)
+    return torch.add(x.to(coefs.dtype)[:, :, None], y[:, None, :], out=out).reciprocal_()

@@ -108,15 +108,19 @@ def group_votes(
     if len(winner) and (min(winner.min(), loser.min()) < 0 or
                         max(winner.max(), loser.max()) >= num_models):
         raise ValueError(f"model indices must lie in [0, {num_models})")
-    if len(code) and not np.isin(code, (0, 1, 2)).all():
+    if len(code) and not (code.min() >= 0 and code.max() <= 2):
         raise ValueError("tie_code must be 0 (decisive), 1 (tie) or 2 (tie, both bad)")
+    unit = weights is None and not reweight  # every vote weighs 1: weights are the counts
     w = np.ones(len(winner)) if weights is None else np.asarray(weights, np.float64).ravel()
     if len(w) != len(winner):
         raise ValueError("weights must have one value per vote")
     if reweight and len(winner):
         w = w * pair_weights(winner, loser, num_models, min_pair_count)
 
-    keep = (w > 0) & ((code == families.DECISIVE) if family == "bt" else True)
+    if unit:
+        keep = (code == families.DECISIVE) if family == "bt" else slice(None)
+    else:
+        keep = (w > 0) & ((code == families.DECISIVE) if family == "bt" else True)
     winner, loser, code, w = winner[keep], loser[keep], code[keep], w[keep]
     tie = code != families.DECISIVE
     if family == "rk":
@@ -133,13 +137,17 @@ def group_votes(
     else:
         present, inverse = np.unique(key, return_inverse=True)
     if inverse is None:
-        weight = np.bincount(key, weights=w, minlength=bins)[present]
-        weight_sq = np.bincount(key, weights=w * w, minlength=bins)[present]
         count = count[present]
+        if not unit:
+            weight = np.bincount(key, weights=w, minlength=bins)[present]
+            weight_sq = np.bincount(key, weights=w * w, minlength=bins)[present]
     else:
         count = np.bincount(inverse, minlength=len(present))
-        weight = np.bincount(inverse, weights=w, minlength=len(present))
-        weight_sq = np.bincount(inverse, weights=w * w, minlength=len(present))
+        if not unit:
+            weight = np.bincount(inverse, weights=w, minlength=len(present))
+            weight_sq = np.bincount(inverse, weights=w * w, minlength=len(present))
+    if unit:
+        weight = weight_sq = count.astype(np.float64)
     rows = PairRows(
         winner=present // 3 // num_models,
         loser=present // 3 % num_models,
