@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -106,7 +107,7 @@ def category_recovery(report: dict) -> dict:
     }
 
 
-def one_seed(root: Path, size: Size, seed: int) -> dict:
+def one_seed(root: Path, size: Size, seed: int, train_args: list[str] = ()) -> dict:
     layout = Layout(root)
     log = root / "bench.log"
     root.mkdir(parents=True, exist_ok=True)
@@ -118,6 +119,7 @@ def one_seed(root: Path, size: Size, seed: int) -> dict:
     run_p2l([*dev_split, "--val-fraction", str(DEV_FRACTION), "--seed", str(seed)], log)
     train, predict_val = (stage.argv for stage in model_stages(layout, size, seed, True))
     train[train.index(str(layout.data))] = str(fit)
+    train.extend(train_args)
     seconds["train"] = run_p2l(train, log)
     seconds["predict_val"] = run_p2l(predict_val, log)
     fresh = layout.arena / "prompts.jsonl"
@@ -229,6 +231,11 @@ def main() -> None:
     parser.add_argument("--models", type=int, default=None, help="default: the demo's")
     parser.add_argument("--small", action="store_true", help="the demo's --small size (smoke)")
     parser.add_argument("--out", default="/tmp/p2l-bench-quality")
+    parser.add_argument(
+        "--train-args",
+        default="",
+        help="extra `p2l train` flags, e.g. '--head-hidden 64' (recipe variants)",
+    )
     args = parser.parse_args()
     base = SIZES["small" if args.small else "full"]
     size = Size(
@@ -241,7 +248,7 @@ def main() -> None:
     results = []
     for seed in (int(s) for s in args.seeds.split(",")):
         print(f"seed {seed} ...", flush=True)
-        result = one_seed(out / f"seed{seed}", size, seed)
+        result = one_seed(out / f"seed{seed}", size, seed, shlex.split(args.train_args))
         results.append(result)
         (out / "results.json").write_text(json.dumps(results, indent=2))
         summarise(results)

@@ -449,6 +449,8 @@ class Trainer:
             max_length=config.max_length,
             head_rank=config.head_rank,
             chat_template=config.chat_template,
+            head_hidden=config.head_hidden,
+            head_activation=config.head_activation,
         )
         if model.info.max_length < config.max_length:
             console.print(
@@ -879,6 +881,8 @@ class Trainer:
         data, info, layout = self.data, self.model.info, self.layout
         mode = "head only (frozen backbone)" if self.features is not None else "full fine-tuning"
         rank = f", rank {info.head_rank}" if info.head_rank else ""
+        if info.head_hidden:
+            rank = f", hidden layer {info.head_hidden} ({info.head_activation})"
         console.print(
             f"data: {len(data.train):,} train / {len(data.val):,} val votes, "
             f"{len(data.models)} models\n"

@@ -24,6 +24,7 @@ from p2l_cli.stats.families import canonical_family
 
 SCHEDULERS = ("constant", "linear", "cosine")
 HEAD_INITS = ("normal", "zeros", "xavier")
+HEAD_ACTIVATIONS = ("gelu", "softmax")  # p2l_cli.model.heads builds them
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 POOLINGS = ("cls", "first", "mean")
 DEFAULT_RECIPE = "minilm-cpu"
@@ -63,6 +64,8 @@ class TrainConfig:
     loss: str = "bt"
     head: str | None = None
     head_rank: int | None = None
+    head_hidden: int | None = None
+    head_activation: str = "gelu"
     head_init: str = "zeros"
     marginal_init: bool = True
     pooling: str | None = None
@@ -255,6 +258,19 @@ def validate(config: TrainConfig) -> None:
         f"an rk head's tie output is only used by the rk and grk losses, not {config.loss}",
     )
     _check(config.head_rank is None or config.head_rank >= 1, "head_rank", "must be at least 1")
+    _check(
+        config.head_hidden is None or config.head_hidden >= 1, "head_hidden", "must be at least 1"
+    )
+    _check(
+        not (config.head_rank and config.head_hidden),
+        "head_hidden",
+        "a head has either a rank (--head-rank) or a hidden layer (--head-hidden), not both",
+    )
+    _check(
+        config.head_activation in HEAD_ACTIVATIONS,
+        "head_activation",
+        f"expected one of {', '.join(HEAD_ACTIVATIONS)}",
+    )
     _check(config.head_init in HEAD_INITS, "head_init", f"expected one of {', '.join(HEAD_INITS)}")
     _check(config.pooling in (None, *POOLINGS), "pooling", f"expected one of {', '.join(POOLINGS)}")
     _check(config.scheduler in SCHEDULERS, "scheduler", f"expected one of {', '.join(SCHEDULERS)}")

@@ -234,3 +234,65 @@ def test_saved_files_are_readable_by_others(backbones, tmp_path):
         os.umask(previous)
     for name in ("model.safetensors", "config.json", "training_config.json"):
         assert (tmp_path / "m" / name).stat().st_mode & 0o777 == 0o644, name
+
+
+@pytest.mark.parametrize("activation", ["gelu", "softmax"])
+def test_a_hidden_layer_head_saves_loads_and_computes_its_formula(backbones, tmp_path,
+                                                                   activation):
+    from p2l_cli.hub import read_model_folder
+
+    torch.manual_seed(2)
+    model, tokenizer = build_p2l(str(backbones["bert"]), MODELS, head_hidden=5,
+                                 head_activation=activation, pooling="mean", max_length=64)
+    model.head.initialise("normal", std=0.5)
+    with torch.no_grad():  # a non-trivial normalisation, to check it is saved too
+        model.head.head[0].weight.uniform_(0.5, 1.5)
+        model.head.head[0].bias.uniform_(-0.2, 0.2)
+    model.eval()
+    shapes = {k: tuple(v.shape) for k, v in model.head.state_dict().items()}
+    hidden = model.config.hidden_size
+    assert shapes == {"head.0.weight": (hidden,), "head.0.bias": (hidden,),
+                      "head.1.weight": (5, hidden), "head.1.bias": (5,),
+                      "head.3.weight": (len(MODELS), 5), "head.3.bias": (len(MODELS),)}
+    out = _forward(model, tokenizer, PROMPTS)[0]
+
+    # the formula, written out: normalise, project, nonlinearity, coefficient layer
+    ids = encode_prompts(tokenizer, PROMPTS, model.info)
+    input_ids, mask = collate(ids, tokenizer.pad_token_id)
+    with torch.no_grad():
+        states = model.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        pooled = (states * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+        w = {k: v.double() for k, v in model.head.state_dict().items()}
+        x = pooled.double()
+        x = (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, unbiased=False, keepdim=True)
+                                                        + 1e-5)
+        x = x * w["head.0.weight"] + w["head.0.bias"]
+        z = x @ w["head.1.weight"].T + w["head.1.bias"]
+        if activation == "gelu":
+            a = 0.5 * z * (1 + torch.erf(z / 2**0.5))
+        else:
+            a = torch.exp(z) / torch.exp(z).sum(-1, keepdim=True)  # mixture weights
+            assert torch.allclose(a.sum(-1), torch.ones(len(PROMPTS), dtype=a.dtype))
+        expected = a @ w["head.3.weight"].T + w["head.3.bias"]
+    torch.testing.assert_close(out.coefs.double(), expected, rtol=0, atol=1e-5)
+
+    save_p2l(model, tokenizer, tmp_path / "m", {"lr": 1e-3})
+    config = json.loads((tmp_path / "m" / "training_config.json").read_text())
+    assert config["head_hidden"] == 5 and config["head_activation"] == activation
+    loaded, tokenizer2 = load_p2l(tmp_path / "m")
+    assert (loaded.info.head_hidden, loaded.info.head_activation) == (5, activation)
+    assert loaded.info.head_rank is None
+    after = _forward(loaded, tokenizer2, PROMPTS)[0]
+    torch.testing.assert_close(after.coefs, out.coefs, rtol=0, atol=1e-6)
+    # the Hub check finds the coefficient layer (the last one) and its M outputs
+    assert read_model_folder(tmp_path / "m").model_list == sorted(MODELS)
+
+
+def test_a_head_is_linear_low_rank_or_hidden_never_two_at_once():
+    with pytest.raises(ValueError, match="not both"):
+        P2LHead(8, 3, rank=2, hidden=4)
+    with pytest.raises(ValueError, match="activation"):
+        P2LHead(8, 3, hidden=4, activation="relu6")
+    assert set(P2LHead(8, 3).state_dict()) == {"head.weight", "head.bias"}
+    assert set(P2LHead(8, 3, rank=2).state_dict()) == {"head.0.weight", "head.1.weight",
+                                                      "head.1.bias"}

@@ -495,6 +495,85 @@ def test_simulate_prepare_train_end_to_end(backbones, tmp_path):
     assert metrics["train_votes"] + metrics["val_votes"] == 400
     assert metrics["val"]["p2l"]["nll"] <= metrics["val"]["marginal"]["nll"] + 1e-9
     model, _ = load_p2l(tmp_path / "model")
-    assert model.info.model_list == models and model.info.head_rank == 16
+    # the recipe's full linear head
+    assert model.info.model_list == models and model.info.head_rank is None
+    assert model.info.head_hidden is None
     board = json.loads((tmp_path / "model/leaderboard.json").read_text())
     assert sorted(row["model"] for row in board["rows"]) == models
+
+
+# ------------------------------------------------------------- a nonlinear planted signal
+
+XOR_STRENGTH = 0.85
+
+
+def _xor_votes(n: int, seed: int) -> tuple[pl.DataFrame, np.ndarray]:
+    """``coder`` vs ``writer`` only; ``coder`` is favoured (XOR_STRENGTH) when the prompt's
+    two binary features agree, ``writer`` when they differ: an XOR of the features, which no
+    affine function of them separates. Returns the votes and the features (+-1) per vote."""
+    rng = np.random.default_rng(seed)
+    x = rng.choice([-1.0, 1.0], size=(n, 2))
+    rows = []
+    for i, (x1, x2) in enumerate(x):
+        favourite = "coder" if x1 * x2 > 0 else "writer"
+        pair = ["coder", "writer"] if rng.random() < 0.5 else ["writer", "coder"]
+        wins = rng.random() < XOR_STRENGTH
+        winner = favourite if wins else ({"coder", "writer"} - {favourite}).pop()
+        loser = ({"coder", "writer"} - {winner}).pop()
+        words = f"{'red' if x1 > 0 else 'blue'} {'cat' if x2 > 0 else 'dog'} question"
+        rows.append({
+            "id": f"x{seed}-{i}", "prompt": [words],
+            "model_a": pair[0], "model_b": pair[1],
+            "winner": "model_a" if pair[0] == winner else "model_b",
+            "labels": [MODELS.index(winner), MODELS.index(loser), 0],
+            "tstamp": float(1_700_000_000 + i),
+        })  # fmt: skip
+    return pl.DataFrame(rows), x
+
+
+def test_a_hidden_layer_head_learns_a_signal_a_linear_head_cannot(backbones, tmp_path,
+                                                                   monkeypatch):
+    """The frozen-backbone features are replaced by planted ones: the two binary features
+    plus noise. The best affine map of balanced XOR features is a constant, so the linear
+    head stays at the marginal leaderboard (closed form: ln 2 per vote for a fair coin),
+    while a hidden-layer head approaches the truth's NLL, computed here from the planting
+    rule and the validation votes."""
+    data = tmp_path / "xor"
+    data.mkdir()
+    train, x_train = _xor_votes(1024, 0)
+    val, x_val = _xor_votes(512, 1)
+    train.write_parquet(data / "train.parquet")
+    val.write_parquet(data / "val.parquet")
+    (data / "models.json").write_text(json.dumps(MODELS))
+    rng = np.random.default_rng(5)
+    planted = {}
+    for split, x in (("train", x_train), ("val", x_val)):
+        features = 0.1 * rng.standard_normal((len(x), 32))
+        features[:, :2] = x
+        planted[split] = torch.tensor(features, dtype=torch.float32)
+
+    def planted_features(model, token_ids, pad, device, batch, autocast, label):
+        assert len(token_ids) == len(planted[label]) and model.config.hidden_size == 32
+        return planted[label]
+
+    monkeypatch.setattr(train_module, "pooled_features", planted_features)
+    settings = {"freeze_backbone": True, "pooling": "mean", "epochs": 12, "batch_size": 32,
+                "head_lr": 1e-2, "lr": 1e-2, "eval_every": 16, "patience": 100}
+    linear = _train(data, tmp_path / "linear", backbones["bert"], **settings)
+    hidden = _train(data, tmp_path / "hidden", backbones["bert"], head_hidden=16, **settings)
+
+    # the truth's NLL on these validation votes, and the fair coin's
+    favourite_won = np.array([
+        (MODELS[w] == "coder") == (x1 * x2 > 0)
+        for (w, _, _), (x1, x2) in zip(val["labels"].to_list(), x_val, strict=True)
+    ])  # fmt: skip
+    truth = -np.where(favourite_won, np.log(XOR_STRENGTH), np.log(1 - XOR_STRENGTH)).mean()
+    coin = math.log(2)
+    assert truth < coin - 0.2  # the planted signal is strong
+    marginal = linear.metrics["val"]["marginal"]["nll"]
+    assert marginal == pytest.approx(coin, abs=0.01)
+    assert linear.metrics["val"]["p2l"]["nll"] > coin - 0.02
+    assert hidden.metrics["val"]["p2l"]["nll"] < truth + 0.04
+    config = json.loads((tmp_path / "hidden" / "training_config.json").read_text())
+    assert config["head_hidden"] == 16 and config["head_activation"] == "gelu"
+    assert "head.head.3.weight" in _weights(tmp_path / "hidden")

@@ -50,6 +50,19 @@ def train(
                      "first (few parameters; helps with few votes).", rich_help_panel=MODEL,
                      show_default=False),
     ] = None,
+    head_hidden: Annotated[
+        int | None,
+        typer.Option(help="Hidden-layer head: normalise the pooled state, map it to this many "
+                     "units through --head-activation, then to the coefficients (learns "
+                     "topic-dependent leaderboards a linear head cannot).",
+                     rich_help_panel=MODEL, show_default=False),
+    ] = None,
+    head_activation: Annotated[
+        str | None,
+        typer.Option(help="The hidden-layer head's nonlinearity: gelu (an MLP) or softmax (a "
+                     "gated mixture of --head-hidden leaderboards).", rich_help_panel=MODEL,
+                     show_default=False),
+    ] = None,
     head_init: Annotated[
         str | None,
         typer.Option(help="Head weights at start: normal, zeros (start exactly at the "
@@ -219,6 +232,7 @@ def train(
 
     overrides = {
         "backbone": backbone, "loss": loss, "head": head, "head_rank": head_rank,
+        "head_hidden": head_hidden, "head_activation": head_activation,
         "head_init": head_init, "marginal_init": marginal_init, "pooling": pooling,
         "max_length": max_length, "freeze_backbone": freeze_backbone,
         "gradient_checkpointing": gradient_checkpointing, "precision": precision,

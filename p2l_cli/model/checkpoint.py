@@ -36,7 +36,8 @@ WEIGHTS = "model.safetensors"
 _REBUILDABLE = ("position_ids", "inv_freq", "token_type_ids")
 WEIGHTS_INDEX = "model.safetensors.index.json"
 CONFIG_KEYS = {"head_type", "loss_type", "pooling", "max_length", "backbone", "model_type",
-               "head_rank", "chat_template", "encoder"}  # fmt: skip
+               "head_rank", "head_hidden", "head_activation", "chat_template",
+               "encoder"}  # fmt: skip
 
 
 def build_p2l(
@@ -50,6 +51,8 @@ def build_p2l(
     chat_template: str | None = None,
     dtype: torch.dtype | None = None,
     extra: dict | None = None,
+    head_hidden: int | None = None,
+    head_activation: str = "gelu",
 ):
     """A P2L model on a pretrained backbone, with cls/pad tokens added when the tokenizer
     lacks them (the embeddings are resized). ``max_length`` is lowered to what a backbone
@@ -72,6 +75,8 @@ def build_p2l(
         backbone=backbone,
         model_type=config.model_type,
         head_rank=head_rank,
+        head_hidden=head_hidden,
+        head_activation=head_activation,
         chat_template=None if encoder else tokenizer.chat_template,
         encoder=encoder,
         extra=dict(extra or {}),
@@ -195,6 +200,8 @@ def read_info(model_dir: Path) -> P2LInfo:
         backbone=config.get("backbone") or config.get("pretrain_model_name", ""),
         model_type=model_type,
         head_rank=rank,
+        head_hidden=config.get("head_hidden"),
+        head_activation=config.get("head_activation") or "gelu",
         chat_template=config.get("chat_template"),
         encoder=encoder,
         extra={k: v for k, v in config.items() if k not in CONFIG_KEYS},

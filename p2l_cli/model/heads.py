@@ -3,7 +3,11 @@
 Parameter names follow the published P2L checkpoints (``head.weight``/``head.bias`` and
 ``eta_head.weight``/``eta_head.bias`` inside the module the model calls ``head``), so their
 weights load unchanged. A low-rank head factors the coefficient layer through ``rank``
-dimensions: few effective parameters, which helps when votes are scarce.
+dimensions: few effective parameters, which helps when votes are scarce. A hidden-layer head
+(``hidden``) normalises the pooled state, maps it to ``hidden`` units through a nonlinearity
+and then to the coefficients: ``gelu`` is a small MLP, ``softmax`` a gated mixture of
+``hidden`` leaderboards (prompts that cluster by topic pick a blend of topic leaderboards).
+Every head keeps its coefficient layer last in ``head`` (``head.head.<i>.weight``).
 """
 
 from __future__ import annotations
@@ -12,17 +16,41 @@ import torch
 from torch import nn
 
 HEAD_TYPES = ("bt", "rk")
+HEAD_ACTIVATIONS = ("gelu", "softmax")
+
+
+def _activation(name: str) -> nn.Module:
+    if name == "gelu":
+        return nn.GELU()
+    if name == "softmax":
+        return nn.Softmax(dim=-1)
+    raise ValueError(f"unknown head activation {name!r}; expected one of {HEAD_ACTIVATIONS}")
 
 
 class P2LHead(nn.Module):
     def __init__(
-        self, hidden_size: int, num_models: int, head_type: str = "bt", rank: int | None = None
+        self,
+        hidden_size: int,
+        num_models: int,
+        head_type: str = "bt",
+        rank: int | None = None,
+        hidden: int | None = None,
+        activation: str = "gelu",
     ):
         super().__init__()
         if head_type not in HEAD_TYPES:
             raise ValueError(f"unknown head type {head_type!r}; expected one of {HEAD_TYPES}")
+        if rank and hidden:
+            raise ValueError("a head has either a rank or a hidden layer, not both")
         self.head_type = head_type
-        if rank:
+        if hidden:
+            self.head = nn.Sequential(
+                nn.LayerNorm(hidden_size),
+                nn.Linear(hidden_size, hidden),
+                _activation(activation),
+                nn.Linear(hidden, num_models),
+            )
+        elif rank:
             self.head = nn.Sequential(
                 nn.Linear(hidden_size, rank, bias=False), nn.Linear(rank, num_models)
             )

@@ -31,6 +31,8 @@ class P2LInfo:
     backbone: str = ""
     model_type: str = ""
     head_rank: int | None = None
+    head_hidden: int | None = None
+    head_activation: str = "gelu"
     chat_template: str | None = None
     encoder: bool = False
     extra: dict = field(default_factory=dict)
@@ -66,7 +68,14 @@ class P2LModel(nn.Module):
         self.info = info
         self.cls_token_id = cls_token_id
         hidden = backbone.config.hidden_size
-        self.head = P2LHead(hidden, len(info.model_list), info.head_type, info.head_rank)
+        self.head = P2LHead(
+            hidden,
+            len(info.model_list),
+            info.head_type,
+            info.head_rank,
+            info.head_hidden,
+            info.head_activation,
+        )
 
     @property
     def config(self):
