@@ -425,6 +425,10 @@ def _summary_section(facts: ModelFacts) -> str:
     head_text = f"{head}: {HEADS.get(head, 'custom head')}"
     if tc.get("head_rank"):
         head_text += f", low rank {tc['head_rank']}"
+    if tc.get("head_hidden"):
+        kind = ("a mixture of leaderboards" if tc.get("head_activation") == "softmax"
+                else "a GELU layer")
+        head_text += f", through {kind} of {tc['head_hidden']} units"
     rows = [
         ["Backbone", md(backbone) + (f" ({md(', '.join(about))})" if about else "")],
         ["Head", md(head_text)],

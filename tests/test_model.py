@@ -286,6 +286,11 @@ def test_a_hidden_layer_head_saves_loads_and_computes_its_formula(backbones, tmp
     torch.testing.assert_close(after.coefs, out.coefs, rtol=0, atol=1e-6)
     # the Hub check finds the coefficient layer (the last one) and its M outputs
     assert read_model_folder(tmp_path / "m").model_list == sorted(MODELS)
+    from p2l_cli.hub import build_model_upload
+
+    card = build_model_upload(tmp_path / "m", "alice/p2l").card
+    kind = "a GELU layer" if activation == "gelu" else "a mixture of leaderboards"
+    assert f"through {kind} of 5 units" in card
 
 
 def test_a_head_is_linear_low_rank_or_hidden_never_two_at_once():
