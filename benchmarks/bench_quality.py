@@ -40,8 +40,6 @@ from p2l_cli.demo import SIZES, Layout, Size, data_stages, model_stages
 from p2l_cli.io import read_table_meta
 from p2l_cli.route import expected_win_rates
 
-DEV_FRACTION = 0.125  # of the training votes: what training validates on
-
 
 def run_p2l(argv: list[str], log: Path) -> float:
     """Run ``p2l ARGV`` as a subprocess, appending its stderr to ``log``; returns seconds."""
@@ -113,12 +111,9 @@ def one_seed(root: Path, size: Size, seed: int, train_args: list[str] = ()) -> d
     root.mkdir(parents=True, exist_ok=True)
     seconds = {}
     for stage in data_stages(layout, size, seed):
-        seconds[stage.argv[0]] = run_p2l(stage.argv, log)
-    fit = root / "fit"  # the training votes, less the development votes (fit/val.parquet)
-    dev_split = ["prepare", str(layout.data / "train.parquet"), "-o", str(fit)]
-    run_p2l([*dev_split, "--val-fraction", str(DEV_FRACTION), "--seed", str(seed)], log)
+        seconds[stage.argv[0]] = seconds.get(stage.argv[0], 0.0) + run_p2l(stage.argv, log)
+    fit = layout.fit  # the training votes, less the development votes (fit/val.parquet)
     train, predict_val = (stage.argv for stage in model_stages(layout, size, seed, True))
-    train[train.index(str(layout.data))] = str(fit)
     train.extend(train_args)
     seconds["train"] = run_p2l(train, log)
     seconds["predict_val"] = run_p2l(predict_val, log)

@@ -5,7 +5,11 @@ shell runs it (in this process), and printed before it runs; every file it write
 in one folder, and ``commands.sh`` there lists the command lines, so any stage can be
 rerun by hand or pointed at other data:
 
-    simulate -> prepare -> train -> predict -> evaluate -> leaderboards -> route
+    simulate -> prepare -> prepare (development split) -> train -> predict -> evaluate
+      -> leaderboards -> route
+
+Training stops early and keeps its best weights by the development votes, split off the
+training votes, so the held-out votes that ``evaluate`` scores stay unseen until then.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from rich.markup import escape
 from p2l_cli.errors import UserError
 
 DEFAULT_OUT = "p2l-demo"
-VAL_FRACTION = 0.2
+VAL_FRACTION = 0.2  # of the prompts: held out for the evaluation, never seen in training
+DEV_FRACTION = 0.125  # of the training votes: what training validates on to stop early
 # Prompts whose leaderboards the demo prints: two categories whose best models differ.
 EXAMPLE_PROMPTS = (
     (
@@ -78,11 +83,13 @@ class Layout:
     root: Path
     arena: Path = field(init=False)
     data: Path = field(init=False)
+    fit: Path = field(init=False)
     model: Path = field(init=False)
 
     def __post_init__(self) -> None:
         self.arena = self.root / "arena"
-        self.data = self.root / "data"
+        self.data = self.root / "data"  # train.parquet and the held-out val.parquet
+        self.fit = self.root / "fit"  # data/train.parquet split again: train and development
         self.model = self.root / "model"
 
     @property
@@ -145,7 +152,21 @@ def data_stages(layout: Layout, size: Size, seed: int) -> list[Stage]:
                 "--seed",
                 str(seed),
             ],
-            "the battles contract, split by prompt into training and validation votes",
+            "the battles contract, split by prompt into training and held-out votes",
+        ),
+        Stage(
+            "Set development votes aside",
+            [
+                "prepare",
+                str(layout.data / "train.parquet"),
+                "-o",
+                str(layout.fit),
+                "--val-fraction",
+                str(DEV_FRACTION),
+                "--seed",
+                str(seed),
+            ],
+            "training validates on these to stop early, so the held-out votes stay unseen",
         ),
     ]
 
@@ -153,7 +174,7 @@ def data_stages(layout: Layout, size: Size, seed: int) -> list[Stage]:
 def model_stages(layout: Layout, size: Size, seed: int, overwrite: bool) -> list[Stage]:
     train = [
         "train",
-        str(layout.data),
+        str(layout.fit),
         "-o",
         str(layout.model),
         "--recipe",
@@ -171,7 +192,7 @@ def model_stages(layout: Layout, size: Size, seed: int, overwrite: bool) -> list
             "on the embedded MiniLM backbone; the head starts at the marginal leaderboard",
         ),
         Stage(
-            "Predict the validation prompts",
+            "Predict the held-out prompts",
             [
                 "predict",
                 str(layout.model),
@@ -229,7 +250,7 @@ def leaderboard_stages(layout: Layout) -> list[Stage]:
                 "--top",
                 "5",
             ],
-            "each aggregated over that category's validation prompts",
+            "each aggregated over that category's held-out prompts",
         )
     )
     return stages

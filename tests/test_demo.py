@@ -28,11 +28,19 @@ def test_stages_are_command_lines_that_the_shell_splits_back():
         words = shlex.split(stage.command)
         assert words[0] == "p2l" and words[1:] == stage.argv
     commands = [stage.argv[0] for stage in stages]
-    assert commands[:4] == ["simulate", "prepare", "train", "predict"]
+    assert commands[:5] == ["simulate", "prepare", "prepare", "train", "predict"]
     assert {"evaluate", "leaderboard", "route"} <= set(commands)
     route = stages[-1].argv
     assert route[route.index("--budget") + 1] == "0.00123"
-    assert "--overwrite" in stages[2].argv and "--freeze-backbone" in stages[2].argv
+    # training validates on development votes split off the training votes; evaluate scores
+    # the held-out votes, which no stage before it reads
+    held_out, fit = str(layout.data / "val.parquet"), str(layout.fit)
+    assert stages[2].argv[1] == str(layout.data / "train.parquet") and stages[2].argv[3] == fit
+    assert "--overwrite" in stages[3].argv and "--freeze-backbone" in stages[3].argv
+    assert stages[3].argv[1] == fit
+    evaluate = next(i for i, stage in enumerate(stages) if stage.argv[0] == "evaluate")
+    assert not any(held_out in stage.argv for stage in stages[:4])
+    assert stages[evaluate].argv[2] == held_out
 
 
 def test_budget_is_between_the_cheapest_and_the_dearest_answer(tmp_path):
@@ -74,6 +82,8 @@ def test_small_demo_runs_every_stage_and_prints_rerunnable_commands(tmp_path):
         "data/train.parquet",
         "data/val.parquet",
         "data/models.json",
+        "fit/train.parquet",
+        "fit/val.parquet",
         "model/model.safetensors",
         "model/metrics.json",
         "val_predictions.parquet",
@@ -87,7 +97,9 @@ def test_small_demo_runs_every_stage_and_prints_rerunnable_commands(tmp_path):
     commands = [
         line for line in (out / "commands.sh").read_text().splitlines() if line.startswith("p2l ")
     ]
-    assert [shlex.split(c)[1] for c in commands][:4] == ["simulate", "prepare", "train", "predict"]
+    assert [shlex.split(c)[1] for c in commands][:5] == [
+        "simulate", "prepare", "prepare", "train", "predict"
+    ]
     flat = " ".join(stderr.split())  # the terminal may wrap long lines
     for command in commands:
         assert f"$ {command}" in flat
