@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from p2l_cli.demo import SIZES, Layout, Size, data_stages, model_stages
+from p2l_cli.demo import SIZES, Layout, Size, data_stages, evaluation_stages, model_stages
 from p2l_cli.io import read_table_meta
 from p2l_cli.route import expected_win_rates
 
@@ -119,24 +119,8 @@ def one_seed(root: Path, size: Size, seed: int, train_args: list[str] = ()) -> d
     seconds["predict_val"] = run_p2l(predict_val, log)
     fresh = layout.arena / "prompts.jsonl"
     run_p2l(["predict", str(layout.model), str(fresh), "-o", str(layout.prompt_predictions)], log)
-    run_p2l(
-        [
-            "evaluate",
-            str(layout.val_predictions),
-            str(layout.data / "val.parquet"),
-            "--train",
-            str(layout.data / "train.parquet"),
-            "--truth",
-            str(layout.arena / "truth.parquet"),
-            "--json",
-            str(layout.evaluation),
-            "--bootstrap",
-            "1000",
-            "--seed",
-            str(seed),
-        ],
-        log,
-    )
+    evaluate = evaluation_stages(layout, plots=False)[0].argv
+    run_p2l([*evaluate, "--bootstrap", "1000", "--seed", str(seed)], log)
     report = json.loads(layout.evaluation.read_text())
     metrics = json.loads((layout.model / "metrics.json").read_text())
     return {
