@@ -42,14 +42,17 @@ def source_name(source: str | Path) -> str:
     return "<stdin>" if str(source) == STDIO else str(source)
 
 
-def format_of(path: str | Path, fmt: str | None = None, default: str | None = None) -> str:
-    """The table format of ``path``: ``fmt`` if given, else its extension, else ``default``."""
+def format_of(
+    path: str | Path, fmt: str | None = None, default: str | None = None, option: str = "--format"
+) -> str:
+    """The table format of ``path``: ``fmt`` if given, else its extension, else ``default``.
+    Messages name ``option``, the command's option that sets ``fmt``."""
     if fmt:
         fmt = fmt.lower().lstrip(".")
         if fmt == "ndjson":
             fmt = "jsonl"
         if fmt not in FORMATS:
-            raise UserError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+            raise UserError(f"{option} {fmt!r}: expected one of {', '.join(FORMATS)}")
         return fmt
     suffixes = [s.lower() for s in Path(str(path)).suffixes]
     if suffixes and suffixes[-1] in (".gz", ".zst"):
@@ -59,7 +62,7 @@ def format_of(path: str | Path, fmt: str | None = None, default: str | None = No
     if default:
         return default
     raise UserError(
-        f"{source_name(path)}: cannot tell the format from the extension; use --format "
+        f"{source_name(path)}: cannot tell the file type from the extension; use {option} "
         f"({', '.join(FORMATS)})"
     )
 

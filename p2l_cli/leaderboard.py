@@ -27,7 +27,6 @@ import pyarrow.parquet as pq
 import torch
 
 from p2l_cli import io
-from p2l_cli.data.formats import file_type_of
 from p2l_cli.errors import UserError
 from p2l_cli.stats import families
 from p2l_cli.stats.aggregate import aggregate_fit, bootstrap_aggregate
@@ -111,7 +110,7 @@ def _read_columns(
     """Read a table and its p2l metadata; for Parquet files only the columns we use."""
     name = io.source_name(source)
     if source != io.STDIO or fmt:
-        fmt = file_type_of(source, fmt)
+        fmt = io.format_of(source, fmt, option="--input-format")
     if source != io.STDIO and fmt == "parquet":
         path = Path(source)
         if not path.is_file():

@@ -496,12 +496,16 @@ def read_chunks(
         stream = sys.stdin.buffer
         if not hasattr(stream, "peek"):  # e.g. a BytesIO standing in for stdin in tests
             stream = io.BufferedReader(stream)
-        fmt = format_of(source, fmt) if fmt else sniff_format(stream.peek(64)[:64])
+        fmt = (
+            format_of(source, fmt, option="--input-format")
+            if fmt
+            else sniff_format(stream.peek(64)[:64])
+        )
         if fmt == "jsonl":
             return InputTable(name, "line", _jsonl_chunks(stream, chunk_rows, close=False))
         return _whole_table(stream.read(), fmt, name, chunk_rows)
     path = Path(source)
-    fmt = format_of(source, fmt)
+    fmt = format_of(source, fmt, option="--input-format")
     if not path.is_file():
         raise UserError(f"{name}: no such file" if not path.exists() else f"{name}: not a file")
     if fmt == "jsonl":

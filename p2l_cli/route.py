@@ -26,7 +26,6 @@ opponents drawn from ``q``, the router's mean win rate (:func:`router_thetas`).
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
@@ -44,6 +43,7 @@ from p2l_cli.errors import UserError
 from p2l_cli.stats.aggregate import aggregate
 from p2l_cli.stats.families import canonical_family, has_eta, win_probability
 from p2l_cli.stats.marginal import arena_scale
+from p2l_cli.stats.pairfit import torch_threads
 
 SCOPES = ("batch", "prompt")
 SOLVERS = ("exact", "highs")
@@ -276,18 +276,6 @@ def leaderboard_theta(coefs: np.ndarray, eta: np.ndarray | None, family: str) ->
     return np.asarray(aggregate(coefs, eta, family=family)[0], dtype=np.float64)
 
 
-@contextlib.contextmanager
-def _one_thread():
-    """Run torch on one thread: the blocks are small, and on a busy machine several threads
-    per element-wise operation cost far more in synchronisation than they save."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def expected_win_rates(
     coefs: np.ndarray,
     q: np.ndarray,
@@ -300,7 +288,7 @@ def expected_win_rates(
     weights = torch.tensor(q[support], dtype=torch.float64)
     out = np.empty(coefs.shape, dtype=np.float64)
     block = max(1, BLOCK_ELEMENTS // (coefs.shape[1] * len(support)))
-    with _one_thread():
+    with torch_threads():
         for start in range(0, coefs.shape[0], block):
             theta = torch.tensor(coefs[start : start + block], dtype=torch.float64)
             tie = None
@@ -537,7 +525,7 @@ def router_thetas(
     pooled = _PooledWinRate(theta, weights, eta if has_eta(family) else None, family)
     targets = np.asarray(win_rates, dtype=np.float64)
     low, high = float(theta.min()) - 1.0, float(theta.max()) + 1.0
-    with _one_thread():
+    with torch_threads():
         return _invert(pooled, targets, low, high, tol) - offset
 
 

@@ -20,11 +20,11 @@ from typing import Any
 import yaml
 
 from p2l_cli.errors import UserError
+from p2l_cli.model.heads import HEAD_ACTIVATIONS
 from p2l_cli.stats.families import canonical_family
 
 SCHEDULERS = ("constant", "linear", "cosine")
 HEAD_INITS = ("normal", "zeros", "xavier")
-HEAD_ACTIVATIONS = ("gelu", "softmax")  # p2l_cli.model.heads builds them
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 POOLINGS = ("cls", "first", "mean")
 DEFAULT_RECIPE = "minilm-cpu"

@@ -151,6 +151,20 @@ def test_win_matrix_counts_ties_half():
     np.testing.assert_allclose(w + w.T, np.ones((3, 3)), atol=1e-12)
 
 
+def _direct_outcome_probs(theta_i, theta_j, eta, family):
+    """(win, loss, tie, both bad) from the direct forms, the tie as one minus the rest."""
+    family = families.canonical_family(family)
+    zero = torch.zeros_like(theta_i)
+    win = families.direct_win_probability(theta_i, theta_j, eta, family)
+    if family in ("bt", "bt-tie"):
+        return torch.stack([win, 1.0 - win, zero, zero], dim=-1)
+    loss = families.direct_win_probability(theta_j, theta_i, eta, family)
+    both_bad = (families.direct_both_bad_probability(theta_i, theta_j) if family == "grk"
+                else zero)
+    tie = (1.0 - win - loss - both_bad).clamp_min(0.0)
+    return torch.stack([win, loss, tie, both_bad], dim=-1)
+
+
 @pytest.mark.parametrize("family", families.FAMILIES)
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, ABS_TOL), (torch.float32, 2e-6)])
 def test_direct_probabilities_match_log_space(family, dtype, tol):
@@ -160,7 +174,7 @@ def test_direct_probabilities_match_log_space(family, dtype, tol):
     a[:5] = torch.tensor([50.0, -50.0, 0.0, 3.0, -49.0])
     b[:5] = torch.tensor([-50.0, 50.0, 0.0, 3.0, -50.0])
     eta = torch.tensor(rng.uniform(-60, 60, 2000), dtype=dtype) if families.has_eta(family) else None
-    direct = families.outcome_probs_direct(a, b, eta, family)
+    direct = _direct_outcome_probs(a, b, eta, family)
     want = families.outcome_log_probs(a.double(), b.double(),
                                       None if eta is None else eta.double(), family).exp()
     assert torch.isfinite(direct).all()

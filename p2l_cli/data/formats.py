@@ -191,30 +191,11 @@ class RecordStream:
         return f"{self.name}: {unit} {position}"
 
 
-def file_type_of(path: str | Path, file_type: str | None = None) -> str:
-    """The file type of an input: ``file_type`` (the ``--input-format`` option) if given,
-    else the extension. Messages name ``--input-format``: in ``prepare`` and ``leaderboard``
-    ``--format`` means something else."""
-    if file_type:
-        kind = file_type.lower().lstrip(".")
-        kind = "jsonl" if kind == "ndjson" else kind
-        if kind not in FILE_TYPES:
-            raise UserError(f"--input-format {file_type!r}: expected one of {', '.join(FILE_TYPES)}")
-        return kind
-    try:
-        return format_of(path)
-    except UserError:
-        raise UserError(
-            f"{source_name(path)}: cannot tell the file type from the extension; use "
-            f"--input-format ({', '.join(FILE_TYPES)})"
-        ) from None
-
-
 def open_records(path: str, file_type: str | None = None) -> RecordStream:
     name = source_name(path)
     if path == STDIO:
         return _open_stdin(file_type)
-    kind = file_type_of(path, file_type)
+    kind = format_of(path, file_type, option="--input-format")
     if kind == "parquet":
         return _parquet_stream(name, path)
     if kind == "json":
@@ -239,7 +220,9 @@ def _read_file_bytes(path: str) -> bytes:
 def _open_stdin(file_type: str | None) -> RecordStream:
     stream = sys.stdin.buffer
     head = stream.read(4096)
-    kind = file_type_of(STDIO, file_type) if file_type else sniff_format(head)
+    kind = (
+        format_of(STDIO, file_type, option="--input-format") if file_type else sniff_format(head)
+    )
     if kind in ("parquet", "json"):
         data = head + stream.read()
         if kind == "parquet":

@@ -241,25 +241,6 @@ def direct_both_bad_probability(theta_i, theta_j) -> torch.Tensor:
     return 1.0 / (1.0 + torch.exp(theta_i) + torch.exp(theta_j))
 
 
-def outcome_probs_direct(
-    theta_i: torch.Tensor,
-    theta_j: torch.Tensor,
-    eta: torch.Tensor | None = None,
-    family: str = "bt",
-) -> torch.Tensor:
-    """:func:`outcome_probs` computed directly (see the note above)."""
-    family = canonical_family(family)
-    theta_i, theta_j = torch.broadcast_tensors(theta_i, theta_j)
-    zero = torch.zeros_like(theta_i)
-    win = direct_win_probability(theta_i, theta_j, eta, family)
-    if family in ("bt", "bt-tie"):
-        return torch.stack([win, 1.0 - win, zero, zero], dim=-1)
-    loss = direct_win_probability(theta_j, theta_i, eta, family)
-    both_bad = direct_both_bad_probability(theta_i, theta_j) if family == "grk" else zero
-    tie = (1.0 - win - loss - both_bad).clamp_min(0.0)
-    return torch.stack([win, loss, tie, both_bad], dim=-1)
-
-
 # ------------------------------------------------ pair matrices for bulk sums (factored)
 #
 # Aggregation sums the pair probabilities of many prompts: [n, M, M] entries per block. Each
