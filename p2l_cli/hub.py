@@ -278,6 +278,9 @@ def read_model_folder(model_dir: Path) -> ModelFacts:
     for required in ("config.json", "model_list.json"):
         if not (model_dir / required).is_file():
             raise UserError(f"{model_dir}: not a P2L model folder (no {required})")
+    # p2l predict refuses a folder without its tokenizer: never publish one
+    if not (model_dir / "tokenizer.json").is_file():
+        raise UserError(f"{model_dir}: incomplete model folder (no tokenizer.json)")
     models = _read_json_file(model_dir / "model_list.json", list)
     if not models or not all(isinstance(m, str) for m in models):
         raise UserError(f"{model_dir / 'model_list.json'}: expected a non-empty list of names")

@@ -43,8 +43,10 @@ LEADERBOARD = {"family": "bt", "rows": [
     {"rank": 4, "model": "gamma_v2*", "theta": -0.23, "score": 960.1},
 ]}  # fmt: skip
 UPLOADED = {"README.md", "leaderboard.png", "config.json", "model.safetensors", "model_list.json",
-            "training_config.json", "metrics.json", "leaderboard.json", "tokenizer_config.json",
-            "special_tokens_map.json"}  # fmt: skip
+            "training_config.json", "metrics.json", "leaderboard.json", "tokenizer.json",
+            "tokenizer_config.json", "special_tokens_map.json"}  # fmt: skip
+TOKENIZER = {"version": "1.0", "model": {"type": "WordLevel", "vocab": {"[UNK]": 0},
+                                         "unk_token": "[UNK]"}}  # fmt: skip
 
 
 def _weights(path: Path, num_models: int, rk: bool = False) -> None:
@@ -72,6 +74,7 @@ def model_dir(tmp_path: Path) -> Path:
     _write_json(folder / "config.json", {"model_type": "bert", "architectures": ["P2LModel"],
                                          "hidden_size": 8})  # fmt: skip
     _write_json(folder / "model_list.json", MODELS)
+    _write_json(folder / "tokenizer.json", TOKENIZER)
     _write_json(folder / "tokenizer_config.json", {"model_max_length": 64})
     _write_json(folder / "special_tokens_map.json", {"cls_token": "[CLS]"})
     _write_json(folder / "training_config.json", {
@@ -263,6 +266,7 @@ def test_card_for_a_published_p2l_checkpoint(tmp_path):
     _weights(folder / "model.safetensors", len(models), rk=True)
     _write_json(folder / "config.json", {"model_type": "qwen2", "architectures": ["P2LModel"]})
     _write_json(folder / "model_list.json", models)
+    _write_json(folder / "tokenizer.json", TOKENIZER)
     template = "{% for m in messages %}```{{ m['content'] }}```\n{% endfor %}"
     _write_json(folder / "training_config.json", {
         "proj_name": "Qwen2.5-1.5B-bag", "learning_rate": 8e-6, "batch_size": 4,
@@ -285,6 +289,7 @@ def test_card_for_a_published_p2l_checkpoint(tmp_path):
     assert "<details>" in body  # 26 models are folded away
     assert {f.path_in_repo for f in upload.files} == {"README.md", "config.json",
                                                       "model.safetensors", "model_list.json",
+                                                      "tokenizer.json",
                                                       "training_config.json"}  # fmt: skip
 
 
@@ -346,7 +351,7 @@ def test_push_end_to_end(model_dir, fake_hub, tmp_path):
         f"Bearer {fake_hub.token}"}
     assert not any(SECRET.encode() in r.body for r in fake_hub.requests)
     assert _tree(model_dir) == before  # nothing written locally, README.md untouched
-    assert b"pushed 10 files" in proc.stderr
+    assert b"pushed 11 files" in proc.stderr
 
 
 def test_push_without_a_token_is_exit_2_and_sends_nothing(model_dir, fake_hub, tmp_path):

@@ -14,8 +14,10 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from transformers import AutoConfig, AutoModel, AutoTokenizer
+from torch import nn
+from transformers import AutoConfig, AutoModel, PreTrainedTokenizerFast
 
 from p2l_cli import __version__
 from p2l_cli.errors import UserError
@@ -35,6 +37,7 @@ from p2l_cli.stats.families import canonical_family
 WEIGHTS = "model.safetensors"
 _REBUILDABLE = ("position_ids", "inv_freq", "token_type_ids")
 WEIGHTS_INDEX = "model.safetensors.index.json"
+TOKENIZER = "tokenizer.json"
 CONFIG_KEYS = {"head_type", "loss_type", "pooling", "max_length", "backbone", "model_type",
                "head_rank", "head_hidden", "head_activation", "chat_template",
                "encoder"}  # fmt: skip
@@ -174,15 +177,41 @@ def resolve_model_dir(source: str | Path) -> Path:
         raise UserError(f"{source}: cannot fetch from the Hub ({str(exc).splitlines()[0]})") from None
 
 
-def read_info(model_dir: Path) -> P2LInfo:
+def check_model_folder(model_dir: Path) -> None:
+    """Refuse a folder that lacks a file the model cannot do without: a model must be
+    complete or refused, never run with stand-ins (a tokenizer rebuilt from nothing gives
+    other token ids, hence other coefficients)."""
     for required in ("config.json", "model_list.json"):
         if not (model_dir / required).is_file():
             raise UserError(f"{model_dir}: not a P2L model folder (no {required})")
-    models = json.loads((model_dir / "model_list.json").read_text())
+    if not (model_dir / WEIGHTS).is_file() and not (model_dir / WEIGHTS_INDEX).is_file():
+        raise UserError(f"{model_dir}: incomplete model folder (no {WEIGHTS})")
+    if not (model_dir / TOKENIZER).is_file():
+        raise UserError(f"{model_dir}: incomplete model folder (no {TOKENIZER})")
+
+
+def read_json_file(path: Path, expected: type | None = None):
+    """A JSON file of a model folder; a truncated or unreadable one is the user's error,
+    named."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read ({exc})") from None
+    if expected is not None and not isinstance(value, expected):
+        kind = "an object" if expected is dict else "an array"
+        raise UserError(f"{path}: expected a JSON {kind}")
+    return value
+
+
+def read_info(model_dir: Path) -> P2LInfo:
+    check_model_folder(model_dir)
+    models = read_json_file(model_dir / "model_list.json", list)
     config = {}
     if (model_dir / "training_config.json").is_file():
-        config = json.loads((model_dir / "training_config.json").read_text())
-    backbone_config = json.loads((model_dir / "config.json").read_text())
+        config = read_json_file(model_dir / "training_config.json", dict)
+    backbone_config = read_json_file(model_dir / "config.json", dict)
     model_type = backbone_config.get("model_type", config.get("model_type", ""))
     encoder = bool(config.get("encoder", model_type in _encoder_types()))
     loss = canonical_family(config.get("loss_type", "bt"))
@@ -214,16 +243,57 @@ def _encoder_types() -> set[str]:
     return ENCODER_TYPES
 
 
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file (named by {WEIGHTS_INDEX})") from None
+    except (SafetensorError, OSError) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"{path}: not a readable safetensors file ({detail})") from None
+
+
 def _read_weights(model_dir: Path) -> dict[str, torch.Tensor]:
     if (model_dir / WEIGHTS).is_file():
-        return load_file(str(model_dir / WEIGHTS))
+        return _load_safetensors(model_dir / WEIGHTS)
     if (model_dir / WEIGHTS_INDEX).is_file():
-        index = json.loads((model_dir / WEIGHTS_INDEX).read_text())
+        index = read_json_file(model_dir / WEIGHTS_INDEX, dict)
+        weight_map = index.get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise UserError(f"{model_dir / WEIGHTS_INDEX}: no weight_map object")
         tensors: dict[str, torch.Tensor] = {}
-        for shard in sorted(set(index["weight_map"].values())):
-            tensors.update(load_file(str(model_dir / shard)))
+        for shard in sorted(set(weight_map.values())):
+            tensors.update(_load_safetensors(model_dir / shard))
         return tensors
     raise UserError(f"{model_dir}: no {WEIGHTS} (weights are read from safetensors only)")
+
+
+def load_saved_tokenizer(model_dir: Path):
+    """Exactly the tokenizer that was saved: ``tokenizer.json`` with the special tokens and
+    chat template of ``tokenizer_config.json``. ``AutoTokenizer`` would pick the class of the
+    backbone's ``model_type`` (transformers 5 loads a qwen2 folder as ``Qwen2Tokenizer``,
+    which rebuilds its own normalizer and pre-tokenizer and ignores the saved pipeline), and
+    the token ids would differ from those the model was trained on."""
+    for name in (TOKENIZER, "tokenizer_config.json", "special_tokens_map.json"):
+        if (model_dir / name).is_file():
+            read_json_file(model_dir / name, dict)  # a truncated file is named
+    try:
+        return PreTrainedTokenizerFast.from_pretrained(str(model_dir), local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 (tokenizers raises a bare Exception)
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{model_dir / TOKENIZER}: cannot load the tokenizer ({detail})") from None
+
+
+def _low_rank_bias(model: P2LModel, tensors: dict[str, torch.Tensor]) -> None:
+    """Checkpoints of the reference implementation with ``linear_head_downsize_factor``
+    give the low-rank head's first layer a bias (``head.head.0.bias``); p2l's has none.
+    Give the model that bias, so the weights load and predict as they were trained."""
+    head = model.head.head
+    if "head.head.0.bias" not in tensors or not isinstance(head, nn.Sequential):
+        return
+    first = head[0]
+    if isinstance(first, nn.Linear) and first.bias is None and len(head) == 2:
+        head[0] = nn.Linear(first.in_features, first.out_features, bias=True)
 
 
 def load_p2l(
@@ -237,16 +307,23 @@ def load_p2l(
     info = read_info(model_dir)
     try:
         config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     except (OSError, ValueError) as exc:
-        raise UserError(f"{model_dir}: cannot load config/tokenizer ({str(exc).splitlines()[0]})") from None
+        raise UserError(
+            f"{model_dir / 'config.json'}: cannot load the config ({str(exc).splitlines()[0]})"
+        ) from None
+    tokenizer = load_saved_tokenizer(model_dir)
     prepare_tokenizer(tokenizer, info.encoder, info.chat_template)
     if not info.encoder and info.chat_template is None:
         info.chat_template = tokenizer.chat_template
+    tensors = _read_weights(model_dir)
+    first = tensors.get("head.head.0.weight")
+    two_layers = first is not None and "head.head.1.weight" in tensors and first.ndim == 2
+    if two_layers and not info.head_hidden:
+        info.head_rank = int(first.shape[0])  # the rank the weights have
     with torch.device("meta"):
         network = AutoModel.from_config(config)
     model = P2LModel(network, info, tokenizer.cls_token_id)
-    tensors = _read_weights(model_dir)
+    _low_rank_bias(model, tensors)
     expected = set(model.state_dict())
     missing = sorted(expected - set(tensors))
     unexpected = sorted(set(tensors) - expected)
