@@ -7,8 +7,12 @@ line and exit 1 (``P2L_DEBUG=1`` shows the traceback).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import signal
 import sys
+import threading
 from typing import Annotated, Any
 
 import typer
@@ -37,23 +41,73 @@ from p2l_cli.ui import error_console, reset_quiet
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a writer killed by SIGPIPE
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: unwinds like Ctrl-C, so that temporary files and folders (hidden
+    ``.parts-*`` folders of ``predict``, half-written outputs) are removed on the way out."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+def _install_sigterm() -> Any:
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _broken_pipe(exc: BaseException) -> bool:
+    # polars reports a closed pipe as a plain OSError without errno
+    return isinstance(exc, OSError) and (exc.errno == errno.EPIPE or "Broken pipe" in str(exc))
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's last flush does not complain."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+def _flush_stdout() -> None:
+    if sys.stdout is not None:
+        sys.stdout.flush()
 
 
 class P2LGroup(TyperGroup):
-    """Turns exceptions from any subcommand into one line on stderr and an exit code."""
+    """Turns exceptions from any subcommand into one line on stderr and an exit code.
+
+    A reader that goes away (``p2l route ... -o - | head -1``) ends every command the same
+    way, quietly, with exit 141 (what a shell reports for a writer killed by SIGPIPE, and
+    what ``set -o pipefail`` sees from other Unix tools). SIGTERM ends it with exit 143 after
+    removing its temporary files.
+    """
 
     def invoke(self, ctx: Any) -> Any:
+        previous = _install_sigterm()
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            _flush_stdout()  # a closed pipe shows here, not at the interpreter's exit
+            return result
         except UserError as exc:
             error_console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
             raise typer.Exit(EXIT_USAGE) from None
         except KeyboardInterrupt:
             error_console.print("[red]interrupted[/]")
             raise typer.Exit(130) from None
+        except Terminated:
+            error_console.print("[red]terminated[/]")
+            raise typer.Exit(EXIT_TERMINATED) from None
         except (typer.Exit, typer.Abort, ClickException):
             raise
         except Exception as exc:
+            if _broken_pipe(exc):
+                _quiet_stdout()
+                raise typer.Exit(EXIT_BROKEN_PIPE) from None
             if os.environ.get("P2L_DEBUG"):
                 raise
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -63,6 +117,9 @@ class P2LGroup(TyperGroup):
                 soft_wrap=True,
             )
             raise typer.Exit(EXIT_FAILURE) from None
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
 
 EPILOG = """Examples:

@@ -296,19 +296,84 @@ def _jsonl_rows(lines: list[tuple[int, bytes]], name: str) -> pl.DataFrame:
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it over ``path`` only on success."""
+    """Yield a temporary path beside ``path``; rename it over ``path`` only on success.
+    A folder that cannot be written is the user's error, named by ``path`` (not by the
+    hidden temporary file)."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise UserError(f"{target}: cannot write ({exc.strerror or exc})") from None
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
     try:
         yield Path(tmp)
         os.replace(tmp, target)
+    except OSError as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if exc.filename in (tmp, str(target)) or exc.filename2 == str(target):
+            raise UserError(f"{target}: cannot write ({exc.strerror or exc})") from None
+        raise
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def check_writable(path: str | Path | None, option: str) -> None:
+    """Fail early, before long work, when ``path`` cannot be written: a folder, or a place
+    where no file can be created (tried with a temporary file, which is removed)."""
+    if path is None or str(path) == STDIO:
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise UserError(f"{option} {path}: is a folder, expected a file name")
+    folder = target.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UserError(f"{option} {path}: {folder} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".p2l-write-check.", dir=folder)
+    except OSError as exc:
+        raise UserError(f"{option} {path}: cannot write in {folder} ({exc.strerror or exc})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _same_path(a: str | Path, b: str | Path) -> bool:
+    first, second = Path(a), Path(b)
+    with contextlib.suppress(OSError):
+        if first.exists() and second.exists():
+            return os.path.samefile(first, second)
+    return first.resolve() == second.resolve()
+
+
+def refuse_overwriting_inputs(
+    outputs: dict[str, str | Path | None], inputs: dict[str, str | Path | None]
+) -> None:
+    """Refuse an output option that names one of the command's input files (or another
+    output): writing it would destroy the input. Paths are compared resolved, and by
+    ``os.path.samefile`` when both exist (hard and symbolic links)."""
+    named = [(o, p) for o, p in outputs.items() if p is not None and str(p) != STDIO]
+    sources = [(o, p) for o, p in inputs.items() if p is not None and str(p) != STDIO]
+    for number, (option, path) in enumerate(named):
+        for other, source in sources:
+            if _same_path(path, source):
+                raise UserError(f"{option} {path}: is the input file {other}; it would be "
+                                "overwritten, write elsewhere")
+        for other, earlier in named[:number]:
+            if _same_path(path, earlier):
+                raise UserError(f"{option} {path}: is also {other}; give two different files")
+
+
+def stdout_buffer() -> IO[bytes]:
+    """The binary standard output, or the user's error when it is closed (``>&-``)."""
+    if sys.stdout is None or getattr(sys.stdout, "buffer", None) is None:
+        raise UserError("-o -: standard output is closed")
+    return sys.stdout.buffer
 
 
 def _umask() -> int:
@@ -319,6 +384,7 @@ def _umask() -> int:
 
 def write_text(path: str | Path, text: str) -> None:
     if str(path) == STDIO:
+        stdout_buffer()  # closed: the user's error
         sys.stdout.write(text)
         sys.stdout.flush()
         return
@@ -395,8 +461,9 @@ def write_table(
         fmt = format_of(dest, fmt, default="jsonl")
         buffer = io.BytesIO()
         _encode(df, fmt, meta, buffer)
-        sys.stdout.buffer.write(buffer.getvalue())
-        sys.stdout.buffer.flush()
+        out = stdout_buffer()
+        out.write(buffer.getvalue())
+        out.flush()
         return
     fmt = format_of(dest, fmt)
     with atomic_path(dest) as tmp, tmp.open("wb") as fh:
@@ -424,7 +491,7 @@ class TableWriter:
 
     def __enter__(self) -> TableWriter:  # noqa: PYI034 -- Self needs Python 3.11
         if self.to_stdout:
-            self._fh = sys.stdout.buffer
+            self._fh = stdout_buffer()
         else:
             tmp = self._stack.enter_context(atomic_path(self.dest))
             self._fh = self._stack.enter_context(tmp.open("wb"))
@@ -456,6 +523,6 @@ class TableWriter:
             if self._parquet is not None:
                 self._parquet.close()
         finally:
-            if self.to_stdout:
-                sys.stdout.buffer.flush()
+            if self.to_stdout and self._fh is not None:
+                self._fh.flush()
             self._stack.__exit__(exc_type, exc, tb)

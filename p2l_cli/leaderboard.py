@@ -690,6 +690,10 @@ def _check(request: Request) -> None:
                         "combined")
     if request.output:
         output_format(request.output, request.output_format)
+    outputs = {"--output/-o": request.output, "--plot": request.plot_path}
+    io.refuse_overwriting_inputs(outputs, {"INPUT": request.source})
+    for option, path in outputs.items():
+        io.check_writable(path, option)
 
 
 def run(request: Request, console) -> None:

@@ -55,6 +55,7 @@ from p2l_cli.io import (
     sniff_format,
     source_name,
     split_metadata_line,
+    stdout_buffer,
     write_table,
 )
 from p2l_cli.model import collate, encode_prompts, load_p2l
@@ -632,9 +633,15 @@ def parts_folder(dest: str | Path, workers: Workers) -> Path:
     if workers.main:
         parent = None if str(dest) == STDIO else Path(dest).resolve().parent
         if parent is not None:
-            parent.mkdir(parents=True, exist_ok=True)
+            try:
+                parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise UserError(f"{dest}: cannot write ({exc.strerror or exc})") from None
         name = "predict" if str(dest) == STDIO else Path(dest).name
-        folder = tempfile.mkdtemp(prefix=f".{name}.parts-", dir=parent)
+        try:
+            folder = tempfile.mkdtemp(prefix=f".{name}.parts-", dir=parent)
+        except OSError as exc:
+            raise UserError(f"{source_name(dest)}: cannot write ({exc.strerror or exc})") from None
     return Path(workers.broadcast(folder))
 
 
@@ -661,7 +668,7 @@ def merge_parts(folder: Path, dest: str | Path, fmt: str, meta: dict) -> int:
     schema = schema.with_metadata({METADATA_KEY.encode(): json.dumps(meta).encode()})
     with contextlib.ExitStack() as stack:
         if str(dest) == STDIO:
-            fh: IO[bytes] = sys.stdout.buffer
+            fh: IO[bytes] = stdout_buffer()
         else:
             fh = stack.enter_context(stack.enter_context(atomic_path(dest)).open("wb"))
         writer = pq.ParquetWriter(fh, schema, compression="zstd")

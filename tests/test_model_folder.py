@@ -124,12 +124,12 @@ def test_the_saved_tokenizer_is_loaded_not_the_class_default(tmp_path):
     tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"
     (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
     (folder / "model_list.json").write_text(json.dumps(["x", "y", "z"]))
-    (folder / "training_config.json").write_text(json.dumps({"head_type": "bt",
-                                                             "loss_type": "bt"}))
+    (folder / "training_config.json").write_text(json.dumps({"head_type": "bt", "loss_type": "bt"}))
 
     prompt = ["Write a PYTHON function", "and Hello"]
-    text = tokenizer.apply_chat_template([{"role": "user", "content": t} for t in prompt],
-                                         tokenize=False)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": t} for t in prompt], tokenize=False
+    )
     expected = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.cls_token_id]
     # the class default for model_type qwen2 splits otherwise: the test would catch it
     default = AutoTokenizer.from_pretrained(str(folder))
@@ -142,16 +142,26 @@ def test_the_saved_tokenizer_is_loaded_not_the_class_default(tmp_path):
         hidden = network(input_ids=torch.tensor([expected])).last_hidden_state[0, -1]
         coefs = model(*collate([ids], loaded.pad_token_id)).coefs[0]
     torch.testing.assert_close(
-        coefs, tensors["head.head.weight"] @ hidden + tensors["head.head.bias"],
-        rtol=1e-5, atol=1e-5,
+        coefs,
+        tensors["head.head.weight"] @ hidden + tensors["head.head.bias"],
+        rtol=1e-5,
+        atol=1e-5,
     )
 
 
 # ------------------------------------------------------------------ item 8: truncated files
 
 
-@pytest.mark.parametrize("name", ["model.safetensors", "config.json", "model_list.json",
-                                  "training_config.json", "tokenizer.json"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "model.safetensors",
+        "config.json",
+        "model_list.json",
+        "training_config.json",
+        "tokenizer.json",
+    ],
+)
 def test_a_truncated_file_is_exit_2_naming_it(copy, tmp_path, name):
     path = copy / name
     data = path.read_bytes()
@@ -187,8 +197,9 @@ def test_a_reference_low_rank_head_with_a_first_bias_loads_and_predicts(tmp_path
     tensors = {f"model.{k}": v.contiguous() for k, v in network.state_dict().items()}
     tensors |= {k: torch.from_numpy(v) for k, v in head.items()}
     save_file(tensors, str(folder / "model.safetensors"))
-    (folder / "config.json").write_text(json.dumps(network.config.to_dict()
-                                                   | {"architectures": ["P2LModel"]}))
+    (folder / "config.json").write_text(
+        json.dumps(network.config.to_dict() | {"architectures": ["P2LModel"]})
+    )
     tokenizer.save_pretrained(str(folder))
     models_ = [f"llm-{i}" for i in range(num_models)]
     (folder / "model_list.json").write_text(json.dumps(models_))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import errno
-import os
 import sys
 from typing import Annotated
 
@@ -141,6 +139,7 @@ def predict(
     """
     set_quiet(quiet)
     from p2l_cli import predict as library
+    from p2l_cli.io import check_writable, refuse_overwriting_inputs
 
     options = library.PredictOptions(
         prompt_column=prompt_column,
@@ -154,25 +153,23 @@ def predict(
     if prompt is not None:
         if prompts is not None:
             raise UserError("give PROMPTS or --prompt, not both")
+        check_writable(output, "--output/-o")
         _one_prompt(library, model, prompt, output, fmt, options, device, dtype)
         return
     if prompts is None:
         raise UserError("PROMPTS: missing; give a file, - for stdin, or --prompt TEXT")
     if output is None:
         raise UserError("--output/-o: missing; give a file, or - for stdout")
+    refuse_overwriting_inputs({"--output/-o": output}, {"PROMPTS": prompts})
     workers = library.Workers.from_env()
-    if not workers.main:
+    if workers.main:
+        check_writable(output, "--output/-o")
+    else:
         set_quiet(True)
-    try:
-        summary = _predict_with_progress(
-            library, model, prompts, output, fmt, input_format, options, device, dtype, workers
-        )
-    except OSError as exc:
-        if not _broken_pipe(exc):
-            raise
-        # the reader went away (`... -o - | head`): stop quietly, as Unix tools do
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise typer.Exit(141) from None
+    # a reader that goes away (`... -o - | head`) ends the command quietly: see p2l_cli.cli
+    summary = _predict_with_progress(
+        library, model, prompts, output, fmt, input_format, options, device, dtype, workers
+    )
     if summary.skipped:
         warn(f"skipped {summary.skipped} bad row(s) of {prompts} (first: {summary.first_bad})")
     where = "stdout" if output == "-" else output
@@ -181,11 +178,6 @@ def predict(
         f"predicted {summary.rows} prompts in {summary.seconds:.1f} s "
         f"({summary.rate:.1f} prompts/s{processes}) -> {where}"
     )
-
-
-def _broken_pipe(exc: OSError) -> bool:
-    # polars reports a closed pipe as a plain OSError without errno
-    return exc.errno == errno.EPIPE or "Broken pipe" in str(exc)
 
 
 def _predict_with_progress(

@@ -139,6 +139,13 @@ def route(
     from p2l_cli import route as lib
 
     lib.check_options(costs, budget, budget_scope, price, solver, sweep, plot)
+    outputs = {"--output/-o": output, "--summary": summary, "--plot": plot}
+    opponents_file = opponents if Path(opponents).is_file() else None
+    io.refuse_overwriting_inputs(
+        outputs, {"INPUT": input, "--costs": costs, "--opponents": opponents_file}
+    )
+    for option, path in outputs.items():
+        io.check_writable(path, option)
     source = io.source_name(input)
     if model is None:
         df, meta = io.read_table_meta(input)
