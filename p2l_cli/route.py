@@ -56,20 +56,68 @@ BLOCK_ELEMENTS = 1 << 15  # pairwise probabilities per block: a block's temporar
 # ------------------------------------------------------------------- costs and weights files
 
 
-def _load_structured(path: Path, text: str):
-    if path.suffix.lower() == ".json":
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+class _DuplicateKey(Exception):
+    def __init__(self, key: object, line: int | None = None):
+        super().__init__(key)
+        self.key, self.line = key, line
+
+
+def _json_object(pairs: list[tuple[str, object]]) -> dict:
+    result: dict = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey(key)
+        result[key] = value
+    return result
+
+
+def _yaml_loader():
     import yaml
 
+    class UniqueKeyLoader(yaml.SafeLoader):
+        """A safe loader that refuses a key given twice in one mapping (PyYAML keeps the
+        last silently)."""
+
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    duplicate = key in seen
+                except TypeError:  # an unhashable key: the base class reports it
+                    break
+                if duplicate:
+                    raise _DuplicateKey(key, key_node.start_mark.line + 1)
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+
+
+def _load_structured(path: Path, text: str):
+    """A JSON or YAML document; a key given twice is the user's error (which value was
+    meant is unknown), named with the file."""
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark is not None else ""
-        raise UserError(f"{path}: not valid YAML ({where}{getattr(exc, 'problem', exc)})") from None
+        if path.suffix.lower() == ".json":
+            try:
+                return json.loads(text, object_pairs_hook=_json_object)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+        import yaml
+
+        try:
+            return yaml.load(text, Loader=_yaml_loader())  # a SafeLoader subclass
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"line {mark.line + 1}: " if mark is not None else ""
+            raise UserError(
+                f"{path}: not valid YAML ({where}{getattr(exc, 'problem', exc)})"
+            ) from None
+    except _DuplicateKey as dup:
+        where = f"line {dup.line}: " if dup.line else ""
+        raise UserError(f"{path}: {where}key {dup.key!r} appears twice") from None
 
 
 def _entries(path: str | Path) -> list[tuple[str, object, str]]:

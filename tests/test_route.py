@@ -126,6 +126,29 @@ def test_bad_costs_name_the_model_and_file(tmp_path, text, suffix, needle):
     assert str(path) in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("text", "suffix", "key"),
+    [
+        ("big: 0.01\nsmall: 0.001\nbig: 0.02\n", ".yaml", "'big'"),
+        ("big:\n  cost: 0.01\n  cost: 0.02\n", ".yml", "'cost'"),
+        ('{"big": 0.01, "small": 0.001, "big": 0.02}', ".json", "'big'"),
+        ('{"big": {"cost": 0.01, "cost": 0.02}}', ".json", "'cost'"),
+    ],
+)
+def test_duplicate_keys_in_yaml_and_json_costs_are_refused(tmp_path, text, suffix, key):
+    """Like CSV: a model given twice is an error, not 'the last one wins'."""
+    path = tmp_path / f"costs{suffix}"
+    path.write_text(text)
+    with pytest.raises(UserError) as err:
+        route.read_costs(path)
+    assert str(path) in str(err.value) and key in str(err.value)
+    assert "twice" in str(err.value)
+    if suffix == ".yaml":
+        assert "line 3" in str(err.value)
+    with pytest.raises(UserError, match="twice"):
+        route.read_weights(path)
+
+
 def test_cost_vector_checks_names_against_the_model_list():
     models = ["a", "b", "c"]
     costs = {"a": 1.0, "b": 2.0}
