@@ -3,7 +3,8 @@
 Three parts, top to bottom:
 
 1. choosing the files: only what belongs to a model goes up; secrets, hidden files and caches
-   never do, checkpoints and training state only with ``include_checkpoints``;
+   never do, nor do pickles; checkpoints and training state (their safetensors and JSON
+   files) only with ``include_checkpoints``;
 2. the cards: a README.md with Hub metadata, rendered from the folder's own JSON files
    (``training_config.json``, ``model_list.json``, ``metrics.json``, ``leaderboard.json``), plus
    a leaderboard plot when matplotlib is installed;
@@ -60,7 +61,9 @@ MODEL_FILES = (
     "*.safetensors", "*.json", "*.jinja", "*.model", "*.tiktoken", "merges.txt", "vocab.txt",
     "*.yaml", "*.yml", "LICENSE*", "NOTICE*",
 )
-PICKLES = ("*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt")
+# Pickles run code when loaded: never uploaded, with or without --include-checkpoints.
+PICKLES = ("*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt", "*.joblib")
+PICKLE_REASON = "pickle file (never uploaded; p2l publishes safetensors only)"
 # Files a model cannot do without: if one of them holds a token, refuse rather than skip it.
 ESSENTIAL = (
     "config.json", "model_list.json", "training_config.json", "metrics.json",
@@ -132,6 +135,8 @@ def _file_skip_reason(rel: PurePosixPath, include_checkpoints: bool) -> str | No
         return "hidden file"
     if _matches(name, CACHE_NAMES):
         return "cache"
+    if _matches(name, PICKLES):  # optimizer.bin, random_states_0.pkl, ...: even in checkpoints
+        return PICKLE_REASON
     if _matches(rel.parts[0], CHECKPOINT_DIRS):
         return None  # only reached with include_checkpoints
     if _matches(name, TRAINING_STATE):
@@ -140,8 +145,6 @@ def _file_skip_reason(rel: PurePosixPath, include_checkpoints: bool) -> str | No
         return "replaced by the generated model card"
     if _matches(name, MODEL_FILES):
         return None
-    if _matches(name, PICKLES):
-        return "pickle file (p2l publishes safetensors only)"
     return "not part of a P2L model"
 
 

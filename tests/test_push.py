@@ -88,6 +88,11 @@ def model_dir(tmp_path: Path) -> Path:
     (folder / "checkpoints").mkdir()
     (folder / "checkpoints" / "optimizer.pt").write_bytes(b"checkpoint optimizer state")
     (folder / "checkpoints" / "rng_state.pth").write_bytes(b"rng")
+    (folder / "checkpoints" / "last").mkdir()  # what Accelerate's save_state writes
+    (folder / "checkpoints" / "last" / "model.safetensors").write_bytes(b"checkpoint weights")
+    (folder / "checkpoints" / "last" / "trainer_state.json").write_text('{"step": 30}')
+    (folder / "checkpoints" / "last" / "optimizer.bin").write_bytes(b"pickled optimizer")
+    (folder / "checkpoints" / "last" / "random_states_0.pkl").write_bytes(b"pickled rng")
     (folder / "checkpoints" / ".env").write_text(f"HF_TOKEN={SECRET}\n")
     (folder / "__pycache__").mkdir()
     (folder / "__pycache__" / "hub.cpython-311.pyc").write_bytes(b"\0cache")
@@ -196,8 +201,23 @@ def test_only_what_belongs_to_a_model_is_selected(model_dir):
 
     files, skipped = hub.select_model_files(model_dir, include_checkpoints=True)
     chosen = {f.path_in_repo for f in files}
-    assert {"optimizer.pt", "checkpoints/optimizer.pt", "checkpoints/rng_state.pth"} <= chosen
+    assert {"checkpoints/last/model.safetensors", "checkpoints/last/trainer_state.json"} <= chosen
     assert not {".env", "checkpoints/.env", "wandb_settings.json"} & chosen
+
+
+def test_pickles_are_never_uploaded_even_with_checkpoints(model_dir):
+    pickles = {"optimizer.pt", "pytorch_model.bin", "checkpoints/optimizer.pt",
+               "checkpoints/rng_state.pth", "checkpoints/last/optimizer.bin",
+               "checkpoints/last/random_states_0.pkl"}  # fmt: skip
+    files, skipped = hub.select_model_files(model_dir, include_checkpoints=True)
+    assert not pickles & {f.path_in_repo for f in files}
+    reasons = {s.path: s.reason for s in skipped}
+    assert all("pickle" in reasons[p] and "never" in reasons[p] for p in pickles), reasons
+    result = run_cli("push", model_dir, "--repo-id", "alice/p2l", "--dry-run",
+                     "--include-checkpoints")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    [line] = [x for x in result.stderr.splitlines() if "checkpoints/last/optimizer.bin" in x]
+    assert "pickle file (never uploaded" in line
 
 
 @pytest.mark.parametrize("name", ["tokenizer.json", "tokenizer_config.json", "added_tokens.json",
@@ -439,8 +459,9 @@ def test_branch_and_checkpoints(model_dir, in_process_hub):
     assert repo.private is False and "dev" in repo.branches
     [commit] = repo.commits
     assert commit.revision == "dev"
-    assert commit.files["checkpoints/optimizer.pt"] == b"checkpoint optimizer state"
-    assert "optimizer.pt" in commit.files
+    assert commit.files["checkpoints/last/model.safetensors"] == b"checkpoint weights"
+    assert not {"optimizer.pt", "checkpoints/optimizer.pt",
+                "checkpoints/last/optimizer.bin"} & set(commit.files)  # pickles never
     assert not {".env", "checkpoints/.env", "wandb_settings.json"} & set(commit.files)
 
     # The repo exists now (the Hub answers 409 to its creation): a second push is a new commit.
@@ -448,7 +469,7 @@ def test_branch_and_checkpoints(model_dir, in_process_hub):
                     in_process_hub.token, "--endpoint", in_process_hub.url)  # fmt: skip
     assert again.exit_code == 0, again.output
     assert [c.revision for c in repo.commits] == ["dev", "main"]
-    assert "checkpoints/optimizer.pt" not in repo.commits[1].files
+    assert "checkpoints/last/model.safetensors" not in repo.commits[1].files
 
 
 def test_push_predictions_as_a_dataset(tmp_path, in_process_hub):

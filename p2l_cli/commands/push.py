@@ -60,7 +60,8 @@ def push(
     ] = None,
     include_checkpoints: Annotated[
         bool, typer.Option("--include-checkpoints", help="Also upload checkpoints/ and "
-                           "training state (optimizer, scheduler, RNG); secrets never.",
+                           "training state, their safetensors and JSON files; pickles "
+                           "(optimizer.bin, *.pkl, *.pt) and secrets never.",
                            rich_help_panel=FILES)
     ] = False,
     dry_run: Annotated[
@@ -77,9 +78,9 @@ def push(
 ) -> None:
     """Publish a P2L model to the Hugging Face Hub in one commit, with a model card.
 
-    Only what belongs to a model goes up: never secrets, caches or training state.
+    Only what belongs to a model goes up: never secrets, caches or pickles.
 
-    Checkpoints and optimizer states only with --include-checkpoints.
+    Checkpoints and training state only with --include-checkpoints (pickles never).
 
     The local folder is never modified.
 
