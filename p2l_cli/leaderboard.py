@@ -319,10 +319,13 @@ class Leaderboard:
 def rank_with_ties(score: np.ndarray, lower: np.ndarray | None = None,
                    upper: np.ndarray | None = None) -> np.ndarray:
     """1 + the number of models clearly better: whose lower bound exceeds this model's upper
-    bound, or without intervals, whose score is higher."""
+    bound, or without intervals, whose score is higher. An undefined bound (NaN) is taken
+    as unbounded: such a model is never clearly better or worse on that side."""
     if lower is None or upper is None:
         lower = upper = np.asarray(score, dtype=np.float64)
     lower, upper = np.asarray(lower, np.float64), np.asarray(upper, np.float64)
+    lower = np.where(np.isnan(lower), -np.inf, lower)
+    upper = np.where(np.isnan(upper), np.inf, upper)
     order = np.sort(lower)
     return 1 + len(order) - np.searchsorted(order, upper, side="right")
 
@@ -367,10 +370,105 @@ def marginal_leaderboard(
     if votes.count.sum() == 0:
         raise UserError("no votes to fit" + (" (family bt drops ties)" if family == "bt" else ""))
     fit = fit_grouped(votes, family, ci, rounds, seed, level)
-    table = build_table(battles.models, fit.theta, family, fit.eta, fit.lower, fit.upper,
+    support = vote_support(votes, family, len(battles.models))
+    lower, upper = support.bounds(fit.lower, fit.upper)
+    table = build_table(battles.models, fit.theta, family, fit.eta, lower, upper,
                         votes.model_votes)
     return Leaderboard(table, family, "marginal", ci, fit.n_votes, fit.eta,
-                       meta={"reweight": reweight, "level": level, "nll": fit.nll})
+                       meta={"reweight": reweight, "level": level, "nll": fit.nll,
+                             "warnings": support.warnings(battles.models)})
+
+
+@dataclass
+class VoteSupport:
+    """Where the votes cannot place a model (its maximum-likelihood score does not exist):
+    it never won (the score runs to -infinity), never lost (+infinity), or has no kept vote;
+    or the models split into groups that never meet (their relative scores are unknown)."""
+
+    no_wins: np.ndarray  # bool [M]
+    no_losses: np.ndarray  # bool [M]
+    no_votes: np.ndarray  # bool [M]
+    components: list[np.ndarray]  # indices per connected group of models, largest first
+
+    def bounds(self, lower: np.ndarray | None, upper: np.ndarray | None):
+        """The intervals with what the votes do not support replaced: -inf below a model
+        that never won, +inf above one that never lost, undefined (NaN) on the other side
+        (a Wald or bootstrap bound at a boundary means nothing), and undefined for models
+        outside the largest connected group."""
+        if lower is None or upper is None:
+            return lower, upper
+        lower, upper = np.array(lower, np.float64), np.array(upper, np.float64)
+        lower[self.no_losses] = np.nan
+        upper[self.no_wins] = np.nan
+        lower[self.no_wins] = -np.inf
+        upper[self.no_losses] = np.inf
+        unplaced = self.no_votes.copy()
+        for component in self.components[1:]:
+            unplaced[component] = True
+        lower[unplaced] = upper[unplaced] = np.nan
+        return lower, upper
+
+    def warnings(self, models: list[str]) -> list[str]:
+        out = []
+        never_won = self.no_wins & ~self.no_losses & ~self.no_votes
+        never_lost = self.no_losses & ~self.no_wins & ~self.no_votes
+        if never_won.any():
+            out.append(f"{_names(models, never_won)} never won a vote: the maximum-likelihood "
+                       "score is -infinity, the interval is unbounded below and the score "
+                       "shown only reflects the fit's small ridge penalty")
+        if never_lost.any():
+            out.append(f"{_names(models, never_lost)} never lost a vote: the maximum-likelihood "
+                       "score is +infinity, the interval is unbounded above and the score "
+                       "shown only reflects the fit's small ridge penalty")
+        if self.no_votes.any():
+            out.append(f"{_names(models, self.no_votes)}: no vote that the fit kept (this "
+                       "family drops ties): score and interval undefined")
+        if len(self.components) > 1:
+            groups = " | ".join(
+                ", ".join(models[i] for i in c[:6]) + (", ..." if len(c) > 6 else "")
+                for c in self.components[:4]
+            ) + (" | ..." if len(self.components) > 4 else "")
+            out.append(f"the models form {len(self.components)} groups that never meet in a "
+                       f"vote ({groups}): scores are not comparable across groups; intervals "
+                       "outside the largest group are undefined")
+        return out
+
+
+def _names(models: list[str], mask: np.ndarray, limit: int = 8) -> str:
+    names = [models[i] for i in np.flatnonzero(mask)]
+    shown = ", ".join(names[:limit]) + (f", ... ({len(names)} in all)"
+                                        if len(names) > limit else "")
+    return f"{len(names)} model{'s' if len(names) > 1 else ''} ({shown})"
+
+
+def vote_support(votes, family: str, num_models: int) -> VoteSupport:
+    """Which models the votes can place. A decisive vote is a win for one model and a loss
+    for the other; a tie (in the families that keep ties) bounds both models from both
+    sides; in grk a both-bad tie pushes both models down, like a loss."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    rows = votes.rows
+    kept = np.asarray(votes.weight) > 0
+    winner, loser = rows.winner[kept], rows.loser[kept]
+    code = rows.tie_code[kept]
+    decisive = code == families.DECISIVE
+    loss_for_both = (code == families.BOTH_BAD_CODE) & (family == "grk")
+    both_ways = ~decisive & ~loss_for_both
+
+    def count(index, mask):
+        return np.bincount(index[mask], minlength=num_models)
+
+    wins = count(winner, decisive) + count(winner, both_ways) + count(loser, both_ways)
+    losses = (count(loser, decisive) + count(winner, both_ways) + count(loser, both_ways)
+              + count(winner, loss_for_both) + count(loser, loss_for_both))
+    voted = (wins + losses) > 0
+    graph = coo_matrix((np.ones(len(winner)), (winner, loser)), shape=(num_models,) * 2)
+    _, labels = connected_components(graph, directed=False)
+    components = [np.flatnonzero(labels == label) for label in np.unique(labels[voted])]
+    components.sort(key=lambda c: (-len(c), int(c[0])))
+    return VoteSupport(no_wins=voted & (wins == 0), no_losses=voted & (losses == 0),
+                       no_votes=~voted, components=components)
 
 
 def _centre(theta: np.ndarray, family: str) -> np.ndarray:
@@ -713,6 +811,7 @@ def run(request: Request, console) -> None:
                "seed": request.seed, "reweight": request.reweight,
                "prompt_index": request.prompt_index, "level": request.level}
     overall = build_leaderboard(data, **options)
+    _warn(console, overall)
     if anchor:
         overall.table = anchor_table(overall.table, *anchor)
     head = describe(overall)
@@ -739,6 +838,7 @@ def run(request: Request, console) -> None:
         return
     for name, board in boards.items():
         table = board.table.head(request.top) if request.top else board.table
+        _warn(console, board, f"{request.by} = {name}: ")
         console.print(render(table, f"{request.by} = {name}: {describe(board)}"))
     matrix = rank_matrix(boards, overall, request.top)
     console.print(render(matrix, f"Rank by {request.by} (overall: {head})"))
@@ -747,6 +847,14 @@ def run(request: Request, console) -> None:
     panels = {name: (b.table.head(request.top) if request.top else b.table)
               for name, b in boards.items()}
     _finish(request, stacked, panels, overall, head)
+
+
+def _warn(console, board: Leaderboard, prefix: str = "") -> None:
+    """What the votes cannot support, said on stderr before the table (see VoteSupport)."""
+    from rich.markup import escape
+
+    for message in board.meta.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {escape(prefix + message)}", soft_wrap=True)
 
 
 def _finish(request: Request, table: pl.DataFrame, panels: dict[str, pl.DataFrame],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io as pyio
 import json
+import math
 
 import numpy as np
 import polars as pl
@@ -388,3 +389,66 @@ def test_simulate_prepare_leaderboard_end_to_end(tmp_path):
     mean_truth = np.array(truth["true_coefs"].to_list()).mean(0)
     best_true = models[int(np.argmax(mean_truth))]
     assert board.filter(pl.col("rank") == 1)["model"].to_list().count(best_true) == 1
+
+
+# ------------------------------------------------- what the votes cannot support (issue 12)
+
+
+def _warnings(stderr: str) -> list[str]:
+    text = " ".join(stderr.split())  # rich wraps long lines
+    return [part.strip() for part in text.split("warning:")[1:]]
+
+
+def _board(tmp_path, rows, *extra):
+    path = tmp_path / "votes.parquet"
+    pl.DataFrame(rows, schema=["model_a", "model_b", "winner"], orient="row").write_parquet(path)
+    result = run_cli("leaderboard", path, "-o", tmp_path / "board.csv", *extra)
+    assert result.exit_code == 0, result.output
+    board = pl.read_csv(tmp_path / "board.csv")
+    return {row["model"]: row for row in board.to_dicts()}, _warnings(result.stderr)
+
+
+def test_one_vote_gives_unbounded_intervals_and_a_warning(tmp_path):
+    board, warnings = _board(tmp_path, [("a", "b", "model_a")])
+    assert board["a"]["upper"] == math.inf and board["a"]["lower"] is None
+    assert board["b"]["lower"] == -math.inf and board["b"]["upper"] is None
+    assert board["a"]["rank"] == board["b"]["rank"] == 1  # one vote ranks nobody
+    assert any("(b) never won" in w for w in warnings), warnings
+    assert any("(a) never lost" in w for w in warnings), warnings
+
+
+def test_a_model_that_never_wins_is_unbounded_below(tmp_path):
+    rows = [("a", "b", "model_a"), ("b", "a", "model_a"), ("a", "c", "model_a"),
+            ("c", "b", "model_b")] * 20  # fmt: skip
+    board, warnings = _board(tmp_path, rows)
+    assert board["c"]["lower"] == -math.inf and board["c"]["upper"] is None
+    for model in ("a", "b"):  # they beat each other: finite intervals
+        assert math.isfinite(board[model]["lower"]) and math.isfinite(board[model]["upper"])
+    [warning] = warnings
+    assert "(c) never won a vote" in warning and "-infinity" in warning
+
+
+def test_a_tie_bounds_a_model_in_families_that_keep_ties(tmp_path):
+    rows = [("a", "b", "model_a"), ("b", "a", "model_a"), ("a", "c", "tie")] * 20
+    board, warnings = _board(tmp_path, rows)
+    assert warnings == [] and all(math.isfinite(r["lower"]) for r in board.values())
+    _, dropped = _board(tmp_path, rows, "--family", "bt")  # bt drops ties: c has no vote
+    assert any("(c): no vote" in w for w in dropped), dropped
+
+
+def test_a_disconnected_comparison_graph_is_named(tmp_path):
+    rows = [("a", "b", "model_a"), ("b", "a", "model_a"), ("a", "c", "model_a"),
+            ("c", "a", "model_a"), ("b", "c", "tie"), ("x", "y", "model_a"),
+            ("y", "x", "model_a")] * 10  # fmt: skip
+    board, warnings = _board(tmp_path, rows)
+    [warning] = warnings
+    assert "2 groups that never meet" in warning and "(a, b, c | x, y)" in warning
+    assert board["x"]["lower"] is None and board["y"]["upper"] is None
+    assert math.isfinite(board["a"]["lower"])
+
+
+def test_well_supported_battles_give_no_warning(battles, tmp_path):
+    path, _ = battles
+    result = run_cli("leaderboard", path, "-o", tmp_path / "board.csv")
+    assert result.exit_code == 0, result.output
+    assert "warning" not in result.stderr
