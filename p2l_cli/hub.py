@@ -240,6 +240,14 @@ def safetensors_shapes(path: Path) -> dict[str, list[int]]:
             raise UserError(f"{path}: not a safetensors file (unreadable header)") from None
     if not isinstance(header, dict):
         raise UserError(f"{path}: not a safetensors file (unreadable header)")
+    ends = [entry["data_offsets"][1] for key, entry in header.items()
+            if key != "__metadata__" and isinstance(entry, dict)
+            and isinstance(entry.get("data_offsets"), list) and len(entry["data_offsets"]) == 2]
+    expected = 8 + length + max(ends, default=0)
+    size = path.stat().st_size
+    if size < expected:  # a copy or download cut short: never publish it
+        raise UserError(f"{path}: truncated safetensors file ({size} bytes, its header "
+                        f"describes {expected})")
     return {key: list(entry.get("shape") or []) if isinstance(entry, dict) else []
             for key, entry in header.items() if key != "__metadata__"}
 

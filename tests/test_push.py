@@ -327,6 +327,17 @@ def test_not_a_p2l_model_is_exit_2(model_dir, broken):
     assert "not a P2L model folder" in result.stderr
 
 
+@pytest.mark.parametrize("name", ["model.safetensors", "config.json"])
+def test_a_truncated_file_is_not_pushed(model_dir, name):
+    path = model_dir / name
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 20])
+    result = run_cli("push", model_dir, "--repo-id", "alice/p2l", "--dry-run")
+    assert result.exit_code == 2, result.output
+    [line] = _error_lines(result.stderr)
+    assert str(path) in line
+
+
 def test_dry_run_lists_files_prints_the_card_and_sends_nothing(model_dir, in_process_hub):
     before = _tree(model_dir)
     result = run_cli("push", model_dir, "--repo-id", "alice/p2l", "--dry-run",

@@ -185,7 +185,10 @@ def check_model_folder(model_dir: Path) -> None:
         if not (model_dir / required).is_file():
             raise UserError(f"{model_dir}: not a P2L model folder (no {required})")
     if not (model_dir / WEIGHTS).is_file() and not (model_dir / WEIGHTS_INDEX).is_file():
-        raise UserError(f"{model_dir}: incomplete model folder (no {WEIGHTS})")
+        raise UserError(
+            f"{model_dir}: incomplete model folder (no {WEIGHTS}; weights are read from "
+            "safetensors only)"
+        )
     if not (model_dir / TOKENIZER).is_file():
         raise UserError(f"{model_dir}: incomplete model folder (no {TOKENIZER})")
 
