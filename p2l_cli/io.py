@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import sys
 import tempfile
@@ -422,6 +423,16 @@ def _arrow_with_meta(df: pl.DataFrame, meta: dict | None) -> pa.Table:
     return table
 
 
+def _finite_or_null(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, list):
+        return [_finite_or_null(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    return value
+
+
 def _flatten_for_csv(df: pl.DataFrame) -> pl.DataFrame:
     nested = [n for n, t in df.schema.items() if isinstance(t, (pl.List, pl.Array, pl.Struct))]
     if not nested:
@@ -445,7 +456,7 @@ def _encode(df: pl.DataFrame, fmt: str, meta: dict | None, fh: IO[bytes]) -> Non
     elif fmt == "csv":
         _flatten_for_csv(df).write_csv(fh)
     elif fmt == "json":
-        rows = df.to_dicts()
+        rows = _finite_or_null(df.to_dicts())  # as JSONL does: JSON has no NaN or infinity
         obj: Any = {METADATA_KEY: meta, "rows": rows} if meta is not None else rows
         fh.write(json.dumps(obj, ensure_ascii=False, default=_json_default).encode())
         fh.write(b"\n")

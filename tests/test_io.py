@@ -135,3 +135,16 @@ def test_stdin_is_sniffed_and_stdout_defaults_to_jsonl(tmp_path):
     proc = _roundtrip_through_pipe(jsonl, code)
     assert proc.returncode == 0, proc.stderr.decode()
     assert proc.stdout.decode().strip() == "['a', 'b'] 3"
+
+
+def test_json_output_is_strict_json(tmp_path):
+    """JSON has no NaN or infinity: such values are written as null (as JSONL does), never
+    as the NaN/Infinity tokens other parsers reject."""
+    df = pl.DataFrame({"x": [1.5, float("inf"), float("-inf"), float("nan")],
+                       "v": [[1.0, float("nan")], [2.0, 3.0], [0.0, 0.0], [1.0, 1.0]]})
+    io.write_table(df, tmp_path / "t.json")
+    text = (tmp_path / "t.json").read_text()
+    assert "Infinity" not in text and "NaN" not in text
+    rows = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
+    assert [r["x"] for r in rows] == [1.5, None, None, None]
+    assert rows[0]["v"] == [1.0, None]
