@@ -829,6 +829,8 @@ def run(request: Request, console) -> None:
             if anchor[0] in board.table.get_column("model").to_list():
                 board.table = anchor_table(board.table, *anchor)
     if request.model:
+        for name, board in boards.items():
+            _warn(console, board, f"{request.by} = {name}: ")
         table = model_view(boards, request.model, request.by)
         sizes = sorted(set(table.get_column("models").to_list()))
         among = f"{sizes[0]} models" if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]} models"
@@ -861,7 +863,8 @@ def _finish(request: Request, table: pl.DataFrame, panels: dict[str, pl.DataFram
             overall: Leaderboard, head: str) -> None:
     meta = {"family": overall.family, "kind": overall.kind, "ci": overall.ci,
             "level": request.level, "n": overall.n, "eta": overall.eta,
-            "by": request.by, "anchor": request.anchor}
+            "by": request.by, "anchor": request.anchor,
+            "warnings": list(overall.meta.get("warnings", []))}
     if request.output:
         write_output(table, request.output, request.output_format, meta, title=head)
     if request.plot_path:

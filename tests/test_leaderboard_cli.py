@@ -415,6 +415,11 @@ def test_one_vote_gives_unbounded_intervals_and_a_warning(tmp_path):
     assert board["a"]["rank"] == board["b"]["rank"] == 1  # one vote ranks nobody
     assert any("(b) never won" in w for w in warnings), warnings
     assert any("(a) never lost" in w for w in warnings), warnings
+    result = run_cli("leaderboard", tmp_path / "votes.parquet", "-o", tmp_path / "b.json")
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "b.json").read_text())  # strict JSON: bounds are null
+    assert len(saved["p2l"]["warnings"]) == 2
+    assert {r["model"]: r["upper"] for r in saved["rows"]} == {"a": None, "b": None}
 
 
 def test_a_model_that_never_wins_is_unbounded_below(tmp_path):
