@@ -326,7 +326,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def check_writable(path: str | Path | None, option: str) -> None:
     """Fail early, before long work, when ``path`` cannot be written: a folder, or a place
     where no file can be created (tried with a temporary file, which is removed)."""
-    if path is None or str(path) == STDIO:
+    if path is None:
+        return
+    if str(path) == STDIO:
+        stdout_buffer()  # a closed stdout is found now, not after the work
         return
     target = Path(path)
     if target.is_dir():

@@ -194,10 +194,15 @@ def test_a_reader_that_goes_away_ends_predict_and_route_alike(files, model_dir):
         assert b"Exception ignored" not in proc.stderr
 
 
-def test_a_closed_stdout_is_exit_2(files):
+@pytest.mark.parametrize("command", ["route", "predict", "leaderboard"])
+def test_a_closed_stdout_is_exit_2(files, command):
+    # predict's model does not exist: the closed stdout is found before the model is looked for
+    args = {"route": ["route", files["pred.parquet"], "-c", files["costs.yaml"]],
+            "predict": ["predict", "no-such-model-folder", files["prompts.jsonl"]],
+            "leaderboard": ["leaderboard", files["b.parquet"]]}[command]  # fmt: skip
     proc = subprocess.run(
-        ["bash", "-c", 'exec "$@" >&-', "p2l", sys.executable, "-m", "p2l_cli", "route",
-         str(files["pred.parquet"]), "-c", str(files["costs.yaml"]), "-o", "-"],
+        ["bash", "-c", 'exec "$@" >&-', "p2l", sys.executable, "-m", "p2l_cli",
+         *map(str, args), "-o", "-"],
         stderr=subprocess.PIPE, env=_env(), cwd=REPO, timeout=300, check=False,
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr.decode()
