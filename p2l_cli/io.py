@@ -459,8 +459,9 @@ def _encode(df: pl.DataFrame, fmt: str, meta: dict | None, fh: IO[bytes]) -> Non
     elif fmt == "csv":
         _flatten_for_csv(df).write_csv(fh)
     elif fmt == "json":
-        rows = _finite_or_null(df.to_dicts())  # as JSONL does: JSON has no NaN or infinity
+        rows = df.to_dicts()
         obj: Any = {METADATA_KEY: meta, "rows": rows} if meta is not None else rows
+        obj = _finite_or_null(obj)  # as JSONL does: JSON has no NaN or infinity
         fh.write(json.dumps(obj, ensure_ascii=False, default=_json_default).encode())
         fh.write(b"\n")
     else:
