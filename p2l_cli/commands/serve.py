@@ -35,6 +35,11 @@ def serve(
     device: Annotated[
         str, typer.Option("--device", help="Device of the P2L model: auto, cpu, cuda, mps.")
     ] = "auto",
+    threads: Annotated[
+        int | None,
+        typer.Option("--threads", help="Torch threads for the P2L model (default: all cores "
+                     "but one, at least 1).", show_default=False),
+    ] = None,
     access_log: Annotated[
         bool, typer.Option("--access-log", help="Log every request (method, path, status).")
     ] = False,
@@ -56,4 +61,4 @@ def serve(
     from p2l_cli.serve.server import run
 
     run(model, config, host, port, dry_run, api_key_env, device,
-        log_level="warning" if quiet else "info", access_log=access_log)
+        log_level="warning" if quiet else "info", access_log=access_log, threads=threads)

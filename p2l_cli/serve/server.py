@@ -41,14 +41,28 @@ def check_bind(host: str, port: int) -> None:
             raise UserError(f"--host {host!r}: expected an IP address or localhost") from None
 
 
+def default_threads() -> int:
+    """Torch threads for the forward pass: every core but one, which the event loop (HTTP,
+    JSON, routing) needs; one on a 2-core machine. Two threads contending with the event
+    loop and other processes ran the forward pass many times slower than one."""
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
 def build_state(model_source: str, config_path, dry_run: bool = False,
-                api_key: str | None = None, device: str = "auto"):  # fmt: skip
+                api_key: str | None = None, device: str = "auto",
+                threads: int | None = None):  # fmt: skip
     """Read and check the configuration, load the P2L model, and return the ServerState."""
     from p2l_cli.serve.config import model_list_of, read_config
 
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads {threads}: must be 1 or more")
     models = model_list_of(model_source)
     config = read_config(config_path, models, need_keys=not dry_run)
+    import torch
+
     from p2l_cli.predict import load_for_inference
+
+    torch.set_num_threads(threads or default_threads())
     from p2l_cli.serve.app import ServerState
     from p2l_cli.serve.router import RouterCore, Scorer
 
@@ -67,11 +81,12 @@ def _warm_up(model, tokenizer):
 
 def run(model_source: str, config_path, host: str = "127.0.0.1", port: int = 8000,
         dry_run: bool = False, api_key_env: str | None = None, device: str = "auto",
-        log_level: str = "info", access_log: bool = False) -> None:  # fmt: skip
+        log_level: str = "info", access_log: bool = False,
+        threads: int | None = None) -> None:  # fmt: skip
     check_extra()
     check_bind(host, port)
     api_key = router_key(api_key_env)
-    state = build_state(model_source, config_path, dry_run, api_key, device)
+    state = build_state(model_source, config_path, dry_run, api_key, device, threads)
     import uvicorn
 
     from p2l_cli.serve.app import create_app
