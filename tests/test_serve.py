@@ -448,3 +448,64 @@ def test_missing_keys_extra_and_files_exit_2(folder, upstreams, tmp_path, monkey
     monkeypatch.setitem(sys.modules, "uvicorn", None)  # the serve extra is not installed
     result = run_cli("serve", folder, "--config", config, "--dry-run")
     assert result.exit_code == 2 and "pip install 'p2l-cli[serve]'" in result.stderr
+
+
+# ----------------------------------------------------------------------- the router core
+
+
+def core_for(**settings):
+    from p2l_cli.serve.config import RouterConfig, Upstream
+    from p2l_cli.serve.router import RouterCore
+
+    names = [f"m{i}" for i in range(6)]
+    costs = dict(zip(names, [0.0001, 0.0004, 0.0008, 0.0015, 0.003, 0.006]))
+    config = RouterConfig({n: Upstream(n, c, "http://127.0.0.1:1/v1", n)
+                           for n, c in costs.items()}, **settings)  # fmt: skip
+    return RouterCore(names, "bt", config), np.array(list(costs.values()))
+
+
+def arena_coefs(n, seed=0):
+    rng = np.random.default_rng(seed)  # dearer models are better on average
+    return np.linspace(-1, 1, 6)[None, :] + rng.normal(0, 0.8, (n, 6))
+
+
+@pytest.mark.parametrize("sampling", ["balanced", "random", "mode"])
+def test_core_routes_per_prompt_like_p2l_route(sampling):
+    from p2l_cli import route
+
+    core, costs = core_for(budget=0.001, sampling=sampling)
+    coefs = arena_coefs(3000)
+    values = route.expected_win_rates(coefs, np.full(6, 1 / 6))
+    strategy = route.solve(values, costs, 0.001, "prompt").strategy
+    decisions = []
+    for start in range(0, 3000, 37):  # micro-batches of any size route alike
+        block = coefs[start : start + 37]
+        decisions += core.route(block, None, [(0.001, None, False)] * len(block))
+    for d, row in zip(decisions, strategy):
+        assert {core.names.index(m): p for m, p in d.strategy.items()} == pytest.approx(
+            {j: p for j, p in enumerate(row) if p > 1e-12})
+        assert d.model in d.strategy and d.cost <= 0.006
+        assert all(costs[core.names.index(f)] <= 0.001 for f in d.fallbacks)
+    spent = np.mean([d.cost for d in decisions])
+    expected = np.mean([d.expected_cost for d in decisions])
+    assert expected <= 0.001 + 1e-12
+    if sampling == "balanced":  # within one answer's cost over the stream
+        assert abs(spent - expected) * 3000 <= 0.006 + 1e-12
+    if sampling == "mode":
+        assert [d.model for d in decisions] == [
+            core.names[i] for i in route.choose(strategy, costs, None)]
+
+
+def test_core_keeps_a_stream_budget_by_price():
+    core, costs = core_for(budget=0.001, budget_scope="stream")
+    coefs = arena_coefs(2000, seed=1)
+    decisions = []
+    for start in range(0, 2000, 16):
+        block = coefs[start : start + 16]
+        decisions += core.route(block, None, [(0.001, None, True)] * len(block))
+    spent = np.mean([d.cost for d in decisions])
+    best_spend = costs[np.argmax(coefs, axis=1)].mean()
+    assert best_spend > 0.002  # the budget binds: routing must give up quality for it
+    assert spent == pytest.approx(0.001, rel=0.02)
+    assert len({d.model for d in decisions}) >= 3
+    assert all(d.price is not None for d in decisions)

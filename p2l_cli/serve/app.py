@@ -198,14 +198,15 @@ def create_app(state: ServerState) -> FastAPI:
             raise APIError(401, "invalid or missing API key (Authorization: Bearer KEY)",
                            code="invalid_api_key")  # fmt: skip
 
-    async def score(turns: list[str], budget, price, commit=True):
+    async def score(turns: list[str], spec, commit=True):
+        budget, price, stream = spec
         try:
             state.core.check_budget(budget)
         except RequestError as exc:
             raise APIError(400, str(exc), param="model") from None
-        return await state.batcher.submit(Job(turns, budget, price, commit))
+        return await state.batcher.submit(Job(turns, budget, price, stream, commit))
 
-    def route_of(name: str) -> tuple[float | None, float | None]:
+    def route_of(name: str) -> tuple[float | None, float | None, bool]:
         try:
             return parse_route_model(name, config)
         except RequestError as exc:
@@ -248,8 +249,7 @@ def create_app(state: ServerState) -> FastAPI:
         name = body.get("model", ROUTE_PREFIX)
         if not isinstance(name, str) or not (name == ROUTE_PREFIX or name.startswith("p2l:")):
             raise APIError(400, "'model' must be 'p2l' or 'p2l:budget=X'", param="model")
-        budget, price = route_of(name)
-        scored = await score(turns, budget, price, commit=False)
+        scored = await score(turns, route_of(name), commit=False)
         rows = prompt_leaderboard(scored.coefs, scored.eta, state.info)
         return {
             "family": state.info.family,
@@ -269,8 +269,7 @@ def create_app(state: ServerState) -> FastAPI:
         if not isinstance(stream, bool):
             raise APIError(400, "'stream' must be a boolean", param="stream")
         if name == ROUTE_PREFIX or name.startswith(ROUTE_PREFIX + ":"):
-            budget, price = route_of(name)
-            scored = await score(_turns(messages), budget, price)
+            scored = await score(_turns(messages), route_of(name))
             decision = scored.decision
         elif name in config.upstreams:
             up = config.upstreams[name]

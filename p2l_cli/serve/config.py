@@ -19,10 +19,11 @@ from urllib.parse import urlparse
 from p2l_cli.errors import UserError
 
 SAMPLING = ("balanced", "random", "mode")
+SCOPES = ("prompt", "stream")
 _TOP_K = re.compile(r"^leaderboard-top-(\d+)$")
 TOP_KEYS = {
     "budget", "price", "models", "opponents", "allowed", "fallbacks", "timeout", "sampling",
-    "seed", "batch_wait_ms", "max_batch", "max_body_bytes",
+    "seed", "batch_wait_ms", "max_batch", "max_body_bytes", "budget_scope", "stream_window",
 }  # fmt: skip
 MODEL_KEYS = {
     "cost", "price_per_million_output_tokens", "mean_output_tokens", "base_url",
@@ -54,6 +55,8 @@ class RouterConfig:
     fallbacks: int = 2  # further models tried when an upstream fails
     timeout: float = 60.0  # seconds per upstream attempt
     sampling: str = "balanced"
+    budget_scope: str = "prompt"  # or "stream": the mean over the requests
+    stream_window: float = 20.0  # how fast the stream budget's price reacts (requests)
     seed: int = 0
     batch_wait_ms: float = 5.0
     max_batch: int = 64
@@ -196,6 +199,13 @@ def read_config(path: str | Path, model_list: list[str], need_keys: bool = True)
             raise UserError(f"{path}: sampling {data['sampling']!r}: expected one of "
                             f"{', '.join(SAMPLING)}")  # fmt: skip
         config.sampling = data["sampling"]
+    if "budget_scope" in data:
+        if data["budget_scope"] not in SCOPES:
+            raise UserError(f"{path}: budget_scope {data['budget_scope']!r}: expected one of "
+                            f"{', '.join(SCOPES)}")  # fmt: skip
+        config.budget_scope = data["budget_scope"]
+    if "stream_window" in data:
+        config.stream_window = _number(data["stream_window"], f"{path}: stream_window", 1)
     if "seed" in data:
         config.seed = _number(data["seed"], f"{path}: seed", integer=True)
     if "batch_wait_ms" in data:

@@ -12,6 +12,11 @@ gives a mixed strategy; the model is then drawn from it:
   stream stays within one answer's cost of the expected spend (low-discrepancy sampling);
 - ``random``: an independent draw (seeded);
 - ``mode``: the most likely model.
+
+With ``budget_scope: stream`` the budget holds for the mean over the stream of requests
+rather than for each: every request takes ``argmax v - price x c``
+(:func:`p2l_cli.route.route_by_price`, the dual of the batch LP of ``p2l route``), the price
+following the overspend so far (:meth:`RouterCore.stream_price`).
 """
 
 from __future__ import annotations
@@ -58,12 +63,15 @@ class Decision:
         }  # fmt: skip
 
 
-def parse_route_model(name: str, config: RouterConfig) -> tuple[float | None, float | None]:
-    """``p2l`` -> the configured budget/price; ``p2l:budget=X`` or ``p2l:price=Y`` override
-    them. Raises :class:`RequestError` for anything else after ``p2l:``."""
+def parse_route_model(name: str, config: RouterConfig) -> tuple[float | None, float | None, bool]:
+    """``(budget, price, stream)`` of a request's ``model``: ``p2l`` -> the configured budget
+    or price (``stream``: the budget is kept over the stream of requests); ``p2l:budget=X`` or
+    ``p2l:price=Y`` override them (a budget given in a request is that request's own).
+    Raises :class:`RequestError` for anything else after ``p2l:``."""
     budget, price = config.budget, config.price
+    stream = config.budget_scope == "stream" and budget is not None
     if name == "p2l":
-        return budget, price
+        return budget, price, stream
     options = name.removeprefix("p2l:")
     for part in filter(None, options.split(",")):
         key, _, value = part.partition("=")
@@ -74,12 +82,12 @@ def parse_route_model(name: str, config: RouterConfig) -> tuple[float | None, fl
         if not np.isfinite(number) or number < 0:
             raise RequestError(f"model {name!r}: {key} must be a finite number >= 0")
         if key == "budget":
-            budget, price = number, None
+            budget, price, stream = number, None, False
         elif key == "price":
-            budget, price = None, number
+            budget, price, stream = None, number, False
         else:
             raise RequestError(f"model {name!r}: unknown option {key!r} (budget, price)")
-    return budget, price
+    return budget, price, stream
 
 
 class RouterCore:
@@ -109,6 +117,9 @@ class RouterCore:
         else:
             self.q = opponent_distribution("uniform", self.models, None, None, family)
         self.credit = 0.0
+        self.overspend = 0.0  # the stream budget's virtual queue (cost units)
+        spread = float(self.costs.max() - self.costs.min())
+        self.spread = spread if spread > 0 else 1.0
         self.rng = np.random.default_rng(config.seed)
         self.lock = threading.Lock()
 
@@ -139,12 +150,13 @@ class RouterCore:
         self,
         coefs: np.ndarray,
         eta: np.ndarray | None,
-        params: Sequence[tuple[float | None, float | None]],
+        params: Sequence[tuple[float | None, float | None, bool]],
         commit: Sequence[bool] | None = None,
     ) -> list[Decision]:
-        """One decision per prompt; ``params[i]`` is its ``(budget, price)``; ``commit[i]``
-        False previews a route without drawing on the balanced sampler's credit."""
-        from p2l_cli.route import solve
+        """One decision per prompt; ``params[i]`` is its ``(budget, price, stream)``;
+        ``commit[i]`` False previews a route without changing the router's state (the
+        balanced sampler's credit, the stream budget's overspend)."""
+        from p2l_cli.route import route_by_price, solve
 
         values = self.values(coefs, eta)
         commit = [True] * len(params) if commit is None else commit
@@ -153,14 +165,32 @@ class RouterCore:
         for i, key in enumerate(params):
             groups.setdefault(tuple(key), []).append(i)
         with self.lock:
-            for (budget, price), rows in groups.items():
+            for (budget, price, stream), rows in groups.items():
+                if stream:  # in arrival order: each route moves the price of the next
+                    for row in rows:
+                        price_now = self.stream_price(budget)
+                        strategy = route_by_price(values[row : row + 1], self.costs,
+                                                  price_now).strategy[0]  # fmt: skip
+                        decision = self._decide(values[row], strategy, budget, price_now,
+                                                commit[row], stream=True)  # fmt: skip
+                        if commit[row]:
+                            self.overspend = max(0.0, self.overspend + decision.cost - budget)
+                        decisions[row] = decision
+                    continue
                 routing = solve(values[rows], self.costs, budget, "prompt", price)
                 for row, strategy in zip(rows, routing.strategy):
                     decisions[row] = self._decide(values[row], strategy, budget, price,
                                                   commit[row])  # fmt: skip
         return decisions
 
-    def _decide(self, v, strategy, budget, price, commit: bool) -> Decision:
+    def stream_price(self, budget: float) -> float:
+        """The price of the stream budget: proportional to the overspend so far (a virtual
+        queue ``Q <- max(0, Q + cost - budget)``; drift-plus-penalty). An overspend of
+        ``stream_window`` budgets prices the whole cost spread at one unit of win rate."""
+        return self.overspend / (self.config.stream_window * budget * self.spread)
+
+    def _decide(self, v, strategy, budget, price, commit: bool, stream: bool = False
+                ) -> Decision:  # fmt: skip
         costs = self.costs
         expected = float(strategy @ costs)
         support = np.flatnonzero(strategy > 1e-12)
@@ -182,7 +212,8 @@ class RouterCore:
         fallbacks = [
             self.names[j]
             for j in order
-            if j != s and (budget is None or costs[j] <= budget + 1e-15)
+            if j != s and (budget is None or costs[j] <= budget + 1e-15
+                           or (stream and costs[j] <= costs[s]))
         ][: self.config.fallbacks]
         return Decision(
             model=self.names[s],
@@ -202,6 +233,7 @@ class Job:
     turns: list[str]
     budget: float | None = None
     price: float | None = None
+    stream: bool = False
     commit: bool = True
 
 
@@ -225,7 +257,7 @@ class Scorer:
 
         coefs, eta = predict_prompts(self.model, self.tokenizer, [job.turns for job in jobs])
         decisions = self.core.route(
-            coefs, eta, [(j.budget, j.price) for j in jobs], [j.commit for j in jobs]
+            coefs, eta, [(j.budget, j.price, j.stream) for j in jobs], [j.commit for j in jobs]
         )
         return [
             Scored(coefs[i], None if eta is None else float(eta[i]), decisions[i])

@@ -69,7 +69,7 @@ def build_state(model_source: str, config_path, dry_run: bool = False,
     model, tokenizer = load_for_inference(model_source, device)
     core = RouterCore(model.info.model_list, model.info.family, config)
     scorer = Scorer(model, tokenizer, core)
-    scorer.core.route(*_warm_up(model, tokenizer), [(config.budget, config.price)], [False])
+    scorer.core.route(*_warm_up(model, tokenizer), [(config.budget, config.price, False)], [False])
     return ServerState(config, core, scorer, model.info, str(model_source), dry_run, api_key)
 
 
