@@ -88,7 +88,7 @@ class Server:
 
 async def load(url: str, prompts: list[str], clients: int, total: int, model: str = "p2l"):
     """``total`` requests from ``clients`` concurrent clients: latencies and wall time."""
-    latencies, replies = [], []
+    latencies, replies, errors = [], [], []
     counter = iter(range(total))
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=url, trust_env=False, limits=limits,
@@ -99,7 +99,14 @@ async def load(url: str, prompts: list[str], clients: int, total: int, model: st
                 body = {"model": model,
                         "messages": [{"role": "user", "content": prompts[i % len(prompts)]}]}
                 start = time.perf_counter()
-                response = await http.post("/v1/chat/completions", json=body)
+                for attempt in range(3):  # a dropped keep-alive connection: count, retry
+                    try:
+                        response = await http.post("/v1/chat/completions", json=body)
+                        break
+                    except httpx.TransportError as exc:
+                        errors.append(type(exc).__name__)
+                        if attempt == 2:
+                            raise
                 latencies.append(time.perf_counter() - start)
                 response.raise_for_status()
                 replies.append((i, response))
@@ -107,6 +114,8 @@ async def load(url: str, prompts: list[str], clients: int, total: int, model: st
         start = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(clients)))
         wall = time.perf_counter() - start
+    if errors:
+        print(f"  ({len(errors)} transport errors retried: {sorted(set(errors))})", flush=True)
     return np.array(latencies), wall, sorted(replies, key=lambda r: r[0])
 
 
