@@ -268,7 +268,8 @@ class Scorer:
 class MicroBatcher:
     """Collects concurrent jobs for up to ``wait_s`` (or ``max_batch`` of them) and runs
     each batch with one call of ``fn`` in a single worker thread; the event loop stays free
-    meanwhile, so the next batch fills while one is scored."""
+    meanwhile, so the next batch fills while one is scored. A job with no other in flight,
+    after a batch of one, does not wait: a single client pays no batching delay."""
 
     def __init__(self, fn: Callable[[list], list], wait_s: float, max_batch: int,
                  on_batch: Callable[[int, float], None] | None = None):  # fmt: skip
@@ -276,6 +277,8 @@ class MicroBatcher:
         self.wait_s = wait_s
         self.max_batch = max_batch
         self.on_batch = on_batch
+        self.pending = 0  # jobs submitted and not yet answered
+        self.last_size = 0
         self.queue: asyncio.Queue | None = None
         self.task: asyncio.Task | None = None
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="p2l-score")
@@ -295,20 +298,27 @@ class MicroBatcher:
 
     async def submit(self, job):
         future = asyncio.get_running_loop().create_future()
-        await self.queue.put((job, future))
-        return await future
+        self.pending += 1
+        try:
+            await self.queue.put((job, future))
+            return await future
+        finally:
+            self.pending -= 1
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             batch = [await self.queue.get()]
-            if self.wait_s > 0 and self.queue.qsize() < self.max_batch - 1:
+            # a lone client (nothing else in flight, last batch of one) does not wait
+            alone = self.pending <= 1 and self.last_size <= 1
+            if self.wait_s > 0 and not alone and self.queue.qsize() < self.max_batch - 1:
                 await asyncio.sleep(self.wait_s)
             while len(batch) < self.max_batch and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
             batch = [(job, fut) for job, fut in batch if not fut.cancelled()]
             if not batch:
                 continue
+            self.last_size = len(batch)
             start = time.perf_counter()
             try:
                 results = await loop.run_in_executor(self.executor, self.fn,
