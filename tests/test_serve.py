@@ -391,6 +391,10 @@ def test_dry_run_answers_with_the_decision_and_batches_concurrent_requests(dry_s
         model="p2l:budget=0.001", messages=[{"role": "user", "content": "x"}], stream=True)
     text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
     assert json.loads(text)["model"] == "alpha"
+    raw = api.chat.completions.with_raw_response.create(
+        model="gamma", messages=[{"role": "user", "content": "x"}])  # by name: no scoring
+    assert raw.headers["x-p2l-model"] == "gamma" and raw.headers["x-p2l-expected-win-rate"] == ""
+    assert json.loads(raw.parse().choices[0].message.content)["expected_win_rate"] is None
     assert all(fake.received == [] for fake in upstreams.values())
     metrics = httpx.get(dry_server.url + "/metrics", trust_env=False).text
     batches = float(metrics.split("\np2l_batch_size_count ")[1].split()[0])
@@ -418,6 +422,8 @@ def test_sigterm_shuts_down_gracefully(dry_server):
         ({"colour": 1}, "unknown key 'colour'"),
         ({"allowed": ["delta"]}, "'delta' is not a configured model"),
         ({"sampling": "often"}, "sampling 'often'"),
+        ({"opponents": "leaderboard-top-9"}, "K must be between 1 and 4"),
+        ({"opponents": {"zeta": 1}}, "'zeta' is not in the P2L model's model list"),
     ],
 )  # fmt: skip
 def test_config_errors_exit_2_with_one_line(folder, upstreams, tmp_path, settings, needle):
@@ -509,3 +515,16 @@ def test_core_keeps_a_stream_budget_by_price():
     assert spent == pytest.approx(0.001, rel=0.02)
     assert len({d.model for d in decisions}) >= 3
     assert all(d.price is not None for d in decisions)
+
+
+def test_core_top_k_opponents_are_each_prompts_own():
+    from p2l_cli import route
+
+    core, _ = core_for(opponents="leaderboard-top-2")
+    coefs = arena_coefs(50, seed=2)
+    decisions = core.route(coefs, None, [(None, None, False)] * 50)
+    for row, d in zip(coefs, decisions):
+        q = route.opponent_distribution("leaderboard-top-2", core.names, row[None], None, "bt")
+        v = route.expected_win_rates(row[None], q)[0]
+        assert d.model == core.names[int(np.argmax(v))]
+        assert d.win_rate == pytest.approx(v.max())

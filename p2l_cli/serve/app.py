@@ -273,7 +273,7 @@ def create_app(state: ServerState) -> FastAPI:
             decision = scored.decision
         elif name in config.upstreams:
             up = config.upstreams[name]
-            decision = Decision(name, float("nan"), up.cost, {name: 1.0}, up.cost, [])
+            decision = Decision(name, None, up.cost, {name: 1.0}, up.cost, [])
         else:
             raise APIError(404, f"the model {name!r} does not exist; use 'p2l', "
                                 "'p2l:budget=X' or one of /v1/models", param="model",

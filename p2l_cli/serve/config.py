@@ -128,7 +128,10 @@ def _upstream(name: str, spec, where: str, known: set[str]) -> Upstream:
 
 def _opponents(value, where: str, known: set[str]) -> str | dict[str, float]:
     if isinstance(value, str):
-        if value == "uniform" or _TOP_K.match(value):
+        top = _TOP_K.match(value)
+        if top and not 1 <= int(top.group(1)) <= len(known):
+            raise UserError(f"{where}: {value}: K must be between 1 and {len(known)}")
+        if value == "uniform" or top:
             return value
         raise UserError(f"{where}: {value!r}: expected 'uniform', 'leaderboard-top-K' or a "
                         "mapping of model -> weight")  # fmt: skip

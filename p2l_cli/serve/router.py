@@ -45,7 +45,7 @@ class Decision:
     """The route of one request."""
 
     model: str  # the chosen model
-    win_rate: float  # its expected win rate against the opponents
+    win_rate: float | None  # its expected win rate against the opponents (None: by name)
     cost: float  # its cost
     strategy: dict[str, float]  # the mixed strategy it was drawn from
     expected_cost: float  # the strategy's expected cost
