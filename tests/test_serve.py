@@ -42,7 +42,7 @@ PROMPTS = [
 
 class FakeUpstream:
     """An OpenAI-compatible chat endpoint that records requests; ``mode`` is 'ok', 'fail'
-    (HTTP 500) or 'slow' (answers after 3 s)."""
+    (HTTP 500), 'slow' (answers after 3 s) or 'break' (a stream cut off after one chunk)."""
 
     def __init__(self, name: str):
         self.name, self.mode, self.received = name, "ok", []
@@ -60,6 +60,18 @@ class FakeUpstream:
                     return self._send(500, {"error": {"message": "boom"}})
                 if upstream.mode == "slow":
                     time.sleep(3)
+                if upstream.mode == "break":  # promises a long body, breaks off after a chunk
+                    self.send_response(200)
+                    self.send_header("content-type", "text/event-stream")
+                    self.send_header("content-length", "100000")
+                    self.end_headers()
+                    chunk = {"id": "x", "object": "chat.completion.chunk", "created": 1,
+                             "model": body["model"], "choices": [
+                                 {"index": 0, "delta": {"content": "hel"}, "finish_reason": None}]}
+                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
                 text = f"hello from {upstream.name}"
                 if not body.get("stream"):
                     return self._send(200, {
@@ -308,6 +320,14 @@ def test_fallback_to_the_next_best_model_then_502_and_504(server, upstreams, fol
         api.chat.completions.create(model="p2l:budget=0.001",
                                     messages=[{"role": "user", "content": "x"}])  # fmt: skip
     assert slow.value.status_code == 504 and time.time() - start < 2.9  # timeout: 1 s
+    # an upstream that breaks off mid-stream: the stream ends with an error event
+    upstreams["alpha"].mode = "break"
+    stream = api.chat.completions.create(model="p2l:budget=0.001", stream=True,
+                                         messages=[{"role": "user", "content": "x"}])  # fmt: skip
+    with pytest.raises(openai.APIError, match="broke off the stream"):
+        for _ in stream:
+            pass
+    assert httpx.get(server.url + "/healthz", trust_env=False).status_code == 200
 
 
 def test_auth_and_bad_requests_answer_openai_errors(server, upstreams):
@@ -322,6 +342,11 @@ def test_auth_and_bad_requests_answer_openai_errors(server, upstreams):
         (json.dumps({"model": "p2l", "messages": [{"content": "no role"}]}).encode(), 400),
         (json.dumps({"model": "p2l", "messages": [{"role": "system", "content": "x"}]}).encode(),
          400),
+        (json.dumps({"model": "p2l", "messages": [{"role": "user", "content": 5}]}).encode(), 400),
+        (json.dumps({"model": "p2l", "stream": "yes", "messages": [{"role": "user",
+                                                                    "content": "x"}]}).encode(),
+         400),
+        (json.dumps([1, 2]).encode(), 400),
         (json.dumps({"model": "p2l:budget=0.0001", "messages": [{"role": "user",
                                                                  "content": "x"}]}).encode(), 400),
         (json.dumps({"model": "p2l:colour=3", "messages": [{"role": "user",
