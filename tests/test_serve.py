@@ -305,6 +305,7 @@ def test_fallback_to_the_next_best_model_then_502_and_504(server, upstreams, fol
             model="p2l", messages=[{"role": "user", "content": PROMPTS[2]}], stream=stream)
         assert raw.headers["x-p2l-model"] == runner_up
         assert raw.headers["x-p2l-attempts"] == "2"
+        assert float(raw.headers["x-p2l-cost"]) == pytest.approx(COSTS[runner_up])
         assert len(upstreams[runner_up].received) == 1
         upstreams[runner_up].received = []
     # within a budget of 0.001 only alpha fits: no fallback, so its failure is the client's

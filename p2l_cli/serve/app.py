@@ -136,13 +136,14 @@ def _check_messages(body: dict) -> list:
     return messages
 
 
-def route_headers(decision: Decision, model: str, attempts: int) -> dict[str, str]:
+def route_headers(decision: Decision, model: str, cost: float, attempts: int) -> dict[str, str]:
+    """What the response says about the route: the model that answered (a fallback, maybe),
+    its expected win rate on the prompt (empty when asked by name) and its cost."""
     rate = decision.win_rates.get(model)
-    cost = decision.cost if model == decision.model else None
     return {
         "x-p2l-model": model,
         "x-p2l-expected-win-rate": "" if rate is None else f"{rate:.6f}",
-        "x-p2l-cost": f"{cost if cost is not None else 0:.10g}",
+        "x-p2l-cost": f"{cost:.10g}",
         "x-p2l-attempts": str(attempts),
     }
 
@@ -285,7 +286,7 @@ def create_app(state: ServerState) -> FastAPI:
     def _dry_run_reply(decision: Decision, stream: bool):
         metrics.inc("p2l_route_choices_total", model=decision.model)
         metrics.inc("p2l_spend_total", decision.cost)
-        headers = route_headers(decision, decision.model, 0)
+        headers = route_headers(decision, decision.model, decision.cost, 0)
         content = json.dumps(decision.as_dict())
         ident, created = f"p2l-dry-{uuid.uuid4().hex[:16]}", int(time.time())
         if not stream:
@@ -318,7 +319,8 @@ def create_app(state: ServerState) -> FastAPI:
         timed_out = False
         for attempt, name in enumerate(candidates, start=1):
             up = config.upstreams[name]
-            headers = {"content-type": "application/json", "accept": body_accept(stream)}
+            headers = {"content-type": "application/json",
+                       "accept": "text/event-stream" if stream else "application/json"}
             key = up.api_key()
             if key:
                 headers["authorization"] = f"Bearer {key}"
@@ -340,11 +342,11 @@ def create_app(state: ServerState) -> FastAPI:
                 elif stream and response.status_code < 400:
                     metrics.observe("p2l_upstream_latency_seconds",
                                     time.perf_counter() - start, model=name)  # fmt: skip
-                    _answered(decision, name, attempt)
+                    _answered(name)
                     return StreamingResponse(
                         _relay(response, name), status_code=response.status_code,
                         media_type=response.headers.get("content-type", "text/event-stream"),
-                        headers=route_headers(decision, name, attempt),
+                        headers=route_headers(decision, name, up.cost, attempt),
                     )  # fmt: skip
                 else:
                     remaining = max(config.timeout - (time.perf_counter() - start), 1e-3)
@@ -355,14 +357,14 @@ def create_app(state: ServerState) -> FastAPI:
                     metrics.observe("p2l_upstream_latency_seconds",
                                     time.perf_counter() - start, model=name)  # fmt: skip
                     if response.status_code < 400:
-                        _answered(decision, name, attempt)
+                        _answered(name)
                     else:  # the client's mistake (400, 404, ...): no point trying another model
                         metrics.inc("p2l_upstream_errors_total", model=name,
                                     kind=f"http_{response.status_code}")  # fmt: skip
                     return Response(
                         content, status_code=response.status_code,
                         media_type=response.headers.get("content-type", "application/json"),
-                        headers=route_headers(decision, name, attempt),
+                        headers=route_headers(decision, name, up.cost, attempt),
                     )  # fmt: skip
             except (asyncio.TimeoutError, httpx.TimeoutException):
                 kind, timed_out = "timeout", True
@@ -383,7 +385,7 @@ def create_app(state: ServerState) -> FastAPI:
             "upstream_error", code="upstream_timeout" if status == 504 else "upstream_error",
         )
 
-    def _answered(decision: Decision, name: str, attempt: int) -> None:
+    def _answered(name: str) -> None:
         metrics.inc("p2l_route_choices_total", model=name)
         metrics.inc("p2l_spend_total", config.upstreams[name].cost)
 
@@ -400,13 +402,5 @@ def create_app(state: ServerState) -> FastAPI:
         finally:
             await response.aclose()
 
-    return _wrap(app, metrics)
-
-
-def body_accept(stream: bool) -> str:
-    return "text/event-stream" if stream else "application/json"
-
-
-def _wrap(app: FastAPI, metrics: Metrics) -> FastAPI:
     app.add_middleware(_CountRequests, metrics=metrics)
     return app
