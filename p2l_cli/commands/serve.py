@@ -49,7 +49,7 @@ def serve(
     the model that wins most often for the prompt, within the budget.
 
     Also GET /v1/models, POST /v1/leaderboard (the prompt's leaderboard), GET /healthz and
-    GET /metrics (Prometheus). Needs the serve extra: pip install 'p2l-cli[serve]'.
+    GET /metrics (Prometheus). Needs the serve extra: pip install 'p2l-cli\\[serve]'.
 
     Examples:
 
