@@ -391,7 +391,7 @@ def create_app(state: ServerState) -> FastAPI:
 
     async def _relay(response: httpx.Response, name: str):
         try:
-            async for chunk in response.aiter_raw():
+            async for chunk in response.aiter_bytes():  # decoded, as the headers we send say
                 yield chunk
         except (httpx.HTTPError, asyncio.TimeoutError) as exc:
             metrics.inc("p2l_upstream_errors_total", model=name, kind="stream")
