@@ -33,6 +33,7 @@ from p2l_cli.commands import (
     prepare,
     push,
     route,
+    serve,
     simulate,
     train,
 )
@@ -184,6 +185,7 @@ _register("evaluate", evaluate.evaluate, MODEL)
 _register("push", push.push, MODEL)
 _register("leaderboard", leaderboard.leaderboard, USE)
 _register("route", route.route, USE)
+_register("serve", serve.serve, USE)
 _register("demo", demo.demo, "Getting started", no_args_is_help=False)
 
 
