@@ -1,25 +1,26 @@
-"""Quality benchmark: is a P2L model trained on a CPU in minutes worth it on simulated votes?
+"""Quality benchmark: does `p2l train` with its defaults beat the marginal leaderboard on
+votes no stage saw, and by how much of what is achievable?
 
-For each seed: simulate an arena (a few thousand training votes), prepare it (the demo's
-command lines), hold out a share of the training prompts as the development votes that
-training validates on (early stopping, best weights), train the embedded MiniLM backbone with
-the ``minilm-cpu`` recipe, predict the held-out validation prompts (never seen in training,
-not even for early stopping) and the simulator's fresh prompts, then report
+For each world and seed: `p2l simulate` an arena (ties by default) with 8,000 battles and
+12 models, `p2l prepare` it into 6,000 training and 2,000 held-out votes (split by prompt),
+`p2l train` with the defaults (nothing is chosen on the held-out votes), `p2l predict` the
+held-out prompts and the simulator's fresh prompts, and `p2l evaluate` against the truth.
+Reported per run and as mean ± sd:
 
-1. the validation NLL of P2L as a share of the way from the marginal leaderboard's NLL to
-   that of per-category leaderboards fitted with the true categories (target >= 90%);
-2. per category, Kendall tau to the true leaderboard of the aggregated P2L leaderboard and of
-   a leaderboard fitted on that category's own training votes (target: P2L at least as close);
-3. unconstrained routing on the fresh prompts: the true expected win rate against uniform
-   opponents of the model P2L picks per prompt, minus that of the best single model
-   (target >= 5 points);
+1. share of the achievable NLL gain: (NLL marginal - NLL P2L) / (NLL marginal - NLL truth),
+   every NLL with ties counted as half a win (the Arena's convention), on the held-out votes;
+2. router share: on the fresh prompts, the true expected win rate (against uniform
+   opponents) of the model P2L ranks first, as a share of the way from the best single
+   model to the oracle router (which picks with the true coefficients);
+3. the held-out gain over the marginal leaderboard with its 95% bootstrap interval (the
+   ``flat`` world has nothing to learn: there the gain must not be negative);
+4. training time (feature encoding included) and prediction speed.
 
-The marginal and per-category baselines are fitted on all training votes, development votes
-included. Mean and spread over the seeds. Each stage runs as a subprocess
-(``python -m p2l_cli ...``), as a user would run it.
+Each stage runs as a subprocess, as a user runs it.
 
-    python benchmarks/bench_quality.py                    # 3 seeds, ~20 minutes on 2 cores
-    python benchmarks/bench_quality.py --seeds 0 --battles 3000
+    python benchmarks/bench_quality.py                      # 3 worlds x 3 seeds, ~25 min on 2 cores
+    python benchmarks/bench_quality.py --worlds mixed --seeds 0
+    python benchmarks/bench_quality.py --train-args "--head-solver adamw --epochs 40"
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import shlex
 import subprocess
 import sys
@@ -36,202 +38,154 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from p2l_cli.demo import SIZES, Layout, Size, data_stages, evaluation_stages, model_stages
 from p2l_cli.io import read_table_meta
 from p2l_cli.route import expected_win_rates
 
 
 def run_p2l(argv: list[str], log: Path) -> float:
-    """Run ``p2l ARGV`` as a subprocess, appending its stderr to ``log``; returns seconds."""
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
+    """``p2l ARGV`` as a subprocess (stderr appended to ``log``); returns its seconds."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
     started = time.perf_counter()
     with log.open("a") as fh:
-        fh.write(f"\n$ p2l {' '.join(argv)}\n")
+        fh.write(f"\n$ p2l {shlex.join(argv)}\n")
         fh.flush()
         proc = subprocess.run(
-            [sys.executable, "-m", "p2l_cli", *argv], check=False, stdout=fh, stderr=fh, env=env
+            [sys.executable, "-m", "p2l_cli", *argv], stdout=fh, stderr=fh, env=env, check=False
         )
     if proc.returncode != 0:
         raise SystemExit(f"p2l {argv[0]} failed (exit {proc.returncode}); see {log}")
     return time.perf_counter() - started
 
 
-def routing_gain(predictions: Path, fresh: Path) -> dict:
-    """Unconstrained routing on fresh prompts, judged by their true coefficients."""
+def router_share(predictions: Path, fresh: Path, truth_family: str) -> dict:
+    """The P2L router on fresh prompts, valued with their true coefficients."""
     frame, meta = read_table_meta(predictions)
-    truth = pl.read_ndjson(fresh).select(
-        "id", "true_coefs", *(["true_eta"] if "true_eta" in pl.read_ndjson(fresh).columns else [])
+    truth = pl.read_ndjson(fresh)
+    joined = frame.select("id", "coefs", *(["eta"] if "eta" in frame.columns else [])).join(
+        truth.select("id", "true_coefs", *(["true_eta"] if "true_eta" in truth.columns else [])),
+        on="id",
     )
-    frame = frame.select("id", "coefs", *(["eta"] if "eta" in frame.columns else []))
-    joined = frame.join(truth, on="id", how="inner")
-    family, m = meta["loss"], len(meta["models"])
+    m = len(meta["models"])
     q = np.full(m, 1.0 / m)
     predicted = np.array(joined["coefs"].to_list(), dtype=np.float64)
-    true = np.array(joined["true_coefs"].to_list(), dtype=np.float64)
     eta = joined["eta"].to_numpy() if "eta" in joined.columns else None
+    true = np.array(joined["true_coefs"].to_list(), dtype=np.float64)
     true_eta = joined["true_eta"].to_numpy() if "true_eta" in joined.columns else None
-    chosen = expected_win_rates(predicted, q, eta, family).argmax(axis=1)
-    value = expected_win_rates(true, q, true_eta, family)
+    chosen = expected_win_rates(predicted, q, eta, meta["loss"]).argmax(axis=1)
+    value = expected_win_rates(true, q, true_eta, truth_family)
     router = float(value[np.arange(len(chosen)), chosen].mean())
     best_single = float(value.mean(axis=0).max())
     oracle = float(value.max(axis=1).mean())
+    headroom = oracle - best_single
     return {
         "prompts": len(chosen),
         "router": router,
         "best_single": best_single,
-        "oracle_router": oracle,
-        "gain_points": 100 * (router - best_single),
+        "oracle": oracle,
+        "share": (router - best_single) / headroom if headroom > 1e-9 else None,
     }
 
 
-def category_recovery(report: dict) -> dict:
-    rows = [r for r in report["recovery"] if r["category"] != "(all)" and "category_fit" in r]
-    p2l = np.array([r["p2l"]["kendall_tau"] for r in rows])
-    own = np.array([r["category_fit"]["kendall_tau"] for r in rows])
-    gap_p2l = np.array([r["p2l"]["win_prob_gap"] for r in rows])
-    gap_own = np.array([r["category_fit"]["win_prob_gap"] for r in rows])
-    return {
-        "categories": len(rows),
-        "tau_p2l": float(p2l.mean()),
-        "tau_own": float(own.mean()),
-        "p2l_at_least_as_close": int((p2l >= own - 1e-12).sum()),
-        "gap_p2l": float(gap_p2l.mean()),
-        "gap_own": float(gap_own.mean()),
-    }
-
-
-def one_seed(root: Path, size: Size, seed: int, train_args: list[str] = ()) -> dict:
-    layout = Layout(root)
-    log = root / "bench.log"
+def one_run(root: Path, world: str, seed: int, args, train_args: list[str]) -> dict:
     root.mkdir(parents=True, exist_ok=True)
-    seconds = {}
-    for stage in data_stages(layout, size, seed):
-        seconds[stage.argv[0]] = seconds.get(stage.argv[0], 0.0) + run_p2l(stage.argv, log)
-    fit = layout.fit  # the training votes, less the development votes (fit/val.parquet)
-    train, predict_val = (stage.argv for stage in model_stages(layout, size, seed, True))
-    train.extend(train_args)
-    seconds["train"] = run_p2l(train, log)
-    seconds["predict_val"] = run_p2l(predict_val, log)
-    fresh = layout.arena / "prompts.jsonl"
-    run_p2l(["predict", str(layout.model), str(fresh), "-o", str(layout.prompt_predictions)], log)
-    evaluate = evaluation_stages(layout, plots=False)[0].argv
-    run_p2l([*evaluate, "--bootstrap", "1000", "--seed", str(seed)], log)
-    report = json.loads(layout.evaluation.read_text())
-    metrics = json.loads((layout.model / "metrics.json").read_text())
+    log = root / "bench.log"
+    arena, data, model = root / "arena", root / "data", root / "model"
+    val_preds, fresh_preds = root / "val_predictions.parquet", root / "fresh_predictions.parquet"
+    run_p2l(["simulate", str(arena), "--battles", str(args.battles), "--models",
+             str(args.models), "--world", world, "--seed", str(seed), "--prompts", "500"],
+            log)  # fmt: skip
+    run_p2l(["prepare", str(arena / "battles.parquet"), "-o", str(data), "--val-fraction",
+             str(args.val_fraction), "--seed", str(seed)], log)  # fmt: skip
+    train_seconds = run_p2l(
+        ["train", str(data), "-o", str(model), "--overwrite", *train_args], log
+    )
+    val_prompts = pl.scan_parquet(data / "val.parquet").select(pl.len()).collect().item()
+    predict_seconds = run_p2l(["predict", str(model), str(data / "val.parquet"), "-o",
+                               str(val_preds)], log)  # fmt: skip
+    run_p2l(["predict", str(model), str(arena / "prompts.jsonl"), "-o", str(fresh_preds)], log)
+    report_path = root / "evaluation.json"
+    run_p2l(["evaluate", str(val_preds), str(data / "val.parquet"), "--truth",
+             str(arena / "truth.parquet"), "--json", str(report_path), "--bootstrap", "1000",
+             "--seed", str(seed)], log)  # fmt: skip
+    report = json.loads(report_path.read_text())
+    metrics = json.loads((model / "metrics.json").read_text())
+    truth_family = json.loads((arena / "simulation.json").read_text())["family"]
+    gain = report["gain_half"]
+    oracle = report.get("oracle", {})
     return {
+        "world": world,
         "seed": seed,
         "train_votes": report["train_votes"],
-        "fit_votes": pl.scan_parquet(fit / "train.parquet").select(pl.len()).collect().item(),
-        "dev_votes": pl.scan_parquet(fit / "val.parquet").select(pl.len()).collect().item(),
-        "val_votes": report["votes"],
-        "train_seconds": seconds["train"],
-        "best_step": metrics.get("best_step"),
-        "steps": metrics.get("steps"),
-        "nll": {
-            name: report[name]["nll"] for name in ("p2l", "marginal", "category_fit", "oracle")
-        },
-        "gain": report["gain"],
-        "share_of_category_gain": report["category_fit"]["fraction_captured"],
-        "share_of_oracle_gain": report["oracle"]["fraction_captured"],
-        "recovery": category_recovery(report),
-        "routing": routing_gain(layout.prompt_predictions, fresh),
+        "scored_votes": report["votes"],
+        "nll_half": {k: report[k]["nll_half"] for k in ("p2l", "marginal", "oracle")},
+        "share": oracle.get("fraction_captured_half"),
+        "gain": gain["nll"],
+        "gain_low": gain.get("low"),
+        "gain_high": gain.get("high"),
+        "router": router_share(fresh_preds, arena / "prompts.jsonl", truth_family),
+        "train_seconds": train_seconds,
+        "predict_prompts_per_s": val_prompts / predict_seconds,
+        "head_fit": metrics.get("head_fit"),
+        "leakage": report.get("leakage"),
     }
 
 
-def spread(values: list[float]) -> str:
+def spread(values) -> str:
     values = [v for v in values if v is not None]
     if not values:
         return "—"
-    mean = float(np.mean(values))
     sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-    return f"{mean:.3f} ± {sd:.3f}" + (f"  (min {min(values):.3f})" if len(values) > 1 else "")
+    return f"{np.mean(values):.3f} ± {sd:.3f} (min {min(values):.3f}, max {max(values):.3f})"
 
 
 def summarise(results: list[dict]) -> None:
-    print("\nper seed:")
+    print("\nper run:")
     for r in results:
-        rec, route = r["recovery"], r["routing"]
+        fit = r["head_fit"] or {}
         print(
-            f"  seed {r['seed']}: {r['fit_votes']} training votes ({r['dev_votes']} more for "
-            f"early stopping, {r['val_votes']} held out); train {r['train_seconds'] / 60:.1f} min "
-            f"(best step {r['best_step']} of {r['steps']}), NLL p2l {r['nll']['p2l']:.4f} "
-            f"marginal {r['nll']['marginal']:.4f} categories {r['nll']['category_fit']:.4f} "
-            f"oracle {r['nll']['oracle']:.4f}; share of category gain "
-            f"{_pct(r['share_of_category_gain'])}, of oracle gain "
-            f"{_pct(r['share_of_oracle_gain'])}; tau p2l {rec['tau_p2l']:.3f} vs own votes "
-            f"{rec['tau_own']:.3f} ({rec['p2l_at_least_as_close']}/{rec['categories']} "
-            f"categories at least as close); routing {100 * route['router']:.1f}% vs best "
-            f"single {100 * route['best_single']:.1f}% (+{route['gain_points']:.1f} points)"
+            f"  {r['world']:9s} seed {r['seed']}: share {r['share']:.3f}, gain "
+            f"{r['gain']:+.4f} [{r['gain_low']:+.4f}, {r['gain_high']:+.4f}] nats/vote, router "
+            f"share {r['router']['share'] if r['router']['share'] is None else round(r['router']['share'], 3)} "
+            f"({r['router']['router']:.3f} vs best single {r['router']['best_single']:.3f}, "
+            f"oracle {r['router']['oracle']:.3f}), penalty {fit.get('penalty')}, train "
+            f"{r['train_seconds']:.0f} s, predict {r['predict_prompts_per_s']:.0f} prompts/s"
         )
-    print(f"\nover {len(results)} seed(s): mean ± sd")
-    print(
-        f"  1. share of the marginal->category-fit NLL gain: "
-        f"{spread([r['share_of_category_gain'] for r in results])}  (target >= 0.90)"
-    )
-    print(
-        f"     share of the marginal->oracle NLL gain:       "
-        f"{spread([r['share_of_oracle_gain'] for r in results])}"
-    )
-    print(
-        f"  2. mean Kendall tau per category, P2L:           "
-        f"{spread([r['recovery']['tau_p2l'] for r in results])}"
-    )
-    print(
-        f"     mean Kendall tau per category, own votes:     "
-        f"{spread([r['recovery']['tau_own'] for r in results])}  (target: P2L >= this)"
-    )
-    print(
-        f"  3. routing gain over the best single model (pts): "
-        f"{spread([r['routing']['gain_points'] for r in results])}  (target >= 5)"
-    )
-    headroom = [
-        100 * (r["routing"]["oracle_router"] - r["routing"]["best_single"]) for r in results
-    ]
-    print(f"     headroom: true-coefficient router over it (pts): {spread(headroom)}")
-    print(
-        f"     training minutes:                             "
-        f"{spread([r['train_seconds'] / 60 for r in results])}  (limit 10)"
-    )
-
-
-def _pct(value: float | None) -> str:
-    return "—" if value is None else f"{100 * value:.0f}%"
+    for world in dict.fromkeys(r["world"] for r in results):
+        rows = [r for r in results if r["world"] == world]
+        print(f"\n{world} ({len(rows)} seeds): mean ± sd")
+        print(f"  share of the achievable NLL gain (ties half): {spread([r['share'] for r in rows])}")
+        print(f"  router share of the oracle router's gain:     "
+              f"{spread([r['router']['share'] for r in rows])}")
+        print(f"  gain over the marginal (nats/vote):           {spread([r['gain'] for r in rows])}")
+        below = sum(r["gain"] < -1e-9 for r in rows)
+        router_below = sum(r["router"]["router"] < r["router"]["best_single"] - 1e-9 for r in rows)
+        print(f"  runs below the marginal: {below}, router below the best single model: "
+              f"{router_below}")
+        print(f"  train seconds: {spread([r['train_seconds'] for r in rows])}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
-    parser.add_argument("--battles", type=int, default=None, help="default: the demo's")
-    parser.add_argument("--models", type=int, default=None, help="default: the demo's")
-    parser.add_argument("--small", action="store_true", help="the demo's --small size (smoke)")
+    parser.add_argument("--worlds", default="mixed,structure,flat")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--battles", type=int, default=8000)
+    parser.add_argument("--models", type=int, default=12)
+    parser.add_argument("--val-fraction", type=float, default=0.25)
     parser.add_argument("--out", default="/tmp/p2l-bench-quality")
-    parser.add_argument(
-        "--train-args",
-        default="",
-        help="extra `p2l train` flags, e.g. '--head-hidden 64' (recipe variants)",
-    )
+    parser.add_argument("--train-args", default="", help="extra `p2l train` flags")
     args = parser.parse_args()
-    base = SIZES["small" if args.small else "full"]
-    size = Size(
-        battles=args.battles or base.battles,
-        models=args.models or base.models,
-        prompts=base.prompts,
-        train_flags=base.train_flags,
-    )
     out = Path(args.out)
     results = []
-    for seed in (int(s) for s in args.seeds.split(",")):
-        print(f"seed {seed} ...", flush=True)
-        result = one_seed(out / f"seed{seed}", size, seed, shlex.split(args.train_args))
-        results.append(result)
-        (out / "results.json").write_text(json.dumps(results, indent=2))
-        summarise(results)
-    print(f"\nmachine: {os.cpu_count()} CPU cores; size {size}; results in {out / 'results.json'}")
+    for world in args.worlds.split(","):
+        for seed in (int(s) for s in args.seeds.split(",")):
+            print(f"{world} seed {seed} ...", flush=True)
+            results.append(one_run(out / f"{world}-{seed}", world, seed, args,
+                                   shlex.split(args.train_args)))  # fmt: skip
+            (out / "results.json").write_text(json.dumps(results, indent=2))
+    summarise(results)
+    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} CPU cores, load average "
+          f"{os.getloadavg()[0]:.1f} at the end; results in {out / 'results.json'}")
 
 
 if __name__ == "__main__":

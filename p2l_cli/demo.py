@@ -52,13 +52,12 @@ class Size:
 SIZES = {
     # A few thousand training votes, trained with the minilm-cpu recipe as it stands.
     "full": Size(battles=6000, models=10, prompts=300),
-    # For CI: a small arena, the backbone frozen (its pooled states computed once), a short
-    # run of the head.
+    # For CI: a small arena, trained with the same defaults.
     "small": Size(
         battles=1200,
         models=6,
         prompts=60,
-        train_flags=("--freeze-backbone", "--epochs", "10"),
+        train_flags=(),
     ),
 }
 

@@ -30,6 +30,7 @@ from p2l_cli.errors import UserError
 from p2l_cli.io import read_json, read_table, read_table_meta
 from p2l_cli.stats.families import (
     canonical_family,
+    half_tie_nll,
     has_eta,
     vote_mask,
     vote_nll,
@@ -56,6 +57,7 @@ class Predictions:
     family: str
     head: str
     source: str
+    model_dir: str | None = None  # the model folder that predicted them, when known
 
 
 @dataclass
@@ -83,7 +85,10 @@ def predictions_from_table(frame: pl.DataFrame, meta: dict | None, source: str) 
         raise UserError(f"{source}: {exc}") from None
     if has_eta(family) and "eta" not in frame.columns:
         raise UserError(f"{source}: loss {family!r} needs an 'eta' column")
-    return Predictions(frame, list(meta["models"]), family, meta.get("head") or "bt", source)
+    model_dir = meta.get("model") if isinstance(meta.get("model"), str) else None
+    return Predictions(
+        frame, list(meta["models"]), family, meta.get("head") or "bt", source, model_dir
+    )
 
 
 def read_predictions(path: str | Path) -> Predictions:
@@ -268,13 +273,20 @@ def vote_losses(
     return nll.numpy(), mask.double().numpy()
 
 
+def half_tie_losses(coefs: np.ndarray, labels: np.ndarray, eta: Any, family: str) -> np.ndarray:
+    """Per-vote NLL with ties as half (:func:`families.half_tie_nll`), every vote counted."""
+    theta_w, theta_l = _pair_coefs(coefs, labels)
+    eta_ = _tensor(eta) if _uses_eta(family, eta) else None
+    return half_tie_nll(theta_w, theta_l, torch.as_tensor(labels[:, 2]), eta_, family).numpy()
+
+
 def score(
     coefs: np.ndarray, labels: np.ndarray, eta: Any, family: str, weights: np.ndarray
 ) -> dict:
     """NLL, accuracy, Brier score and ``n`` (:func:`stats.metrics.vote_metrics`) and the
     expected calibration error."""
     metrics = vote_metrics(coefs, labels, eta=eta, family=family, weights=weights)
-    out = {key: _number(metrics[key]) for key in ("nll", "accuracy", "brier", "n")}
+    out = {key: _number(metrics[key]) for key in ("nll", "nll_half", "accuracy", "brier", "n")}
     table = calibration_table(coefs, labels, eta, family, DEFAULT_BINS, weights)
     out["ece"] = expected_calibration_error(table) if table.height else None
     return out
@@ -358,6 +370,7 @@ class TruthTable:
     frame: pl.DataFrame
     models: list[str]
     source: str
+    family: str | None = None  # the family the votes were drawn from, when known
 
 
 @dataclass
@@ -391,7 +404,13 @@ def read_truth(path: str | Path, candidate_models: list | None = None) -> TruthT
         raise UserError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
     width = int(frame["true_coefs"].list.len().max() or 0)
     candidates = [data_model_list(path), *(candidate_models or [])]
-    return TruthTable(frame, truth_model_list(meta, str(path), width, candidates), str(path))
+    family = (meta or {}).get("family") or (meta or {}).get("loss")
+    try:
+        family = canonical_family(family) if family else None
+    except ValueError:
+        family = None
+    models = truth_model_list(meta, str(path), width, candidates)
+    return TruthTable(frame, models, str(path), family)
 
 
 def align_truth(ids: pl.Series, truth: TruthTable, models: list[str]) -> Truth:
@@ -548,9 +567,11 @@ def evaluate_predictions(
         result["train_votes"] = len(train_votes.labels)
     val_truth = None
     categories = None
+    oracle_family = family
     if truth is not None:
         val_truth = align_truth(vote_ids(votes), truth, models)
-        reason = oracle_unavailable(val_truth, family)
+        oracle_family = truth.family or family
+        reason = oracle_unavailable(val_truth, oracle_family)
         if reason:
             result["oracle"] = {"available": False, "reason": reason}
         else:
@@ -567,10 +588,14 @@ def evaluate_predictions(
                 c: int((train_categories == c).sum()) for c in sorted(fits)
             }
 
-    losses = {}
+    losses, half = {}, {}
     for name, (c, e) in predictors.items():
-        result[name] = {"available": True, **score(c, votes.labels, e, family, votes.weights)}
-        losses[name] = vote_losses(c, votes.labels, e, family)[0]
+        own = oracle_family if name == "oracle" else family
+        result[name] = {"available": True, **score(c, votes.labels, e, own, votes.weights)}
+        if own != family:
+            result[name]["family"] = own
+        losses[name] = vote_losses(c, votes.labels, e, own)[0]
+        half[name] = half_tie_losses(c, votes.labels, e, own)
     if "marginal" in losses:
         for name in predictors:
             if name == "marginal":
@@ -579,11 +604,19 @@ def evaluate_predictions(
             result[name]["gain"] = gain_block(
                 losses["marginal"], losses[name], weights, votes.clusters, s, reps
             )
+            result[name]["gain_half"] = gain_block(
+                half["marginal"], half[name], votes.weights, votes.clusters, s, reps
+            )
         result["gain"] = result["p2l"]["gain"]
+        result["gain_half"] = result["p2l"]["gain_half"]
         for name in ("oracle", "category_fit"):
             if name in predictors:
+                comparable = result[name].get("family", family) == family
                 result[name]["fraction_captured"] = fraction(
                     result["p2l"]["gain"]["nll"], result[name]["gain"]["nll"]
+                ) if comparable else None
+                result[name]["fraction_captured_half"] = fraction(
+                    result["p2l"]["gain_half"]["nll"], result[name]["gain_half"]["nll"]
                 )
     else:
         result["marginal"] = {
@@ -788,7 +821,10 @@ def predictions_from_model(
         max_batch_size=batch_size or DEFAULT_MAX_BATCH_SIZE,
         name="VAL_BATTLES",
     )
-    return predictions_from_table(frame, model.info.metadata(), str(source))
+    meta = model.info.metadata()
+    if Path(str(source)).is_dir():
+        meta["model"] = str(Path(str(source)).resolve())
+    return predictions_from_table(frame, meta, str(source))
 
 
 def run_evaluation(
@@ -804,7 +840,7 @@ def run_evaluation(
 ) -> dict:
     """What ``p2l evaluate`` does: read, predict if given a model, score, show, write."""
     from p2l_cli.io import write_text
-    from p2l_cli.ui import console, info
+    from p2l_cli.ui import console, info, warn
 
     s = settings or Settings()
     if str(val_path) != "-" and Path(val_path).is_dir():  # a `p2l prepare` folder
@@ -829,6 +865,9 @@ def run_evaluation(
     result = evaluate_predictions(
         preds, val, str(val_path), train, str(train_path), truth, data_models, s
     )
+    result["leakage"] = seen_votes(preds.model_dir, val)
+    for message in result["leakage"]:
+        warn(message)
     render(result, console)
     if json_out is not None:
         write_text(json_out, to_json(result))
@@ -836,6 +875,40 @@ def run_evaluation(
         for path in write_plots(result, plot_dir):
             info(f"wrote {path}")
     return result
+
+
+def seen_votes(model_dir: str | None, votes: pl.DataFrame) -> list[str]:
+    """Warnings when the votes being scored were seen by the model: its training votes, or
+    the validation votes that chose its weights (early stopping). Found through the model
+    folder's ``training_config.json`` (its data folder) and ``metrics.json``."""
+    if not model_dir or "id" not in votes.columns:
+        return []
+    folder = Path(model_dir)
+    try:
+        data = Path(read_json(folder / "training_config.json").get("data") or "")
+        selected_on = str(read_json(folder / "metrics.json").get("selected_on") or "val")
+    except (OSError, ValueError, AttributeError, UserError):
+        return []
+    scored = set(votes["id"].cast(pl.String).to_list())
+    splits = [("train.parquet", "trained on")]
+    if selected_on.startswith("val"):
+        splits.append(("val.parquet", "used for early stopping (choosing the weights) by"))
+    warnings = []
+    for name, how in splits:
+        path = data / name
+        if not path.is_file():
+            continue
+        try:
+            ids = pl.scan_parquet(path).select(pl.col("id").cast(pl.String)).collect()["id"]
+        except Exception:  # noqa: BLE001, S112 (an unreadable data folder: nothing to compare)
+            continue
+        overlap = len(scored.intersection(ids.to_list()))
+        if overlap:
+            warnings.append(
+                f"{overlap:,} of the {len(scored):,} scored votes were {how} the model "
+                f"({path}): its scores are optimistic; score votes no stage saw"
+            )
+    return warnings
 
 
 def _has_categories(val: pl.DataFrame, truth: TruthTable | None) -> bool:
@@ -898,23 +971,29 @@ def render(result: dict, console: Any) -> None:
             "predictions' model list[/]"
         )
     table = Table(title="Held-out votes", title_justify="left")
-    for column in ("predictor", "NLL", "gain vs marginal", "accuracy", "Brier", "ECE"):
+    columns = ("predictor", "NLL", "NLL, ties ½", "gain, ties ½", "accuracy", "Brier", "ECE")
+    for column in columns:
         table.add_column(column, justify="left" if column == "predictor" else "right")
     for name, label in PREDICTORS.items():
         block = result.get(name)
         if not block or not block.get("available", True):
             continue
+        own = f" ({block['family']})" if block.get("family") else ""
         table.add_row(
             label,
-            _fmt(block["nll"]),
-            _gain_text(block.get("gain")),
+            _fmt(block["nll"]) + own,
+            _fmt(block.get("nll_half")),
+            _gain_text(block.get("gain_half")),
             _pct(block["accuracy"]),
             _fmt(block["brier"]),
             _fmt(block["ece"], 3),
         )
     _print_table(console, table)
     shown = [n for n in PREDICTORS if result.get(n, {}).get("available", False)]
-    console.print("[dim]" + "; ".join(PREDICTOR_NOTES[n] for n in shown) + "[/]")
+    console.print(
+        "[dim]" + "; ".join(PREDICTOR_NOTES[n] for n in shown) + ". NLL: the family's own; "
+        "ties ½: every vote, a tie counting as half a win (one footing for all families)[/]"
+    )
     for line in summary_lines(result):
         console.print(line)
     render_calibration(result, console, Table)
@@ -950,11 +1029,18 @@ def summary_lines(result: dict) -> list[str]:
         f"{verdict}: NLL gain {_fmt(gain['nll'], signed=True)} nats/vote "
         f"({_pct(relative, signed=True)}; {interval})"
     )
+    half = result.get("gain_half")
+    if half:
+        lines.append(
+            f"ties counted as half (every family alike): NLL {_fmt(result['p2l']['nll_half'])} "
+            f"vs marginal {_fmt(marginal['nll_half'])}, gain {_fmt(half['nll'], signed=True)}"
+        )
     oracle = result.get("oracle", {})
     if oracle.get("available"):
         lines.append(
             f"fraction of the achievable gain captured (oracle): "
-            f"{_pct(oracle.get('fraction_captured'))}"
+            f"{_pct(oracle.get('fraction_captured'))}; ties as half: "
+            f"{_pct(oracle.get('fraction_captured_half'))}"
         )
     elif oracle:
         lines.append(f"[yellow]oracle unavailable:[/] {oracle.get('reason', '')}")

@@ -35,6 +35,7 @@ import yaml
 
 from p2l_cli import __version__
 from p2l_cli.errors import UserError
+from p2l_cli.io import read_json_file
 from p2l_cli.ui import console
 
 REPO_TYPES = ("model", "dataset")
@@ -209,20 +210,8 @@ class ModelFacts:
     leaderboard: dict | None = None
 
 
-def _read_json_file(path: Path, expected: type) -> Any:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read ({exc})") from None
-    if not isinstance(value, expected):
-        raise UserError(f"{path}: expected a JSON {'object' if expected is dict else 'array'}")
-    return value
-
-
 def _optional_json(path: Path) -> dict | None:
-    return _read_json_file(path, dict) if path.is_file() else None
+    return read_json_file(path, dict) if path.is_file() else None
 
 
 def safetensors_shapes(path: Path) -> dict[str, list[int]]:
@@ -257,7 +246,7 @@ def _weight_shapes(model_dir: Path) -> dict[str, list[int] | None]:
     names the tensor)."""
     index = model_dir / "model.safetensors.index.json"
     if index.is_file():
-        return dict.fromkeys(_read_json_file(index, dict).get("weight_map", {}))
+        return dict.fromkeys(read_json_file(index, dict).get("weight_map", {}))
     weights = sorted(model_dir.glob("*.safetensors"))
     if not weights:
         raise UserError(f"{model_dir}: not a P2L model folder (no model.safetensors)")
@@ -292,7 +281,7 @@ def read_model_folder(model_dir: Path) -> ModelFacts:
     # p2l predict refuses a folder without its tokenizer: never publish one
     if not (model_dir / "tokenizer.json").is_file():
         raise UserError(f"{model_dir}: incomplete model folder (no tokenizer.json)")
-    models = _read_json_file(model_dir / "model_list.json", list)
+    models = read_json_file(model_dir / "model_list.json", list)
     if not models or not all(isinstance(m, str) for m in models):
         raise UserError(f"{model_dir / 'model_list.json'}: expected a non-empty list of names")
     layer = _output_layer(_weight_shapes(model_dir))
@@ -305,7 +294,7 @@ def read_model_folder(model_dir: Path) -> ModelFacts:
             f"has {shape[0]} outputs; the folder is inconsistent"
         )
     return ModelFacts(
-        config=_read_json_file(model_dir / "config.json", dict),
+        config=read_json_file(model_dir / "config.json", dict),
         model_list=models,
         training_config=_optional_json(model_dir / "training_config.json") or {},
         metrics=_optional_json(model_dir / "metrics.json"),

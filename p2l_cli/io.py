@@ -541,3 +541,18 @@ class TableWriter:
             if self.to_stdout and self._fh is not None:
                 self._fh.flush()
             self._stack.__exit__(exc_type, exc, tb)
+
+
+def read_json_file(path: Path, expected: type | None = None):
+    """A JSON file of a model folder; a truncated or unreadable one is the user's error,
+    named."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read ({exc})") from None
+    if expected is not None and not isinstance(value, expected):
+        kind = "an object" if expected is dict else "an array"
+        raise UserError(f"{path}: expected a JSON {kind}")
+    return value

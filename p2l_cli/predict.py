@@ -851,6 +851,8 @@ def predict_file(
     else:
         model, tokenizer = load_for_inference(model_source, device, dtype, workers.local_rank)
     meta = model.info.metadata()
+    if not isinstance(model_source, tuple) and Path(str(model_source)).is_dir():
+        meta["model"] = str(Path(str(model_source)).resolve())  # for evaluate's leakage check
     table = read_chunks(source, options.chunk_rows, input_format)
     expected = None if table.total is None else -(-table.total // workers.world)
     on_rows = progress(expected) if progress is not None else None

@@ -19,6 +19,7 @@ Accelerate's own config). The loop, step by step:
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
@@ -42,11 +43,21 @@ from p2l_cli.errors import UserError
 from p2l_cli.io import write_json
 from p2l_cli.model import P2LModel, build_p2l, collate, save_p2l
 from p2l_cli.model.checkpoint import state_dict_for_saving
+from p2l_cli.model.neighbours import FAMILIES as NEIGHBOUR_FAMILIES
+from p2l_cli.model.neighbours import MAX_VOTES as NEIGHBOUR_MAX_VOTES
+from p2l_cli.model.neighbours import cross_validate as cross_validate_neighbours
 from p2l_cli.stats.aggregate import aggregate
 from p2l_cli.stats.families import labels_nll
+from p2l_cli.stats.headfit import fit_linear_head
 from p2l_cli.stats.marginal import arena_scale, fit_marginal
 from p2l_cli.stats.metrics import vote_metrics
-from p2l_cli.train_config import TrainConfig, merge_for_resume, resolve_config
+from p2l_cli.train_config import (
+    AUTO_LOSS,
+    TrainConfig,
+    merge_for_resume,
+    resolve_config,
+    resolve_loss,
+)
 from p2l_cli.train_data import (
     DataDir,
     Layout,
@@ -70,6 +81,7 @@ LAST = "last"
 STATE_FILE = "trainer_state.json"
 BEST_HEAD = "best_head.safetensors"
 METRICS_LOG = "metrics.jsonl"
+LOCK_FILE = ".p2l-train.lock"
 # What p2l writes into a model folder; --overwrite removes these before a new run.
 OUTPUTS = (
     CHECKPOINTS, METRICS_LOG, "metrics.json", "leaderboard.json", "model.safetensors",
@@ -156,18 +168,76 @@ def train_p2l(
     accelerator = make_accelerator(config)
     if not accelerator.is_main_process:
         console.quiet = True
-    prepare_output_dir(out, options, accelerator)
-    for message in warnings:
-        warn(message)
-    threads = torch.get_num_threads()
-    try:
-        trainer = Trainer(config, Path(data_dir), out, accelerator, options)
+    with output_lock(out, accelerator):
+        prepare_output_dir(out, options, accelerator)
+        for message in warnings + ineffective_settings(config, overrides or {}):
+            warn(message)
+        threads = torch.get_num_threads()
         try:
-            return trainer.run()
+            trainer = Trainer(config, Path(data_dir), out, accelerator, options)
+            try:
+                return trainer.run()
+            finally:
+                trainer.close()
         finally:
-            trainer.close()
-    finally:
-        torch.set_num_threads(threads)
+            torch.set_num_threads(threads)
+
+
+@contextmanager
+def output_lock(out: Path, accelerator: Accelerator) -> Iterator[None]:
+    """One training run per model folder: a second run into a folder that another is
+    writing stops at once (exit 2) instead of mixing their files."""
+    if not accelerator.is_main_process:
+        yield
+        return
+    if out.exists() and not out.is_dir():
+        raise UserError(f"-o {out}: exists and is not a folder")
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    lock = out / LOCK_FILE
+    with open(lock, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(
+                f"-o {out}: another `p2l train` is writing this folder; wait for it to end "
+                "or train into another folder"
+            ) from None
+        try:
+            yield
+        except BaseException:
+            if created and [p.name for p in out.iterdir()] == [LOCK_FILE]:
+                lock.unlink()  # a run that failed before writing anything leaves no folder
+                out.rmdir()
+            raise
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# Relative weights of the prompt descriptors against the embedding in ridge-cv (chosen by CV).
+DESCRIPTOR_WEIGHTS = (1.0, 3.0, 10.0)
+# Settings of the step-wise optimiser, which an exact ridge-cv fit does not use.
+STEP_SETTINGS = (
+    "epochs", "max_steps", "lr", "head_lr", "batch_size", "grad_accum", "warmup", "scheduler",
+    "weight_decay", "max_grad_norm", "adam_eps", "adam_betas", "eval_every", "patience",
+    "head_init", "chrono", "group_by_length", "save_every",
+)  # fmt: skip
+
+
+def ineffective_settings(config: TrainConfig, overrides: dict[str, Any]) -> list[str]:
+    """Warnings for flags given on the command line that change nothing in this run."""
+    given = [k for k, v in overrides.items() if v is not None]
+    unused = []
+    if config.head_solver == "ridge-cv":
+        unused = [k for k in given if k in STEP_SETTINGS]
+        why = "the head is fitted exactly (--head-solver ridge-cv); use --head-solver adamw"
+    elif config.freeze_backbone and "lr" in given and config.head_lr is not None:
+        unused = ["lr"]
+        why = "--lr is the backbone's learning rate and the backbone is frozen; see --head-lr"
+    if not unused:
+        return []
+    flags = ", ".join("--" + k.replace("_", "-") for k in unused)
+    return [f"{flags}: no effect in this run ({why})"]
 
 
 def make_accelerator(config: TrainConfig) -> Accelerator:
@@ -218,7 +288,7 @@ def read_checkpoint_state(out: Path) -> dict:
 def prepare_output_dir(out: Path, options: RunOptions, accelerator: Accelerator) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"-o {out}: exists and is not a folder")
-    if not options.resume and out.is_dir() and any(out.iterdir()):
+    if not options.resume and out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir()):
         if not options.overwrite:
             hint = " or --resume to continue its checkpoint" if checkpoint_dir(out) else ""
             raise UserError(f"-o {out}: folder is not empty; pass --overwrite to replace it{hint}")
@@ -229,6 +299,8 @@ def prepare_output_dir(out: Path, options: RunOptions, accelerator: Accelerator)
                     shutil.rmtree(target)
                 elif target.exists():
                     target.unlink()
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)  # logs are written before any checkpoint
     accelerator.wait_for_everyone()
 
 
@@ -363,13 +435,18 @@ class Trainer:
         self.out = out_dir
         self.accelerator = accelerator
         self.options = options
-        self.family = config.family
         self.device = accelerator.device
         self.signals = StopSignals()
         self.best_head: dict[str, torch.Tensor] | None = None
         self.window = _Window()
+        self.head_fit: dict | None = None
 
         self.data: DataDir = load_data_dir(data_dir, config.weighted)
+        if config.loss == AUTO_LOSS:
+            config.loss = resolve_loss(config.loss, self.data.train.labels[:, 2])
+            console.print(f"loss: {config.loss} (auto: the training votes "
+                          f"{'hold' if config.loss == 'bt-tie' else 'hold no'} ties)")
+        self.family = config.family
         if (message := missing_ties_warning(self.family, self.data.train.labels[:, 2])) is not None:
             warn(message)
         set_seed(config.seed)
@@ -451,6 +528,8 @@ class Trainer:
             chat_template=config.chat_template,
             head_hidden=config.head_hidden,
             head_activation=config.head_activation,
+            normalize=config.normalize,
+            prompt_features=config.prompt_features,
         )
         if model.info.max_length < config.max_length:
             console.print(
@@ -511,7 +590,7 @@ class Trainer:
             ids = self.token_ids[split]
             out[split] = pooled_features(
                 self.model, ids, pad, self.device, batch, self.accelerator.autocast, split
-            ) if ids else torch.zeros((0, self.model.config.hidden_size))
+            ) if ids else torch.zeros((0, self.model.pooled_size))
         return out
 
     # ----------------------------------------------------------------------- forward/loss
@@ -520,6 +599,8 @@ class Trainer:
         if self.features is not None:
             x = self.features[split][torch.from_numpy(idx).to(self.features[split].device)]
             coefs, eta = module(x.to(self.device))
+            if self.model.neighbours is not None:
+                coefs = self.model.neighbours(x[:, : self.model.config.hidden_size], coefs)
         else:
             ids = self.token_ids[split]
             input_ids, mask = collate([ids[i] for i in idx], self.tokenizer.pad_token_id, self.device)
@@ -544,6 +625,8 @@ class Trainer:
     # --------------------------------------------------------------------------- the loop
 
     def run(self) -> TrainResult:
+        if self.config.head_solver == "ridge-cv":
+            return self._run_ridge()
         state = self.state
         self._announce()
         self._trim_log()
@@ -568,6 +651,113 @@ class Trainer:
                     state.epoch += 1
                     state.step_in_epoch = 0
         return self._finish()
+
+    def _run_ridge(self) -> TrainResult:
+        """The exact cross-validated linear head on the frozen features (no steps): the
+        validation votes only report, they choose nothing."""
+        self._announce()
+        started = time.perf_counter()
+        train = self.data.train
+        texts = ["\x1e".join(turns) for turns in train.prompts]
+        groups = np.unique(np.array(texts, dtype=object), return_inverse=True)[1].reshape(-1)
+        console.print(
+            f"fitting a linear head: {self.config.cv_folds}-fold cross-validation of the "
+            "penalty over the training votes (folds split by prompt)"
+        )
+        features = self.features["train"].cpu().numpy()
+        hidden = self.model.config.hidden_size
+        # the few prompt descriptors may be penalised less than the many embedding dimensions:
+        # their weight is chosen by the same cross-validation
+        weights = DESCRIPTOR_WEIGHTS if features.shape[1] > hidden else (1.0,)
+        fits = []
+        for weight in weights:
+            scale = np.ones(features.shape[1])
+            scale[hidden:] = weight
+            fits.append(fit_linear_head(
+                features, train.labels, self.family, bias=self.marginal.theta,
+                eta=self.marginal.eta, weights=train.weights, groups=groups,
+                folds=self.config.cv_folds, seed=self.config.seed, feature_weights=scale,
+            ))  # fmt: skip
+        best = min(range(len(fits)), key=lambda i: fits[i][1].best_cv_nll)
+        head, report = fits[best]
+        layer = self.model.head.output_layer
+        with torch.no_grad():
+            layer.weight.copy_(torch.as_tensor(head.weight, dtype=layer.weight.dtype))
+            layer.bias.copy_(torch.as_tensor(head.bias, dtype=layer.bias.dtype))
+            if head.eta_weight is not None and self.model.head.eta_head is not None:
+                eta_layer = self.model.head.eta_head
+                eta_layer.weight.copy_(torch.as_tensor(head.eta_weight[None, :]))
+                eta_layer.bias.fill_(head.eta_bias)
+        self.head_fit = report.to_dict()
+        if len(weights) > 1:
+            self.head_fit["descriptor_weight"] = weights[best]
+            self.head_fit["cv_nll_by_descriptor_weight"] = {
+                f"{w:g}": fit.best_cv_nll for w, (_, fit) in zip(weights, fits)
+            }
+        if report.fell_back:
+            console.print(
+                f"cross-validation: no clear gain over the marginal leaderboard "
+                f"({report.gain:+.4f} ± {report.gain_se:.4f} nats per vote): the model is the "
+                "marginal leaderboard"
+            )
+        else:
+            console.print(
+                f"cross-validation: penalty {report.penalty:.3g}"
+                + (f", descriptor weight {weights[best]:g}" if len(weights) > 1 else "")
+                + ", held-out NLL "
+                f"{report.cv_nll[report.penalty]:.4f} vs marginal {report.cv_nll_marginal:.4f} "
+                f"({report.gain:+.4f} ± {report.gain_se:.4f} per vote)"
+            )
+        self._fit_neighbours(report, groups)
+        self.state.step = self.total_steps = 1
+        self.head_fit["seconds"] = round(time.perf_counter() - started, 2)
+        self._log({"type": "head_fit", **self.head_fit})
+        self._evaluate()
+        if self.best_head is None:  # no validation votes: keep the fitted head
+            self.best_head = {
+                k: v.detach().cpu().clone() for k, v in self.model.head.state_dict().items()
+            }
+        return self._finish()
+
+    def _fit_neighbours(self, report, groups: np.ndarray) -> None:
+        """Cross-validate neighbourhood leaderboards around the fitted head (bt, bt-tie and
+        unweighted votes only) and attach them when they beat the head alone."""
+        config, train = self.config, self.data.train
+        if not config.neighbours:
+            return
+        if self.family not in NEIGHBOUR_FAMILIES or train.weights is not None:
+            warn(f"--neighbours: only for unweighted {' or '.join(NEIGHBOUR_FAMILIES)} votes; "
+                 "skipped")  # fmt: skip
+            return
+        if len(train) > NEIGHBOUR_MAX_VOTES:
+            console.print(
+                f"neighbourhoods: skipped above {NEIGHBOUR_MAX_VOTES:,} training votes (the "
+                "linear head has the data; stored votes and their search would grow with it)"
+            )
+            return
+        hidden = self.model.config.hidden_size
+        embeddings = self.features["train"][:, :hidden].float().cpu()
+        choice = cross_validate_neighbours(
+            embeddings.numpy(), train.labels, report.held_out_coefs, report.folds_of_votes,
+            groups, self.family,
+        )  # fmt: skip
+        self.head_fit["neighbours"] = choice.to_dict()
+        if choice.k is None:
+            console.print(
+                f"neighbourhoods: no clear gain over the linear head ({choice.gain:+.4f} ± "
+                f"{choice.gain_se:.4f} per vote held out): not used"
+            )
+            return
+        module = self.model.attach_neighbours(choice.k, choice.penalty, len(train))
+        with torch.no_grad():
+            module.anchors.copy_(torch.nn.functional.normalize(embeddings, dim=-1).half())
+            module.labels.copy_(torch.as_tensor(train.labels, dtype=torch.int32))
+        console.print(
+            f"neighbourhoods: the {choice.k} nearest training votes, penalty {choice.penalty:g}: "
+            f"held-out NLL {choice.cv_nll[f'{choice.k}/{choice.penalty:g}']:.4f} vs "
+            f"{choice.cv_nll_head:.4f} for the linear head ({choice.gain:+.4f} ± "
+            f"{choice.gain_se:.4f} per vote)"
+        )
 
     def _epoch_order(self, epoch: int) -> np.ndarray:
         train = self.data.train
@@ -749,7 +939,7 @@ class Trainer:
         config.pop("loss")  # the folder names these loss_type / head_type
         config.pop("head")
         config.update(
-            data=str(self.data_dir),
+            data=str(Path(self.data_dir).resolve()),
             train_votes=len(self.data.train),
             val_votes=len(self.data.val),
             processes=self.accelerator.num_processes,
@@ -869,11 +1059,20 @@ class Trainer:
             "train_votes": len(self.data.train),
             "val_votes": len(self.data.val),
             "stopped_early": state.stopped_early,
+            "selected_on": self._selected_on(),
         }
+        if self.head_fit is not None:
+            metrics["head_fit"] = self.head_fit
         if self.accelerator.is_main_process:
             write_json(self.out / "metrics.json", metrics)
         self._summary(metrics)
         return TrainResult(self.out, "finished", state, metrics)
+
+    def _selected_on(self) -> str:
+        """Which votes chose the weights: the validation votes are then not held out."""
+        if self.config.head_solver == "ridge-cv":
+            return "train (cross-validation)"
+        return "val (best checkpoint)" if len(self.data.val) else "train (last step)"
 
     # ------------------------------------------------------------------------------ output
 

@@ -27,6 +27,8 @@ SCHEDULERS = ("constant", "linear", "cosine")
 HEAD_INITS = ("normal", "zeros", "xavier")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 POOLINGS = ("cls", "first", "mean")
+HEAD_SOLVERS = ("adamw", "ridge-cv")
+AUTO_LOSS = "auto"
 DEFAULT_RECIPE = "minilm-cpu"
 
 ALIASES = {
@@ -61,7 +63,7 @@ class TrainConfig:
     """Every setting of a training run; saved in the model folder's training_config.json."""
 
     backbone: str = "minilm"
-    loss: str = "bt"
+    loss: str = AUTO_LOSS  # auto: bt-tie when the training votes hold ties, else bt
     head: str | None = None
     head_rank: int | None = None
     head_hidden: int | None = None
@@ -93,6 +95,11 @@ class TrainConfig:
     group_by_length: bool = False
     gradient_checkpointing: bool = False
     freeze_backbone: bool = False
+    head_solver: str = "adamw"  # ridge-cv: exact linear head, penalty by cross-validation
+    cv_folds: int = 5
+    neighbours: bool = False  # ridge-cv: refine by the votes of similar prompts, if CV says so
+    normalize: bool = False
+    prompt_features: bool = False
     weighted: bool = False
     precision: str = "auto"
 
@@ -101,11 +108,13 @@ class TrainConfig:
 
     @property
     def family(self) -> str:
+        if self.loss == AUTO_LOSS:
+            raise ValueError("loss 'auto' is resolved from the training votes first")
         return canonical_family(self.loss)
 
     @property
     def head_type(self) -> str:
-        return self.head or ("rk" if self.family in ("rk", "grk") else "bt")
+        return self.head or ("rk" if self.loss in ("rk", "grk", "bag") else "bt")
 
     def warmup_steps(self, total_steps: int) -> int:
         """``warmup`` below 1 is a fraction of the run, from 1 on a number of steps."""
@@ -239,21 +248,53 @@ def _check(condition: bool, option: str, message: str) -> None:
         raise UserError(f"--{option.replace('_', '-')}: {message}")
 
 
+def resolve_loss(loss: str, tie_codes) -> str:
+    """``auto``: ``bt-tie`` (a tie is half a win, the Arena's convention) when any training
+    vote is a tie, else ``bt``; any other name as given."""
+    if loss != AUTO_LOSS:
+        return loss
+    return "bt-tie" if any(int(c) != 0 for c in tie_codes) else "bt"
+
+
 def validate(config: TrainConfig) -> None:
-    try:
-        config.loss = canonical_family(config.loss)
-    except ValueError:
-        raise UserError(
-            f"--loss {config.loss}: expected one of bt, bt-tie, rk, grk (or bag)"
-        ) from None
-    _check(config.head in (None, "bt", "rk"), "head", f"{config.head!r}: expected bt or rk")
+    if config.loss != AUTO_LOSS:
+        try:
+            config.loss = canonical_family(config.loss)
+        except ValueError:
+            raise UserError(
+                f"--loss {config.loss}: expected auto, bt, bt-tie, rk or grk (or bag)"
+            ) from None
     _check(
-        not (config.head == "bt" and config.family in ("rk", "grk")),
+        config.head_solver in HEAD_SOLVERS,
+        "head_solver",
+        f"expected one of {', '.join(HEAD_SOLVERS)}",
+    )
+    if config.head_solver == "ridge-cv":
+        _check(
+            config.freeze_backbone,
+            "head_solver",
+            "ridge-cv fits a head on frozen features; add --freeze-backbone (or use adamw)",
+        )
+        _check(
+            not (config.head_rank or config.head_hidden),
+            "head_solver",
+            "ridge-cv fits a linear head; drop --head-rank / --head-hidden (or use adamw)",
+        )
+    _check(config.cv_folds >= 2, "cv_folds", "must be at least 2")
+    _check(
+        not config.neighbours or config.head_solver == "ridge-cv",
+        "neighbours",
+        "neighbourhood leaderboards are chosen with --head-solver ridge-cv",
+    )
+    _check(config.head in (None, "bt", "rk"), "head", f"{config.head!r}: expected bt or rk")
+    tie_model = config.loss in ("rk", "grk")
+    _check(
+        not (config.head == "bt" and tie_model),
         "head",
         f"a bt head has no tie output; loss {config.loss} needs --head rk",
     )
     _check(
-        not (config.head == "rk" and config.family not in ("rk", "grk")),
+        not (config.head == "rk" and not tie_model),
         "head",
         f"an rk head's tie output is only used by the rk and grk losses, not {config.loss}",
     )

@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from p2l_cli.io import atomic_path
 from p2l_cli.model import P2LModel, collate
+from p2l_cli.model.prompt_features import NAMES as PROMPT_FEATURES
 from p2l_cli.ui import progress
 
 FEATURES_VERSION = 1
@@ -64,6 +65,8 @@ def cache_key(
         "backbone": weights_fingerprint(model.model),
         "special_rows": special_rows_fingerprint(model, special_ids),
         "pooling": model.info.pooling,
+        "normalize": model.info.normalize,
+        "prompt_features": list(PROMPT_FEATURES) if model.info.prompt_features else None,
         "max_length": model.info.max_length,
         "precision": precision,
         "data": data_fingerprints,
@@ -81,11 +84,17 @@ def pooled_features(
     autocast: Callable[[], AbstractContextManager] | None = None,
     label: str = "",
 ) -> torch.Tensor:
-    """``[N, hidden]`` float32 pooled states, computed in batches of similar length."""
+    """``[N, hidden]`` float32 pooled states, computed in batches of similar length; a
+    prompt that repeats (same token ids) is encoded once."""
     was_training = model.training
     model.eval()
+    first: dict[bytes, int] = {}
+    inverse = np.array([first.setdefault(r.tobytes(), len(first)) for r in token_ids], np.int64)
+    unique_at = np.zeros(len(first), dtype=np.int64)
+    unique_at[inverse[::-1]] = np.arange(len(token_ids))[::-1]  # first row of each prompt
+    token_ids = [token_ids[i] for i in unique_at]
     order = np.argsort([-len(r) for r in token_ids], kind="stable")
-    hidden = model.config.hidden_size
+    hidden = model.pooled_size
     out = torch.empty((len(token_ids), hidden), dtype=torch.float32)
     with progress() as bar:
         task = bar.add_task(f"encoding {label}".strip(), total=len(token_ids), status="")
@@ -97,7 +106,7 @@ def pooled_features(
             out[torch.from_numpy(idx)] = pooled.float().cpu()
             bar.advance(task, len(idx))
     model.train(was_training)
-    return out
+    return out[torch.from_numpy(inverse)]
 
 
 def load_cached(path: Path, names: list[str]) -> dict[str, torch.Tensor] | None:

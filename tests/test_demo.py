@@ -36,7 +36,7 @@ def test_stages_are_command_lines_that_the_shell_splits_back():
     # the held-out votes, which no stage before it reads
     held_out, fit = str(layout.data / "val.parquet"), str(layout.fit)
     assert stages[2].argv[1] == str(layout.data / "train.parquet") and stages[2].argv[3] == fit
-    assert "--overwrite" in stages[3].argv and "--freeze-backbone" in stages[3].argv
+    assert "--overwrite" in stages[3].argv
     assert stages[3].argv[1] == fit
     evaluate = next(i for i, stage in enumerate(stages) if stage.argv[0] == "evaluate")
     assert not any(held_out in stage.argv for stage in stages[:4])
@@ -107,7 +107,8 @@ def test_small_demo_runs_every_stage_and_prints_rerunnable_commands(tmp_path):
     report = json.loads((out / "evaluation.json").read_text())
     assert report["marginal"]["available"] and report["oracle"]["available"]
     assert report["votes"] > 100 and math.isfinite(report["p2l"]["nll"])
-    assert report["oracle"]["nll"] < report["marginal"]["nll"]
+    # the oracle (rk, the simulator's family) and the marginal (bt-tie) on one footing
+    assert report["oracle"]["nll_half"] < report["marginal"]["nll_half"]
 
     # a printed command reruns by hand and gives the same figures
     evaluate = next(c for c in commands if shlex.split(c)[1] == "evaluate")

@@ -442,7 +442,10 @@ def test_stdout_is_jsonl_with_a_metadata_line(folders, loaded, tmp_path):
     result = run_cli("predict", folders["llama"], source, "-o", "-", "--chunk-rows", "2")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert json.loads(lines[0]) == {"p2l": {"models": MODELS, "head": "rk", "loss": "rk"}}
+    model_dir = str(Path(folders["llama"]).resolve())  # for evaluate's leakage check
+    assert json.loads(lines[0]) == {
+        "p2l": {"models": MODELS, "head": "rk", "loss": "rk", "model": model_dir}
+    }
     rows = [json.loads(line) for line in lines[1:]]
     assert [r["id"] for r in rows] == [f"q{i:03d}" for i in range(5)]
     assert all(len(r["coefs"]) == len(MODELS) and isinstance(r["eta"], float) for r in rows)

@@ -300,7 +300,8 @@ def test_predict_then_route_on_a_simulated_arena(simulated):
     piped = subprocess.CompletedProcess(piped.args, 0, piped_out, piped_err)
     meta, piped_routes = read_jsonl(piped.stdout)
     _, direct_routes = read_jsonl(direct.stdout)
-    assert meta == {"models": arena.models, "head": "rk", "loss": "rk"}
+    model_dir = str((folder / "p2l").resolve())
+    assert meta == {"models": arena.models, "head": "rk", "loss": "rk", "model": model_dir}
     assert piped_routes["model"].to_list() == direct_routes["model"].to_list()
     # the coefficients are the model's, and the win rates follow from them (rk, ties half)
     model, tokenizer = load_for_inference(folder / "p2l", "cpu", "float32")

@@ -19,6 +19,7 @@ from conftest import run_cli, run_p2l
 from scipy.stats import spearmanr
 
 from p2l_cli.data.simulate import simulate_arena
+from p2l_cli.errors import UserError
 from p2l_cli.io import read_table_meta
 
 FILES = ("battles.parquet", "truth.parquet", "prompts.jsonl", "costs.yaml", "simulation.json")
@@ -132,8 +133,9 @@ def test_files_follow_the_arena_schema_and_the_truth_contract(tmp_path):
     assert truth["category"].to_list() == battles["category"].to_list()
     assert (truth["true_coefs"].list.len() == 7).all()
     assert truth["true_eta"].null_count() == 0
-    # theta depends only on what the text shows: category and difficulty
-    spread = truth.group_by("category", "difficulty").agg(
+    # theta depends only on what the text shows: category, difficulty, turns, length, language
+    assert truth["long"].any() and (truth["turns"] > 1).any()
+    spread = truth.group_by("category", "difficulty", "turns", "long", "language").agg(
         pl.col("true_coefs").list.to_array(7).arr.to_list().n_unique().alias("distinct")
     )
     assert (spread["distinct"] == 1).all()
@@ -145,12 +147,16 @@ def test_files_follow_the_arena_schema_and_the_truth_contract(tmp_path):
     assert prompts.height == 50
     asked = {t for conv in battles["conversation_a"].to_list() for t in user_turns(conv)}
     assert not set(prompts["prompt"]) & asked
-    by_feature = {(r["category"], r["difficulty"]): r["true_coefs"] for r in truth.to_dicts()}
+    def form(r):
+        return r["category"], r["difficulty"], r["long"], r["language"]
+
+    by_feature = {form(r): r["true_coefs"] for r in truth.to_dicts() if r["turns"] == 1}
+    matched = 0
     for row in prompts.to_dicts():
-        if (row["category"], row["difficulty"]) in by_feature:
-            assert row["true_coefs"] == pytest.approx(
-                by_feature[row["category"], row["difficulty"]]
-            )
+        if form(row) in by_feature:
+            matched += 1
+            assert row["true_coefs"] == pytest.approx(by_feature[form(row)])
+    assert matched
 
     costs = yaml.safe_load((tmp_path / "costs.yaml").read_text())
     summary = json.loads((tmp_path / "simulation.json").read_text())
@@ -384,3 +390,27 @@ def test_default_world_has_specialists_that_make_routing_worth_it():
         value = sigmoid(theta[:, :, None] - theta[:, None, :]).mean(axis=2)
         gains.append(value.max(axis=1).mean() - value.mean(axis=0).max())
     assert min(gains) > 0.03 and np.mean(gains) > 0.06
+
+
+def test_worlds_default_to_ties_and_flat_has_one_leaderboard():
+    """Votes hold ties by default (rk), and the flat world's truth is the same for every
+    prompt, while the structure world's depends on the prompt's form."""
+    mixed = simulate_arena(num_battles=3000, num_models=6, seed=1, num_prompts=0)
+    ties = (mixed.battles["winner"] == "tie").mean()
+    assert mixed.family == "rk" and 0.1 < ties < 0.4
+    flat = simulate_arena(num_battles=500, num_models=6, seed=1, num_prompts=0, world="flat")
+    coefs = np.array(flat.truth["true_coefs"].to_list())
+    assert np.ptp(coefs, axis=0).max() < 1e-12
+    structure = simulate_arena(
+        num_battles=2000, num_models=6, seed=1, num_prompts=0, world="structure"
+    )
+    truth = structure.truth
+    coefs = np.array(truth["true_coefs"].to_list())
+    long_ = truth["long"].to_numpy()
+    # same category and difficulty, short vs long: the long-context gain shows
+    plain = (truth["difficulty"] == 0).to_numpy() & (truth["turns"] == 1).to_numpy()
+    plain &= (truth["language"] == "English").to_numpy()
+    code = (truth["category"] == "code").to_numpy() & plain
+    assert np.abs(coefs[code & long_].mean(0) - coefs[code & ~long_].mean(0)).max() > 0.1
+    with pytest.raises(UserError, match="--world"):
+        simulate_arena(num_battles=10, world="nope")

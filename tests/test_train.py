@@ -77,8 +77,9 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("kind", ["qwen2", "llama", "bert"])
 def test_training_learns_a_planted_signal(backbones, data, tmp_path, kind):
     out = tmp_path / "model"
+    # loss bt as given: the default (auto) would take bt-tie, as these votes hold ties
     result = _train(data, out, backbones[kind], epochs=3, batch_size=16, lr=2e-3,
-                    head_lr=2e-2, eval_every=8, log_every=4)
+                    head_lr=2e-2, eval_every=8, log_every=4, loss="bt")
     assert result.status == "finished" and result.state.step == 3 * (256 // 16)
 
     evals = [line for line in _log(out) if line["type"] == "eval"]

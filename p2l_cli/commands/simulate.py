@@ -44,7 +44,16 @@ def simulate(
             "rk (with ties) or grk (with ties and both-bad ties).",
             rich_help_panel=TRUTH,
         ),
-    ] = "bt",
+    ] = "rk",
+    world: Annotated[
+        str,
+        typer.Option(
+            help="What the truth depends on: mixed (categories, difficulty, turns, length, "
+            "language), structure (mostly turns, length and language) or flat (nothing: "
+            "one leaderboard for every prompt).",
+            rich_help_panel=TRUTH,
+        ),
+    ] = "mixed",
     categories: Annotated[
         str | None,
         typer.Option(
@@ -71,6 +80,8 @@ def simulate(
       p2l simulate arena/ --battles 20000 --models 12 --family grk --seed 3
 
       p2l simulate arena/ --categories code,math,casual_chat
+
+      p2l simulate arena/ --world structure --family bt
     """
     set_quiet(quiet)
     out_dir = _one_out_dir(out_dir, out)
@@ -85,6 +96,7 @@ def simulate(
         categories=chosen,
         num_prompts=prompts,
         days=days,
+        world=world,
     )
     paths = write_arena(arena, out_dir)
     console.print(summary_table(arena))

@@ -36,7 +36,8 @@ def train(
     ] = None,
     loss: Annotated[
         str | None,
-        typer.Option(help="Likelihood: bt, bt-tie, rk or grk (bag).", rich_help_panel=MODEL,
+        typer.Option(help="Likelihood: auto (bt-tie when the votes hold ties, else bt), bt, "
+                     "bt-tie, rk or grk (bag).", rich_help_panel=MODEL,
                      show_default=False),
     ] = None,
     head: Annotated[
@@ -90,6 +91,37 @@ def train(
         typer.Option("--freeze-backbone/--no-freeze-backbone", help="Train only the head on "
                      "pooled states computed once and cached (fast on CPU).",
                      rich_help_panel=MODEL, show_default=False),
+    ] = None,
+    head_solver: Annotated[
+        str | None,
+        typer.Option(help="How the head is fitted: adamw (steps, early stopping on the "
+                     "validation votes) or ridge-cv (frozen backbone, linear head: exact fit, "
+                     "penalty chosen by cross-validation over the training votes).",
+                     rich_help_panel=MODEL, show_default=False),
+    ] = None,
+    cv_folds: Annotated[
+        int | None,
+        typer.Option(help="Folds of --head-solver ridge-cv (split by prompt).",
+                     rich_help_panel=MODEL, show_default=False),
+    ] = None,
+    neighbours: Annotated[
+        bool | None,
+        typer.Option("--neighbours/--no-neighbours", help="With ridge-cv: refine each "
+                     "prompt's leaderboard by the votes on its nearest training prompts, "
+                     "when cross-validation says it helps (bt, bt-tie).",
+                     rich_help_panel=MODEL, show_default=False),
+    ] = None,
+    normalize: Annotated[
+        bool | None,
+        typer.Option("--normalize/--no-normalize", help="L2-normalise the pooled state "
+                     "(sentence-embedding style).", rich_help_panel=MODEL, show_default=False),
+    ] = None,
+    prompt_features: Annotated[
+        bool | None,
+        typer.Option("--prompt-features/--no-prompt-features", help="Append eight prompt "
+                     "descriptors (length, turns, shares of digits, code and math symbols, CJK "
+                     "and other scripts, tokens unknown to the vocabulary) to the pooled state.", rich_help_panel=MODEL,
+                     show_default=False),
     ] = None,
     gradient_checkpointing: Annotated[
         bool | None,
@@ -235,6 +267,9 @@ def train(
         "head_hidden": head_hidden, "head_activation": head_activation,
         "head_init": head_init, "marginal_init": marginal_init, "pooling": pooling,
         "max_length": max_length, "freeze_backbone": freeze_backbone,
+        "head_solver": head_solver, "cv_folds": cv_folds, "normalize": normalize,
+        "neighbours": neighbours,
+        "prompt_features": prompt_features,
         "gradient_checkpointing": gradient_checkpointing, "precision": precision,
         "epochs": epochs, "max_steps": max_steps, "lr": lr, "head_lr": head_lr,
         "batch_size": batch_size, "grad_accum": grad_accum, "warmup": warmup,

@@ -7,6 +7,8 @@ templates of its category (``prompt_bank``); an appended phrase may mark it easy
 Its true coefficients are
 
     theta_m(z) = general_m + skill_m[category(z)] + difficulty(z) * hard_gain_m
+                 + multi_turn(z) * turn_gain_m + long(z) * long_gain_m
+                 + non_english(z) * language_gain_m
 
 centred over the models (``grk`` instead keeps an absolute level, lower for hard prompts,
 because its "both bad" outcome is measured against a fixed reference of strength 0). Both
@@ -15,6 +17,12 @@ learn theta(z). Votes are drawn from ``p2l_cli.stats.families.outcome_probs`` of
 family: ``bt`` and ``bt-tie`` give decisive votes only, ``rk`` adds ties (tie width by
 category), ``grk`` adds ties and "both bad" ties. Pairs are drawn by popularity among the
 models released at the battle's time, so pairs are not equally frequent.
+
+Worlds (``world``) set how much each part matters: ``mixed`` (the default: categories,
+difficulty and the prompt's form: turns, length, language), ``structure`` (mostly the
+prompt's form, weak categories: what sentence embeddings hardly see) and ``flat`` (no prompt
+dependence at all: a per-prompt model has nothing to learn and must not lose to the
+marginal leaderboard). Votes are drawn with ties by default (``rk``), as in the Arena.
 
 Everything is drawn from one ``numpy`` seed, so a seed gives the same files.
 """
@@ -88,6 +96,11 @@ GRK_LEVEL = 1.5  # mean absolute strength in grk: about one vote in ten is "both
 GRK_HARD_DROP = 0.5  # hard prompts lower every model's absolute strength by this much
 
 DIFFICULTY_SHARE = (0.3, 0.4, 0.3)  # easy, plain, hard
+LONG_SHARE = 0.15  # prompts with a long pasted context
+DEFAULT_FAMILY = "rk"
+# world -> (scale of category skills and difficulty, sd of the turn / length / language gains)
+WORLDS = {"mixed": (1.0, 0.35), "structure": (0.35, 0.7), "flat": (0.0, 0.0)}
+DEFAULT_WORLD = "mixed"
 FOREIGN_CHAT_SHARE = 0.3  # of casual chat prompts
 GREETING_SHARE = 0.15  # of English casual chat prompts
 MULTI_TURN_SHARE = 0.15
@@ -100,6 +113,7 @@ class Prompt:
     turns: list[str]
     difficulty: int  # -1 easy, 0 plain, 1 hard
     language: str
+    long: bool = False
 
 
 @dataclass
@@ -117,14 +131,21 @@ class World:
     speciality: list[str | None]
     price: np.ndarray  # [M] dollars per million output tokens
     tokens: np.ndarray  # [M] mean output tokens
+    form_gains: np.ndarray | None = None  # [3, M]: multi-turn, long, non-English
+    world: str = DEFAULT_WORLD
 
-    def coefs(self, category: np.ndarray, difficulty: np.ndarray) -> np.ndarray:
-        """True coefficients ``[N, M]`` for prompts of these categories and difficulties."""
+    def coefs(
+        self, category: np.ndarray, difficulty: np.ndarray, form: np.ndarray | None = None
+    ) -> np.ndarray:
+        """True coefficients ``[N, M]`` for prompts of these categories and difficulties
+        and, with ``form [N, 3]``, multi-turn / long / non-English flags."""
         raw = (
             self.general[None, :]
             + self.skills[:, category].T
             + difficulty[:, None] * self.hard_gain[None, :]
         )
+        if form is not None and self.form_gains is not None:
+            raw = raw + form @ self.form_gains
         centred = raw - raw.mean(axis=1, keepdims=True)
         if self.family == "grk":
             return centred + (GRK_LEVEL - GRK_HARD_DROP * difficulty)[:, None]
@@ -132,7 +153,9 @@ class World:
 
     def eta(self, category: np.ndarray) -> np.ndarray | None:
         """The raw tie parameter of each prompt (the head's scale), for rk and grk."""
-        if self.family == "rk":
+        if self.family == "rk" and self.world == "flat":
+            per_category = np.full(len(self.categories), rk_raw_eta(0.5))
+        elif self.family == "rk":
             per_category = np.array([rk_raw_eta(RK_TIE_WIDTH[c]) for c in self.categories])
         elif self.family == "grk":
             per_category = np.array([GRK_ETA[c] for c in self.categories])
@@ -218,10 +241,24 @@ def render_prompt(category: str, rng: np.random.Generator, multi_turn: bool = Tr
     difficulty = int(rng.choice([-1, 0, 1], p=DIFFICULTY_SHARE))
     if difficulty:
         text += " " + _pick(_difficulty_phrases(category, difficulty), rng)
+    long = bool(rng.random() < LONG_SHARE)
+    if long:
+        text += "\n\n" + _long_context(category, rng)
     turns = [text]
     if multi_turn and rng.random() < MULTI_TURN_SHARE:
         turns.append(_pick(bank.FOLLOW_UPS[category], rng))
-    return Prompt(turns, difficulty, "English")
+    return Prompt(turns, difficulty, "English", long)
+
+
+def _long_context(category: str, rng: np.random.Generator) -> str:
+    """A pasted block of 8-16 sentences on the prompt's topic (notes, a draft, a log)."""
+    lines = []
+    for _ in range(int(rng.integers(8, 17))):
+        if rng.random() < 0.5:
+            lines.append(fill_template(_pick(bank.TEMPLATES[category], rng), rng))
+        else:
+            lines.append(_answer(category, rng))
+    return "Here is the context I have so far:\n" + "\n".join(lines)
 
 
 def _open(opening: str, text: str) -> str:
@@ -292,8 +329,13 @@ def _specialities(general: np.ndarray, categories: list[str], rng) -> list[str |
 
 
 def build_world(
-    num_models: int, categories: list[str], family: str, rng: np.random.Generator
+    num_models: int,
+    categories: list[str],
+    family: str,
+    rng: np.random.Generator,
+    world: str = DEFAULT_WORLD,
 ) -> World:
+    category_scale, form_sd = WORLDS[world]
     general = rng.normal(0.0, GENERAL_SD, num_models)
     general -= general.mean()
     rank = np.argsort(np.argsort(general))
@@ -315,6 +357,9 @@ def build_world(
         0.05, np.round(np.exp(0.6 + 1.6 * general + rng.normal(0, 0.35, num_models)), 2)
     )
     tokens = np.round(450 * np.exp(0.25 * general + rng.normal(0, 0.2, num_models)), -1)
+    # turns, long context and other languages: skills partly tied to general strength
+    form_gains = rng.normal(0.0, form_sd, (3, num_models)) + form_sd * 0.5 * general[None, :]
+    skills = skills * category_scale
     order = np.argsort(names)
     return World(
         models=[names[i] for i in order],
@@ -322,12 +367,14 @@ def build_world(
         family=family,
         general=general[order],
         skills=skills[order],
-        hard_gain=HARD_GAIN * general[order],
+        hard_gain=HARD_GAIN * category_scale * general[order],
         popularity=popularity[order],
         release=release[order],
         speciality=[speciality[i] for i in order],
         price=price[order],
         tokens=tokens[order].astype(int),
+        form_gains=form_gains[:, order],
+        world=world,
     )
 
 
@@ -374,6 +421,13 @@ def draw_outcomes(
 # ----------------------------------------------------------------------------- simulate
 
 
+def prompt_form(prompts: list[Prompt]) -> np.ndarray:
+    """``[N, 3]`` flags: multi-turn, long context, not English."""
+    return np.array(
+        [[len(p.turns) > 1, p.long, p.language != "English"] for p in prompts], dtype=np.float64
+    ).reshape(len(prompts), 3)
+
+
 def _check(num_battles: int, num_models: int, categories, num_prompts: int, days: float):
     if num_battles < 1:
         raise UserError(f"--battles {num_battles}: must be at least 1")
@@ -394,11 +448,12 @@ def _check(num_battles: int, num_models: int, categories, num_prompts: int, days
 def simulate_arena(
     num_battles: int = 6000,
     num_models: int = 10,
-    family: str = "bt",
+    family: str = DEFAULT_FAMILY,
     seed: int = 0,
     categories: list[str] | None = None,
     num_prompts: int = 300,
     days: float = 60.0,
+    world: str = DEFAULT_WORLD,
 ) -> SimulatedArena:
     """Simulate an arena: battles in the Arena conversation schema, their truth, fresh
     prompts with their truth, and the models' costs. Same arguments, same frames."""
@@ -408,10 +463,13 @@ def simulate_arena(
         raise UserError(f"--family: {exc}") from None
     categories = list(dict.fromkeys(categories or bank.CATEGORY_NAMES))
     _check(num_battles, num_models, categories, num_prompts, days)
+    if world not in WORLDS:
+        raise UserError(f"--world {world}: expected one of {', '.join(WORLDS)}")
     streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(6)]
     world_rng, time_rng, prompt_rng, answer_rng, vote_rng, fresh_rng = streams
 
-    world = build_world(num_models, categories, family, world_rng)
+    world_name = world
+    world = build_world(num_models, categories, family, world_rng, world_name)
     times = np.sort(time_rng.uniform(0.0, 1.0, num_battles))
     model_a, model_b = draw_pairs(world, times, time_rng)
     share = np.array([bank.CATEGORY_SHARE[c] for c in categories])
@@ -421,7 +479,8 @@ def simulate_arena(
 
     prompts = [render_prompt(categories[c], prompt_rng) for c in category]
     difficulty = np.array([p.difficulty for p in prompts], dtype=np.float64)
-    coefs = world.coefs(category, difficulty)
+    form = prompt_form(prompts)
+    coefs = world.coefs(category, difficulty, form)
     eta = world.eta(category)
     rows = np.arange(num_battles)
     outcome = draw_outcomes(coefs[rows, model_a], coefs[rows, model_b], eta, family, vote_rng)
@@ -452,6 +511,7 @@ def simulate_arena(
     fresh = _fresh_prompts(world, num_prompts, seen, fresh_rng)
     config = {
         "seed": seed,
+        "world": world_name,
         "family": family,
         "battles": num_battles,
         "models": num_models,
@@ -469,6 +529,8 @@ def _truth_frame(ids, category, difficulty, prompts, coefs, eta, categories) -> 
         "category": [categories[c] for c in category],
         "difficulty": difficulty.astype(np.int64).tolist(),
         "language": [p.language for p in prompts],
+        "turns": [len(p.turns) for p in prompts],
+        "long": [p.long for p in prompts],
         "true_coefs": coefs.tolist(),
     }
     if eta is not None:
@@ -491,13 +553,17 @@ def _fresh_prompts(world: World, count: int, seen: set[str], rng) -> pl.DataFram
             chosen.append((c, prompt))
     category = np.array([c for c, _ in chosen], dtype=np.int64)
     difficulty = np.array([p.difficulty for _, p in chosen], dtype=np.float64)
-    coefs = world.coefs(category, difficulty) if chosen else np.zeros((0, len(world.models)))
+    form = prompt_form([p for _, p in chosen])
+    coefs = (
+        world.coefs(category, difficulty, form) if chosen else np.zeros((0, len(world.models)))
+    )
     columns = {
         "id": [f"prompt-{i:05d}" for i in range(len(chosen))],
         "prompt": [p.turns[0] for _, p in chosen],
         "category": [world.categories[c] for c in category],
         "difficulty": difficulty.astype(np.int64).tolist(),
         "language": [p.language for _, p in chosen],
+        "long": [p.long for _, p in chosen],
         "true_coefs": coefs.tolist(),
     }
     eta = world.eta(category)

@@ -9,7 +9,6 @@ this package's ``grk``).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from transformers import AutoConfig, AutoModel, PreTrainedTokenizerFast
 
 from p2l_cli import __version__
 from p2l_cli.errors import UserError
-from p2l_cli.io import atomic_path, write_json
+from p2l_cli.io import atomic_path, read_json_file, write_json
 from p2l_cli.model.backbone import (
     clamp_max_length,
     default_pooling,
@@ -32,6 +31,7 @@ from p2l_cli.model.backbone import (
     prepare_tokenizer,
 )
 from p2l_cli.model.p2l import P2LInfo, P2LModel
+from p2l_cli.model.prompt_features import token_classes
 from p2l_cli.stats.families import canonical_family
 
 WEIGHTS = "model.safetensors"
@@ -40,7 +40,7 @@ WEIGHTS_INDEX = "model.safetensors.index.json"
 TOKENIZER = "tokenizer.json"
 CONFIG_KEYS = {"head_type", "loss_type", "pooling", "max_length", "backbone", "model_type",
                "head_rank", "head_hidden", "head_activation", "chat_template",
-               "encoder"}  # fmt: skip
+               "encoder", "normalize", "prompt_features", "neighbours"}  # fmt: skip
 
 
 def build_p2l(
@@ -56,6 +56,8 @@ def build_p2l(
     extra: dict | None = None,
     head_hidden: int | None = None,
     head_activation: str = "gelu",
+    normalize: bool = False,
+    prompt_features: bool = False,
 ):
     """A P2L model on a pretrained backbone, with cls/pad tokens added when the tokenizer
     lacks them (the embeddings are resized). ``max_length`` is lowered to what a backbone
@@ -82,9 +84,15 @@ def build_p2l(
         head_activation=head_activation,
         chat_template=None if encoder else tokenizer.chat_template,
         encoder=encoder,
+        normalize=normalize,
+        prompt_features=prompt_features,
         extra=dict(extra or {}),
     )
-    model = P2LModel(network, info, tokenizer.cls_token_id)
+    classes = None
+    if prompt_features:
+        vocab = network.get_input_embeddings().weight.shape[0]
+        classes = token_classes(tokenizer, encoder, vocab)
+    model = P2LModel(network, info, tokenizer.cls_token_id, classes)
     model.head.to(dtype=dtype or torch.float32)
     return model, tokenizer
 
@@ -193,21 +201,6 @@ def check_model_folder(model_dir: Path) -> None:
         raise UserError(f"{model_dir}: incomplete model folder (no {TOKENIZER})")
 
 
-def read_json_file(path: Path, expected: type | None = None):
-    """A JSON file of a model folder; a truncated or unreadable one is the user's error,
-    named."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read ({exc})") from None
-    if expected is not None and not isinstance(value, expected):
-        kind = "an object" if expected is dict else "an array"
-        raise UserError(f"{path}: expected a JSON {kind}")
-    return value
-
-
 def read_info(model_dir: Path) -> P2LInfo:
     check_model_folder(model_dir)
     models = read_json_file(model_dir / "model_list.json", list)
@@ -236,6 +229,9 @@ def read_info(model_dir: Path) -> P2LInfo:
         head_activation=config.get("head_activation") or "gelu",
         chat_template=config.get("chat_template"),
         encoder=encoder,
+        normalize=bool(config.get("normalize", False)),
+        prompt_features=bool(config.get("prompt_features", False)),
+        neighbours=config.get("neighbours") or None,
         extra={k: v for k, v in config.items() if k not in CONFIG_KEYS},
     )
 

@@ -13,9 +13,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from p2l_cli.model import prompt_features as pf
 from p2l_cli.model.heads import P2LHead
+from p2l_cli.model.neighbours import Neighbours
 from p2l_cli.stats.families import canonical_family
 
 
@@ -35,6 +38,9 @@ class P2LInfo:
     head_activation: str = "gelu"
     chat_template: str | None = None
     encoder: bool = False
+    normalize: bool = False  # L2-normalise the pooled state (sentence-embedding style)
+    prompt_features: bool = False  # append prompt_features.NAMES to the pooled state
+    neighbours: dict | None = None  # {"k", "penalty", "anchors"}: see model/neighbours.py
     extra: dict = field(default_factory=dict)
 
     @property
@@ -62,14 +68,26 @@ class P2LOutput:
 class P2LModel(nn.Module):
     """``model`` is the backbone, ``head`` the P2L head: the published checkpoints' names."""
 
-    def __init__(self, backbone: nn.Module, info: P2LInfo, cls_token_id: int | None):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        info: P2LInfo,
+        cls_token_id: int | None,
+        token_classes: torch.Tensor | None = None,
+    ):
         super().__init__()
         self.model = backbone
         self.info = info
         self.cls_token_id = cls_token_id
-        hidden = backbone.config.hidden_size
+        self.features = None
+        if info.prompt_features:
+            vocab = backbone.get_input_embeddings().weight.shape[0]
+            self.features = pf.PromptFeatures(vocab, token_classes)
+        self.neighbours = None
+        if info.neighbours:
+            self.attach_neighbours(**info.neighbours)
         self.head = P2LHead(
-            hidden,
+            self.pooled_size,
             len(info.model_list),
             info.head_type,
             info.head_rank,
@@ -81,15 +99,35 @@ class P2LModel(nn.Module):
     def config(self):
         return self.model.config
 
+    def attach_neighbours(self, k: int, penalty: float, anchors: int) -> Neighbours:
+        """Add (empty) neighbourhood leaderboards over ``anchors`` stored training votes."""
+        hidden = self.model.config.hidden_size
+        self.neighbours = Neighbours(anchors, hidden, k, penalty, self.info.family)
+        self.info.neighbours = {"k": k, "penalty": penalty, "anchors": anchors}
+        return self.neighbours
+
+    @property
+    def pooled_size(self) -> int:
+        """The width of what the head reads: the hidden size, plus the prompt features."""
+        return self.model.config.hidden_size + (pf.SIZE if self.info.prompt_features else 0)
+
     def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return pool_hidden(hidden, attention_mask, self.info.pooling)
+        pooled = pool_hidden(hidden, attention_mask, self.info.pooling)
+        if self.info.normalize:
+            pooled = F.normalize(pooled.float(), dim=-1).to(pooled.dtype)
+        if self.features is not None:
+            extra = self.features(input_ids, attention_mask).to(pooled.dtype)
+            pooled = torch.cat([pooled, extra], dim=-1)
+        return pooled
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, return_pooled: bool = False
     ) -> P2LOutput:
         pooled = self.pool(input_ids, attention_mask)
         coefs, eta = self.head(pooled.to(self.head.output_layer.weight.dtype))
+        if self.neighbours is not None:
+            coefs = self.neighbours(pooled[:, : self.model.config.hidden_size], coefs)
         return P2LOutput(
             coefs=coefs.float(),
             eta=None if eta is None else eta.float(),
@@ -116,7 +154,9 @@ def pool_hidden(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str
 def prompt_text(tokenizer, turns: list[str], info: P2LInfo) -> str:
     """The text a backbone reads for a prompt given as its user turns."""
     if info.encoder:
-        return "\n\n".join(turns)
+        # with prompt features, the separator token marks the turns (see prompt_features)
+        joiner = f" {tokenizer.sep_token} " if info.prompt_features else "\n\n"
+        return joiner.join(turns)
     messages = [{"role": "user", "content": turn} for turn in turns]
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
     return text.replace(tokenizer.cls_token, "")

@@ -180,6 +180,24 @@ def vote_nll(
     return -log_p.gather(-1, outcome.unsqueeze(-1)).squeeze(-1)
 
 
+def half_tie_nll(
+    theta_a: torch.Tensor,
+    theta_b: torch.Tensor,
+    tie_code: torch.Tensor,
+    eta: torch.Tensor | None = None,
+    family: str = "bt",
+) -> torch.Tensor:
+    """Each vote's cross-entropy under the Arena's convention, for every family alike: the
+    observed preference is 1 for a decisive vote (``theta_a`` the winner's) and 1/2 for a
+    tie of either kind, the predicted one :func:`win_probability` (a predicted tie counting
+    half). It scores models of different families on one footing; for ``bt-tie`` it is
+    :func:`vote_nll`."""
+    p_a = win_probability(theta_a, theta_b, eta, family)
+    p_b = win_probability(theta_b, theta_a, eta, family)
+    decisive = torch.as_tensor(tie_code, device=p_a.device).expand(p_a.shape) == DECISIVE
+    return torch.where(decisive, -torch.log(p_a), -0.5 * (torch.log(p_a) + torch.log(p_b)))
+
+
 def vote_mask(tie_code: torch.Tensor, family: str = "bt") -> torch.Tensor:
     """1.0 for votes the family scores, 0.0 for those it drops (ties in ``bt``)."""
     tie_code = torch.as_tensor(tie_code)

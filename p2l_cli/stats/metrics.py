@@ -11,6 +11,8 @@ Conventions (one vote = labels ``[winner_idx, loser_idx, tie_code]``):
   counting half (:func:`families.win_probability`), against the observed preference: 1 for a
   decisive vote, 1/2 for a tie; over the votes the family scores.
 - ``n``: the number of votes the family scores.
+- ``nll_half``: the mean cross-entropy of every vote under the Arena's convention, a tie
+  counting half (:func:`families.half_tie_nll`): one footing for all families.
 
 All are weighted means when ``weights`` are given.
 """
@@ -71,6 +73,7 @@ def vote_metrics(coefs, labels, eta=None, family: str = "bt", weights=None) -> d
         "accuracy": _weighted_mean(correct, decisive * w),
         "brier": _weighted_mean((preferred - observed) ** 2, scored * w),
         "n": int(scored.sum()),
+        "nll_half": _weighted_mean(families.half_tie_nll(theta_w, theta_l, code, eta, family), w),
     }
 
 

@@ -1,0 +1,125 @@
+"""Prompt descriptors read off the token ids: length, turns, and the share of digits, code
+symbols, math symbols, CJK, other non-Latin script and tokens unknown to the vocabulary.
+
+Mean-pooled sentence embeddings say what a prompt is about, but hardly how long it is, how
+many turns it has or whether it is mostly code: exactly the prompt properties behind the
+Arena's own category views (long queries, multi-turn, code, math, languages). A P2L model
+with ``prompt_features`` appends these descriptors to the pooled state before the head.
+
+Each vocabulary entry gets one class, computed once from the tokenizer and saved with the
+weights (``features.token_class``), so a model folder computes the same descriptors
+anywhere. A turn is marked by the encoder's separator token (turns are joined by it) or by
+the token that opens each user message in a decoder's chat template.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+OTHER, SPECIAL, TURN, DIGIT, CODE, MATH, CJK, NON_LATIN, UNKNOWN = range(9)
+SHARE_CLASSES = (DIGIT, CODE, MATH, CJK, NON_LATIN, UNKNOWN)
+NAMES = ("log_tokens", "log_turns", "digits", "code_symbols", "math_symbols", "cjk", "non_latin",
+         "unknown")  # fmt: skip
+SIZE = len(NAMES)
+
+CODE_CHARS = set("{}[]();<>_|&\\`#@")
+MATH_CHARS = set("+-*/^=%∑∫√π≤≥≠±×÷∞")
+_WORD_MARKS = ("##", "Ġ", "▁", "Ċ")
+
+
+def _is_cjk(ch: str) -> bool:
+    code = ord(ch)
+    return (
+        0x2E80 <= code <= 0x9FFF  # CJK radicals, kana, unified ideographs
+        or 0xAC00 <= code <= 0xD7AF  # Hangul syllables
+        or 0xF900 <= code <= 0xFAFF
+        or 0xFF00 <= code <= 0xFFEF  # full-width forms
+    )
+
+
+def classify_piece(piece: str) -> int:
+    """The class of one vocabulary entry's text (word-piece markers removed)."""
+    for mark in _WORD_MARKS:
+        piece = piece.replace(mark, "")
+    if not piece:
+        return OTHER
+    if piece.isdigit() and piece.isascii():
+        return DIGIT
+    if any(_is_cjk(ch) for ch in piece):
+        return CJK
+    if any(ch in CODE_CHARS for ch in piece):
+        return CODE
+    if any(ch in MATH_CHARS for ch in piece):
+        return MATH
+    if any(ord(ch) > 0x24F and ch.isalpha() for ch in piece):
+        return NON_LATIN
+    return OTHER
+
+
+def turn_marker_id(tokenizer, encoder: bool) -> int | None:
+    """The token that marks each user turn: an encoder's separator (turns are joined by
+    it), or the special token a decoder's chat template adds once per user message."""
+    if encoder:
+        return tokenizer.sep_token_id
+    try:
+        one = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "x"}], tokenize=True, add_generation_prompt=False
+        )
+        two = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "x"}] * 2, tokenize=True, add_generation_prompt=False
+        )
+    except Exception:  # noqa: BLE001 (templates raise many kinds of errors)
+        return None
+    one, two = _as_ids(one), _as_ids(two)
+    special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
+    for token in dict.fromkeys(two):
+        if token in special and two.count(token) == one.count(token) + 1:
+            return int(token)
+    return None
+
+
+def _as_ids(value) -> list[int]:
+    if isinstance(value, dict) or hasattr(value, "input_ids"):
+        value = value["input_ids"]
+    return [int(v) for v in value]
+
+
+def token_classes(tokenizer, encoder: bool, vocab_size: int) -> torch.Tensor:
+    """``[vocab_size]`` int8: the class of every token id."""
+    classes = torch.zeros(vocab_size, dtype=torch.int8)
+    pieces = tokenizer.convert_ids_to_tokens(list(range(min(vocab_size, len(tokenizer)))))
+    for i, piece in enumerate(pieces):
+        classes[i] = classify_piece(piece or "")
+    for i in tokenizer.all_special_ids:
+        if 0 <= i < vocab_size:
+            classes[i] = SPECIAL
+    # a vocabulary without a script (MiniLM reads most Chinese as [UNK]) still shows it
+    unknown = tokenizer.unk_token_id
+    if unknown is not None and 0 <= unknown < vocab_size:
+        classes[unknown] = UNKNOWN
+    marker = turn_marker_id(tokenizer, encoder)
+    if marker is not None and 0 <= marker < vocab_size:
+        classes[marker] = TURN
+    return classes
+
+
+class PromptFeatures(nn.Module):
+    """``[B, 8]`` descriptors of a batch of token ids (see ``NAMES``)."""
+
+    def __init__(self, vocab_size: int, classes: torch.Tensor | None = None):
+        super().__init__()
+        table = classes if classes is not None else torch.zeros(vocab_size, dtype=torch.int8)
+        self.register_buffer("token_class", table.to(torch.int8))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        ids = input_ids.clamp(0, self.token_class.shape[0] - 1)
+        cls = self.token_class.long()[ids]
+        mask = attention_mask.to(torch.float32)
+        counts = torch.stack(
+            [((cls == c).float() * mask).sum(dim=1) for c in range(UNKNOWN + 1)], dim=1
+        )
+        text = counts.sum(dim=1) - counts[:, SPECIAL] - counts[:, TURN]
+        turns = counts[:, TURN].clamp_min(1.0)
+        shares = counts[:, list(SHARE_CLASSES)] / text.clamp_min(1.0).unsqueeze(1)
+        return torch.cat([torch.log1p(text).unsqueeze(1), torch.log(turns).unsqueeze(1), shares], 1)

@@ -1,0 +1,273 @@
+"""A linear P2L head fitted exactly on frozen prompt features, its penalty chosen by
+cross-validation over the training votes.
+
+    theta(z) = b + W^T x(z)        (and eta(z) = c + w^T x(z) for rk / grk)
+
+``x`` is standardised; the loss is the family's mean vote NLL plus ``penalty * (|W|^2 +
+|w|^2)`` (biases free), minimised by L-BFGS to convergence. Each candidate penalty is scored
+by its NLL on held-out folds of the training votes, folds split by prompt so that a
+repeated prompt never sits on both sides; the fitted head is the refit on every vote at the
+best penalty. A head that does not beat the marginal leaderboard on the held-out folds by
+a clear margin is replaced by the marginal leaderboard itself (``W = 0``), so that a model
+trained on votes whose outcomes do not depend on the prompt is no worse than the baseline.
+
+This replaces early stopping on a small development split (a few hundred votes cannot
+choose between models reliably) by a choice made on every training vote.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from p2l_cli.stats.families import has_eta, labels_nll, vote_mask, vote_nll
+
+DEFAULT_PENALTIES = tuple(float(10.0**e) for e in np.arange(1.0, -5.01, -0.25))
+DEFAULT_FOLDS = 5
+# The held-out gain over the marginal leaderboard must exceed this many standard errors.
+MIN_GAIN_SE = 2.0
+
+
+@dataclass
+class LinearHead:
+    """Weights on the original (unstandardised) features: ``theta = x @ weight.T + bias``."""
+
+    weight: np.ndarray  # [M, d]
+    bias: np.ndarray  # [M]
+    eta_weight: np.ndarray | None = None  # [d]
+    eta_bias: float | None = None
+
+
+@dataclass
+class HeadFitReport:
+    penalty: float | None  # None: the marginal leaderboard won
+    cv_nll: dict[float, float]  # penalty -> held-out NLL per vote
+    cv_nll_marginal: float
+    gain: float  # held-out NLL gain of the chosen penalty over the marginal, per vote
+    gain_se: float
+    folds: int
+    votes: int
+    features: int
+    fell_back: bool = False
+    notes: list[str] = field(default_factory=list)
+    # per vote: the coefficients of the fold fit that did not see it (chosen penalty)
+    held_out_coefs: np.ndarray | None = field(default=None, repr=False)
+    folds_of_votes: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def best_cv_nll(self) -> float:
+        return self.cv_nll_marginal if self.penalty is None else self.cv_nll[self.penalty]
+
+    def to_dict(self) -> dict:
+        return {
+            "method": "ridge-cv",
+            "penalty": self.penalty,
+            "cv_nll": {f"{k:.3g}": v for k, v in self.cv_nll.items()},
+            "cv_nll_marginal": self.cv_nll_marginal,
+            "cv_gain": self.gain,
+            "cv_gain_se": self.gain_se,
+            "folds": self.folds,
+            "votes": self.votes,
+            "features": self.features,
+            "fell_back_to_marginal": self.fell_back,
+        }
+
+
+def prompt_folds(groups: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Fold index per vote; all votes of a group (prompt) share a fold."""
+    unique, inverse = np.unique(groups, return_inverse=True)
+    rng = np.random.default_rng(seed)
+    fold_of_group = rng.permutation(len(unique)) % folds
+    return fold_of_group[inverse.reshape(-1)]
+
+
+def clustered_gain(
+    base: torch.Tensor, new: torch.Tensor, counted: torch.Tensor, groups: np.ndarray
+) -> tuple[float, float]:
+    """The weighted mean of ``base - new`` per vote and its standard error from per-group
+    (per-prompt) sums: the votes of a prompt are not independent."""
+    diff = ((base - new) * counted).numpy()
+    weight = counted.numpy() if counted.dim() else np.full(len(diff), float(counted))
+    total = float(weight.sum())
+    gain = float(diff.sum() / total)
+    _, inverse = np.unique(groups, return_inverse=True)
+    per_group = np.bincount(inverse.reshape(-1), weights=diff)
+    per_group_w = np.bincount(inverse.reshape(-1), weights=weight)
+    g = len(per_group)
+    resid = per_group - gain * per_group_w
+    return gain, float(math.sqrt(g / max(g - 1, 1) * np.sum(resid**2)) / total)
+
+
+def _standardise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    mean = x.mean(dim=0)
+    sd = x.std(dim=0)
+    sd = torch.where(sd > 1e-8 * (1 + mean.abs()), sd, torch.ones_like(sd))
+    return mean, sd
+
+
+def _fit(
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    weights: torch.Tensor | None,
+    family: str,
+    penalty: float | None,
+    start: list[torch.Tensor],
+    max_iter: int = 500,
+) -> list[torch.Tensor]:
+    """Minimise the penalised NLL from ``start = [W, b, w, c]`` (w, c only with eta);
+    ``penalty=None`` keeps W = w = 0 (the marginal leaderboard)."""
+    params = [p.detach().clone().requires_grad_(True) for p in start]
+    if penalty is None:
+        params[0] = params[0].detach().zero_()
+        if len(params) > 2:
+            params[2] = params[2].detach().zero_()
+    trainable = [p for p in params if p.requires_grad]
+    optimizer = torch.optim.LBFGS(
+        trainable, lr=1.0, max_iter=max_iter, tolerance_grad=1e-9, tolerance_change=1e-12,
+        history_size=20, line_search_fn="strong_wolfe",
+    )  # fmt: skip
+
+    def closure():
+        optimizer.zero_grad()
+        loss = _objective(x, labels, weights, family, penalty, params)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return [p.detach() for p in params]
+
+
+def _objective(x, labels, weights, family, penalty, params) -> torch.Tensor:
+    coefs = x @ params[0] + params[1]
+    eta = x @ params[2] + params[3] if len(params) > 2 else None
+    loss = labels_nll(coefs, labels, eta, family, weights)
+    if penalty:
+        loss = loss + penalty * (params[0].square().sum())
+        if len(params) > 2:
+            loss = loss + penalty * params[2].square().sum()
+    return loss
+
+
+def _vote_losses(x, labels, family, params) -> torch.Tensor:
+    coefs = x @ params[0] + params[1]
+    eta = x @ params[2] + params[3] if len(params) > 2 else None
+    pair = coefs.gather(-1, labels[:, :2])
+    return vote_nll(pair[:, 0], pair[:, 1], labels[:, 2], None if eta is None else eta, family)
+
+
+def fit_linear_head(
+    features: np.ndarray | torch.Tensor,
+    labels: np.ndarray,
+    family: str,
+    bias: np.ndarray,
+    eta: float | None = None,
+    weights: np.ndarray | None = None,
+    groups: np.ndarray | None = None,
+    penalties: tuple[float, ...] = DEFAULT_PENALTIES,
+    folds: int = DEFAULT_FOLDS,
+    seed: int = 0,
+    min_gain_se: float = MIN_GAIN_SE,
+    feature_weights: np.ndarray | None = None,
+) -> tuple[LinearHead, HeadFitReport]:
+    """The cross-validated ridge head for per-vote ``features [N, d]`` and ``labels [N, 3]``.
+
+    ``bias`` (and ``eta``) start every fit, e.g. at the marginal leaderboard. ``groups``
+    (one key per vote, e.g. a hash of its prompt) keeps a prompt's votes in one fold.
+    ``feature_weights`` multiply the standardised features: the penalty on feature j is
+    then ``penalty / weight_j^2`` (a block of few, strong features can be penalised less).
+    """
+    x = torch.as_tensor(np.asarray(features), dtype=torch.float64)
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    n, d = x.shape
+    if n != len(y):
+        raise ValueError(f"{n} feature rows for {len(y)} votes")
+    w = None if weights is None else torch.as_tensor(np.asarray(weights), dtype=torch.float64)
+    mean, sd = _standardise(x)
+    if feature_weights is not None:
+        sd = sd / torch.as_tensor(np.asarray(feature_weights), dtype=torch.float64)
+    z = (x - mean) / sd
+    m = len(bias)
+    with_eta = has_eta(family)
+    start = [torch.zeros(d, m, dtype=torch.float64), torch.as_tensor(bias, dtype=torch.float64)]
+    if with_eta:
+        start += [
+            torch.zeros(d, dtype=torch.float64),
+            torch.tensor(float(eta or 0.0), dtype=torch.float64),
+        ]
+    groups = np.arange(n) if groups is None else np.asarray(groups)
+    folds = max(2, min(folds, len(np.unique(groups))))
+    fold = torch.as_tensor(prompt_folds(groups, folds, seed))
+    counted = vote_mask(y[:, 2], family).to(torch.float64) * (w if w is not None else 1.0)
+
+    fold_fits: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, list]] = []
+    held_out = {None: torch.zeros(n, dtype=torch.float64)}  # None: the marginal leaderboard
+    oof = {None: torch.zeros(n, m, dtype=torch.float64)}
+    for k in range(folds):
+        train, test = fold != k, fold == k
+        wk = None if w is None else w[train]
+        params = _fit(z[train], y[train], wk, family, None, start)
+        held_out[None][test] = _vote_losses(z[test], y[test], family, params)
+        oof[None][test] = z[test] @ params[0] + params[1]
+        fold_fits.append((train, test, wk, params))
+    total = counted.sum()
+
+    def cv_nll(key) -> float:
+        return float((held_out[key] * counted).sum() / total)
+
+    tried = []
+    worse_in_a_row = 0
+    for penalty in penalties:  # strongest first: each fold's fit starts from its previous one
+        held_out[penalty] = torch.zeros(n, dtype=torch.float64)
+        oof[penalty] = torch.zeros(n, m, dtype=torch.float64)
+        for k, (train, test, wk, params) in enumerate(fold_fits):
+            params = _fit(z[train], y[train], wk, family, penalty, params)
+            held_out[penalty][test] = _vote_losses(z[test], y[test], family, params)
+            oof[penalty][test] = z[test] @ params[0] + params[1]
+            fold_fits[k] = (train, test, wk, params)
+        tried.append(penalty)
+        # weaker penalties only overfit more once the held-out NLL has turned upwards
+        worse_in_a_row = worse_in_a_row + 1 if cv_nll(penalty) > min(map(cv_nll, tried)) else 0
+        if worse_in_a_row >= 2:
+            break
+    cv = {p: cv_nll(p) for p in held_out}
+    best = min(tried, key=lambda p: cv[p])
+    gain, se = clustered_gain(held_out[None], held_out[best], counted, groups)
+    fell_back = not gain > min_gain_se * se
+    chosen = None if fell_back else best
+    params = _fit(z, y, w, family, None, start)
+    if chosen is not None:
+        for penalty in penalties:
+            params = _fit(z, y, w, family, penalty, params)
+            if penalty == chosen:
+                break
+    head = _unstandardise(params, mean, sd)
+    report = HeadFitReport(
+        penalty=chosen,
+        cv_nll={p: cv[p] for p in tried},
+        cv_nll_marginal=cv[None],
+        gain=gain,
+        gain_se=se,
+        folds=folds,
+        votes=n,
+        features=d,
+        fell_back=fell_back,
+        held_out_coefs=oof[chosen].numpy(),
+        folds_of_votes=fold.numpy(),
+    )
+    return head, report
+
+
+def _unstandardise(params: list[torch.Tensor], mean: torch.Tensor, sd: torch.Tensor) -> LinearHead:
+    scaled = params[0] / sd[:, None]
+    head = LinearHead(
+        weight=scaled.T.numpy().copy(),
+        bias=(params[1] - mean @ scaled).numpy().copy(),
+    )
+    if len(params) > 2:
+        eta_scaled = params[2] / sd
+        head.eta_weight = eta_scaled.numpy().copy()
+        head.eta_bias = float(params[3] - mean @ eta_scaled)
+    return head

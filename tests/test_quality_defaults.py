@@ -1,0 +1,331 @@
+"""The defaults behind `p2l train`: a cross-validated ridge head on frozen features (checked
+against a second optimiser), prompt descriptors counted by hand, the tie-aware default loss,
+evaluation on one footing (ties as half), the leakage warning, and the default recipe end to
+end on a small simulated arena."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from conftest import run_p2l
+from scipy.optimize import minimize
+from tiny import make_backbone
+from train_helpers import write_data_dir
+
+from p2l_cli.evaluate import Predictions, TruthTable, evaluate_predictions
+from p2l_cli.model import prompt_features as pf
+from p2l_cli.model.backbone import load_tokenizer
+from p2l_cli.stats.headfit import fit_linear_head
+from p2l_cli.train import RunOptions, ineffective_settings, train_p2l
+from p2l_cli.train_config import resolve_config, resolve_loss
+
+
+@pytest.fixture(autouse=True)
+def _feature_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("P2L_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def _votes(theta: np.ndarray, rng, n: int, tie_share: float = 0.2):
+    """Votes [winner, loser, tie] for per-vote coefficients ``theta [n, M]``: a tie with
+    probability ``tie_share``, else a Bradley-Terry draw."""
+    m = theta.shape[1]
+    a = rng.integers(0, m, n)
+    b = (a + rng.integers(1, m, n)) % m
+    p = 1 / (1 + np.exp(-(theta[np.arange(n), a] - theta[np.arange(n), b])))
+    won = rng.random(n) < p
+    tie = rng.random(n) < tie_share
+    labels = np.where(won[:, None], np.stack([a, b], 1), np.stack([b, a], 1))
+    labels[tie] = np.stack([a, b], 1)[tie]
+    return np.column_stack([labels, tie.astype(int)])
+
+
+def _bt_tie_nll(theta_w, theta_l, tie):
+    """Written here: -log sigmoid(d) for a decisive vote, the mean of both sides for a tie."""
+    d = theta_w - theta_l
+    log_win, log_loss = -np.logaddexp(0, -d), -np.logaddexp(0, d)
+    return np.where(tie == 1, -0.5 * (log_win + log_loss), -log_win)
+
+
+def test_ridge_head_matches_a_second_optimiser():
+    """At a fixed penalty the fitted head is the minimiser of the penalised NLL on
+    standardised features: scipy's BFGS on a numpy objective written here agrees."""
+    rng = np.random.default_rng(0)
+    n, d, m = 600, 3, 4
+    x = rng.normal(size=(n, d)) * [1.0, 3.0, 0.5] + [0.0, 2.0, -1.0]
+    truth = x @ rng.normal(scale=0.4, size=(d, m))
+    labels = _votes(truth, rng, n)
+    penalty = 0.01
+    head, report = fit_linear_head(
+        x, labels, "bt-tie", bias=np.zeros(m), penalties=(penalty,), min_gain_se=-math.inf
+    )
+    assert report.penalty == penalty and not report.fell_back
+    z = (x - x.mean(0)) / x.std(0, ddof=1)
+
+    def objective(params):
+        w, b = params[: d * m].reshape(d, m), params[d * m :]
+        theta = z @ w + b
+        rows = np.arange(n)
+        nll = _bt_tie_nll(theta[rows, labels[:, 0]], theta[rows, labels[:, 1]], labels[:, 2])
+        return nll.mean() + penalty * np.sum(w**2)
+
+    best = minimize(objective, np.zeros(d * m + m), method="BFGS", options={"gtol": 1e-10})
+    w, b = best.x[: d * m].reshape(d, m), best.x[d * m :]
+    expected = z @ w + b
+    got = x @ head.weight.T + head.bias
+    # bt-tie coefficients are defined up to a shift per prompt: compare centred
+    centred = lambda t: t - t.mean(axis=1, keepdims=True)
+    np.testing.assert_allclose(centred(got), centred(expected), atol=2e-5)
+    assert report.cv_nll_marginal > report.cv_nll[penalty]  # the signal is real
+
+
+def test_ridge_head_learns_planted_categories_and_falls_back_without_signal():
+    rng = np.random.default_rng(1)
+    n, m, k = 4000, 5, 3
+    category = rng.integers(0, k, n)
+    boards = rng.normal(scale=1.0, size=(k, m))
+    x = np.eye(k)[category] + rng.normal(scale=0.05, size=(n, k))
+    labels = _votes(boards[category], rng, n)
+    groups = np.arange(n) // 2  # pairs of votes share a prompt
+    head, report = fit_linear_head(x, labels, "bt-tie", bias=np.zeros(m), groups=groups)
+    assert not report.fell_back and report.gain > 3 * report.gain_se
+    theta = np.eye(k) @ head.weight.T + head.bias
+    for c in range(k):  # each category's leaderboard is recovered in order
+        assert np.corrcoef(theta[c], boards[c])[0, 1] > 0.9
+    # the same prompts, votes that ignore them: the head is the marginal leaderboard
+    flat = _votes(np.tile(boards[0], (n, 1)), rng, n)
+    head, report = fit_linear_head(x, flat, "bt-tie", bias=np.zeros(m), groups=groups)
+    assert report.fell_back and report.penalty is None
+    assert np.abs(head.weight).max() == 0.0
+
+
+def test_prompt_features_count_what_a_reader_counts():
+    tokenizer = load_tokenizer("minilm", True)
+    classes = pf.token_classes(tokenizer, True, len(tokenizer))
+    module = pf.PromptFeatures(len(tokenizer), classes)
+    texts = ["def f(x): return x + 42", "你好世界", "hello there"]
+    rows = [tokenizer(t)["input_ids"] for t in texts]
+    two_turns = tokenizer(f"first turn {tokenizer.sep_token} second turn")["input_ids"]
+    rows.append(two_turns)
+    width = max(map(len, rows))
+    ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    out = module(ids, mask).numpy()
+    names = list(pf.NAMES)
+    for i, row in enumerate(rows):  # by hand: word pieces between [CLS] and the last [SEP]
+        pieces = tokenizer.convert_ids_to_tokens(row)
+        text = [p for p in pieces if p not in ("[CLS]", "[SEP]")]
+        assert out[i, names.index("log_tokens")] == pytest.approx(math.log1p(len(text)))
+        digits = sum(p.strip("#").isdigit() for p in text) / len(text)
+        assert out[i, names.index("digits")] == pytest.approx(digits)
+    assert out[0, names.index("code_symbols")] > 0 and out[0, names.index("math_symbols")] > 0
+    # MiniLM's vocabulary lacks most Chinese characters: [CLS] [UNK] [UNK] 世 [UNK] [SEP]
+    assert out[1, names.index("cjk")] == pytest.approx(1 / 4)
+    assert out[1, names.index("unknown")] == pytest.approx(3 / 4)
+    assert out[2, names.index("cjk")] == 0 and out[2, names.index("code_symbols")] == 0
+    assert out[:3, names.index("log_turns")] == pytest.approx(0.0)
+    assert out[3, names.index("log_turns")] == pytest.approx(math.log(2))
+
+
+def test_the_loss_follows_the_votes_and_ineffective_flags_are_named():
+    assert resolve_loss("auto", [0, 0, 1]) == "bt-tie"
+    assert resolve_loss("auto", [0, 0, 0]) == "bt"
+    assert resolve_loss("rk", [0]) == "rk"
+    config, _, _ = resolve_config(None, {"lr": 0.5})
+    assert config.head_solver == "ridge-cv" and config.loss == "auto"
+    (message,) = ineffective_settings(config, {"lr": 0.5, "seed": 3})
+    assert message.startswith("--lr: no effect")
+
+
+def test_training_picks_bt_tie_for_votes_with_ties(tmp_path):
+    backbone = make_backbone("bert", tmp_path / "bert")
+    settings = {"backbone": str(backbone), "freeze_backbone": True, "head_solver": "ridge-cv",
+                "prompt_features": True, "normalize": True, "max_length": 32}  # fmt: skip
+    for ties, expected in ((True, "bt-tie"), (False, "bt")):
+        data = write_data_dir(tmp_path / f"data-{ties}", n_train=200, n_val=60, ties=ties)
+        out = tmp_path / f"model-{ties}"
+        train_p2l(data, out, None, settings, RunOptions())
+        saved = json.loads((out / "training_config.json").read_text())
+        assert saved["loss_type"] == expected and saved["prompt_features"] is True
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["selected_on"] == "train (cross-validation)"
+        assert metrics["head_fit"]["method"] == "ridge-cv"
+
+
+def _frame(ids, labels, models):
+    winner = ["tie" if lab[2] else "model_a" for lab in labels]
+    return pl.DataFrame({
+        "id": ids, "model_a": [models[lab[0]] for lab in labels],
+        "model_b": [models[lab[1]] for lab in labels], "winner": winner,
+        "labels": [list(map(int, lab)) for lab in labels], "prompt": [[f"p{i}"] for i in ids],
+    })  # fmt: skip
+
+
+def test_evaluation_scores_truth_and_marginal_on_one_footing():
+    """A model equal to the truth scores the oracle's NLL (ties as half, the truth's own
+    family rk); a model equal to the marginal leaderboard scores the marginal's."""
+    from p2l_cli.stats.families import half_tie_nll
+    from p2l_cli.stats.marginal import fit_marginal
+
+    rng = np.random.default_rng(3)
+    models = ["a", "b", "c"]
+    n = 900
+    true = rng.normal(size=(n, 3))
+    true_eta = np.full(n, 1.5)
+    labels = _votes(true, rng, n)
+    ids = [f"v{i}" for i in range(n)]
+    val = _frame(ids[600:], labels[600:], models)
+    train = _frame(ids[:600], labels[:600], models)
+    truth = TruthTable(
+        pl.DataFrame({"id": ids, "true_coefs": true.tolist(), "true_eta": true_eta.tolist()}),
+        models, "truth", "rk",
+    )
+    for name, coefs in (("truth", true[600:]), ("marginal", None)):
+        if coefs is None:
+            fit = fit_marginal(labels[:600, 0], labels[:600, 1], labels[:600, 2], 3, "bt-tie")
+            coefs = np.tile(fit.theta, (300, 1))
+        frame = pl.DataFrame({"id": ids[600:], "coefs": coefs.tolist()})
+        eta = {"eta": true_eta[600:].tolist()} if name == "truth" else {}
+        family = "rk" if name == "truth" else "bt-tie"
+        preds = Predictions(frame.with_columns(**{k: pl.Series(v) for k, v in eta.items()}),
+                            models, family, "bt", "preds")  # fmt: skip
+        result = evaluate_predictions(preds, val, "val", train, "train", truth)
+        if name == "truth":
+            hand = half_tie_nll(
+                torch.tensor(true[600:][np.arange(300), labels[600:, 0]]),
+                torch.tensor(true[600:][np.arange(300), labels[600:, 1]]),
+                torch.tensor(labels[600:, 2]), torch.tensor(true_eta[600:]), "rk",
+            ).mean()  # fmt: skip
+            assert result["p2l"]["nll_half"] == pytest.approx(float(hand), abs=1e-12)
+            assert result["p2l"]["nll_half"] == pytest.approx(result["oracle"]["nll_half"])
+            assert result["oracle"]["fraction_captured_half"] == pytest.approx(1.0)
+        else:
+            assert result["p2l"]["nll_half"] == pytest.approx(result["marginal"]["nll_half"])
+            assert result["oracle"]["fraction_captured_half"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_default_recipe_end_to_end_and_the_leakage_warning(tmp_path):
+    """simulate -> prepare -> train (defaults: the embedded MiniLM, ridge-cv) -> predict ->
+    evaluate, as subprocesses; scoring the model's own training votes is flagged."""
+    arena, data, model = tmp_path / "arena", tmp_path / "data", tmp_path / "model"
+    run_p2l("simulate", arena, "--battles", "700", "--models", "5", "--seed", "4", check=True)
+    run_p2l("prepare", arena / "battles.parquet", "-o", data, "--val-fraction", "0.3",
+            check=True)  # fmt: skip
+    trained = run_p2l("train", data, "-o", model, check=True)
+    assert "loss: bt-tie" in trained.stderr.decode() and "cross-validation" in trained.stderr.decode()
+    head_fit = json.loads((model / "metrics.json").read_text())["head_fit"]
+    assert head_fit["method"] == "ridge-cv" and "neighbours" in head_fit
+    preds = tmp_path / "preds.parquet"
+    run_p2l("predict", model, data / "val.parquet", "-o", preds, check=True)
+    clean = run_p2l("evaluate", preds, data / "val.parquet", "--truth",
+                    arena / "truth.parquet", "--json", tmp_path / "e.json", check=True)  # fmt: skip
+    assert b"warning" not in clean.stderr
+    report = json.loads((tmp_path / "e.json").read_text())
+    assert report["leakage"] == [] and report["p2l"]["nll_half"] > 0
+    assert report["gain_half"]["nll"] >= -1e-9 or report["gain_half"]["low"] < 0
+    train_preds = tmp_path / "train-preds.parquet"
+    run_p2l("predict", model, data / "train.parquet", "-o", train_preds, check=True)
+    leaky = run_p2l("evaluate", train_preds, data / "train.parquet", "--train",
+                    data / "train.parquet", check=True)  # fmt: skip
+    assert "scored votes were trained on the model" in " ".join(leaky.stderr.decode().split())
+
+
+def test_training_without_validation_votes(tmp_path):
+    """`prepare --val-fraction 0` gives an empty val.parquet; both head solvers then train
+    on every vote and keep their last (or exactly fitted) head."""
+    arena, data = tmp_path / "arena", tmp_path / "data"
+    run_p2l("simulate", arena, "--battles", "300", "--models", "4", "--seed", "2", check=True)
+    run_p2l("prepare", arena / "battles.parquet", "-o", data, "--val-fraction", "0", check=True)
+    assert pl.read_parquet(data / "val.parquet").height == 0
+    backbone = make_backbone("bert", tmp_path / "bert")
+    for solver, extra in (("ridge-cv", []), ("adamw", ["--epochs", "1", "--batch-size", "32"])):
+        out = tmp_path / f"model-{solver}"
+        run_p2l("train", data, "-o", out, "--backbone", backbone, "--freeze-backbone",
+                "--head-solver", solver, "--max-length", "32", *extra, check=True)  # fmt: skip
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["val"] is None and metrics["val_votes"] == 0
+        assert (out / "model.safetensors").is_file()
+
+
+def test_a_second_training_run_into_a_busy_folder_is_refused(tmp_path):
+    import fcntl
+
+    data = write_data_dir(tmp_path / "data", n_train=60, n_val=20)
+    out = tmp_path / "model"
+    out.mkdir()
+    with open(out / ".p2l-train.lock", "a+") as handle:  # a run in progress holds this
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        busy = run_p2l("train", data, "-o", out, "--backbone", "nowhere")
+    assert busy.returncode == 2
+    assert b"another `p2l train` is writing this folder" in busy.stderr
+    assert sorted(p.name for p in out.iterdir()) == [".p2l-train.lock"]
+
+
+def test_local_fit_is_the_penalised_maximum_likelihood():
+    """Newton's local fit equals scipy's minimiser of the same objective written here."""
+    from p2l_cli.model.neighbours import local_fit, nearest_votes
+
+    rng = np.random.default_rng(5)
+    m, k = 4, 60
+    labels = _votes(np.tile(rng.normal(size=m), (k, 1)), rng, k, tie_share=0.3)
+    theta0 = rng.normal(scale=0.3, size=m)
+    for family, penalty in (("bt-tie", 0.7), ("bt", 2.0)):
+        got = local_fit(torch.tensor(theta0[None]), torch.tensor(labels[None]), penalty, family)
+
+        def objective(theta, family=family, penalty=penalty):
+            w, lo, tie = theta[labels[:, 0]], theta[labels[:, 1]], labels[:, 2]
+            nll = _bt_tie_nll(w, lo, tie)
+            if family == "bt":
+                nll = np.where(tie == 1, 0.0, nll)
+            return nll.sum() + penalty * np.sum((theta - theta0) ** 2)
+
+        best = minimize(objective, theta0, method="BFGS", options={"gtol": 1e-10})
+        np.testing.assert_allclose(got[0].numpy(), best.x, atol=1e-6)
+    anchors = torch.nn.functional.normalize(torch.randn(50, 8), dim=-1)
+    queries = torch.nn.functional.normalize(torch.randn(7, 8), dim=-1)
+    brute = np.argsort(-(queries @ anchors.T).numpy(), axis=1)[:, :5]
+    np.testing.assert_array_equal(nearest_votes(queries, anchors, 5).numpy(), brute)
+
+
+def test_neighbourhoods_are_kept_only_where_they_help():
+    """Prompts on two circles whose leaderboards alternate by quadrant (no linear map of the
+    embedding can follow them): cross-validation keeps neighbourhoods; with one leaderboard
+    for every prompt it drops them."""
+    from p2l_cli.model.neighbours import cross_validate
+
+    rng = np.random.default_rng(6)
+    n, m = 3000, 4
+    angle = rng.uniform(0, 2 * np.pi, n // 3).repeat(3)  # three votes per prompt
+    emb = np.stack([np.cos(angle), np.sin(angle)], 1)
+    boards = np.array([[1.0, 0, 0, -1], [-1, 0, 0, 1]])
+    quadrant = (np.floor(angle / (np.pi / 2)) % 2).astype(int)
+    groups = np.arange(n) // 3
+    folds = (groups % 5).astype(int)
+    theta0 = np.zeros((n, m))
+    for truth, expect in ((boards[quadrant], True), (np.zeros((n, m)), False)):
+        labels = _votes(truth, rng, n)
+        choice = cross_validate(emb, labels, theta0, folds, groups, "bt-tie")
+        assert (choice.k is not None) == expect, choice
+
+
+def test_repeated_prompts_are_encoded_once():
+    from p2l_cli.train_features import pooled_features
+
+    class Counting(torch.nn.Module):
+        pooled_size = 2
+        rows = 0
+
+        def pool(self, ids, mask):
+            self.rows += len(ids)
+            return torch.stack([ids.sum(1).float(), mask.sum(1).float()], 1)
+
+    rows = [np.array(r) for r in ([1, 2], [3], [1, 2], [5, 6, 7], [3])]
+    model = Counting()
+    out = pooled_features(model, rows, 0, torch.device("cpu"), batch_size=2)
+    assert model.rows == 3
+    expected = [[3, 2], [3, 1], [3, 2], [18, 3], [3, 1]]
+    np.testing.assert_array_equal(out.numpy(), expected)
