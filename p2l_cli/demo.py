@@ -8,8 +8,9 @@ rerun by hand or pointed at other data:
     simulate -> prepare -> prepare (development split) -> train -> predict -> evaluate
       -> leaderboards -> route
 
-Training stops early and keeps its best weights by the development votes, split off the
-training votes, so the held-out votes that ``evaluate`` scores stay unseen until then.
+Training chooses its settings by cross-validation over its own votes and reports on the
+development votes, split off the training votes (with ``--head-solver adamw`` they would
+choose when to stop), so the held-out votes that ``evaluate`` scores stay unseen until then.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from p2l_cli.errors import UserError
 
 DEFAULT_OUT = "p2l-demo"
 VAL_FRACTION = 0.2  # of the prompts: held out for the evaluation, never seen in training
-DEV_FRACTION = 0.125  # of the training votes: what training validates on to stop early
+DEV_FRACTION = 0.125  # of the training votes: what training reports (or stops early) on
 # Prompts whose leaderboards the demo prints: two categories whose best models differ.
 EXAMPLE_PROMPTS = (
     (
@@ -165,7 +166,8 @@ def data_stages(layout: Layout, size: Size, seed: int) -> list[Stage]:
                 "--seed",
                 str(seed),
             ],
-            "training validates on these to stop early, so the held-out votes stay unseen",
+            "training reports on these (and would stop early on them with --head-solver "
+            "adamw), so the held-out votes stay unseen",
         ),
     ]
 

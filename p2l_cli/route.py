@@ -200,7 +200,7 @@ def _cost_of(spec: object, where: str) -> float:
 
 
 def read_costs(path: str | Path) -> dict[str, float]:
-    """Expected cost of one answer per model, from DESIGN.md's costs file (YAML, JSON or CSV):
+    """Expected cost of one answer per model, from a costs file (YAML, JSON or CSV):
     a number, ``{cost: x}``, or ``{price_per_million_output_tokens, mean_output_tokens}``."""
     costs = {name: _cost_of(spec, where) for name, spec, where in _entries(path)}
     if not costs:
@@ -320,7 +320,7 @@ def opponent_distribution(
 
 
 def leaderboard_theta(coefs: np.ndarray, eta: np.ndarray | None, family: str) -> np.ndarray:
-    """The leaderboard aggregated over the prompts (DESIGN.md's aggregation)."""
+    """The leaderboard aggregated over the prompts (the paper's aggregation)."""
     return np.asarray(aggregate(coefs, eta, family=family)[0], dtype=np.float64)
 
 
@@ -762,7 +762,7 @@ def predict_prompts_table(model_source: str, source: str):
 
 
 def predictions_arrays(df, meta: dict | None, source: str) -> Predictions:
-    """Check a predictions table (DESIGN.md's contract) and pull out its arrays."""
+    """Check a predictions table (the predictions contract) and pull out its arrays."""
     models = (meta or {}).get("models")
     if not isinstance(models, list) or not models or not all(isinstance(x, str) for x in models):
         raise UserError(

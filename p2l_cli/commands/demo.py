@@ -46,7 +46,7 @@ def demo(
     """Run the whole pipeline offline on a simulated arena, printing each `p2l` command line
     before it runs; every file stays in --out, the command lines in --out/commands.sh.
 
-    About 10 minutes on a laptop CPU (--small: about one).
+    About 2 minutes on a 2-core CPU (--small: under one).
 
     Example:
 
