@@ -802,7 +802,12 @@ def predictions_from_model(
     source: str | Path, val: pl.DataFrame, batch_size: int | None, device: str | None
 ) -> Predictions:
     """Predict the validation prompts (each distinct prompt once) with a P2L model."""
-    from p2l_cli.predict import DEFAULT_MAX_BATCH_SIZE, load_for_inference, predict_frame
+    from p2l_cli.predict import (
+        DEFAULT_MAX_BATCH_SIZE,
+        load_for_inference,
+        predict_frame,
+        predictions_metadata,
+    )
 
     if "prompt" not in val.columns:
         raise UserError("VAL_BATTLES: no 'prompt' column to predict from")
@@ -821,10 +826,7 @@ def predictions_from_model(
         max_batch_size=batch_size or DEFAULT_MAX_BATCH_SIZE,
         name="VAL_BATTLES",
     )
-    meta = model.info.metadata()
-    if Path(str(source)).is_dir():
-        meta["model"] = str(Path(str(source)).resolve())
-    return predictions_from_table(frame, meta, str(source))
+    return predictions_from_table(frame, predictions_metadata(model, source), str(source))
 
 
 def run_evaluation(

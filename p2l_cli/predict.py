@@ -355,6 +355,15 @@ def predict_prompts(
 # ----------------------------------------------------------------------- DataFrames
 
 
+def predictions_metadata(model, source: str | Path | None) -> dict:
+    """The predictions' ``p2l`` metadata; with the model folder's path when it came from
+    one (``evaluate`` finds the votes it was trained on through it)."""
+    meta = model.info.metadata()
+    if source is not None and Path(str(source)).is_dir():
+        meta["model"] = str(Path(str(source)).resolve())
+    return meta
+
+
 def with_predictions(df: pl.DataFrame, coefs: np.ndarray, eta: np.ndarray | None) -> pl.DataFrame:
     """``df`` with ``coefs`` (list[float32]) and ``eta`` (float32, rk heads) appended; any
     earlier prediction columns are replaced."""
@@ -850,9 +859,7 @@ def predict_file(
         model, tokenizer = model_source
     else:
         model, tokenizer = load_for_inference(model_source, device, dtype, workers.local_rank)
-    meta = model.info.metadata()
-    if not isinstance(model_source, tuple) and Path(str(model_source)).is_dir():
-        meta["model"] = str(Path(str(model_source)).resolve())  # for evaluate's leakage check
+    meta = predictions_metadata(model, None if isinstance(model_source, tuple) else model_source)
     table = read_chunks(source, options.chunk_rows, input_format)
     expected = None if table.total is None else -(-table.total // workers.world)
     on_rows = progress(expected) if progress is not None else None

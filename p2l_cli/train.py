@@ -299,8 +299,6 @@ def prepare_output_dir(out: Path, options: RunOptions, accelerator: Accelerator)
                     shutil.rmtree(target)
                 elif target.exists():
                     target.unlink()
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)  # logs are written before any checkpoint
     accelerator.wait_for_everyone()
 
 
@@ -599,8 +597,7 @@ class Trainer:
         if self.features is not None:
             x = self.features[split][torch.from_numpy(idx).to(self.features[split].device)]
             coefs, eta = module(x.to(self.device))
-            if self.model.neighbours is not None:
-                coefs = self.model.neighbours(x[:, : self.model.config.hidden_size], coefs)
+            coefs = self.model.refine(x, coefs)
         else:
             ids = self.token_ids[split]
             input_ids, mask = collate([ids[i] for i in idx], self.tokenizer.pad_token_id, self.device)

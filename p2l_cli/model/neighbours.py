@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from p2l_cli.stats.families import vote_mask, vote_nll
+from p2l_cli.stats.families import labels_vote_nll, vote_mask
 from p2l_cli.stats.headfit import clustered_gain
 
 FAMILIES = ("bt", "bt-tie")
@@ -132,11 +132,6 @@ class NeighbourChoice:
         }
 
 
-def _vote_losses(theta: torch.Tensor, labels: torch.Tensor, family: str) -> torch.Tensor:
-    pair = theta.gather(1, labels[:, :2].long())
-    return vote_nll(pair[:, 0], pair[:, 1], labels[:, 2], None, family)
-
-
 def cross_validate(
     embeddings: np.ndarray,
     labels: np.ndarray,
@@ -156,9 +151,8 @@ def cross_validate(
     y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     theta0 = torch.as_tensor(np.asarray(head_coefs), dtype=torch.float64)
     folds = np.asarray(folds)
-    n = len(y)
     counted = vote_mask(y[:, 2], family).to(torch.float64)
-    head = _vote_losses(theta0, y, family)
+    head = labels_vote_nll(theta0, y, None, family)
     held_out: dict[tuple[int, float], torch.Tensor] = {}
     for f in np.unique(folds):
         test = torch.as_tensor(folds == f)
@@ -177,7 +171,7 @@ def cross_validate(
                     for i in range(0, int(test.sum()), QUERY_CHUNK)
                 ])  # fmt: skip
                 losses = held_out.setdefault((k, penalty), head.clone())
-                losses[test] = _vote_losses(theta, y[test], family)
+                losses[test] = labels_vote_nll(theta, y[test], None, family)
     total = counted.sum()
     cv = {key: float((loss * counted).sum() / total) for key, loss in held_out.items()}
     cv_head = float((head * counted).sum() / total)
@@ -185,7 +179,7 @@ def cross_validate(
         return NeighbourChoice(None, None, {}, cv_head, 0.0, 0.0)
     best = min(cv, key=cv.get)
     gain, se = clustered_gain(head, held_out[best], counted, groups)
-    keep = gain > min_gain_se * se and n > 0
+    keep = gain > min_gain_se * se
     return NeighbourChoice(
         k=best[0] if keep else None,
         penalty=best[1] if keep else None,

@@ -106,6 +106,12 @@ class P2LModel(nn.Module):
         self.info.neighbours = {"k": k, "penalty": penalty, "anchors": anchors}
         return self.neighbours
 
+    def refine(self, pooled: torch.Tensor, coefs: torch.Tensor) -> torch.Tensor:
+        """The head's coefficients, refined by the neighbourhood leaderboards if any."""
+        if self.neighbours is None:
+            return coefs
+        return self.neighbours(pooled[:, : self.model.config.hidden_size], coefs)
+
     @property
     def pooled_size(self) -> int:
         """The width of what the head reads: the hidden size, plus the prompt features."""
@@ -126,8 +132,7 @@ class P2LModel(nn.Module):
     ) -> P2LOutput:
         pooled = self.pool(input_ids, attention_mask)
         coefs, eta = self.head(pooled.to(self.head.output_layer.weight.dtype))
-        if self.neighbours is not None:
-            coefs = self.neighbours(pooled[:, : self.model.config.hidden_size], coefs)
+        coefs = self.refine(pooled, coefs)
         return P2LOutput(
             coefs=coefs.float(),
             eta=None if eta is None else eta.float(),

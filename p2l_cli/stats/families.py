@@ -206,6 +206,20 @@ def vote_mask(tie_code: torch.Tensor, family: str = "bt") -> torch.Tensor:
     return torch.ones(tie_code.shape, dtype=torch.get_default_dtype(), device=tie_code.device)
 
 
+def labels_vote_nll(
+    coefs: torch.Tensor,
+    labels: torch.Tensor,
+    eta: torch.Tensor | None = None,
+    family: str = "bt",
+) -> torch.Tensor:
+    """Each vote's NLL (:func:`vote_nll`) for labels ``[B, 3]`` under per-vote coefficients
+    ``coefs [B, M]`` (and ``eta [B]`` or ``[B, 1]``)."""
+    labels = labels.long()
+    pair = coefs.gather(-1, labels[:, :2])
+    eta = None if eta is None else eta.reshape(-1)
+    return vote_nll(pair[:, 0], pair[:, 1], labels[:, 2], eta, family)
+
+
 def labels_nll(
     coefs: torch.Tensor,
     labels: torch.Tensor,
@@ -216,10 +230,7 @@ def labels_nll(
     """Weighted mean NLL of votes ``labels [B, 3]`` under per-vote coefficients ``coefs [B, M]``
     (and ``eta [B]`` or ``[B, 1]``): the P2L training loss. Dropped votes do not count."""
     labels = labels.long()
-    pair = coefs.gather(-1, labels[:, :2])
-    if eta is not None:
-        eta = eta.reshape(-1)
-    nll = vote_nll(pair[:, 0], pair[:, 1], labels[:, 2], eta, family)
+    nll = labels_vote_nll(coefs, labels, eta, family)
     mask = vote_mask(labels[:, 2], family).to(nll.dtype)
     if weights is not None:
         mask = mask * weights.to(nll.dtype)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from p2l_cli.stats.families import has_eta, labels_nll, vote_mask, vote_nll
+from p2l_cli.stats.families import has_eta, labels_nll, labels_vote_nll, vote_mask
 
 DEFAULT_PENALTIES = tuple(float(10.0**e) for e in np.arange(1.0, -5.01, -0.25))
 DEFAULT_FOLDS = 5
@@ -52,7 +52,6 @@ class HeadFitReport:
     votes: int
     features: int
     fell_back: bool = False
-    notes: list[str] = field(default_factory=list)
     # per vote: the coefficients of the fold fit that did not see it (chosen penalty)
     held_out_coefs: np.ndarray | None = field(default=None, repr=False)
     folds_of_votes: np.ndarray | None = field(default=None, repr=False)
@@ -90,7 +89,7 @@ def clustered_gain(
     """The weighted mean of ``base - new`` per vote and its standard error from per-group
     (per-prompt) sums: the votes of a prompt are not independent."""
     diff = ((base - new) * counted).numpy()
-    weight = counted.numpy() if counted.dim() else np.full(len(diff), float(counted))
+    weight = counted.numpy()
     total = float(weight.sum())
     gain = float(diff.sum() / total)
     _, inverse = np.unique(groups, return_inverse=True)
@@ -154,8 +153,7 @@ def _objective(x, labels, weights, family, penalty, params) -> torch.Tensor:
 def _vote_losses(x, labels, family, params) -> torch.Tensor:
     coefs = x @ params[0] + params[1]
     eta = x @ params[2] + params[3] if len(params) > 2 else None
-    pair = coefs.gather(-1, labels[:, :2])
-    return vote_nll(pair[:, 0], pair[:, 1], labels[:, 2], None if eta is None else eta, family)
+    return labels_vote_nll(coefs, labels, eta, family)
 
 
 def fit_linear_head(
