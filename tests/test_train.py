@@ -252,7 +252,9 @@ def test_two_processes_match_one_with_the_same_global_batch(backbones, data, tmp
 def test_freeze_backbone_trains_the_head_on_cached_features(backbones, data, tmp_path,
                                                            monkeypatch):
     bert = backbones["bert"]
-    settings = {"freeze_backbone": True, "epochs": 4, "batch_size": 16, "lr": 5e-2,
+    # a moderate learning rate: at 5e-2 Adam's steps on near-zero gradients turn float noise
+    # (and the tiny tokenizer's tie-breaking, which varies by process) into chaotic curves
+    settings = {"freeze_backbone": True, "epochs": 8, "batch_size": 16, "lr": 1e-2,
                 "eval_every": 8, "head_rank": 4, "loss": "rk", "pooling": "mean"}
     first = _train(data, tmp_path / "a", bert, **settings)
     cached = list((tmp_path / "cache" / "features").glob("*.safetensors"))
