@@ -28,6 +28,7 @@ from p2l_cli import __version__
 from p2l_cli.commands import (
     demo,
     evaluate,
+    extend,
     leaderboard,
     predict,
     prepare,
@@ -182,6 +183,7 @@ _register("prepare", prepare.prepare, DATA)
 _register("train", train.train, MODEL)
 _register("predict", predict.predict, MODEL)
 _register("evaluate", evaluate.evaluate, MODEL)
+_register("extend", extend.extend, MODEL)
 _register("push", push.push, MODEL)
 _register("leaderboard", leaderboard.leaderboard, USE)
 _register("route", route.route, USE)

@@ -18,6 +18,7 @@ choose between models reliably) by a choice made on every training vote.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -107,6 +108,23 @@ def _standardise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, sd
 
 
+@dataclass
+class _Problem:
+    """What a cross-validated fit varies: how parameters map rows of ``x`` to coefficients
+    (and eta), which parameters the ridge penalty shrinks (and ``penalty=None`` zeroes), and
+    an optional prior on the others."""
+
+    coefs_of: Callable[[torch.Tensor, list[torch.Tensor]], tuple[torch.Tensor, torch.Tensor | None]]
+    penalised: tuple[int, ...]
+    prior: Callable[[list[torch.Tensor]], torch.Tensor] | None = None
+
+
+def _linear_coefs(x: torch.Tensor, params: list[torch.Tensor]):
+    coefs = x @ params[0] + params[1]
+    eta = x @ params[2] + params[3] if len(params) > 2 else None
+    return coefs, eta
+
+
 def _fit(
     x: torch.Tensor,
     labels: torch.Tensor,
@@ -114,15 +132,15 @@ def _fit(
     family: str,
     penalty: float | None,
     start: list[torch.Tensor],
+    problem: _Problem,
     max_iter: int = 500,
 ) -> list[torch.Tensor]:
-    """Minimise the penalised NLL from ``start = [W, b, w, c]`` (w, c only with eta);
-    ``penalty=None`` keeps W = w = 0 (the marginal leaderboard)."""
+    """Minimise the penalised NLL from ``start``; ``penalty=None`` keeps the penalised
+    parameters at 0 (for the full head: the marginal leaderboard)."""
     params = [p.detach().clone().requires_grad_(True) for p in start]
     if penalty is None:
-        params[0] = params[0].detach().zero_()
-        if len(params) > 2:
-            params[2] = params[2].detach().zero_()
+        for i in problem.penalised:
+            params[i] = params[i].detach().zero_()
     trainable = [p for p in params if p.requires_grad]
     optimizer = torch.optim.LBFGS(
         trainable, lr=1.0, max_iter=max_iter, tolerance_grad=1e-9, tolerance_change=1e-12,
@@ -131,7 +149,12 @@ def _fit(
 
     def closure():
         optimizer.zero_grad()
-        loss = _objective(x, labels, weights, family, penalty, params)
+        coefs, eta = problem.coefs_of(x, params)
+        loss = labels_nll(coefs, labels, eta, family, weights)
+        if penalty:
+            loss = loss + penalty * sum(params[i].square().sum() for i in problem.penalised)
+        if problem.prior is not None:
+            loss = loss + problem.prior(params) / len(x)
         loss.backward()
         return loss
 
@@ -139,21 +162,102 @@ def _fit(
     return [p.detach() for p in params]
 
 
-def _objective(x, labels, weights, family, penalty, params) -> torch.Tensor:
-    coefs = x @ params[0] + params[1]
-    eta = x @ params[2] + params[3] if len(params) > 2 else None
-    loss = labels_nll(coefs, labels, eta, family, weights)
-    if penalty:
-        loss = loss + penalty * (params[0].square().sum())
-        if len(params) > 2:
-            loss = loss + penalty * params[2].square().sum()
-    return loss
-
-
-def _vote_losses(x, labels, family, params) -> torch.Tensor:
-    coefs = x @ params[0] + params[1]
-    eta = x @ params[2] + params[3] if len(params) > 2 else None
+def _vote_losses(x, labels, family, params, problem: _Problem) -> torch.Tensor:
+    coefs, eta = problem.coefs_of(x, params)
     return labels_vote_nll(coefs, labels, eta, family)
+
+
+def _cross_validated(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    w: torch.Tensor | None,
+    family: str,
+    start: list[torch.Tensor],
+    problem: _Problem,
+    groups: np.ndarray | None,
+    penalties: tuple[float, ...],
+    folds: int,
+    seed: int,
+    min_gain_se: float,
+    width: int,
+) -> tuple[list[torch.Tensor], HeadFitReport]:
+    """Choose the penalty by held-out NLL over folds split by ``groups``, fall back to the
+    unpenalised-part-only fit without a clear gain, and refit on every vote."""
+    n = len(y)
+    groups = np.arange(n) if groups is None else np.asarray(groups)
+    folds = max(2, min(folds, len(np.unique(groups))))
+    fold = torch.as_tensor(prompt_folds(groups, folds, seed))
+    counted = vote_mask(y[:, 2], family).to(torch.float64) * (w if w is not None else 1.0)
+
+    def coefs(rows, params):
+        return problem.coefs_of(rows, params)[0]
+
+    fold_fits: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, list]] = []
+    held_out = {None: torch.zeros(n, dtype=torch.float64)}  # None: no penalised part
+    oof: dict = {None: None}
+    for k in range(folds):
+        train, test = fold != k, fold == k
+        wk = None if w is None else w[train]
+        params = _fit(x[train], y[train], wk, family, None, start, problem)
+        held_out[None][test] = _vote_losses(x[test], y[test], family, params, problem)
+        test_coefs = coefs(x[test], params)
+        if oof[None] is None:
+            oof[None] = torch.zeros(n, test_coefs.shape[1], dtype=torch.float64)
+        oof[None][test] = test_coefs
+        fold_fits.append((train, test, wk, params))
+    total = counted.sum()
+
+    def cv_nll(key) -> float:
+        return float((held_out[key] * counted).sum() / total)
+
+    tried = []
+    worse_in_a_row = 0
+    for penalty in penalties:  # strongest first: each fold's fit starts from its previous one
+        held_out[penalty] = torch.zeros(n, dtype=torch.float64)
+        oof[penalty] = torch.zeros_like(oof[None])
+        for k, (train, test, wk, params) in enumerate(fold_fits):
+            params = _fit(x[train], y[train], wk, family, penalty, params, problem)
+            held_out[penalty][test] = _vote_losses(x[test], y[test], family, params, problem)
+            oof[penalty][test] = coefs(x[test], params)
+            fold_fits[k] = (train, test, wk, params)
+        tried.append(penalty)
+        # weaker penalties only overfit more once the held-out NLL has turned upwards
+        worse_in_a_row = worse_in_a_row + 1 if cv_nll(penalty) > min(map(cv_nll, tried)) else 0
+        if worse_in_a_row >= 2:
+            break
+    cv = {p: cv_nll(p) for p in held_out}
+    best = min(tried, key=lambda p: cv[p])
+    gain, se = clustered_gain(held_out[None], held_out[best], counted, groups)
+    fell_back = not gain > min_gain_se * se
+    chosen = None if fell_back else best
+    params = _fit(x, y, w, family, None, start, problem)
+    if chosen is not None:
+        for penalty in penalties:
+            params = _fit(x, y, w, family, penalty, params, problem)
+            if penalty == chosen:
+                break
+    report = HeadFitReport(
+        penalty=chosen,
+        cv_nll={p: cv[p] for p in tried},
+        cv_nll_marginal=cv[None],
+        gain=gain,
+        gain_se=se,
+        folds=folds,
+        votes=n,
+        features=width,
+        fell_back=fell_back,
+        held_out_coefs=oof[chosen].numpy(),
+        folds_of_votes=fold.numpy(),
+    )
+    return params, report
+
+
+def _standardised(features, feature_weights) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    x = torch.as_tensor(np.asarray(features), dtype=torch.float64)
+    mean, sd = _standardise(x)
+    if feature_weights is not None:
+        sd = sd / torch.as_tensor(np.asarray(feature_weights), dtype=torch.float64)
+    return (x - mean) / sd, mean, sd
 
 
 def fit_linear_head(
@@ -177,85 +281,81 @@ def fit_linear_head(
     ``feature_weights`` multiply the standardised features: the penalty on feature j is
     then ``penalty / weight_j^2`` (a block of few, strong features can be penalised less).
     """
-    x = torch.as_tensor(np.asarray(features), dtype=torch.float64)
+    z, mean, sd = _standardised(features, feature_weights)
     y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
-    n, d = x.shape
+    n, d = z.shape
     if n != len(y):
         raise ValueError(f"{n} feature rows for {len(y)} votes")
     w = None if weights is None else torch.as_tensor(np.asarray(weights), dtype=torch.float64)
-    mean, sd = _standardise(x)
-    if feature_weights is not None:
-        sd = sd / torch.as_tensor(np.asarray(feature_weights), dtype=torch.float64)
-    z = (x - mean) / sd
     m = len(bias)
-    with_eta = has_eta(family)
     start = [torch.zeros(d, m, dtype=torch.float64), torch.as_tensor(bias, dtype=torch.float64)]
-    if with_eta:
+    if has_eta(family):
         start += [
             torch.zeros(d, dtype=torch.float64),
             torch.tensor(float(eta or 0.0), dtype=torch.float64),
         ]
-    groups = np.arange(n) if groups is None else np.asarray(groups)
-    folds = max(2, min(folds, len(np.unique(groups))))
-    fold = torch.as_tensor(prompt_folds(groups, folds, seed))
-    counted = vote_mask(y[:, 2], family).to(torch.float64) * (w if w is not None else 1.0)
-
-    fold_fits: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, list]] = []
-    held_out = {None: torch.zeros(n, dtype=torch.float64)}  # None: the marginal leaderboard
-    oof = {None: torch.zeros(n, m, dtype=torch.float64)}
-    for k in range(folds):
-        train, test = fold != k, fold == k
-        wk = None if w is None else w[train]
-        params = _fit(z[train], y[train], wk, family, None, start)
-        held_out[None][test] = _vote_losses(z[test], y[test], family, params)
-        oof[None][test] = z[test] @ params[0] + params[1]
-        fold_fits.append((train, test, wk, params))
-    total = counted.sum()
-
-    def cv_nll(key) -> float:
-        return float((held_out[key] * counted).sum() / total)
-
-    tried = []
-    worse_in_a_row = 0
-    for penalty in penalties:  # strongest first: each fold's fit starts from its previous one
-        held_out[penalty] = torch.zeros(n, dtype=torch.float64)
-        oof[penalty] = torch.zeros(n, m, dtype=torch.float64)
-        for k, (train, test, wk, params) in enumerate(fold_fits):
-            params = _fit(z[train], y[train], wk, family, penalty, params)
-            held_out[penalty][test] = _vote_losses(z[test], y[test], family, params)
-            oof[penalty][test] = z[test] @ params[0] + params[1]
-            fold_fits[k] = (train, test, wk, params)
-        tried.append(penalty)
-        # weaker penalties only overfit more once the held-out NLL has turned upwards
-        worse_in_a_row = worse_in_a_row + 1 if cv_nll(penalty) > min(map(cv_nll, tried)) else 0
-        if worse_in_a_row >= 2:
-            break
-    cv = {p: cv_nll(p) for p in held_out}
-    best = min(tried, key=lambda p: cv[p])
-    gain, se = clustered_gain(held_out[None], held_out[best], counted, groups)
-    fell_back = not gain > min_gain_se * se
-    chosen = None if fell_back else best
-    params = _fit(z, y, w, family, None, start)
-    if chosen is not None:
-        for penalty in penalties:
-            params = _fit(z, y, w, family, penalty, params)
-            if penalty == chosen:
-                break
-    head = _unstandardise(params, mean, sd)
-    report = HeadFitReport(
-        penalty=chosen,
-        cv_nll={p: cv[p] for p in tried},
-        cv_nll_marginal=cv[None],
-        gain=gain,
-        gain_se=se,
-        folds=folds,
-        votes=n,
-        features=d,
-        fell_back=fell_back,
-        held_out_coefs=oof[chosen].numpy(),
-        folds_of_votes=fold.numpy(),
+    problem = _Problem(_linear_coefs, penalised=(0, 2) if has_eta(family) else (0,))
+    params, report = _cross_validated(
+        z, y, w, family, start, problem, groups, penalties, folds, seed, min_gain_se, d
     )
-    return head, report
+    return _unstandardise(params, mean, sd), report
+
+
+def fit_new_rows(
+    features: np.ndarray | torch.Tensor,
+    labels: np.ndarray,
+    family: str,
+    fixed_coefs: np.ndarray,
+    new: np.ndarray,
+    eta: np.ndarray | None = None,
+    prior_mean: float = 0.0,
+    groups: np.ndarray | None = None,
+    penalties: tuple[float, ...] = DEFAULT_PENALTIES,
+    folds: int = DEFAULT_FOLDS,
+    seed: int = 0,
+    min_gain_se: float = MIN_GAIN_SE,
+) -> tuple[LinearHead, HeadFitReport]:
+    """New models' rows of a linear head, the other models held fixed.
+
+    Vote ``i`` is scored with ``fixed_coefs[i]`` ``[N, M]`` (the trained model's coefficients
+    for its prompt, any value in the new columns) except that column ``new[j]`` becomes
+    ``b_j + W_j . x_i``. The ridge penalty on ``W`` is chosen by cross-validation as in
+    :func:`fit_linear_head`; without a clear held-out gain ``W = 0``: each new model gets one
+    rating for every prompt, fitted against the fixed per-prompt coefficients. ``b`` has a
+    weak normal prior (mean ``prior_mean``, sd 1) so that a model that won or lost every vote
+    still gets a finite rating. ``eta`` ``[N]`` (rk, grk) is held fixed too.
+    """
+    z, mean, sd = _standardised(features, None)
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    n, d = z.shape
+    offset = torch.as_tensor(np.asarray(fixed_coefs), dtype=torch.float64)
+    if offset.shape[0] != n or len(y) != n:
+        raise ValueError(f"{n} feature rows, {offset.shape[0]} coefficient rows, {len(y)} votes")
+    columns = torch.as_tensor(np.asarray(new), dtype=torch.long)
+    k = len(columns)
+    with_eta = eta is not None
+    packed = [z, offset] + (
+        [torch.as_tensor(eta, dtype=torch.float64)[:, None]] if with_eta else []
+    )
+    x = torch.cat(packed, dim=1)
+
+    def coefs_of(rows: torch.Tensor, params: list[torch.Tensor]):
+        fitted = rows[:, :d] @ params[0] + params[1]
+        coefs = rows[:, d : d + offset.shape[1]].index_copy(1, columns, fitted)
+        return coefs, rows[:, -1] if with_eta else None
+
+    def prior(params: list[torch.Tensor]) -> torch.Tensor:
+        return 0.5 * (params[1] - prior_mean).square().sum()
+
+    start = [
+        torch.zeros(d, k, dtype=torch.float64),
+        torch.full((k,), float(prior_mean), dtype=torch.float64),
+    ]
+    problem = _Problem(coefs_of, penalised=(0,), prior=prior)
+    params, report = _cross_validated(
+        x, y, None, family, start, problem, groups, penalties, folds, seed, min_gain_se, d
+    )
+    return _unstandardise(params, mean, sd), report
 
 
 def _unstandardise(params: list[torch.Tensor], mean: torch.Tensor, sd: torch.Tensor) -> LinearHead:
