@@ -26,7 +26,7 @@ from transformers import AutoModel
 import p2l_cli.train as train_module
 from p2l_cli.model import P2LHead, collate, encode_prompts, load_p2l
 from p2l_cli.stats.families import labels_nll
-from p2l_cli.train import RunOptions, TrainingInterrupted, lr_factor, train_p2l
+from p2l_cli.train import RunOptions, Trainer, TrainingInterrupted, lr_factor, train_p2l
 from p2l_cli.train_config import resolve_config
 from p2l_cli.train_data import Layout, epoch_order, step_weight
 
@@ -279,10 +279,10 @@ def test_freeze_backbone_trains_the_head_on_cached_features(backbones, data, tmp
     assert first.metrics["val"]["p2l"]["nll"] == min(evals)
     assert first.metrics["val"]["p2l"]["nll"] < first.metrics["val"]["marginal"]["nll"] - 0.01
 
-    def no_backbone(*args, **kwargs):
+    def no_backbone(self):
         raise AssertionError("features should come from the cache")
 
-    monkeypatch.setattr(train_module, "pooled_features", no_backbone)
+    monkeypatch.setattr(Trainer, "_compute_features", no_backbone)
     second = _train(data, tmp_path / "b", bert, **settings)
     assert second.metrics == first.metrics
 
@@ -332,7 +332,7 @@ def test_a_paper_recipe_runs_from_any_directory(backbones, data, tmp_path):
 def test_gradient_checkpointing_changes_memory_not_results(backbones, data, tmp_path,
                                                           monkeypatch):
     enabled = []
-    prepare = train_module.Trainer._prepare_backbone_for_training
+    prepare = Trainer._prepare_backbone_for_training
 
     def spy(self):
         prepare(self)
@@ -342,7 +342,7 @@ def test_gradient_checkpointing_changes_memory_not_results(backbones, data, tmp_
             flag = "is_gradient_checkpointing"
         enabled.append(getattr(network, flag))
 
-    monkeypatch.setattr(train_module.Trainer, "_prepare_backbone_for_training", spy)
+    monkeypatch.setattr(Trainer, "_prepare_backbone_for_training", spy)
     settings = {"max_steps": 3, "batch_size": 8, "lr": 1e-3, "eval_every": 100}
     plain = _train(data, tmp_path / "plain", backbones["llama"], **settings)
     recomputed = _train(data, tmp_path / "ckpt", backbones["llama"],
@@ -555,11 +555,13 @@ def test_a_hidden_layer_head_learns_a_signal_a_linear_head_cannot(backbones, tmp
         features[:, :2] = x
         planted[split] = torch.tensor(features, dtype=torch.float32)
 
-    def planted_features(model, token_ids, pad, device, batch, autocast, label):
-        assert len(token_ids) == len(planted[label]) and model.config.hidden_size == 32
-        return planted[label]
+    def planted_features(self):
+        for split, features in planted.items():
+            assert len(self.token_ids[split]) == len(features)
+        assert self.model.config.hidden_size == 32
+        return planted
 
-    monkeypatch.setattr(train_module, "pooled_features", planted_features)
+    monkeypatch.setattr(Trainer, "_compute_features", planted_features)
     settings = {"freeze_backbone": True, "pooling": "mean", "epochs": 12, "batch_size": 32,
                 "head_lr": 1e-2, "lr": 1e-2, "eval_every": 16, "patience": 100}
     linear = _train(data, tmp_path / "linear", backbones["bert"], **settings)

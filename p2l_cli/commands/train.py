@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from p2l_cli.ui import QuietOption, console, set_quiet
+from p2l_cli.ui import ConsoleReporter, QuietOption, console, set_quiet
 
 MODEL, OPTIM, DATA, RUN = "Model", "Optimisation", "Data and batches", "Validation and checkpoints"
 # The command's parameters that are not training settings; every other parameter is the
@@ -22,7 +22,8 @@ def config_overrides(params: dict[str, Any]) -> dict[str, Any]:
     """The training settings among the command's parsed parameters (``None``: not given)."""
     from p2l_cli.train_config import FIELDS, RECIPE_ONLY
 
-    strays = sorted((set(params) - set(FIELDS) - set(RUN_OPTIONS)) | (set(params) & set(RECIPE_ONLY)))
+    not_settings = set(params) - set(FIELDS) - set(RUN_OPTIONS)
+    strays = sorted(not_settings | (set(params) & set(RECIPE_ONLY)))
     if strays:
         raise RuntimeError(f"p2l train: options that are no command-line settings: {strays}")
     return {name: value for name, value in params.items() if name in FIELDS}
@@ -285,8 +286,9 @@ def train(
 
     overrides = config_overrides(ctx.params)
     options = RunOptions(
-        resume=resume, overwrite=overwrite, stop_after=stop_after, cache_dir=cache_dir
-    )
+        resume=resume, overwrite=overwrite, stop_after=stop_after, cache_dir=cache_dir,
+        reporter=ConsoleReporter(),
+    )  # fmt: skip
     try:
         train_p2l(data_dir, output, recipe, overrides, options)
     except TrainingInterrupted as stop:
