@@ -3,9 +3,11 @@
 One process or many (``accelerate launch`` / ``torchrun``; DeepSpeed and FSDP through
 Accelerate's own config). The loop, step by step:
 
-- setup: read the data folder, build the model (backbone + head), fit the marginal
-  leaderboard on the training votes (the baseline, and the head's starting bias), tokenise,
-  and with ``--freeze-backbone`` compute the pooled features once (cached on disk);
+- setup (``Trainer.setup``, one ``_setup_*`` step each): read the data folder, build the
+  model (backbone + head), fit the marginal leaderboard on the training votes (the baseline,
+  and the head's starting bias), tokenise, with ``--freeze-backbone`` compute the pooled
+  features once (cached on disk), build the optimizer, and with ``--resume`` load the
+  checkpoint;
 - train: each optimizer step takes one global batch (see ``train_data``), split into
   micro-batches over processes and accumulation steps; the loss of a micro-batch is its
   share of the global batch's mean vote NLL, so the step's gradient does not depend on how
@@ -15,6 +17,9 @@ Accelerate's own config). The loop, step by step:
 - checkpoint ``checkpoints/last`` (model, optimizer, scheduler, RNG, data position) at each
   validation and at the end, and when Ctrl-C or SIGTERM arrives, so ``--resume`` continues
   exactly where the run stopped.
+
+Nothing here prints: messages and progress go to ``RunOptions.reporter`` (see
+``p2l_cli.reporting``), which the command renders on stderr.
 """
 
 from __future__ import annotations
@@ -431,16 +436,16 @@ class Trainer:
         out_dir: Path,
         accelerator: Accelerator,
         options: RunOptions,
-        reporter: Reporter = SILENT,
+        reporter: Reporter | None = None,  # default: options.reporter
     ):
         self.config = config
         self.data_dir = data_dir
         self.out = out_dir
         self.accelerator = accelerator
         self.options = options
-        self.reporter = reporter
+        self.reporter = options.reporter if reporter is None else reporter
         self.device = accelerator.device
-        self.signals = StopSignals(reporter)
+        self.signals = StopSignals(self.reporter)
         self.best_head: dict[str, torch.Tensor] | None = None
         self.window = _Window()
         self.head_fit: dict | None = None
@@ -1079,6 +1084,11 @@ class Trainer:
         if self.features is not None:
             self._write_frozen_model_folder()
         result = TrainResult(self.out, "interrupted", self.state, signal=self.signals.received)
+        self.reporter.event(
+            NOTICE,
+            f"stopped by {result.signal} at step {self.state.step}; checkpoint in "
+            f"{self.out / CHECKPOINTS / LAST} (continue with --resume)",
+        )
         raise TrainingInterrupted(result)
 
     def _pause(self) -> TrainResult:

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from p2l_cli.ui import ConsoleReporter, QuietOption, console, set_quiet
+from p2l_cli.ui import ConsoleReporter, QuietOption, set_quiet
 
 MODEL, OPTIM, DATA, RUN = "Model", "Optimisation", "Data and batches", "Validation and checkpoints"
 # The command's parameters that are not training settings; every other parameter is the
@@ -291,10 +291,5 @@ def train(
     )  # fmt: skip
     try:
         train_p2l(data_dir, output, recipe, overrides, options)
-    except TrainingInterrupted as stop:
-        state = stop.result.state
-        console.print(
-            f"[yellow]stopped by {stop.result.signal}[/] at step {state.step}; checkpoint in "
-            f"{output / 'checkpoints' / 'last'} (continue with --resume)"
-        )
-        raise typer.Exit(130) from None
+    except TrainingInterrupted:
+        raise typer.Exit(130) from None  # training said where its checkpoint is
