@@ -133,6 +133,7 @@ def test_loss_share_gives_the_global_mean_gradient():
 # --------------------------------------------------------------------------- resume
 
 
+@pytest.mark.slow
 def test_resume_equals_an_uninterrupted_run(backbones, data, tmp_path):
     # BERT has dropout, so the RNG state must come back too; accumulation, warmup, cosine
     # decay and length grouping make the position in the data and the schedule matter.
@@ -156,6 +157,7 @@ def test_resume_equals_an_uninterrupted_run(backbones, data, tmp_path):
     assert straight.metrics["best_step"] == resumed.metrics["best_step"]
 
 
+@pytest.mark.slow
 def test_a_signal_mid_step_checkpoints_and_resumes_exactly(backbones, data, tmp_path,
                                                           monkeypatch):
     settings = {"epochs": 1, "batch_size": 8, "grad_accum": 2, "lr": 1e-3,
@@ -186,6 +188,7 @@ def test_a_signal_mid_step_checkpoints_and_resumes_exactly(backbones, data, tmp_
     assert straight.state.step == 16
 
 
+@pytest.mark.slow
 def test_sigterm_to_a_real_process_writes_a_checkpoint(backbones, data, tmp_path):
     out = tmp_path / "model"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
@@ -219,6 +222,7 @@ def test_sigterm_to_a_real_process_writes_a_checkpoint(backbones, data, tmp_path
 # ---------------------------------------------------------------------- two processes
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_with_the_same_global_batch(backbones, data, tmp_path):
     torchrun = Path(sys.executable).parent / "torchrun"
     if not torchrun.exists():
@@ -249,6 +253,7 @@ def test_two_processes_match_one_with_the_same_global_batch(backbones, data, tmp
 # -------------------------------------------------------------------- frozen backbone
 
 
+@pytest.mark.slow
 def test_freeze_backbone_trains_the_head_on_cached_features(backbones, data, tmp_path,
                                                            monkeypatch):
     bert = backbones["bert"]
@@ -309,6 +314,7 @@ def test_every_recipe_resolves_and_shows_its_launch_command():
     assert paper.batch_size * 8 * paper.grad_accum == 512
 
 
+@pytest.mark.slow
 def test_a_paper_recipe_runs_from_any_directory(backbones, data, tmp_path):
     """`--recipe recipes/NAME.yaml` (the README's form) from a folder with no recipes/ in it:
     the recipes shipped with p2l are found, and a paper recipe trains a tiny Qwen2 end to end
@@ -480,6 +486,7 @@ def test_resume_refuses_changed_settings(backbones, data, tmp_path):
 # ------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow
 def test_simulate_prepare_train_end_to_end(backbones, tmp_path):
     """The pipeline as a user runs it: three real processes, a tiny frozen backbone."""
     from conftest import run_p2l

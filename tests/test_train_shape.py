@@ -79,6 +79,7 @@ def test_training_prints_nothing_and_reports_its_events(bert, data, tmp_path, ca
     assert info[-1].startswith("done: 1 steps; best step 1: val NLL ")
 
 
+@pytest.mark.slow
 def test_the_command_renders_the_events_on_stderr(bert, data, tmp_path):
     result = run_cli("train", data, "-o", tmp_path / "model", "--backbone", bert,
                      "--freeze-backbone", "--head-solver", "ridge-cv", "--max-length", "32",
