@@ -92,7 +92,7 @@ class ConsoleReporter:
     def event(self, kind: str, message: str) -> None:
         text = escape(message)
         if kind == WARNING:
-            console.print(f"[yellow]warning:[/] {text}", soft_wrap=True)
+            warn(text)
         elif kind == NOTICE:
             console.print(f"[yellow]{text}[/]", soft_wrap=True)
         else:
