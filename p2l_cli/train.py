@@ -470,8 +470,8 @@ class Trainer:
         tie_codes = self.data.train.labels[:, 2]
         if config.loss == AUTO_LOSS:
             config.loss = resolve_loss(config.loss, tie_codes)
-            self.reporter.event(INFO, f"loss: {config.loss} (auto: the training votes "
-                                f"{'hold' if config.loss == 'bt-tie' else 'hold no'} ties)")
+            holds = "hold" if config.loss == "bt-tie" else "hold no"
+            self.reporter.event(INFO, f"loss: {config.loss} (auto: the training votes {holds} ties)")
         self.family = config.family
         if (message := missing_ties_warning(self.family, tie_codes)) is not None:
             self.reporter.event(WARNING, message)
@@ -560,9 +560,9 @@ class Trainer:
             param_groups(self.trainable, config, head_only=config.freeze_backbone), config
         )
         self.wrapped, self.optimizer = self.accelerator.prepare(self.trainable, optimizer)
-        warmup, total = config.warmup_steps(self.total_steps), self.total_steps
+        warmup = config.warmup_steps(self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, warmup, total, config.scheduler)
+            self.optimizer, lambda s: lr_factor(s, warmup, self.total_steps, config.scheduler)
         )
         self.accelerator.register_for_checkpointing(self.scheduler)
 
