@@ -63,7 +63,9 @@ def build_trainer(data: Path, out: Path, cache: Path, **overrides) -> Trainer:
     out.mkdir(parents=True, exist_ok=True)
     config, _, _ = resolve_config("minilm-cpu", overrides)
     accelerator = make_accelerator(config)
-    return Trainer(config, data, out, accelerator, RunOptions(cache_dir=cache))
+    trainer = Trainer(config, data, out, accelerator, RunOptions(cache_dir=cache))
+    trainer.setup()
+    return trainer
 
 
 # ------------------------------------------------------------------------ 1. overhead

@@ -27,6 +27,7 @@ except ImportError:  # pragma: no cover
 from p2l_cli import __version__
 from p2l_cli.commands import (
     demo,
+    env,
     evaluate,
     extend,
     leaderboard,
@@ -189,6 +190,7 @@ _register("leaderboard", leaderboard.leaderboard, USE)
 _register("route", route.route, USE)
 _register("serve", serve.serve, USE)
 _register("demo", demo.demo, "Getting started", no_args_is_help=False)
+_register("env", env.env, "Getting started", no_args_is_help=False)
 
 
 def main() -> None:

@@ -3,9 +3,11 @@
 One process or many (``accelerate launch`` / ``torchrun``; DeepSpeed and FSDP through
 Accelerate's own config). The loop, step by step:
 
-- setup: read the data folder, build the model (backbone + head), fit the marginal
-  leaderboard on the training votes (the baseline, and the head's starting bias), tokenise,
-  and with ``--freeze-backbone`` compute the pooled features once (cached on disk);
+- setup (``Trainer.setup``, one ``_setup_*`` step each): read the data folder, build the
+  model (backbone + head), fit the marginal leaderboard on the training votes (the baseline,
+  and the head's starting bias), tokenise, with ``--freeze-backbone`` compute the pooled
+  features once (cached on disk), build the optimizer, and with ``--resume`` load the
+  checkpoint;
 - train: each optimizer step takes one global batch (see ``train_data``), split into
   micro-batches over processes and accumulation steps; the loss of a micro-batch is its
   share of the global batch's mean vote NLL, so the step's gradient does not depend on how
@@ -15,6 +17,9 @@ Accelerate's own config). The loop, step by step:
 - checkpoint ``checkpoints/last`` (model, optimizer, scheduler, RNG, data position) at each
   validation and at the end, and when Ctrl-C or SIGTERM arrives, so ``--resume`` continues
   exactly where the run stopped.
+
+Nothing here prints: messages and progress go to ``RunOptions.reporter`` (see
+``p2l_cli.reporting``), which the command renders on stderr.
 """
 
 from __future__ import annotations
@@ -39,13 +44,15 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, gather_object, set_seed
 
+from p2l_cli.environment import versions
 from p2l_cli.errors import UserError
 from p2l_cli.io import write_json
-from p2l_cli.model import P2LModel, build_p2l, collate, save_p2l
+from p2l_cli.model import build_p2l, collate, save_p2l
 from p2l_cli.model.checkpoint import state_dict_for_saving
 from p2l_cli.model.neighbours import FAMILIES as NEIGHBOUR_FAMILIES
 from p2l_cli.model.neighbours import MAX_VOTES as NEIGHBOUR_MAX_VOTES
 from p2l_cli.model.neighbours import cross_validate as cross_validate_neighbours
+from p2l_cli.reporting import INFO, NOTICE, SILENT, WARNING, Reporter
 from p2l_cli.stats.aggregate import aggregate
 from p2l_cli.stats.families import labels_nll
 from p2l_cli.stats.headfit import fit_linear_head
@@ -74,7 +81,6 @@ from p2l_cli.train_features import (
     pooled_features,
     save_cached,
 )
-from p2l_cli.ui import console, progress, warn
 
 CHECKPOINTS = "checkpoints"
 LAST = "last"
@@ -98,6 +104,7 @@ class RunOptions:
     overwrite: bool = False
     stop_after: int | None = None  # pause (resumable) once this many steps are done
     cache_dir: Path | None = None
+    reporter: Reporter = SILENT  # where messages and progress go (the main process's)
 
 
 @dataclass
@@ -166,19 +173,19 @@ def train_p2l(
     if saved is not None:
         config = merge_for_resume(saved["config"], config, explicit)
     accelerator = make_accelerator(config)
-    if not accelerator.is_main_process:
-        console.quiet = True
+    reporter = options.reporter if accelerator.is_main_process else SILENT
     with output_lock(out, accelerator):
         prepare_output_dir(out, options, accelerator)
         for message in warnings + ineffective_settings(config, overrides or {}):
-            warn(message)
+            reporter.event(WARNING, message)
         threads = torch.get_num_threads()
         try:
-            trainer = Trainer(config, Path(data_dir), out, accelerator, options)
+            trainer = Trainer(config, Path(data_dir), out, accelerator, options, reporter)
+            trainer.setup()
             try:
-                return trainer.run()
+                return trainer.train()
             finally:
-                trainer.close()
+                trainer.cleanup()
         finally:
             torch.set_num_threads(threads)
 
@@ -366,14 +373,15 @@ class StopSignals:
     """Ctrl-C and SIGTERM ask the loop to stop at the next safe point (it then writes a
     checkpoint); a second signal stops at once."""
 
-    def __init__(self):
+    def __init__(self, reporter: Reporter = SILENT):
         self.received: str | None = None
+        self.reporter = reporter
 
     def _handle(self, signum, frame) -> None:
         if self.received is not None:
             raise KeyboardInterrupt
         self.received = signal.Signals(signum).name
-        console.print(f"[yellow]{self.received}: stopping after a checkpoint…[/]")
+        self.reporter.event(NOTICE, f"{self.received}: stopping after a checkpoint…")
 
     @contextmanager
     def installed(self) -> Iterator[None]:
@@ -418,7 +426,8 @@ def _fmt(metrics: dict | None, key: str) -> str:
 
 
 class Trainer:
-    """One training run: built from a config (setup), then `run()` (train), then `close()`."""
+    """One training run: ``setup()`` (data, model, marginal, tokens, features, optimizer,
+    resume), then ``train()``, then ``cleanup()``."""
 
     def __init__(
         self,
@@ -427,95 +436,49 @@ class Trainer:
         out_dir: Path,
         accelerator: Accelerator,
         options: RunOptions,
+        reporter: Reporter | None = None,  # default: options.reporter
     ):
         self.config = config
         self.data_dir = data_dir
         self.out = out_dir
         self.accelerator = accelerator
         self.options = options
+        self.reporter = options.reporter if reporter is None else reporter
         self.device = accelerator.device
-        self.signals = StopSignals()
+        self.signals = StopSignals(self.reporter)
         self.best_head: dict[str, torch.Tensor] | None = None
         self.window = _Window()
         self.head_fit: dict | None = None
-
-        self.data: DataDir = load_data_dir(data_dir, config.weighted)
-        if config.loss == AUTO_LOSS:
-            config.loss = resolve_loss(config.loss, self.data.train.labels[:, 2])
-            console.print(f"loss: {config.loss} (auto: the training votes "
-                          f"{'hold' if config.loss == 'bt-tie' else 'hold no'} ties)")
-        self.family = config.family
-        if (message := missing_ties_warning(self.family, self.data.train.labels[:, 2])) is not None:
-            warn(message)
-        set_seed(config.seed)
-        self.model, self.tokenizer = self._build_model()
-        self.marginal = fit_marginal(
-            self.data.train.labels[:, 0], self.data.train.labels[:, 1],
-            self.data.train.labels[:, 2], len(self.data.models), self.family,
-            weights=self.data.train.weights,
-        )  # fmt: skip
-        self.baseline = self._metrics(self.marginal.theta, self.marginal.eta)
-        if config.marginal_init:
-            bias = torch.as_tensor(self.marginal.theta, dtype=torch.float32)
-            self.model.head.initialise(config.head_init, bias=bias, eta=self.marginal.eta)
-        else:
-            self.model.head.initialise(config.head_init)
-
-        info = self.model.info
-        self.token_ids = {
-            "train": tokenize(self.tokenizer, self.data.train, info, label="train"),
-            "val": tokenize(self.tokenizer, self.data.val, info, label="val"),
-        }
-        train_print = fingerprint(
-            self.token_ids["train"], self.data.train.labels, self.data.train.weights
-        )
-        val_print = fingerprint(self.token_ids["val"], self.data.val.labels, self.data.val.weights)
-        self.layout = Layout(config.batch_size, accelerator.num_processes, config.grad_accum)
-        self.steps_per_epoch = self.layout.steps_per_epoch(len(self.data.train))
-        if self.steps_per_epoch == 0:
-            raise UserError(
-                f"--batch-size {config.batch_size}: a global batch of {self.layout.global_batch} "
-                f"votes (batch size x processes x --grad-accum) is larger than the "
-                f"{len(self.data.train)} training votes"
-            )
-        self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
-        self.lengths = np.fromiter(
-            (len(r) for r in self.token_ids["train"]), np.int64, len(self.token_ids["train"])
-        )
-
         self.features: dict[str, torch.Tensor] | None = None
-        if config.freeze_backbone:
-            self.features = self._frozen_features([train_print, val_print])
-            trainable: torch.nn.Module = self.model.head
-            if self.device.type == "cpu":
-                # the head's matrices are tiny: thread start-up would cost more than it saves
-                torch.set_num_threads(1)
-        else:
-            trainable = self.model
-            self._prepare_backbone_for_training()
-        optimizer = make_optimizer(
-            param_groups(trainable, config, head_only=config.freeze_backbone), config
-        )
-        self.wrapped, self.optimizer = accelerator.prepare(trainable, optimizer)
-        warmup = config.warmup_steps(self.total_steps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer,
-            lambda s: lr_factor(s, warmup, self.total_steps, config.scheduler),
-        )
-        accelerator.register_for_checkpointing(self.scheduler)
-        self.state = TrainerState(
-            processes=accelerator.num_processes,
-            data_fingerprint=train_print,
-            config=config.to_dict(),
-        )
-        if options.resume:
-            self._load_checkpoint()
 
-    # ----------------------------------------------------------------------- setup parts
+    def setup(self) -> None:
+        self._setup_data()
+        set_seed(self.config.seed)
+        self._setup_model()
+        self._setup_marginal()
+        self._setup_tokens()
+        self._setup_features()
+        self._setup_optimizer()
+        self._setup_resume()
 
-    def _build_model(self) -> tuple[P2LModel, Any]:
+    # ----------------------------------------------------------------------- setup steps
+
+    def _setup_data(self) -> None:
+        """Read the data folder; resolve ``--loss auto`` from its training votes."""
         config = self.config
-        model, tokenizer = build_p2l(
+        self.data: DataDir = load_data_dir(self.data_dir, config.weighted)
+        tie_codes = self.data.train.labels[:, 2]
+        if config.loss == AUTO_LOSS:
+            config.loss = resolve_loss(config.loss, tie_codes)
+            holds = "hold" if config.loss == "bt-tie" else "hold no"
+            self.reporter.event(INFO, f"loss: {config.loss} (auto: the training votes {holds} ties)")
+        self.family = config.family
+        if (message := missing_ties_warning(self.family, tie_codes)) is not None:
+            self.reporter.event(WARNING, message)
+
+    def _setup_model(self) -> None:
+        config = self.config
+        self.model, self.tokenizer = build_p2l(
             config.backbone,
             self.data.models,
             head_type=config.head_type,
@@ -529,12 +492,91 @@ class Trainer:
             normalize=config.normalize,
             prompt_features=config.prompt_features,
         )
-        if model.info.max_length < config.max_length:
-            console.print(
-                f"max length: {model.info.max_length} tokens ({config.backbone} has no "
-                "position embeddings past that)"
+        if self.model.info.max_length < config.max_length:
+            self.reporter.event(
+                INFO,
+                f"max length: {self.model.info.max_length} tokens ({config.backbone} has no "
+                "position embeddings past that)",
             )
-        return model, tokenizer
+
+    def _setup_marginal(self) -> None:
+        """Fit the marginal leaderboard on the training votes: the baseline, and (with
+        ``--marginal-init``) the head's starting bias."""
+        config, train = self.config, self.data.train
+        self.marginal = fit_marginal(
+            train.labels[:, 0], train.labels[:, 1], train.labels[:, 2], len(self.data.models),
+            self.family, weights=train.weights,
+        )  # fmt: skip
+        self.baseline = self._metrics(self.marginal.theta, self.marginal.eta)
+        if config.marginal_init:
+            bias = torch.as_tensor(self.marginal.theta, dtype=torch.float32)
+            self.model.head.initialise(config.head_init, bias=bias, eta=self.marginal.eta)
+        else:
+            self.model.head.initialise(config.head_init)
+
+    def _setup_tokens(self) -> None:
+        """Tokenise both splits; lay out the batches and count the steps."""
+        config, data, info = self.config, self.data, self.model.info
+        self.token_ids = {
+            split: tokenize(self.tokenizer, getattr(data, split), info, label=split,
+                            reporter=self.reporter)
+            for split in ("train", "val")
+        }  # fmt: skip
+        self.fingerprints = {
+            split: fingerprint(self.token_ids[split], votes.labels, votes.weights)
+            for split, votes in (("train", data.train), ("val", data.val))
+        }
+        self.layout = Layout(config.batch_size, self.accelerator.num_processes, config.grad_accum)
+        self.steps_per_epoch = self.layout.steps_per_epoch(len(data.train))
+        if self.steps_per_epoch == 0:
+            raise UserError(
+                f"--batch-size {config.batch_size}: a global batch of {self.layout.global_batch} "
+                f"votes (batch size x processes x --grad-accum) is larger than the "
+                f"{len(data.train)} training votes"
+            )
+        self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
+        self.lengths = np.fromiter(
+            (len(r) for r in self.token_ids["train"]), np.int64, len(self.token_ids["train"])
+        )
+
+    def _setup_features(self) -> None:
+        """With ``--freeze-backbone``: the pooled features, and only the head trains.
+        Otherwise the whole model trains."""
+        if self.config.freeze_backbone:
+            self.features = self._frozen_features(
+                [self.fingerprints["train"], self.fingerprints["val"]]
+            )
+            self.trainable: torch.nn.Module = self.model.head
+            if self.device.type == "cpu":
+                # the head's matrices are tiny: thread start-up would cost more than it saves
+                torch.set_num_threads(1)
+        else:
+            self.trainable = self.model
+            self._prepare_backbone_for_training()
+
+    def _setup_optimizer(self) -> None:
+        config = self.config
+        optimizer = make_optimizer(
+            param_groups(self.trainable, config, head_only=config.freeze_backbone), config
+        )
+        self.wrapped, self.optimizer = self.accelerator.prepare(self.trainable, optimizer)
+        warmup = config.warmup_steps(self.total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, warmup, self.total_steps, config.scheduler)
+        )
+        self.accelerator.register_for_checkpointing(self.scheduler)
+
+    def _setup_resume(self) -> None:
+        """A fresh loop state, or with ``--resume`` the checkpoint's."""
+        self.state = TrainerState(
+            processes=self.accelerator.num_processes,
+            data_fingerprint=self.fingerprints["train"],
+            config=self.config.to_dict(),
+        )
+        if self.options.resume:
+            self._load_checkpoint()
+
+    # ---------------------------------------------------------------------- setup helpers
 
     def _prepare_backbone_for_training(self) -> None:
         network = self.model.model
@@ -552,7 +594,10 @@ class Trainer:
                 if hasattr(network.config, "use_cache"):
                     network.config.use_cache = False
             else:
-                warn(f"{self.config.backbone}: no gradient checkpointing support; training without")
+                self.reporter.event(
+                    WARNING,
+                    f"{self.config.backbone}: no gradient checkpointing support; training without",
+                )
         self.model.train()
 
     def _frozen_features(self, prints: list[str]) -> dict[str, torch.Tensor]:
@@ -570,9 +615,11 @@ class Trainer:
                     try:
                         save_cached(path, tensors)
                     except OSError as exc:
-                        warn(f"{path}: cannot cache the features ({exc.strerror})")
+                        self.reporter.event(
+                            WARNING, f"{path}: cannot cache the features ({exc.strerror})"
+                        )
             else:
-                console.print(f"features: read from the cache {path}", soft_wrap=True)
+                self.reporter.event(INFO, f"features: read from the cache {path}")
         self.model.model.to("cpu")
         total_bytes = sum(t.numel() * 4 for t in tensors.values())
         if total_bytes <= FEATURES_ON_DEVICE_BYTES:
@@ -587,7 +634,8 @@ class Trainer:
         for split in ("train", "val"):
             ids = self.token_ids[split]
             out[split] = pooled_features(
-                self.model, ids, pad, self.device, batch, self.accelerator.autocast, split
+                self.model, ids, pad, self.device, batch, self.accelerator.autocast, split,
+                reporter=self.reporter,
             ) if ids else torch.zeros((0, self.model.pooled_size))
         return out
 
@@ -621,14 +669,14 @@ class Trainer:
 
     # --------------------------------------------------------------------------- the loop
 
-    def run(self) -> TrainResult:
+    def train(self) -> TrainResult:
         if self.config.head_solver == "ridge-cv":
             return self._run_ridge()
         state = self.state
         self._announce()
         self._trim_log()
-        with self.signals.installed(), progress() as bar:
-            task = bar.add_task("training", total=self.total_steps, completed=state.step, status="")
+        progress = self.reporter.progress("training", self.total_steps, completed=state.step)
+        with self.signals.installed(), progress as bar:
             if state.step == 0 and state.last_eval_step is None:
                 self._evaluate()
             while state.step < self.total_steps and not state.stopped_early:
@@ -636,7 +684,7 @@ class Trainer:
                 while state.step_in_epoch < self.steps_per_epoch:
                     if not self._train_step(order):
                         return self._interrupted()
-                    bar.update(task, completed=state.step, status=self.window.status())
+                    bar.update(state.step, status=self.window.status())
                     self._after_step(end_of_epoch=state.step_in_epoch == self.steps_per_epoch)
                     if state.step >= self.total_steps or state.stopped_early:
                         break
@@ -657,9 +705,10 @@ class Trainer:
         train = self.data.train
         texts = ["\x1e".join(turns) for turns in train.prompts]
         groups = np.unique(np.array(texts, dtype=object), return_inverse=True)[1].reshape(-1)
-        console.print(
+        self.reporter.event(
+            INFO,
             f"fitting a linear head: {self.config.cv_folds}-fold cross-validation of the "
-            "penalty over the training votes (folds split by prompt)"
+            "penalty over the training votes (folds split by prompt)",
         )
         features = self.features["train"].cpu().numpy()
         hidden = self.model.config.hidden_size
@@ -692,18 +741,20 @@ class Trainer:
                 f"{w:g}": fit.best_cv_nll for w, (_, fit) in zip(weights, fits)
             }
         if report.fell_back:
-            console.print(
+            self.reporter.event(
+                INFO,
                 f"cross-validation: no clear gain over the marginal leaderboard "
                 f"({report.gain:+.4f} ± {report.gain_se:.4f} nats per vote): the model is the "
-                "marginal leaderboard"
+                "marginal leaderboard",
             )
         else:
-            console.print(
+            self.reporter.event(
+                INFO,
                 f"cross-validation: penalty {report.penalty:.3g}"
                 + (f", descriptor weight {weights[best]:g}" if len(weights) > 1 else "")
                 + ", held-out NLL "
                 f"{report.cv_nll[report.penalty]:.4f} vs marginal {report.cv_nll_marginal:.4f} "
-                f"({report.gain:+.4f} ± {report.gain_se:.4f} per vote)"
+                f"({report.gain:+.4f} ± {report.gain_se:.4f} per vote)",
             )
         self._fit_neighbours(report, groups)
         self.state.step = self.total_steps = 1
@@ -723,13 +774,14 @@ class Trainer:
         if not config.neighbours:
             return
         if self.family not in NEIGHBOUR_FAMILIES or train.weights is not None:
-            warn(f"--neighbours: only for unweighted {' or '.join(NEIGHBOUR_FAMILIES)} votes; "
-                 "skipped")  # fmt: skip
+            self.reporter.event(WARNING, f"--neighbours: only for unweighted "
+                                f"{' or '.join(NEIGHBOUR_FAMILIES)} votes; skipped")  # fmt: skip
             return
         if len(train) > NEIGHBOUR_MAX_VOTES:
-            console.print(
+            self.reporter.event(
+                INFO,
                 f"neighbourhoods: skipped above {NEIGHBOUR_MAX_VOTES:,} training votes (the "
-                "linear head has the data; stored votes and their search would grow with it)"
+                "linear head has the data; stored votes and their search would grow with it)",
             )
             return
         hidden = self.model.config.hidden_size
@@ -740,20 +792,22 @@ class Trainer:
         )  # fmt: skip
         self.head_fit["neighbours"] = choice.to_dict()
         if choice.k is None:
-            console.print(
+            self.reporter.event(
+                INFO,
                 f"neighbourhoods: no clear gain over the linear head ({choice.gain:+.4f} ± "
-                f"{choice.gain_se:.4f} per vote held out): not used"
+                f"{choice.gain_se:.4f} per vote held out): not used",
             )
             return
         module = self.model.attach_neighbours(choice.k, choice.penalty, len(train))
         with torch.no_grad():
             module.anchors.copy_(torch.nn.functional.normalize(embeddings, dim=-1).half())
             module.labels.copy_(torch.as_tensor(train.labels, dtype=torch.int32))
-        console.print(
+        self.reporter.event(
+            INFO,
             f"neighbourhoods: the {choice.k} nearest training votes, penalty {choice.penalty:g}: "
             f"held-out NLL {choice.cv_nll[f'{choice.k}/{choice.penalty:g}']:.4f} vs "
             f"{choice.cv_nll_head:.4f} for the linear head ({choice.gain:+.4f} ± "
-            f"{choice.gain_se:.4f} per vote)"
+            f"{choice.gain_se:.4f} per vote)",
         )
 
     def _epoch_order(self, epoch: int) -> np.ndarray:
@@ -898,15 +952,17 @@ class Trainer:
             if self.config.patience and state.evals_since_best >= self.config.patience:
                 state.stopped_early = True
         self._log({"type": "eval", "val": val, "best": improved})
-        mark = " [green]best[/]" if improved else ""
-        console.print(
+        mark = " best" if improved else ""
+        self.reporter.event(
+            INFO,
             f"step {state.step:>6}  val NLL {_fmt(metrics, 'nll')} "
             f"(marginal {_fmt(self.baseline, 'nll')})  accuracy {_fmt(metrics, 'accuracy')} "
             f"(marginal {_fmt(self.baseline, 'accuracy')}){mark}",
-            soft_wrap=True,
         )
         if state.stopped_early:
-            console.print(f"no improvement in {self.config.patience} validations: stopping early")
+            self.reporter.event(
+                INFO, f"no improvement in {self.config.patience} validations: stopping early"
+            )
 
     def _keep_best(self, coefs: np.ndarray, eta: np.ndarray | None) -> None:
         """Put the best weights so far in the model folder (kept in memory, and written at
@@ -941,6 +997,7 @@ class Trainer:
             val_votes=len(self.data.val),
             processes=self.accelerator.num_processes,
             global_batch=self.layout.global_batch,
+            versions=versions(),
         )
         return config
 
@@ -1016,7 +1073,9 @@ class Trainer:
             self.best_head = load_file(str(found / BEST_HEAD))
         saved.config = self.config.to_dict()  # operational settings may have changed
         self.state = saved
-        console.print(f"resuming from {found} at step {saved.step} (epoch {saved.epoch + 1})")
+        self.reporter.event(
+            INFO, f"resuming from {found} at step {saved.step} (epoch {saved.epoch + 1})"
+        )
 
     # ----------------------------------------------------------------------------- endings
 
@@ -1025,6 +1084,11 @@ class Trainer:
         if self.features is not None:
             self._write_frozen_model_folder()
         result = TrainResult(self.out, "interrupted", self.state, signal=self.signals.received)
+        self.reporter.event(
+            NOTICE,
+            f"stopped by {result.signal} at step {self.state.step}; checkpoint in "
+            f"{self.out / CHECKPOINTS / LAST} (continue with --resume)",
+        )
         raise TrainingInterrupted(result)
 
     def _pause(self) -> TrainResult:
@@ -1032,9 +1096,10 @@ class Trainer:
             self._save_checkpoint()
         if self.features is not None:
             self._write_frozen_model_folder()
-        console.print(
+        self.reporter.event(
+            INFO,
             f"paused after step {self.state.step} of {self.total_steps}; "
-            f"continue with --resume ({self.out / CHECKPOINTS / LAST})"
+            f"continue with --resume ({self.out / CHECKPOINTS / LAST})",
         )
         return TrainResult(self.out, "paused", self.state)
 
@@ -1079,7 +1144,8 @@ class Trainer:
         rank = f", rank {info.head_rank}" if info.head_rank else ""
         if info.head_hidden:
             rank = f", hidden layer {info.head_hidden} ({info.head_activation})"
-        console.print(
+        self.reporter.event(
+            INFO,
             f"data: {len(data.train):,} train / {len(data.val):,} val votes, "
             f"{len(data.models)} models\n"
             f"model: {self.config.backbone} ({info.model_type}), pooling {info.pooling}, "
@@ -1087,23 +1153,23 @@ class Trainer:
             f"steps: {self.total_steps} ({self.steps_per_epoch} per epoch; global batch "
             f"{layout.global_batch} = {layout.batch_size} x {layout.processes} process(es) x "
             f"{layout.grad_accum} accumulation)",
-            soft_wrap=True,
         )
         if self.baseline:
-            console.print(
+            self.reporter.event(
+                INFO,
                 f"marginal leaderboard (fit on train votes): val NLL {self.baseline['nll']:.4f}, "
-                f"accuracy {self.baseline['accuracy']:.4f}"
+                f"accuracy {self.baseline['accuracy']:.4f}",
             )
 
     def _summary(self, metrics: dict) -> None:
         val = metrics["val"] or {}
         p2l, marginal = val.get("p2l"), val.get("marginal")
-        console.print(
-            f"[bold]done[/]: {metrics['steps']} steps; best step {metrics['best_step']}: "
+        self.reporter.event(
+            INFO,
+            f"done: {metrics['steps']} steps; best step {metrics['best_step']}: "
             f"val NLL {_fmt(p2l, 'nll')} vs marginal {_fmt(marginal, 'nll')}, accuracy "
             f"{_fmt(p2l, 'accuracy')} vs {_fmt(marginal, 'accuracy')}\n"
             f"wrote {self.out} (best weights; resumable state in {CHECKPOINTS}/{LAST})",
-            soft_wrap=True,
         )
 
     def _log(self, record: dict) -> None:
@@ -1155,7 +1221,7 @@ class Trainer:
         ]  # fmt: skip
         path.write_text("".join(line + "\n" for line in kept))
 
-    def close(self) -> None:
+    def cleanup(self) -> None:
         self.accelerator.free_memory()
         if self.accelerator.num_processes > 1:
             self.accelerator.end_training()

@@ -124,6 +124,11 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in fields(TrainConfig)}
+# Settings that a recipe sets and `p2l train` has no flag for, and why.
+RECIPE_ONLY = {
+    "chat_template": "a Jinja template, too long to pass on a command line",
+    "adam_betas": "a pair of numbers; rarely changed",
+}
 
 
 # -------------------------------------------------------------------------------- recipes

@@ -24,8 +24,8 @@ import polars as pl
 
 from p2l_cli.errors import UserError
 from p2l_cli.io import read_table
+from p2l_cli.reporting import SILENT, Reporter
 from p2l_cli.stats.families import vote_mask
-from p2l_cli.ui import progress
 
 CONTRACT = ("train.parquet", "val.parquet", "models.json")
 MEGABATCH = 50  # global batches sorted together when grouping by length
@@ -167,17 +167,19 @@ def _check_model_names(df: pl.DataFrame, labels: np.ndarray, models: list[str], 
 # ------------------------------------------------------------------------- tokenisation
 
 
-def tokenize(tokenizer, votes: VoteSet, info, chunk: int = 2048, label: str = "") -> list[np.ndarray]:
+def tokenize(
+    tokenizer, votes: VoteSet, info, chunk: int = 2048, label: str = "",
+    reporter: Reporter = SILENT,
+) -> list[np.ndarray]:  # fmt: skip
     """Token ids per prompt (int32 arrays), in chunks with a progress bar."""
     from p2l_cli.model import encode_prompts
 
     ids: list[np.ndarray] = []
-    with progress() as bar:
-        task = bar.add_task(f"tokenising {label}".strip(), total=len(votes), status="")
+    with reporter.progress(f"tokenising {label}".strip(), total=len(votes)) as bar:
         for start in range(0, len(votes), chunk):
             batch = encode_prompts(tokenizer, votes.prompts[start : start + chunk], info)
             ids.extend(np.asarray(row, dtype=np.int32) for row in batch)
-            bar.advance(task, len(batch))
+            bar.advance(len(batch))
     return ids
 
 

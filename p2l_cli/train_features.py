@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from p2l_cli.io import atomic_path
 from p2l_cli.model import P2LModel, collate
 from p2l_cli.model.prompt_features import NAMES as PROMPT_FEATURES
-from p2l_cli.ui import progress
+from p2l_cli.reporting import SILENT, Reporter
 
 FEATURES_VERSION = 1
 
@@ -83,6 +83,7 @@ def pooled_features(
     batch_size: int,
     autocast: Callable[[], AbstractContextManager] | None = None,
     label: str = "",
+    reporter: Reporter = SILENT,
 ) -> torch.Tensor:
     """``[N, hidden]`` float32 pooled states, computed in batches of similar length; a
     prompt that repeats (same token ids) is encoded once."""
@@ -96,15 +97,14 @@ def pooled_features(
     order = np.argsort([-len(r) for r in token_ids], kind="stable")
     hidden = model.pooled_size
     out = torch.empty((len(token_ids), hidden), dtype=torch.float32)
-    with progress() as bar:
-        task = bar.add_task(f"encoding {label}".strip(), total=len(token_ids), status="")
+    with reporter.progress(f"encoding {label}".strip(), total=len(token_ids)) as bar:
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             input_ids, mask = collate([token_ids[i] for i in idx], pad_token_id, device)
             with autocast() if autocast else nullcontext():
                 pooled = model.pool(input_ids, mask)
             out[torch.from_numpy(idx)] = pooled.float().cpu()
-            bar.advance(task, len(idx))
+            bar.advance(len(idx))
     model.train(was_training)
     return out[torch.from_numpy(inverse)]
 

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+from p2l_cli.reporting import NOTICE, WARNING
 
 console = Console(stderr=True, highlight=False)
 error_console = Console(stderr=True, highlight=False)  # errors print even with --quiet
@@ -68,3 +73,32 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
         for item in items:
             yield item
             bar.advance(task)
+
+
+class _Bar:
+    def __init__(self, bar: Progress, task: TaskID):
+        self._bar, self._task = bar, task
+
+    def advance(self, amount: int = 1) -> None:
+        self._bar.advance(self._task, amount)
+
+    def update(self, completed: int, status: str = "") -> None:
+        self._bar.update(self._task, completed=completed, status=status)
+
+
+class ConsoleReporter:
+    """Renders library events (:mod:`p2l_cli.reporting`) on stderr; silent with --quiet."""
+
+    def event(self, kind: str, message: str) -> None:
+        text = escape(message)
+        if kind == WARNING:
+            warn(text)
+        elif kind == NOTICE:
+            console.print(f"[yellow]{text}[/]", soft_wrap=True)
+        else:
+            console.print(text, soft_wrap=True)
+
+    @contextmanager
+    def progress(self, description: str, total: int, completed: int = 0) -> Iterator[_Bar]:
+        with progress() as bar:
+            yield _Bar(bar, bar.add_task(description, total=total, completed=completed, status=""))

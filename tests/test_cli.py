@@ -7,7 +7,7 @@ from conftest import run_cli, run_p2l
 from p2l_cli import __version__
 
 COMMANDS = ["simulate", "prepare", "train", "predict", "evaluate", "push", "leaderboard",
-            "route", "demo"]  # fmt: skip
+            "route", "demo", "env"]  # fmt: skip
 
 
 def test_help_lists_every_subcommand():

@@ -68,6 +68,7 @@ def test_example_prompts_file_is_valid():
     assert set(rows["category"]) == set(CATEGORY_NAMES)
 
 
+@pytest.mark.slow
 def test_small_demo_runs_every_stage_and_prints_rerunnable_commands(tmp_path):
     out = tmp_path / "demo"
     env = {"P2L_CACHE_DIR": str(tmp_path / "cache")}

@@ -302,6 +302,7 @@ def true_predictions(arena, val: pl.DataFrame, family: str) -> ev.Predictions:
 
 
 @pytest.mark.parametrize("family", ["bt", "rk"])
+@pytest.mark.slow
 def test_true_coefficients_capture_all_of_the_achievable_gain(family):
     arena, train, val, truth = simulated_split(family)
     preds = true_predictions(arena, val, family)
@@ -328,6 +329,7 @@ def test_true_coefficients_capture_all_of_the_achievable_gain(family):
         assert result["oracle"]["nll"] == pytest.approx(np.mean(np.log1p(np.exp(-margin))))
 
 
+@pytest.mark.slow
 def test_category_leaderboards_match_a_direct_fit():
     """The per-category baseline, refitted per category with scipy on a hand-written
     Bradley-Terry likelihood, gives the same validation NLL."""
@@ -362,6 +364,7 @@ def test_category_leaderboards_match_a_direct_fit():
     assert sum(counts.values()) == train.height
 
 
+@pytest.mark.slow
 def test_end_to_end_with_a_tiny_backbone(tmp_path):
     """simulate -> prepare -> train (tiny random BERT) -> evaluate the model folder and its
     predictions file: both agree with each other and with the training run's own validation

@@ -112,6 +112,7 @@ def _roundtrip_through_pipe(payload: bytes, code: str) -> subprocess.CompletedPr
                           check=False)
 
 
+@pytest.mark.slow
 def test_stdin_is_sniffed_and_stdout_defaults_to_jsonl(tmp_path):
     src = tmp_path / "t.parquet"
     io.write_table(_frame(), src, meta=META)

@@ -79,6 +79,7 @@ def write_predictions(path, coefs, family="bt", eta=None, extra=None):
 # ------------------------------------------------------------------------- battles files
 
 
+@pytest.mark.slow
 def test_marginal_csv_matches_independent_fit(battles, tmp_path):
     path, df = battles
     out = tmp_path / "board.csv"
@@ -119,6 +120,7 @@ def test_every_output_format(battles, tmp_path, suffix):
         assert meta["family"] == "bt-tie" and meta["kind"] == "marginal"
 
 
+@pytest.mark.slow
 def test_stdout_with_format_and_stdin_input(battles):
     _, df = battles
     buffer = pyio.BytesIO()
@@ -298,6 +300,7 @@ def test_predictions_by_group(tmp_path):
 # ------------------------------------------------------------------------------- errors
 
 
+@pytest.mark.slow
 def test_exit_2_for_unreadable_or_schema_less_input(tmp_path):
     broken = tmp_path / "broken.parquet"
     broken.write_bytes(b"PAR1 not really parquet")
@@ -362,6 +365,7 @@ def test_rank_with_ties_as_lmarena():
 # -------------------------------------------------------------- simulate + prepare
 
 
+@pytest.mark.slow
 def test_simulate_prepare_leaderboard_end_to_end(tmp_path):
     arena, data = tmp_path / "arena", tmp_path / "data"
     run_p2l("simulate", arena, "--battles", "2000", "--models", "5", "--family", "rk",

@@ -149,6 +149,7 @@ def _env() -> dict:
             "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
 
 
+@pytest.mark.slow
 def test_sigterm_during_predict_removes_its_temporary_files(model_dir, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
@@ -185,6 +186,7 @@ def _closed_pipe_run(args: list) -> subprocess.CompletedProcess:
         os.close(write_end)
 
 
+@pytest.mark.slow
 def test_a_reader_that_goes_away_ends_predict_and_route_alike(files, model_dir):
     route = _closed_pipe_run(["route", files["pred.parquet"], "-c", files["costs.yaml"], "-o", "-"])
     predict = _closed_pipe_run(["predict", model_dir, files["prompts.jsonl"], "-o", "-"])
@@ -195,6 +197,7 @@ def test_a_reader_that_goes_away_ends_predict_and_route_alike(files, model_dir):
 
 
 @pytest.mark.parametrize("command", ["route", "predict", "leaderboard"])
+@pytest.mark.slow
 def test_a_closed_stdout_is_exit_2(files, command):
     # predict's model does not exist: the closed stdout is found before the model is looked for
     args = {"route": ["route", files["pred.parquet"], "-c", files["costs.yaml"]],
@@ -209,6 +212,7 @@ def test_a_closed_stdout_is_exit_2(files, command):
     assert "standard output is closed" in _error_line(proc.stderr)
 
 
+@pytest.mark.slow
 def test_head_of_a_route_pipe_is_quiet(files):
     """The real pipeline of the issue: `p2l route ... -o - | head -1`."""
     proc = subprocess.run(

@@ -457,6 +457,7 @@ def _lines_of(stream, into: queue.Queue) -> None:
     into.put(None)
 
 
+@pytest.mark.slow
 def test_stdin_to_stdout_streams_through_real_pipes(folders, loaded, tmp_path):
     """p2l predict M - -o - | p2l predict M - -o out.parquet, with this test in the middle of
     the pipe: the first process answers the first chunk before its input is complete."""
@@ -555,6 +556,7 @@ def test_single_prompt_prints_a_leaderboard(folders, loaded, tmp_path):
 # ----------------------------------------------------------------------- bad input
 
 
+@pytest.mark.slow
 def test_bad_json_line_exits_2_naming_the_line(folders, tmp_path):
     source = tmp_path / "bad.jsonl"
     source.write_text('{"prompt": "fine"}\n{"prompt": "also fine"}\n{"prompt": oops}\n')
@@ -643,6 +645,7 @@ def test_empty_input_writes_an_empty_table_with_metadata(folders, tmp_path):
     shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
     reason="torchrun not installed",
 )
+@pytest.mark.slow
 def test_torchrun_two_processes_match_one(folders, loaded, tmp_path):
     df = prompts_frame(21)
     source = tmp_path / "prompts.parquet"
@@ -685,6 +688,7 @@ def test_torchrun_two_processes_match_one(folders, loaded, tmp_path):
     assert not [p for p in tmp_path.iterdir() if ".parts-" in p.name]
 
 
+@pytest.mark.slow
 def test_a_hub_id_in_the_cache_loads_offline(folders, loaded, tmp_path):
     """A Hub id resolves through the Hugging Face cache (its own on-disk layout, built here
     by hand) with HF_HUB_OFFLINE=1, in a real process."""

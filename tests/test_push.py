@@ -353,6 +353,7 @@ def test_dry_run_lists_files_prints_the_card_and_sends_nothing(model_dir, in_pro
 # ------------------------------------------------------------------------------- pushing
 
 
+@pytest.mark.slow
 def test_push_end_to_end(model_dir, fake_hub, tmp_path):
     before = _tree(model_dir)
     proc = run_p2l("push", model_dir, "--repo-id", "alice/p2l-minilm", "--private",
@@ -394,6 +395,7 @@ def test_push_without_a_token_is_exit_2_and_sends_nothing(model_dir, fake_hub, t
     assert fake_hub.requests == []
 
 
+@pytest.mark.slow
 def test_push_to_someone_elses_repo_is_exit_2(model_dir, fake_hub, tmp_path):
     """Uses the saved login (the token file), not HF_TOKEN."""
     fake_hub.add_repo("bob/p2l", owner="bob")

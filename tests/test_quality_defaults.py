@@ -51,6 +51,7 @@ def _bt_tie_nll(theta_w, theta_l, tie):
     return np.where(tie == 1, -0.5 * (log_win + log_loss), -log_win)
 
 
+@pytest.mark.slow
 def test_ridge_head_matches_a_second_optimiser():
     """At a fixed penalty the fitted head is the minimiser of the penalised NLL on
     standardised features: scipy's BFGS on a numpy objective written here agrees."""
@@ -83,6 +84,7 @@ def test_ridge_head_matches_a_second_optimiser():
     assert report.cv_nll_marginal > report.cv_nll[penalty]  # the signal is real
 
 
+@pytest.mark.slow
 def test_ridge_head_learns_planted_categories_and_falls_back_without_signal():
     rng = np.random.default_rng(1)
     n, m, k = 4000, 5, 3
@@ -141,6 +143,7 @@ def test_the_loss_follows_the_votes_and_ineffective_flags_are_named():
     assert message.startswith("--lr: no effect")
 
 
+@pytest.mark.slow
 def test_training_picks_bt_tie_for_votes_with_ties(tmp_path):
     backbone = make_backbone("bert", tmp_path / "bert")
     settings = {"backbone": str(backbone), "freeze_backbone": True, "head_solver": "ridge-cv",
@@ -208,6 +211,7 @@ def test_evaluation_scores_truth_and_marginal_on_one_footing():
             assert result["oracle"]["fraction_captured_half"] == pytest.approx(0.0, abs=1e-9)
 
 
+@pytest.mark.slow
 def test_default_recipe_end_to_end_and_the_leakage_warning(tmp_path):
     """simulate -> prepare -> train (defaults: the embedded MiniLM, ridge-cv) -> predict ->
     evaluate, as subprocesses; scoring the model's own training votes is flagged."""
@@ -234,6 +238,7 @@ def test_default_recipe_end_to_end_and_the_leakage_warning(tmp_path):
     assert "scored votes were trained on the model" in " ".join(leaky.stderr.decode().split())
 
 
+@pytest.mark.slow
 def test_training_without_validation_votes(tmp_path):
     """`prepare --val-fraction 0` gives an empty val.parquet; both head solvers then train
     on every vote and keep their last (or exactly fitted) head."""
@@ -251,6 +256,7 @@ def test_training_without_validation_votes(tmp_path):
         assert (out / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_a_second_training_run_into_a_busy_folder_is_refused(tmp_path):
     import fcntl
 
@@ -291,6 +297,7 @@ def test_local_fit_is_the_penalised_maximum_likelihood():
     np.testing.assert_array_equal(nearest_votes(queries, anchors, 5).numpy(), brute)
 
 
+@pytest.mark.slow
 def test_neighbourhoods_are_kept_only_where_they_help():
     """Prompts on two circles whose leaderboards alternate by quadrant (no linear map of the
     embedding can follow them): cross-validation keeps neighbourhoods; with one leaderboard

@@ -81,6 +81,7 @@ def check_routes(routes: pl.DataFrame, coefs: np.ndarray) -> np.ndarray:
     return routes["cost"].to_numpy()
 
 
+@pytest.mark.slow
 def test_batch_budget_to_parquet_with_summary(arena):
     folder, coefs = arena
     out, summary = folder / "routes.parquet", folder / "summary.json"
@@ -112,6 +113,7 @@ def test_batch_budget_to_parquet_with_summary(arena):
     )
 
 
+@pytest.mark.slow
 def test_stdin_per_prompt_budget_to_stdout(arena):
     folder, coefs = arena
     proc = run_p2l("route", "-", "--costs", folder / "costs.yaml", "--budget", "0.003",
@@ -125,6 +127,7 @@ def test_stdin_per_prompt_budget_to_stdout(arena):
     assert (routes["strategy"].list.len() <= 2).all()
 
 
+@pytest.mark.slow
 def test_price_and_no_budget_and_csv(arena):
     folder, coefs = arena
     out = folder / "priced.csv"
@@ -142,6 +145,7 @@ def test_price_and_no_budget_and_csv(arena):
     assert "cost" not in routes.columns
 
 
+@pytest.mark.slow
 def test_sweep_writes_a_curve_and_a_plot(arena):
     folder, _ = arena
     pytest.importorskip("matplotlib")
@@ -157,6 +161,7 @@ def test_sweep_writes_a_curve_and_a_plot(arena):
     assert plot.read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_sampling_is_seeded_and_deterministic_takes_the_mode(arena):
     folder, _ = arena
     args = ["route", folder / "pred.parquet", "--costs", folder / "costs.yaml", "--budget",
@@ -213,6 +218,7 @@ def _error_cases(folder):
     return cases
 
 
+@pytest.mark.slow
 def test_every_error_exits_2_with_one_line(arena):
     folder, _ = arena
     cases = _error_cases(folder)
@@ -270,6 +276,7 @@ def simulated(tmp_path_factory):
     return folder, arena
 
 
+@pytest.mark.slow
 def test_predict_then_route_on_a_simulated_arena(simulated):
     import subprocess
     import sys

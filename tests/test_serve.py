@@ -245,6 +245,7 @@ def only(upstreams, name):
 # ----------------------------------------------------------------------- tests
 
 
+@pytest.mark.slow
 def test_routes_each_prompt_like_p2l_route_and_forwards_with_its_key(server, upstreams, folder):
     routes, values = expected_routes(folder, PROMPTS, 0.004)
     api = client(server)
@@ -271,6 +272,7 @@ def test_routes_each_prompt_like_p2l_route_and_forwards_with_its_key(server, ups
     assert len(set(routes)) > 1  # the prompts do not all go to one model
 
 
+@pytest.mark.slow
 def test_budget_in_the_model_name_and_pass_through(server, upstreams):
     api = client(server)
     raw = api.chat.completions.with_raw_response.create(
@@ -285,6 +287,7 @@ def test_budget_in_the_model_name_and_pass_through(server, upstreams):
     assert only(upstreams, "beta")["body"]["model"] == "beta-upstream"
 
 
+@pytest.mark.slow
 def test_streaming(server, upstreams, folder):
     (expected,), _ = expected_routes(folder, PROMPTS[1:2], 0.004)
     stream = client(server).chat.completions.create(
@@ -294,6 +297,7 @@ def test_streaming(server, upstreams, folder):
     assert only(upstreams, expected)["body"]["stream"] is True
 
 
+@pytest.mark.slow
 def test_fallback_to_the_next_best_model_then_502_and_504(server, upstreams, folder):
     (best,), values = expected_routes(folder, PROMPTS[2:3], 0.004)
     names = sorted(COSTS)
@@ -331,6 +335,7 @@ def test_fallback_to_the_next_best_model_then_502_and_504(server, upstreams, fol
     assert httpx.get(server.url + "/healthz", trust_env=False).status_code == 200
 
 
+@pytest.mark.slow
 def test_auth_and_bad_requests_answer_openai_errors(server, upstreams):
     with pytest.raises(openai.AuthenticationError):
         client(server, key="wrong").chat.completions.create(
@@ -370,6 +375,7 @@ def test_auth_and_bad_requests_answer_openai_errors(server, upstreams):
     assert all(fake.received == [] for fake in upstreams.values())
 
 
+@pytest.mark.slow
 def test_models_leaderboard_and_metrics(server, upstreams, folder):
     api = client(server)
     assert [m.id for m in api.models.list()] == ["p2l", "alpha", "beta", "gamma"]
@@ -398,6 +404,7 @@ def dry_server(folder, upstreams, tmp_path_factory):
     srv.stop()
 
 
+@pytest.mark.slow
 def test_dry_run_answers_with_the_decision_and_batches_concurrent_requests(dry_server,
                                                                           upstreams, folder):
     api = client(dry_server, key="anything")
@@ -427,6 +434,7 @@ def test_dry_run_answers_with_the_decision_and_batches_concurrent_requests(dry_s
     assert batches < 16  # 16 concurrent requests took fewer forward passes
 
 
+@pytest.mark.slow
 def test_sigterm_shuts_down_gracefully(dry_server):
     code, log = dry_server.stop()
     assert code == 0, log

