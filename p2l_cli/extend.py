@@ -19,6 +19,7 @@ appears as the votes allow it.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -38,7 +39,7 @@ from p2l_cli.io import read_table
 from p2l_cli.model import encode_prompts, load_p2l
 from p2l_cli.model.checkpoint import resolve_model_dir, save_p2l
 from p2l_cli.model.p2l import P2LModel, collate
-from p2l_cli.stats.headfit import DEFAULT_FOLDS, HeadFitReport, fit_new_rows
+from p2l_cli.stats.headfit import DEFAULT_FOLDS, MIN_GAIN_SE, HeadFitReport, fit_new_rows
 
 
 @dataclass
@@ -150,11 +151,13 @@ def extend_p2l(
     seed: int = 0,
     batch_size: int = 32,
     overwrite: bool = False,
+    rating_only: bool = False,
     on_message: Callable[[str], None] | None = None,
 ) -> Extension:
     """Write to ``out_dir`` the model of ``model_source`` with the models that appear in the
     votes of ``votes_path`` (battles: ``prompt``, ``model_a``, ``model_b``, ``winner``)
-    added. Raises ``UserError`` for votes that name no new model or are malformed."""
+    added. ``rating_only``: one rating per new model, no prompt-specific weights. Raises
+    ``UserError`` for votes that name no new model or are malformed."""
     say = on_message or (lambda message: None)
     started = time.perf_counter()
     source = str(votes_path)
@@ -205,6 +208,7 @@ def extend_p2l(
     head, report = fit_new_rows(
         inputs.numpy(), labels, model.info.family, fixed, new_index, eta=eta,
         prior_mean=float(coefs.mean()), groups=inverse, folds=folds, seed=seed,
+        min_gain_se=math.inf if rating_only else MIN_GAIN_SE,
     )  # fmt: skip
     if report.fell_back:
         say(

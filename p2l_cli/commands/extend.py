@@ -36,6 +36,11 @@ def extend(
         int, typer.Option("--batch-size", min=1, help="Prompts per backbone batch.",
                           rich_help_panel=FIT)
     ] = 32,
+    rating_only: Annotated[
+        bool, typer.Option("--rating-only", help="One rating per new model, fitted against the "
+                           "known models' per-prompt coefficients; no prompt-specific weights.",
+                           rich_help_panel=FIT)
+    ] = False,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an existing output folder.")
     ] = False,
@@ -59,6 +64,7 @@ def extend(
     from p2l_cli.extend import extend_p2l
 
     result = extend_p2l(model, votes, out, folds=folds, seed=seed, batch_size=batch_size,
-                        overwrite=overwrite, on_message=console.print)
+                        overwrite=overwrite, rating_only=rating_only,
+                        on_message=console.print)
     console.print(f"wrote {out}: {len(result.models)} models ({len(result.new_models)} new) "
                   f"in {result.seconds:.1f} s", markup=False)
