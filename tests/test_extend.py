@@ -144,6 +144,7 @@ def trained(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_extend_end_to_end(trained, tmp_path):
     model_dir, votes = trained / "model", trained / "new.parquet"
     before = {p.name: p.read_bytes() for p in model_dir.iterdir() if p.is_file()}
@@ -206,6 +207,7 @@ def _labels_by_name(frame: pl.DataFrame):
             yield a, b, 0 if winner == "model_a" else 1
 
 
+@pytest.mark.slow
 def test_extend_refuses_what_it_cannot_do(trained, tmp_path):
     model_dir = trained / "model"
     known_only = tmp_path / "known.parquet"
