@@ -173,14 +173,13 @@ def resolve_model_dir(source: str | Path) -> Path:
         from huggingface_hub.errors import LocalEntryNotFoundError
     except ImportError:  # pragma: no cover
         raise UserError(f"{source}: not a model folder") from None
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    from p2l_cli.model.offline import not_cached, offline_reason
+
+    reason = offline_reason()
     try:
-        return Path(snapshot_download(text, local_files_only=offline))
+        return Path(snapshot_download(text, local_files_only=reason is not None))
     except LocalEntryNotFoundError:
-        raise UserError(
-            f"{source}: not a local folder and not in the Hugging Face cache "
-            "(offline mode: download it first with `hf download`, or unset HF_HUB_OFFLINE)"
-        ) from None
+        raise UserError(not_cached(text, text, reason or "no connection")) from None
     except Exception as exc:  # noqa: BLE001 (network and Hub errors of many types)
         raise UserError(f"{source}: cannot fetch from the Hub ({str(exc).splitlines()[0]})") from None
 
