@@ -137,7 +137,13 @@ def load_pretrained_backbone(name: str, dtype: torch.dtype | None = None) -> tor
         raise _load_error(name, source, reason, "its weights", exc) from None
 
 
-def load_tokenizer(name: str, encoder: bool, chat_template: str | None = None):
+def load_tokenizer(
+    name: str,
+    encoder: bool,
+    chat_template: str | None = None,
+    pad_token: str | None = None,
+    cls_token: str | None = None,
+):
     """The backbone's tokenizer, made ready for P2L: left truncation, right padding, a pad
     token, and for decoders a cls token and a chat template."""
     source = resolve_backbone(name)
@@ -146,18 +152,26 @@ def load_tokenizer(name: str, encoder: bool, chat_template: str | None = None):
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=reason is not None)
     except (OSError, ValueError) as exc:
         raise _load_error(name, source, reason, "its tokenizer", exc) from None
-    prepare_tokenizer(tokenizer, encoder, chat_template)
+    prepare_tokenizer(tokenizer, encoder, chat_template, pad_token, cls_token)
     return tokenizer
 
 
-def prepare_tokenizer(tokenizer, encoder: bool, chat_template: str | None = None):
+def prepare_tokenizer(
+    tokenizer,
+    encoder: bool,
+    chat_template: str | None = None,
+    pad_token: str | None = None,
+    cls_token: str | None = None,
+):
+    """``pad_token`` and ``cls_token`` (default ``<|pad|>``, ``<|cls|>``) are used only where
+    the tokenizer has none; a token already in the vocabulary needs no new embedding."""
     tokenizer.truncation_side = "left"
     tokenizer.padding_side = "right"
     if tokenizer.pad_token is None:
-        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+        tokenizer.add_special_tokens({"pad_token": pad_token or PAD_TOKEN})
     if not encoder:
         if tokenizer.cls_token is None:
-            tokenizer.add_special_tokens({"cls_token": CLS_TOKEN})
+            tokenizer.add_special_tokens({"cls_token": cls_token or CLS_TOKEN})
         if chat_template:
             tokenizer.chat_template = chat_template
         elif not getattr(tokenizer, "chat_template", None):

@@ -58,13 +58,16 @@ def build_p2l(
     head_activation: str = "gelu",
     normalize: bool = False,
     prompt_features: bool = False,
+    pad_token: str | None = None,
+    cls_token: str | None = None,
 ):
-    """A P2L model on a pretrained backbone, with cls/pad tokens added when the tokenizer
-    lacks them (the embeddings are resized). ``max_length`` is lowered to what a backbone
+    """A P2L model on a pretrained backbone, with cls/pad tokens (``pad_token``,
+    ``cls_token``, else p2l's own) added when the tokenizer lacks them (the embeddings are
+    resized if that adds tokens). ``max_length`` is lowered to what a backbone
     with absolute positions can read (512 for BERT/MiniLM). Returns ``(model, tokenizer)``."""
     config = load_backbone_config(backbone)
     encoder = is_encoder(config)
-    tokenizer = load_tokenizer(backbone, encoder, chat_template)
+    tokenizer = load_tokenizer(backbone, encoder, chat_template, pad_token, cls_token)
     network = load_pretrained_backbone(backbone, dtype)
     if len(tokenizer) > network.get_input_embeddings().weight.shape[0]:
         network.resize_token_embeddings(len(tokenizer))
