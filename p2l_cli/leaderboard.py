@@ -19,6 +19,7 @@ import json
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 import polars as pl
@@ -29,7 +30,7 @@ import torch
 from p2l_cli import io
 from p2l_cli.errors import UserError
 from p2l_cli.stats import families
-from p2l_cli.stats.aggregate import aggregate_fit, bootstrap_aggregate
+from p2l_cli.stats.aggregate import aggregate_fit, bootstrap_aggregate, sandwich_aggregate
 from p2l_cli.stats.marginal import (
     CI_METHODS,
     arena_scale,
@@ -476,15 +477,20 @@ def _centre(theta: np.ndarray, family: str) -> np.ndarray:
 
 
 def aggregate_leaderboard(
-    preds: Predictions, ci: str = "bootstrap", rounds: int = 100, seed: int = 0,
+    preds: Predictions, ci: str = "sandwich", rounds: int = 100, seed: int = 0,
     level: float = 0.95,
 ) -> Leaderboard:
-    """The aggregate of the prompts' leaderboards; intervals by bootstrap over prompts."""
-    if ci == "sandwich":
-        raise UserError("--ci sandwich needs votes; for predictions use --ci bootstrap "
-                        "(resampling prompts) or --ci none")
-    fit = aggregate_fit(preds.coefs, preds.eta, preds.family, preds.weight)
+    """The aggregate of the prompts' leaderboards; intervals over resampled prompts by the
+    delta method (sandwich, the default: one more pass over the prompts) or by bootstrap."""
     lower = upper = None
+    if ci == "sandwich" and len(preds.coefs) > 1:
+        fit, cov = sandwich_aggregate(preds.coefs, preds.eta, preds.family, preds.weight)
+        m = len(fit.theta)
+        se = np.sqrt(np.clip(np.diag(cov)[:m], 0.0, None))
+        z = NormalDist().inv_cdf(0.5 + level / 2)
+        lower, upper = fit.theta - z * se, fit.theta + z * se
+    else:
+        fit = aggregate_fit(preds.coefs, preds.eta, preds.family, preds.weight)
     if ci == "bootstrap" and len(preds.coefs) > 1:
         boot = bootstrap_aggregate(preds.coefs, preds.eta, preds.family, preds.weight, rounds,
                                    seed)
@@ -527,7 +533,7 @@ def build_leaderboard(data: Battles | Predictions, *, family: str | None = None,
         raise UserError("--reweight applies to battles, not to predictions")
     if prompt_index is not None or len(data.coefs) == 1:
         return prompt_leaderboard(data, prompt_index or 0)
-    return aggregate_leaderboard(data, ci or "bootstrap", rounds, seed, level)
+    return aggregate_leaderboard(data, ci or "sandwich", rounds, seed, level)
 
 
 # ----------------------------------------------------------------------- views of groups
