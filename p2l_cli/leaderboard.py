@@ -42,12 +42,13 @@ from p2l_cli.stats.pairfit import shift_invariant
 
 BATTLE_COLUMNS = ("model_a", "model_b", "winner")
 OUTPUT_FORMATS = ("csv", "json", "jsonl", "parquet", "md")
-WINNER_CODES = {
+WINNER_CODES = {  # the spellings `p2l prepare` reads too
     "model_a": "a", "a": "a",
     "model_b": "b", "b": "b",
-    "tie": "tie",
+    "tie": "tie", "draw": "tie",
     "tie (bothbad)": "both_bad", "tie(bothbad)": "both_bad", "both_bad": "both_bad",
-    "bothbad": "both_bad", "tie_bothbad": "both_bad",
+    "bothbad": "both_bad", "tie_bothbad": "both_bad", "tie (both bad)": "both_bad",
+    "both bad": "both_bad",
 }
 NO_GROUP = "(none)"
 DEFAULT_GROUP = "category"  # what --model groups by when --by is not given
@@ -208,18 +209,18 @@ def _recode(codes: np.ndarray, values: list[str], order: list[str]) -> np.ndarra
 def _outcome_codes(winner: pl.Series, name: str) -> tuple[np.ndarray, np.ndarray]:
     """Per vote: whether model_b won, and the tie code. The few distinct winner values are
     normalised once, then looked up per row."""
-    if winner.null_count():
-        row = _first_bad_row(winner.is_null())
-        raise UserError(f"{name}: row {row}: winner is empty")
-    rows, values = _text_codes(winner)
-    codes = [WINNER_CODES.get(value.lower().strip()) for value in values]
-    unknown = [value for value, code in zip(values, codes) if code is None]
-    if unknown:
-        row = _first_bad_row(winner.cast(pl.String).is_in(unknown))
+    known = winner.drop_nulls().unique().cast(pl.String).to_list()
+    unknown = [value for value in known if value.lower().strip() not in WINNER_CODES]
+    if unknown or winner.null_count():  # the first bad row, empty or unknown
+        row = _first_bad_row(winner.cast(pl.String).is_in(unknown) | winner.is_null())
+        if winner[row - 1] is None:
+            raise UserError(f"{name}: row {row}: winner is empty")
         raise UserError(
             f"{name}: row {row}: winner {winner.cast(pl.String)[row - 1]!r} is not one of "
             "model_a, model_b, tie, tie (bothbad)"
         )
+    rows, values = _text_codes(winner)
+    codes = [WINNER_CODES[value.lower().strip()] for value in values]
     tie_of = {"a": families.DECISIVE, "b": families.DECISIVE, "tie": families.TIE_CODE,
               "both_bad": families.BOTH_BAD_CODE}
     b_wins = np.array([code == "b" for code in codes])[rows]
