@@ -102,6 +102,7 @@ def run_prepare(source: Path, out: Path, extra: list[str]) -> tuple[float, float
         "-o",
         str(out),
         "-q",
+        "--overwrite",
         *extra,
     ]
     timer = shutil.which("time") or "/usr/bin/time"

@@ -93,10 +93,10 @@ def one_run(root: Path, world: str, seed: int, args, train_args: list[str]) -> d
     arena, data, model = root / "arena", root / "data", root / "model"
     val_preds, fresh_preds = root / "val_predictions.parquet", root / "fresh_predictions.parquet"
     run_p2l(["simulate", str(arena), "--battles", str(args.battles), "--models",
-             str(args.models), "--world", world, "--seed", str(seed), "--prompts", "500"],
+             str(args.models), "--world", world, "--seed", str(seed), "--prompts", "500", "--overwrite"],
             log)  # fmt: skip
     run_p2l(["prepare", str(arena / "battles.parquet"), "-o", str(data), "--val-fraction",
-             str(args.val_fraction), "--seed", str(seed)], log)  # fmt: skip
+             str(args.val_fraction), "--seed", str(seed), "--overwrite"], log)  # fmt: skip
     train_seconds = run_p2l(
         ["train", str(data), "-o", str(model), "--overwrite", *train_args], log
     )

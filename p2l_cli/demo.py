@@ -121,7 +121,8 @@ class Layout:
         return self.root / "commands.sh"
 
 
-def data_stages(layout: Layout, size: Size, seed: int) -> list[Stage]:
+def data_stages(layout: Layout, size: Size, seed: int, overwrite: bool = False) -> list[Stage]:
+    again = ["--overwrite"] if overwrite else []
     return [
         Stage(
             "Simulate an arena",
@@ -136,6 +137,7 @@ def data_stages(layout: Layout, size: Size, seed: int) -> list[Stage]:
                 str(size.prompts),
                 "--seed",
                 str(seed),
+                *again,
             ],
             "votes on prompts whose true leaderboard depends on the prompt's category and "
             "difficulty; truth.parquet holds the truth, costs.yaml what each answer costs",
@@ -151,6 +153,7 @@ def data_stages(layout: Layout, size: Size, seed: int) -> list[Stage]:
                 str(VAL_FRACTION),
                 "--seed",
                 str(seed),
+                *again,
             ],
             "the battles contract, split by prompt into training and held-out votes",
         ),
@@ -165,6 +168,7 @@ def data_stages(layout: Layout, size: Size, seed: int) -> list[Stage]:
                 str(DEV_FRACTION),
                 "--seed",
                 str(seed),
+                *again,
             ],
             "training reports on these (and would stop early on them with --head-solver "
             "adamw), so the held-out votes stay unseen",
@@ -322,21 +326,18 @@ def has_matplotlib() -> bool:
     return True
 
 
-def check_out_dir(root: Path, force: bool) -> bool:
-    """Whether earlier results are there (and may be replaced, with ``force``)."""
-    if root.exists() and not root.is_dir():
-        raise UserError(f"--out {root}: exists and is not a folder")
-    used = root.is_dir() and any(root.iterdir())
-    if used and not force:
-        raise UserError(f"--out {root}: not empty; choose another folder or add --force")
-    return used
+def check_out_dir(root: Path, overwrite: bool) -> bool:
+    """Whether earlier results are there (and may be replaced, with ``overwrite``)."""
+    from p2l_cli.io import check_output_folder
+
+    return check_output_folder(root, "--out", overwrite)
 
 
 def run_demo(
     out: str | Path = DEFAULT_OUT,
     small: bool = False,
     seed: int = 0,
-    force: bool = False,
+    overwrite: bool = False,
     quiet: bool = False,
     runner: Callable[[list[str], bool], None] = run_command,
 ) -> list[Stage]:
@@ -344,7 +345,7 @@ def run_demo(
     from p2l_cli.ui import console
 
     root = Path(out)
-    overwrite = check_out_dir(root, force)
+    overwrite = check_out_dir(root, overwrite)
     root.mkdir(parents=True, exist_ok=True)
     layout = Layout(root)
     size = SIZES["small" if small else "full"]
@@ -364,7 +365,7 @@ def run_demo(
             write_commands(layout.commands, done)
             console.print(f"[dim]({time.perf_counter() - stage_started:.1f} s)[/]")
 
-    run(data_stages(layout, size, seed))
+    run(data_stages(layout, size, seed, overwrite))
     run(model_stages(layout, size, seed, overwrite))
     run(evaluation_stages(layout, has_matplotlib()))
     run(leaderboard_stages(layout))

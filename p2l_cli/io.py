@@ -347,6 +347,21 @@ def check_writable(path: str | Path | None, option: str) -> None:
     os.unlink(probe)
 
 
+OVERWRITE = "--overwrite"
+
+
+def check_output_folder(path: str | Path, option: str, overwrite: bool) -> bool:
+    """The rule for output folders (simulate, prepare, train, demo): a folder that already
+    holds files is refused unless ``--overwrite`` is given. Returns whether it holds files."""
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise UserError(f"{option} {path}: exists and is not a folder")
+    used = target.is_dir() and any(target.iterdir())
+    if used and not overwrite:
+        raise UserError(f"{option} {path}: folder is not empty; pass {OVERWRITE} to replace its files")
+    return used
+
+
 def _same_path(a: str | Path, b: str | Path) -> bool:
     first, second = Path(a), Path(b)
     with contextlib.suppress(OSError):

@@ -19,6 +19,7 @@ import json
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 import polars as pl
@@ -29,7 +30,7 @@ import torch
 from p2l_cli import io
 from p2l_cli.errors import UserError
 from p2l_cli.stats import families
-from p2l_cli.stats.aggregate import aggregate_fit, bootstrap_aggregate
+from p2l_cli.stats.aggregate import aggregate_fit, bootstrap_aggregate, sandwich_aggregate
 from p2l_cli.stats.marginal import (
     CI_METHODS,
     arena_scale,
@@ -41,12 +42,13 @@ from p2l_cli.stats.pairfit import shift_invariant
 
 BATTLE_COLUMNS = ("model_a", "model_b", "winner")
 OUTPUT_FORMATS = ("csv", "json", "jsonl", "parquet", "md")
-WINNER_CODES = {
+WINNER_CODES = {  # the spellings `p2l prepare` reads too
     "model_a": "a", "a": "a",
     "model_b": "b", "b": "b",
-    "tie": "tie",
+    "tie": "tie", "draw": "tie",
     "tie (bothbad)": "both_bad", "tie(bothbad)": "both_bad", "both_bad": "both_bad",
-    "bothbad": "both_bad", "tie_bothbad": "both_bad",
+    "bothbad": "both_bad", "tie_bothbad": "both_bad", "tie (both bad)": "both_bad",
+    "both bad": "both_bad",
 }
 NO_GROUP = "(none)"
 DEFAULT_GROUP = "category"  # what --model groups by when --by is not given
@@ -207,18 +209,18 @@ def _recode(codes: np.ndarray, values: list[str], order: list[str]) -> np.ndarra
 def _outcome_codes(winner: pl.Series, name: str) -> tuple[np.ndarray, np.ndarray]:
     """Per vote: whether model_b won, and the tie code. The few distinct winner values are
     normalised once, then looked up per row."""
-    if winner.null_count():
-        row = _first_bad_row(winner.is_null())
-        raise UserError(f"{name}: row {row}: winner is empty")
-    rows, values = _text_codes(winner)
-    codes = [WINNER_CODES.get(value.lower().strip()) for value in values]
-    unknown = [value for value, code in zip(values, codes) if code is None]
-    if unknown:
-        row = _first_bad_row(winner.cast(pl.String).is_in(unknown))
+    known = winner.drop_nulls().unique().cast(pl.String).to_list()
+    unknown = [value for value in known if value.lower().strip() not in WINNER_CODES]
+    if unknown or winner.null_count():  # the first bad row, empty or unknown
+        row = _first_bad_row(winner.cast(pl.String).is_in(unknown) | winner.is_null())
+        if winner[row - 1] is None:
+            raise UserError(f"{name}: row {row}: winner is empty")
         raise UserError(
             f"{name}: row {row}: winner {winner.cast(pl.String)[row - 1]!r} is not one of "
             "model_a, model_b, tie, tie (bothbad)"
         )
+    rows, values = _text_codes(winner)
+    codes = [WINNER_CODES[value.lower().strip()] for value in values]
     tie_of = {"a": families.DECISIVE, "b": families.DECISIVE, "tie": families.TIE_CODE,
               "both_bad": families.BOTH_BAD_CODE}
     b_wins = np.array([code == "b" for code in codes])[rows]
@@ -476,15 +478,20 @@ def _centre(theta: np.ndarray, family: str) -> np.ndarray:
 
 
 def aggregate_leaderboard(
-    preds: Predictions, ci: str = "bootstrap", rounds: int = 100, seed: int = 0,
+    preds: Predictions, ci: str = "sandwich", rounds: int = 100, seed: int = 0,
     level: float = 0.95,
 ) -> Leaderboard:
-    """The aggregate of the prompts' leaderboards; intervals by bootstrap over prompts."""
-    if ci == "sandwich":
-        raise UserError("--ci sandwich needs votes; for predictions use --ci bootstrap "
-                        "(resampling prompts) or --ci none")
-    fit = aggregate_fit(preds.coefs, preds.eta, preds.family, preds.weight)
+    """The aggregate of the prompts' leaderboards; intervals over resampled prompts by the
+    delta method (sandwich, the default: one more pass over the prompts) or by bootstrap."""
     lower = upper = None
+    if ci == "sandwich" and len(preds.coefs) > 1:
+        fit, cov = sandwich_aggregate(preds.coefs, preds.eta, preds.family, preds.weight)
+        m = len(fit.theta)
+        se = np.sqrt(np.clip(np.diag(cov)[:m], 0.0, None))
+        z = NormalDist().inv_cdf(0.5 + level / 2)
+        lower, upper = fit.theta - z * se, fit.theta + z * se
+    else:
+        fit = aggregate_fit(preds.coefs, preds.eta, preds.family, preds.weight)
     if ci == "bootstrap" and len(preds.coefs) > 1:
         boot = bootstrap_aggregate(preds.coefs, preds.eta, preds.family, preds.weight, rounds,
                                    seed)
@@ -527,7 +534,7 @@ def build_leaderboard(data: Battles | Predictions, *, family: str | None = None,
         raise UserError("--reweight applies to battles, not to predictions")
     if prompt_index is not None or len(data.coefs) == 1:
         return prompt_leaderboard(data, prompt_index or 0)
-    return aggregate_leaderboard(data, ci or "bootstrap", rounds, seed, level)
+    return aggregate_leaderboard(data, ci or "sandwich", rounds, seed, level)
 
 
 # ----------------------------------------------------------------------- views of groups

@@ -491,6 +491,8 @@ class Trainer:
             head_activation=config.head_activation,
             normalize=config.normalize,
             prompt_features=config.prompt_features,
+            pad_token=config.pad_token,
+            cls_token=config.cls_token,
         )
         if self.model.info.max_length < config.max_length:
             self.reporter.event(

@@ -47,12 +47,21 @@ ALIASES = {
     "warmup_ratio": "warmup",
     "max_steps": "max_steps",
     "per_device_train_batch_size": "batch_size",
+    "pad_token_if_none": "pad_token",
+    "cls_token_if_none": "cls_token",
 }
 IGNORED = {
     "proj_name", "output_dir", "train_data_path", "val_data_path", "model_type",
     "deepspeed_config_path", "init_type", "load_train_data_from_disk", "load_val_data_from_disk",
-    "cls_token_if_none", "pad_token_if_none", "repo_id", "p2l_version", "encoder",
+    "repo_id", "p2l_version", "encoder",
 }  # fmt: skip
+# Reference keys that are accepted but change nothing here, and why (one warning each).
+NO_EFFECT = {
+    "reweight_scale": "a constant factor on the vote weights cancels out: the loss is the "
+    "weighted mean over the votes",
+    "head_config": "the reference reads it but passes it to no head; set the head with "
+    "head_rank, head_hidden, head_activation and head_init",
+}
 
 # Keys that do not change what is learnt: they may differ when a run is resumed.
 OPERATIONAL = {"eval_batch_size", "log_every", "save_every", "num_workers"}
@@ -102,6 +111,8 @@ class TrainConfig:
     prompt_features: bool = False
     weighted: bool = False
     precision: str = "auto"
+    pad_token: str | None = None  # added as the pad token when the backbone has none
+    cls_token: str | None = None  # added as the cls token when a decoder backbone has none
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -128,6 +139,8 @@ FIELDS = {f.name: f for f in fields(TrainConfig)}
 RECIPE_ONLY = {
     "chat_template": "a Jinja template, too long to pass on a command line",
     "adam_betas": "a pair of numbers; rarely changed",
+    "pad_token": "the reference configs' pad_token_if_none: a special token's text, per backbone",
+    "cls_token": "the reference configs' cls_token_if_none: a special token's text, per backbone",
 }
 
 
@@ -175,6 +188,9 @@ def read_recipe(name: str) -> tuple[dict[str, Any], list[str]]:
         name_ = ALIASES.get(str(key), str(key)).replace("-", "_")
         if str(key) in IGNORED:
             warnings.append(f"{path}: ignoring {key!r} (not a p2l training setting)")
+            continue
+        if str(key) in NO_EFFECT:
+            warnings.append(f"{path}: ignoring {key!r} ({NO_EFFECT[str(key)]})")
             continue
         if name_ not in FIELDS:
             raise UserError(f"{path}: unknown setting {key!r} (known: {', '.join(FIELDS)})")
@@ -342,6 +358,9 @@ def validate(config: TrainConfig) -> None:
     _check(config.log_every >= 1, "log_every", "must be at least 1")
     _check(config.save_every is None or config.save_every >= 1, "save_every", "must be at least 1")
     _check(config.patience is None or config.patience >= 1, "patience", "must be at least 1")
+    for name in ("pad_token", "cls_token"):
+        value = getattr(config, name)
+        _check(value is None or bool(value.strip()), name, "must not be blank")
 
 
 def merge_for_resume(saved: dict[str, Any], config: TrainConfig, explicit: set[str]) -> TrainConfig:

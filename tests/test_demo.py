@@ -51,13 +51,13 @@ def test_budget_is_between_the_cheapest_and_the_dearest_answer(tmp_path):
     assert demo.default_budget(costs) == pytest.approx(math.sqrt(0.0001 * 0.004))
 
 
-def test_out_folder_must_be_empty_unless_forced(tmp_path):
-    assert demo.check_out_dir(tmp_path / "new", force=False) is False
+def test_out_folder_must_be_empty_unless_overwrite(tmp_path):
+    assert demo.check_out_dir(tmp_path / "new", overwrite=False) is False
     (tmp_path / "used").mkdir()
     (tmp_path / "used" / "file").write_text("x")
     with pytest.raises(UserError, match="not empty"):
-        demo.check_out_dir(tmp_path / "used", force=False)
-    assert demo.check_out_dir(tmp_path / "used", force=True) is True
+        demo.check_out_dir(tmp_path / "used", overwrite=False)
+    assert demo.check_out_dir(tmp_path / "used", overwrite=True) is True
 
 
 def test_example_prompts_file_is_valid():

@@ -456,7 +456,7 @@ def test_bad_inputs_exit_2_with_a_clear_message(backbones, data, tmp_path):
     _expect_error([str(broken), *out, *qwen], "val.parquet: row 0: labels [1, 1, 0]")
 
     _expect_error([str(data), *out, "--backbone", "no-such-org/no-such-model"],
-                  "--backbone no-such-org/no-such-model: cannot load it offline")
+                  "--backbone no-such-org/no-such-model: not in the Hugging Face cache")
     _expect_error([str(data), *out, *qwen, "--scheduler", "steep"], "--scheduler")
     _expect_error([str(data), *out, *qwen, "--batch-size", "300"], "larger than the 256")
     _expect_error([str(data), *out, *qwen, "--recipe", "no-such-recipe"],

@@ -33,11 +33,12 @@ def demo(
             "--seed", help="Seed of the arena, the split and the training.", rich_help_panel=RUN
         ),
     ] = 0,
-    force: Annotated[
+    overwrite: Annotated[
         bool,
         typer.Option(
+            "--overwrite",
             "--force",
-            help="Reuse a non-empty --out folder, replacing its files.",
+            help="Reuse a non-empty --out folder, replacing its files (--force: the old name).",
             rich_help_panel=RUN,
         ),
     ] = False,
@@ -55,4 +56,4 @@ def demo(
     set_quiet(quiet)
     from p2l_cli.demo import run_demo
 
-    run_demo(out, small=small, seed=seed, force=force, quiet=quiet)
+    run_demo(out, small=small, seed=seed, overwrite=overwrite, quiet=quiet)

@@ -61,9 +61,10 @@ def leaderboard(
     ] = None,
     ci: Annotated[
         str | None,
-        typer.Option("--ci", help="Intervals: sandwich (robust; battles' default), "
-                     "bootstrap (resampling votes, or prompts for predictions: their default), "
-                     "none.", rich_help_panel=INTERVALS),
+        typer.Option("--ci", help="Intervals: sandwich (robust, the default; for "
+                     "predictions the delta method over prompts), bootstrap (resampling "
+                     "votes, or prompts for predictions: a refit per round), none.",
+                     rich_help_panel=INTERVALS),
     ] = None,
     bootstrap_rounds: Annotated[
         int, typer.Option("--bootstrap-rounds", help="Bootstrap resamples.",

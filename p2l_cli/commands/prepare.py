@@ -176,6 +176,14 @@ def prepare(
             help="Rows read and written at a time (memory grows with this).", rich_help_panel=OUTPUT
         ),
     ] = 20_000,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Replace the files of a non-empty output folder.",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = False,
     quiet: QuietOption = False,
 ) -> None:
     """Turn pairwise votes into the training data folder: labelled battles, train and val.
@@ -197,6 +205,9 @@ def prepare(
       cat votes.jsonl | p2l prepare - -o data/ --prompt-column question --winner-column vote
     """
     set_quiet(quiet)
+    from p2l_cli.io import check_output_folder
+
+    check_output_folder(output, "-o", overwrite)
     from p2l_cli.data.formats import Columns
     from p2l_cli.data.prepare import PrepareOptions, prepare_battles, summary_tables
 

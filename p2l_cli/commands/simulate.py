@@ -67,6 +67,10 @@ def simulate(
     seed: Annotated[
         int, typer.Option(help="Random seed; same seed, same files.", rich_help_panel=TRUTH)
     ] = 0,
+    overwrite: Annotated[
+        bool,
+        typer.Option("--overwrite", help="Replace the files of a non-empty output folder."),
+    ] = False,
     quiet: QuietOption = False,
 ) -> None:
     """Simulate an arena whose per-prompt leaderboards are known: battles in the Arena
@@ -85,6 +89,9 @@ def simulate(
     """
     set_quiet(quiet)
     out_dir = _one_out_dir(out_dir, out)
+    from p2l_cli.io import check_output_folder
+
+    check_output_folder(out_dir, "-o" if out else "OUT_DIR", overwrite)
     from p2l_cli.data.simulate import simulate_arena, summary_table, write_arena
 
     chosen = [c.strip() for c in categories.split(",") if c.strip()] if categories else None

@@ -7,7 +7,6 @@ by the mean over tokens.
 
 from __future__ import annotations
 
-import os
 from importlib import util as importlib_util
 from pathlib import Path
 
@@ -101,53 +100,78 @@ def clamp_max_length(max_length: int, config: PretrainedConfig | dict) -> int:
     return max_length if limit is None else min(max_length, limit)
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+def _cache_only(source: str) -> str | None:
+    """Why a Hub id must come from the local cache now (offline mode, or no connection to
+    the Hub), decided before the Hub client would retry; ``None`` for folders and online."""
+    from p2l_cli.model.offline import is_hub_id, offline_reason
+
+    return offline_reason() if is_hub_id(source) else None
+
+
+def _load_error(name: str, source: str, reason: str | None, what: str, exc: Exception):
+    from p2l_cli.model.offline import not_cached
+
+    if reason is not None:
+        return UserError(not_cached(f"--backbone {name}", source, reason))
+    return UserError(f"--backbone {name}: cannot load {what} ({str(exc).splitlines()[0]})")
 
 
 def load_backbone_config(name: str) -> PretrainedConfig:
     source = resolve_backbone(name)
+    reason = _cache_only(source)
     try:
-        return AutoConfig.from_pretrained(source, local_files_only=_offline())
+        return AutoConfig.from_pretrained(source, local_files_only=reason is not None)
     except (OSError, ValueError) as exc:
-        raise UserError(
-            f"--backbone {name}: cannot load it offline; give a local folder, an embedded "
-            f"backbone (minilm) or a Hub id in the local cache ({str(exc).splitlines()[0]})"
+        raise _load_error(
+            name, source, reason, "it; give a local folder, an embedded backbone (minilm) "
+            "or a Hub id", exc
         ) from None
 
 
 def load_pretrained_backbone(name: str, dtype: torch.dtype | None = None) -> torch.nn.Module:
     source = resolve_backbone(name)
+    reason = _cache_only(source)
     try:
-        return AutoModel.from_pretrained(source, local_files_only=_offline(), dtype=dtype)
+        return AutoModel.from_pretrained(source, local_files_only=reason is not None, dtype=dtype)
     except (OSError, ValueError) as exc:
-        raise UserError(
-            f"--backbone {name}: cannot load its weights ({str(exc).splitlines()[0]})"
-        ) from None
+        raise _load_error(name, source, reason, "its weights", exc) from None
 
 
-def load_tokenizer(name: str, encoder: bool, chat_template: str | None = None):
+def load_tokenizer(
+    name: str,
+    encoder: bool,
+    chat_template: str | None = None,
+    pad_token: str | None = None,
+    cls_token: str | None = None,
+):
     """The backbone's tokenizer, made ready for P2L: left truncation, right padding, a pad
     token, and for decoders a cls token and a chat template."""
     source = resolve_backbone(name)
+    reason = _cache_only(source)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=_offline())
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=reason is not None)
     except (OSError, ValueError) as exc:
-        raise UserError(
-            f"--backbone {name}: cannot load its tokenizer ({str(exc).splitlines()[0]})"
-        ) from None
-    prepare_tokenizer(tokenizer, encoder, chat_template)
+        raise _load_error(name, source, reason, "its tokenizer", exc) from None
+    prepare_tokenizer(tokenizer, encoder, chat_template, pad_token, cls_token)
     return tokenizer
 
 
-def prepare_tokenizer(tokenizer, encoder: bool, chat_template: str | None = None):
+def prepare_tokenizer(
+    tokenizer,
+    encoder: bool,
+    chat_template: str | None = None,
+    pad_token: str | None = None,
+    cls_token: str | None = None,
+):
+    """``pad_token`` and ``cls_token`` (default ``<|pad|>``, ``<|cls|>``) are used only where
+    the tokenizer has none; a token already in the vocabulary needs no new embedding."""
     tokenizer.truncation_side = "left"
     tokenizer.padding_side = "right"
     if tokenizer.pad_token is None:
-        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+        tokenizer.add_special_tokens({"pad_token": pad_token or PAD_TOKEN})
     if not encoder:
         if tokenizer.cls_token is None:
-            tokenizer.add_special_tokens({"cls_token": CLS_TOKEN})
+            tokenizer.add_special_tokens({"cls_token": cls_token or CLS_TOKEN})
         if chat_template:
             tokenizer.chat_template = chat_template
         elif not getattr(tokenizer, "chat_template", None):

@@ -58,13 +58,16 @@ def build_p2l(
     head_activation: str = "gelu",
     normalize: bool = False,
     prompt_features: bool = False,
+    pad_token: str | None = None,
+    cls_token: str | None = None,
 ):
-    """A P2L model on a pretrained backbone, with cls/pad tokens added when the tokenizer
-    lacks them (the embeddings are resized). ``max_length`` is lowered to what a backbone
+    """A P2L model on a pretrained backbone, with cls/pad tokens (``pad_token``,
+    ``cls_token``, else p2l's own) added when the tokenizer lacks them (the embeddings are
+    resized if that adds tokens). ``max_length`` is lowered to what a backbone
     with absolute positions can read (512 for BERT/MiniLM). Returns ``(model, tokenizer)``."""
     config = load_backbone_config(backbone)
     encoder = is_encoder(config)
-    tokenizer = load_tokenizer(backbone, encoder, chat_template)
+    tokenizer = load_tokenizer(backbone, encoder, chat_template, pad_token, cls_token)
     network = load_pretrained_backbone(backbone, dtype)
     if len(tokenizer) > network.get_input_embeddings().weight.shape[0]:
         network.resize_token_embeddings(len(tokenizer))
@@ -173,14 +176,13 @@ def resolve_model_dir(source: str | Path) -> Path:
         from huggingface_hub.errors import LocalEntryNotFoundError
     except ImportError:  # pragma: no cover
         raise UserError(f"{source}: not a model folder") from None
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    from p2l_cli.model.offline import not_cached, offline_reason
+
+    reason = offline_reason()
     try:
-        return Path(snapshot_download(text, local_files_only=offline))
+        return Path(snapshot_download(text, local_files_only=reason is not None))
     except LocalEntryNotFoundError:
-        raise UserError(
-            f"{source}: not a local folder and not in the Hugging Face cache "
-            "(offline mode: download it first with `hf download`, or unset HF_HUB_OFFLINE)"
-        ) from None
+        raise UserError(not_cached(text, text, reason or "no connection")) from None
     except Exception as exc:  # noqa: BLE001 (network and Hub errors of many types)
         raise UserError(f"{source}: cannot fetch from the Hub ({str(exc).splitlines()[0]})") from None
 

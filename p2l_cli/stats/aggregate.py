@@ -19,6 +19,7 @@ weighted pairwise fit, solved by Newton's method to a gradient norm far below 1e
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -26,7 +27,14 @@ import numpy as np
 import torch
 
 from p2l_cli.stats import families
-from p2l_cli.stats.pairfit import PairRows, single_threaded, solve
+from p2l_cli.stats.pairfit import (
+    PairRows,
+    _gradient_and_hessian,
+    _row_derivatives,
+    shift_invariant,
+    single_threaded,
+    solve,
+)
 
 # Prompts are summed in blocks of about this many pair entries per outcome kind (4 MB in
 # float32): small enough to stay in cache, large enough that per-block overhead does not
@@ -37,6 +45,12 @@ BLOCK_ELEMENTS = 1 << 20
 # with its size, and summing in float64 directly is ten times slower.
 SUM_PROMPTS = 16
 AGGREGATE_TOL = 1e-12
+# The delta method's variance of the mean score is taken over at most about this many
+# prompts (every k-th beyond it): its relative error on an interval's width is about
+# 1 / sqrt(2 n), under 1%, and the intervals then cost less than the point estimate again.
+MEAT_PROMPTS = 10_000
+# Replicate-rows solved at once by the bootstrap (its memory is about 1 kB each).
+SOLVE_ELEMENTS = 1 << 17
 # Keeps the fit finite when a model wins a pair with probability exactly 1 in float32.
 AGGREGATE_RIDGE = 1e-12
 
@@ -278,6 +292,139 @@ def aggregate(
     return fit.theta, fit.eta
 
 
+# --------------------------------------------------------- sandwich (delta method) intervals
+#
+# The aggregate minimises L = sum_z w_z l_z(theta) / W over prompts z. Resampling prompts
+# moves it by about -H^-1 (sum_z w_z s_z / W), with s_z = grad l_z at the fit and H the
+# Hessian of L, so Cov = H^-1 [sum_z w_z^2 (s_z - s)(s_z - s)^T / W^2] H^-1 (s the weighted
+# mean score, 0 at the optimum). l_z is linear in the prompt's outcome probabilities, so s_z
+# is those probabilities contracted with the pair rows' NLL derivatives at the fit: one
+# more pass over the prompts, O(M^2) memory, no refits.
+
+
+@dataclass
+class _ScoreMaps:
+    """Coefficients that turn a prompt's win matrix W and both-bad matrix B into its score:
+    s_theta[a] = sum_j W[a,j] X[a,j] + sum_i W[i,a] Y[i,a] + sum_j B[a,j] U[a,j] + c[a] and
+    s_eta = <W, E_w> + <B, E_b> + c_eta (the tie matrix 1 - W - W^T - B folded in)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    u: torch.Tensor | None
+    c: torch.Tensor
+    e_w: torch.Tensor | None
+    e_b: torch.Tensor | None
+    c_eta: float
+
+
+def _score_maps(theta: np.ndarray, eta: float | None, family: str, dtype) -> _ScoreMaps:
+    family = _outcome_family(family)
+    m = len(theta)
+    rows = pair_rows(m, family)
+    th = torch.as_tensor(np.asarray(theta, dtype=np.float64))[None]
+    et = None if eta is None else torch.tensor([float(eta)], dtype=torch.float64)
+    _, grads, _ = _row_derivatives(rows, th, et, family, second=False)
+    # g[code][part] = dNLL/d(winner theta, loser theta, eta) of row (winner, loser, code)
+    g = torch.zeros(3, 3, m, m, dtype=torch.float64)
+    winner, loser = torch.as_tensor(rows.winner), torch.as_tensor(rows.loser)
+    code = torch.as_tensor(rows.tie_code)
+    for part, values in enumerate(grads):
+        g[code, part, winner, loser] = values[0]
+    (x0, y0, e0), (x1, y1, e1), (x2, y2, e2) = g[0], g[1], g[2]
+    x = x0 - x1 - y1.T
+    y = y0 - y1 - x1.T
+    u = (x2 - x1 + (y2 - y1).T) if family == "grk" else None
+    c = x1.sum(1) + y1.sum(0)
+    has_eta = families.has_eta(family)
+    e_w = (e0 - e1 - e1.T) if has_eta else None
+    e_b = (e2 - e1) if family == "grk" else None
+    cast = (lambda t: None if t is None else t.to(dtype).contiguous())
+    return _ScoreMaps(cast(x), cast(y), cast(u), c, cast(e_w), cast(e_b), float(e1.sum()))
+
+
+def _block_scores(probs: torch.Tensor, maps: _ScoreMaps) -> torch.Tensor:
+    """Per-prompt scores ``[n, M (+1)]`` (float64) from ``probs [K, n, M, M]``."""
+    win = probs[0]
+    theta = torch.einsum("naj,aj->na", win, maps.x) + (win * maps.y).sum(1)
+    if maps.u is not None:
+        theta += torch.einsum("naj,aj->na", probs[1], maps.u)
+    theta = theta.to(torch.float64) + maps.c
+    if maps.e_w is None:
+        return theta
+    n = win.shape[0]
+    eta = win.reshape(n, -1) @ maps.e_w.reshape(-1)
+    if maps.e_b is not None:
+        eta += probs[1].reshape(n, -1) @ maps.e_b.reshape(-1)
+    return torch.cat([theta, eta.to(torch.float64)[:, None] + maps.c_eta], 1)
+
+
+@single_threaded
+def sandwich_aggregate(
+    coefs_batches, eta_batches=None, family: str = "bt", weights=None,
+    block_elements: int = BLOCK_ELEMENTS, meat_prompts: int = MEAT_PROMPTS,
+) -> tuple[AggregateFit, np.ndarray]:
+    """The aggregate fit and the delta-method covariance of (theta[, eta]) when prompts are
+    resampled, ``[M(+1), M(+1)]``, in O(M^2) memory. A second pass over the prompts
+    (``coefs_batches`` must be re-iterable: an array, a tensor or a list of batches) sums
+    the scores' outer products, over every prompt up to ``meat_prompts`` and over every k-th
+    beyond (a systematic sample of at least ``meat_prompts / 2``)."""
+    family_out = _outcome_family(family)
+    needs_eta = families.has_eta(family_out)
+    sums = outcome_sums(coefs_batches, eta_batches, family, weights, block_elements)
+    fit = fit_outcome_sums(sums, family)
+    m = len(fit.theta)
+    size = m + needs_eta
+    meat = torch.zeros(size, size, dtype=torch.float64)
+    first = torch.zeros(size, dtype=torch.float64)
+    stride = max(1, math.ceil(sums.n_prompts / meat_prompts))
+    w2_sample = w2_all = 0.0
+    maps = None
+    offset = 0
+    for coefs, eta, weight in _batches(coefs_batches, eta_batches if needs_eta else None,
+                                       weights):
+        n = coefs.shape[0]
+        w = torch.ones(n, dtype=torch.float64) if weight is None else torch.as_tensor(
+            weight, dtype=torch.float64)
+        w2_all += float((w**2).sum())
+        keep = torch.arange((-offset) % stride, n, stride)
+        offset += n
+        if len(keep) == 0:
+            continue
+        if stride > 1:
+            coefs, w = coefs[keep], w[keep]
+            eta = None if eta is None else eta[keep]
+        if maps is None:
+            maps = _score_maps(fit.theta, fit.eta, family_out, coefs.dtype)
+        block = max(1, block_elements // (m * m))
+        for start in range(0, len(coefs), block):
+            part = slice(start, start + block)
+            probs = block_outcome_probs(coefs[part], None if eta is None else eta[part],
+                                        family_out)
+            scores = _block_scores(probs, maps)
+            w2 = w[part] ** 2
+            meat += scores.T @ (scores * w2[:, None])
+            first += w2 @ scores
+            w2_sample += float(w2.sum())
+    mean = first / max(w2_sample, 1e-300)  # the weighted mean score (about 0 at the optimum)
+    meat = (meat - torch.outer(mean, first) - torch.outer(first, mean)
+            + w2_sample * torch.outer(mean, mean))
+    meat *= (w2_all / max(w2_sample, 1e-300)) / sums.total_weight**2
+    if m < 2:
+        return fit, np.zeros((size, size))
+    rows = pair_rows(m, family_out)
+    row_w = torch.as_tensor(row_weights(_stack(sums), family_out, m) / sums.total_weight)
+    theta = torch.as_tensor(fit.theta, dtype=torch.float64)[None]
+    eta_t = None if fit.eta is None else torch.tensor([fit.eta], dtype=torch.float64)
+    _, hessian = _gradient_and_hessian(rows, row_w[None], theta, eta_t, family_out,
+                                       AGGREGATE_RIDGE)
+    system = hessian[0].clone()
+    if shift_invariant(family_out):  # theta's free shift: scores are orthogonal to it
+        system[:m, :m] += system.diagonal()[:m].mean().clamp_min(1e-12) / m
+    inverse = torch.linalg.inv(system)
+    cov = inverse @ meat @ inverse.T
+    return fit, cov.numpy()
+
+
 # ---------------------------------------------------------------------------- bootstrap
 
 
@@ -314,6 +461,12 @@ def bootstrap_aggregate(
     sums = _outcome_stack(acc.reshape(rounds, kinds, m, m).numpy(), counts.sum(1), family_out)
     rows = pair_rows(m, family_out)
     theta0, eta0 = aggregate(coefs, eta_t, family, w)
-    sol = solve(rows, row_weights(sums, family_out, m), family_out, theta0=theta0, eta0=eta0,
-                ridge=AGGREGATE_RIDGE, tol=AGGREGATE_TOL)
-    return sol.theta
+    weights_rows = row_weights(sums, family_out, m)
+    # Newton's per-row derivatives take about 1 kB per (replicate, row): solve the
+    # replicates a few at a time, so memory stays O(M^2) whatever the number of rounds.
+    chunk = max(1, SOLVE_ELEMENTS // len(rows))
+    return np.concatenate([
+        solve(rows, weights_rows[start : start + chunk], family_out, theta0=theta0,
+              eta0=eta0, ridge=AGGREGATE_RIDGE, tol=AGGREGATE_TOL).theta
+        for start in range(0, rounds, chunk)
+    ])
