@@ -26,6 +26,7 @@ import polars as pl
 import torch
 from scipy.stats import kendalltau
 
+from p2l_cli.contracts.battles import outcome_column
 from p2l_cli.errors import UserError
 from p2l_cli.io import read_json, read_table, read_table_meta
 from p2l_cli.stats.families import (
@@ -42,7 +43,6 @@ DEFAULT_BOOTSTRAP = 1000
 DEFAULT_BINS = 10
 DEFAULT_LEVEL = 0.95
 TURNS = "turns"
-WINNER_CODES = {"model_a": 0, "model_b": 0, "tie": 1, "tie (bothbad)": 2}
 
 
 # ------------------------------------------------------------------------------ inputs
@@ -134,16 +134,7 @@ def vote_labels(
     if {"model_a", "model_b", "winner"} <= set(frame.columns):
         a = _index_of(frame["model_a"].cast(pl.String), models)
         b = _index_of(frame["model_b"].cast(pl.String), models)
-        winner = frame["winner"].cast(pl.String).to_list()
-        codes = np.empty(len(winner), dtype=np.int64)
-        for row, value in enumerate(winner):
-            if value not in WINNER_CODES:
-                raise UserError(
-                    f"{source}: row {row + 1}: winner {value!r}; expected one of "
-                    f"{', '.join(WINNER_CODES)}"
-                )
-            codes[row] = WINNER_CODES[value]
-        b_won = np.array([value == "model_b" for value in winner])
+        b_won, codes = outcome_column(frame["winner"], frame["model_a"], frame["model_b"], source)
         first, second = np.where(b_won, b, a), np.where(b_won, a, b)
         return np.stack([first, second, codes], axis=1)
     if "labels" in frame.columns and data_models is not None:
@@ -163,7 +154,7 @@ def prompt_keys(frame: pl.DataFrame) -> pl.Series:
     predictions to votes and for the bootstrap's clusters."""
     prompt = frame["prompt"]
     if prompt.dtype != pl.List(pl.String):
-        from p2l_cli.predict import BadPrompt, prompt_turns
+        from p2l_cli.contracts.prompts import BadPrompt, prompt_turns
 
         try:
             turns = [prompt_turns(value) for value in prompt.to_list()]

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 import torch
 
 from p2l_cli import io
+from p2l_cli.contracts.battles import BATTLE_COLUMNS, outcome_column
 from p2l_cli.errors import UserError
 from p2l_cli.stats import families
 from p2l_cli.stats.aggregate import aggregate_fit, bootstrap_aggregate
@@ -39,15 +40,7 @@ from p2l_cli.stats.marginal import (
 )
 from p2l_cli.stats.pairfit import shift_invariant
 
-BATTLE_COLUMNS = ("model_a", "model_b", "winner")
 OUTPUT_FORMATS = ("csv", "json", "jsonl", "parquet", "md")
-WINNER_CODES = {
-    "model_a": "a", "a": "a",
-    "model_b": "b", "b": "b",
-    "tie": "tie",
-    "tie (bothbad)": "both_bad", "tie(bothbad)": "both_bad", "both_bad": "both_bad",
-    "bothbad": "both_bad", "tie_bothbad": "both_bad",
-}
 NO_GROUP = "(none)"
 DEFAULT_GROUP = "category"  # what --model groups by when --by is not given
 # in written tables, not in the terminal's (they fit 80 columns without them)
@@ -204,28 +197,6 @@ def _recode(codes: np.ndarray, values: list[str], order: list[str]) -> np.ndarra
     return np.array([index[value] for value in values], dtype=np.int64)[codes]
 
 
-def _outcome_codes(winner: pl.Series, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per vote: whether model_b won, and the tie code. The few distinct winner values are
-    normalised once, then looked up per row."""
-    if winner.null_count():
-        row = _first_bad_row(winner.is_null())
-        raise UserError(f"{name}: row {row}: winner is empty")
-    rows, values = _text_codes(winner)
-    codes = [WINNER_CODES.get(value.lower().strip()) for value in values]
-    unknown = [value for value, code in zip(values, codes) if code is None]
-    if unknown:
-        row = _first_bad_row(winner.cast(pl.String).is_in(unknown))
-        raise UserError(
-            f"{name}: row {row}: winner {winner.cast(pl.String)[row - 1]!r} is not one of "
-            "model_a, model_b, tie, tie (bothbad)"
-        )
-    tie_of = {"a": families.DECISIVE, "b": families.DECISIVE, "tie": families.TIE_CODE,
-              "both_bad": families.BOTH_BAD_CODE}
-    b_wins = np.array([code == "b" for code in codes])[rows]
-    tie_code = np.array([tie_of[code] for code in codes], dtype=np.int64)[rows]
-    return b_wins, tie_code
-
-
 def battles_from_frame(df: pl.DataFrame, name: str, by: str | None = None) -> Battles:
     """Votes from Arena-schema columns ``model_a``, ``model_b``, ``winner``."""
     if df.height == 0:
@@ -235,7 +206,7 @@ def battles_from_frame(df: pl.DataFrame, name: str, by: str | None = None) -> Ba
     for column, series in (("model_a", a), ("model_b", b)):
         if series.null_count():
             raise UserError(f"{name}: row {_first_bad_row(series.is_null())}: {column} is empty")
-    b_wins, tie_code = _outcome_codes(_categorical(df.get_column("winner")), name)
+    b_wins, tie_code = outcome_column(df.get_column("winner"), a, b, name)
     (codes_a, values_a), (codes_b, values_b) = _text_codes(a), _text_codes(b)
     models = sorted(set(values_a) | set(values_b))
     ia, ib = _recode(codes_a, values_a, models), _recode(codes_b, values_b, models)

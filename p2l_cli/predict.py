@@ -44,6 +44,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from p2l_cli.contracts.prompts import BadPrompt, prompt_turns
 from p2l_cli.errors import UserError
 from p2l_cli.io import (
     METADATA_KEY,
@@ -72,81 +73,6 @@ PROMPT_COLUMNS = (
     "prompt", "prompts", "messages", "conversation", "conversation_a", "question", "text",
     "instruction", "input", "query", "content",
 )  # fmt: skip
-USER_ROLES = ("user", "human")
-
-
-# ----------------------------------------------------------------------- prompt shapes
-
-
-class BadPrompt(ValueError):
-    """A prompt value that cannot be read as user turns; the message says why."""
-
-
-def prompt_turns(value: Any) -> list[str]:
-    """The user turns of a prompt given as a string, a list of user turns, or an OpenAI-style
-    list of messages (``role``/``content``; ShareGPT ``from``/``value`` too).
-
-    A string holding a JSON list of turns or messages (how CSV files store lists) is decoded.
-    Raises :class:`BadPrompt` for a missing or empty prompt.
-    """
-    if value is None:
-        raise BadPrompt("no prompt (null)")
-    if isinstance(value, str):
-        decoded = _json_list(value)
-        turns = [value] if decoded is None else _turns_of_list(decoded)
-    elif isinstance(value, dict):
-        turns = _turns_of_list(value.get("messages", [value]))
-    elif isinstance(value, (list, tuple)):
-        turns = _turns_of_list(list(value))
-    elif hasattr(value, "tolist"):  # numpy arrays, polars Series
-        turns = _turns_of_list(list(value.tolist()))
-    else:
-        raise BadPrompt(f"a prompt must be text or a list, not {type(value).__name__}")
-    if not any(turn.strip() for turn in turns):
-        raise BadPrompt("empty prompt")
-    return turns
-
-
-def _json_list(text: str) -> list | None:
-    stripped = text.strip()
-    if not (stripped.startswith("[") and stripped.endswith("]")):
-        return None
-    try:
-        value = json.loads(stripped)
-    except json.JSONDecodeError:
-        return None
-    if isinstance(value, list) and value and all(isinstance(v, (str, dict)) for v in value):
-        return value
-    return None
-
-
-def _turns_of_list(items: list) -> list[str]:
-    items = [item for item in items if item is not None]
-    if all(isinstance(item, str) for item in items):
-        return items
-    if all(isinstance(item, dict) for item in items):
-        turns = [_message_text(m) for m in items if _message_role(m) in USER_ROLES]
-        if not turns:
-            raise BadPrompt("the messages hold no user turn")
-        return turns
-    raise BadPrompt("a prompt list must hold only strings or only messages")
-
-
-def _message_role(message: dict) -> str | None:
-    role = message.get("role", message.get("from"))
-    return role.lower() if isinstance(role, str) else None
-
-
-def _message_text(message: dict) -> str:
-    content = message.get("content", message.get("value"))
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # OpenAI content parts: keep the text parts
-        parts = [p.get("text") or "" if isinstance(p, dict) else str(p) for p in content]
-        return "\n".join(part for part in parts if part)
-    raise BadPrompt(f"message content must be text, not {type(content).__name__}")
 
 
 def find_prompt_column(columns: Sequence[str], name: str, requested: str | None = None) -> str:

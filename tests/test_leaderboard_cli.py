@@ -304,7 +304,7 @@ def test_exit_2_for_unreadable_or_schema_less_input(tmp_path):
     schemaless = tmp_path / "x.csv"
     schemaless.write_text("x,y\n1,2\n")
     bad_winner = tmp_path / "w.csv"
-    bad_winner.write_text("model_a,model_b,winner\na,b,model_a\na,b,draw\n")
+    bad_winner.write_text("model_a,model_b,winner\na,b,model_a\na,b,model_c\n")
     no_meta = tmp_path / "nometa.parquet"
     pl.DataFrame({"coefs": [[0.1, 0.2]]}).write_parquet(no_meta)
     cases = [

@@ -28,7 +28,6 @@ from p2l_cli.errors import UserError
 from p2l_cli.io import read_table_meta
 from p2l_cli.model import build_p2l, save_p2l
 from p2l_cli.predict import (
-    BadPrompt,
     PredictOptions,
     Workers,
     encode,
@@ -42,7 +41,6 @@ from p2l_cli.predict import (
     predict_frame,
     predict_prompts,
     prompt_leaderboard,
-    prompt_turns,
     read_chunks,
     resolve_device,
     resolve_dtype,
@@ -223,46 +221,6 @@ def test_device_and_dtype_options():
 
 
 # ----------------------------------------------------------------------- prompt shapes
-
-
-def test_prompt_shapes():
-    assert prompt_turns("hello") == ["hello"]
-    assert prompt_turns(["first", "second"]) == ["first", "second"]
-    messages = [
-        {"role": "system", "content": "be brief"},
-        {"role": "user", "content": "first"},
-        {"role": "assistant", "content": "an answer"},
-        {
-            "role": "user",
-            "content": [
-                {"type": "text", "text": "second"},
-                {"type": "image_url", "image_url": {"url": "x"}},
-            ],
-        },
-    ]
-    assert prompt_turns(messages) == ["first", "second"]
-    assert prompt_turns({"messages": messages}) == ["first", "second"]
-    assert prompt_turns([{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]) == [
-        "hi"
-    ]
-    assert prompt_turns(np.array(["a", "b"], dtype=object)) == ["a", "b"]
-    # CSV files hold lists as JSON text
-    assert prompt_turns('["first", "second"]') == ["first", "second"]
-    assert prompt_turns(json.dumps(messages[:2])) == ["first"]
-    assert prompt_turns("[1, 2] is a list") == ["[1, 2] is a list"]
-    assert prompt_turns("[1, 2]") == ["[1, 2]"]
-    for bad in (
-        None,
-        "",
-        "   ",
-        [],
-        ["", " "],
-        [{"role": "assistant", "content": "x"}],
-        3.5,
-        ["text", {"role": "user", "content": "x"}],
-    ):
-        with pytest.raises(BadPrompt):
-            prompt_turns(bad)
 
 
 def test_prompt_column_is_found_or_named():

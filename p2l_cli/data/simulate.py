@@ -42,13 +42,14 @@ import polars as pl
 import torch
 from rich.table import Table
 
+from p2l_cli.contracts.battles import OUTCOMES
 from p2l_cli.data import prompt_bank as bank
 from p2l_cli.errors import UserError
 from p2l_cli.io import write_json, write_table, write_text
 from p2l_cli.stats.families import canonical_family, outcome_probs, rk_raw_eta
 
 START = datetime(2024, 6, 1, tzinfo=timezone.utc).timestamp()
-WINNERS = ("model_a", "model_b", "tie", "tie (bothbad)")  # outcome index -> arena winner
+WINNERS = OUTCOMES  # outcome index -> arena winner
 
 GENERAL_SD = 0.6  # spread of general strength (logits)
 SKILL_SD = 0.3  # spread of the category skills not explained by strength

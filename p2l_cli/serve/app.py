@@ -117,7 +117,7 @@ async def read_json(request: Request, limit: int) -> dict:
 
 
 def _turns(messages, param: str = "messages") -> list[str]:
-    from p2l_cli.predict import BadPrompt, prompt_turns
+    from p2l_cli.contracts.prompts import BadPrompt, prompt_turns
 
     try:
         return prompt_turns(messages)

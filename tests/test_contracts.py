@@ -1,0 +1,145 @@
+"""The shared file contracts (battles, prompts, predictions), tested once on shared
+fixtures: every command's reader accepts the same spellings and raises the same errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+
+from p2l_cli import evaluate, leaderboard
+from p2l_cli.contracts.battles import WINNER_SPELLINGS
+from p2l_cli.contracts.prompts import BadPrompt, prompt_turns, user_turns
+from p2l_cli.data.formats import Columns, RecordParser
+from p2l_cli.errors import UserError
+
+# ------------------------------------------------------------------------------ battles
+
+# every spelling once, then the winning model's name, each vote between "x" and "y"
+SPELLINGS = [*WINNER_SPELLINGS, "x", "y", " Model_B ", "TIE"]
+# what each row means, written out by hand: (winner, loser, tie code)
+X, Y = 0, 1
+EXPECTED = {
+    "model_a": (X, Y, 0), "a": (X, Y, 0), "model_b": (Y, X, 0), "b": (Y, X, 0),
+    "tie": (X, Y, 1), "draw": (X, Y, 1), "tie (bothbad)": (X, Y, 2), "tie(bothbad)": (X, Y, 2),
+    "tie (both bad)": (X, Y, 2), "tie_bothbad": (X, Y, 2), "both_bad": (X, Y, 2),
+    "bothbad": (X, Y, 2), "both bad": (X, Y, 2), "x": (X, Y, 0), "y": (Y, X, 0),
+    " Model_B ": (Y, X, 0), "TIE": (X, Y, 1),
+}
+
+
+def battles_frame(winners: list[str]) -> pl.DataFrame:
+    n = len(winners)
+    return pl.DataFrame({"model_a": ["x"] * n, "model_b": ["y"] * n, "winner": winners})
+
+
+def test_the_spelling_table_is_covered_by_hand():
+    assert set(EXPECTED) == set(SPELLINGS)
+
+
+def test_every_reader_reads_every_winner_spelling_alike():
+    frame = battles_frame(SPELLINGS)
+    expected = np.array([EXPECTED[s] for s in SPELLINGS])
+
+    battles = leaderboard.battles_from_frame(frame, "b.csv")
+    assert battles.models == ["x", "y"]
+    got = np.stack([battles.winner, battles.loser, battles.tie_code], axis=1)
+    np.testing.assert_array_equal(got, expected)
+
+    np.testing.assert_array_equal(evaluate.vote_labels(frame, ["x", "y"], "b.csv"), expected)
+
+    parse = RecordParser("generic", Columns(prompt="prompt"), text_fields=False)
+    outcome = {"model_a": 0, "model_b": 0, "tie": 1, "tie (bothbad)": 2}
+    for spelling, (winner, _, code) in zip(SPELLINGS, expected):
+        battle = parse({"prompt": "hi", "model_a": "x", "model_b": "y", "winner": spelling})
+        assert outcome[battle.winner] == code
+        assert battle.winner != "model_b" or winner == Y
+
+
+@pytest.mark.parametrize("bad", ["model_c", "", None, "x wins"])
+def test_readers_reject_an_unknown_winner_with_one_message(bad):
+    frame = battles_frame(["model_a", bad])
+    messages = []
+    for read in (lambda: leaderboard.battles_from_frame(frame, "b.csv"),
+                 lambda: evaluate.vote_labels(frame, ["x", "y"], "b.csv")):
+        with pytest.raises(UserError) as caught:
+            read()
+        messages.append(str(caught.value))
+    assert messages[0] == messages[1]
+    assert messages[0].startswith("b.csv: row 2: winner ")
+    parse = RecordParser("generic", Columns(prompt="prompt"), text_fields=False)
+    assert parse({"prompt": "hi", "model_a": "x", "model_b": "y", "winner": bad}) == (
+        "unknown_winner"
+    )
+
+
+def test_the_cli_reads_draw_and_a_model_name(tmp_path):
+    from tests.conftest import run_cli
+
+    path = tmp_path / "b.csv"
+    path.write_text("model_a,model_b,winner\nx,y,draw\nx,y,y\nx,y,a\nx,y,b\n")
+    result = run_cli("leaderboard", path, "--ci", "none", "-o", tmp_path / "lb.json")
+    assert result.exit_code == 0, result.output
+
+
+# ------------------------------------------------------------------------------ prompts
+
+
+CHAT = [
+    {"role": "system", "content": "be brief"},
+    {"role": "user", "content": "first"},
+    {"role": "assistant", "content": "an answer"},
+    {"role": "user", "content": [{"type": "text", "text": "second"},
+                                 {"type": "image_url", "image_url": {"url": "x"}}]},
+]
+
+
+@pytest.mark.parametrize(("value", "turns"), [
+    ("hello", ["hello"]),
+    (["first", "second"], ["first", "second"]),
+    (["first", None, "  ", "second"], ["first", "second"]),
+    (CHAT, ["first", "second"]),
+    ({"messages": CHAT}, ["first", "second"]),
+    ({"role": "user", "content": "alone"}, ["alone"]),
+    ([{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}], ["hi"]),
+    (np.array(["a", "b"], dtype=object), ["a", "b"]),
+    ('["first", "second"]', ["first", "second"]),  # CSV files hold lists as JSON text
+    (json.dumps(CHAT[:2]), ["first"]),
+    ("[1, 2] is a list", ["[1, 2] is a list"]),
+    ("[1, 2]", ["[1, 2]"]),
+    ("\ud83d lone surrogate", ["\ufffd lone surrogate"]),
+])
+def test_prompt_shapes(value, turns):
+    assert prompt_turns(value) == turns
+    assert user_turns(value) == turns
+
+
+@pytest.mark.parametrize("value", [None, "", "   ", [], ["", " "],
+                                   [{"role": "assistant", "content": "x"}]])
+def test_a_prompt_without_user_text_is_empty(value):
+    assert user_turns(value) == []
+    with pytest.raises(BadPrompt):
+        prompt_turns(value)
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    (3.5, "not float"),
+    (["text", {"role": "user", "content": "x"}], "only strings or only messages"),
+    ([{"content": "x"}], "message 0 has no 'role'"),
+    ([{"role": "user", "content": 3}], "message 0 content must be text"),
+])
+def test_a_malformed_prompt_is_an_error_everywhere(value, message):
+    with pytest.raises(BadPrompt, match=message):
+        user_turns(value)
+    parse = RecordParser("generic", Columns(prompt="prompt"), text_fields=False)
+    with pytest.raises(Exception, match=f"prompt: .*{message}"):
+        parse({"prompt": value, "model_a": "x", "model_b": "y", "winner": "a"})
+
+
+def test_prepare_and_predict_read_sharegpt_alike():
+    sharegpt = [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]
+    parse = RecordParser("generic", Columns(prompt="prompt"), text_fields=False)
+    battle = parse({"prompt": sharegpt, "model_a": "x", "model_b": "y", "winner": "a"})
+    assert battle.prompt == prompt_turns(sharegpt) == ["hi"]
