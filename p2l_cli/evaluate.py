@@ -27,6 +27,7 @@ import torch
 from scipy.stats import kendalltau
 
 from p2l_cli.contracts.battles import outcome_column
+from p2l_cli.contracts.predictions import Predictions, predictions_from_frame, read_predictions
 from p2l_cli.errors import UserError
 from p2l_cli.io import read_json, read_table, read_table_meta
 from p2l_cli.stats.families import (
@@ -49,18 +50,6 @@ TURNS = "turns"
 
 
 @dataclass
-class Predictions:
-    """Per-prompt coefficients with the model list, head and likelihood family they belong to."""
-
-    frame: pl.DataFrame
-    models: list[str]
-    family: str
-    head: str
-    source: str
-    model_dir: str | None = None  # the model folder that predicted them, when known
-
-
-@dataclass
 class Votes:
     """Validation votes in the predictions' model indices, with what the metrics need."""
 
@@ -69,31 +58,6 @@ class Votes:
     weights: np.ndarray  # [N]
     clusters: np.ndarray  # [N] prompt index: the bootstrap resamples these
     dropped: int  # votes on models the predictions do not cover
-
-
-def predictions_from_table(frame: pl.DataFrame, meta: dict | None, source: str) -> Predictions:
-    if not meta or not isinstance(meta.get("models"), list):
-        raise UserError(
-            f"{source}: no p2l metadata (model list, head, loss); expected the output of "
-            "`p2l predict`"
-        )
-    if "coefs" not in frame.columns:
-        raise UserError(f"{source}: no 'coefs' column; expected the output of `p2l predict`")
-    try:
-        family = canonical_family(meta.get("loss") or "bt")
-    except ValueError as exc:
-        raise UserError(f"{source}: {exc}") from None
-    if has_eta(family) and "eta" not in frame.columns:
-        raise UserError(f"{source}: loss {family!r} needs an 'eta' column")
-    model_dir = meta.get("model") if isinstance(meta.get("model"), str) else None
-    return Predictions(
-        frame, list(meta["models"]), family, meta.get("head") or "bt", source, model_dir
-    )
-
-
-def read_predictions(path: str | Path) -> Predictions:
-    frame, meta = read_table_meta(path)
-    return predictions_from_table(frame, meta, str(path))
 
 
 def read_battles(path: str | Path, what: str) -> pl.DataFrame:
@@ -817,7 +781,7 @@ def predictions_from_model(
         max_batch_size=batch_size or DEFAULT_MAX_BATCH_SIZE,
         name="VAL_BATTLES",
     )
-    return predictions_from_table(frame, predictions_metadata(model, source), str(source))
+    return predictions_from_frame(frame, predictions_metadata(model, source), str(source))
 
 
 def run_evaluation(

@@ -28,6 +28,7 @@ import torch
 
 from p2l_cli import io
 from p2l_cli.contracts.battles import BATTLE_COLUMNS, outcome_column
+from p2l_cli.contracts.predictions import Predictions, predictions_from_frame
 from p2l_cli.errors import UserError
 from p2l_cli.stats import families
 from p2l_cli.stats.aggregate import aggregate_fit, bootstrap_aggregate
@@ -72,27 +73,6 @@ class Battles:
             winner=remap[winner],
             loser=remap[loser],
             tie_code=self.tie_code[mask],
-            weight=None if self.weight is None else self.weight[mask],
-        )
-
-
-@dataclass
-class Predictions:
-    """Per-prompt coefficients ``[N, M]`` (model-list order) with the head's family."""
-
-    models: list[str]
-    coefs: np.ndarray
-    family: str
-    eta: np.ndarray | None = None
-    weight: np.ndarray | None = None
-    groups: np.ndarray | None = None
-
-    def subset(self, mask: np.ndarray) -> Predictions:
-        return Predictions(
-            models=self.models,
-            coefs=self.coefs[mask],
-            family=self.family,
-            eta=None if self.eta is None else self.eta[mask],
             weight=None if self.weight is None else self.weight[mask],
         )
 
@@ -148,7 +128,7 @@ def load_input(source: str, fmt: str | None = None, by: str | None = None,
             )
         by = None
     if "coefs" in columns:
-        return predictions_from_frame(df, meta, name, by, family)
+        return replace(predictions_from_frame(df, meta, name, family), groups=_groups(df, by))
     if all(c in columns for c in BATTLE_COLUMNS):
         return battles_from_frame(df, name, by)
     raise UserError(
@@ -228,48 +208,6 @@ def battles_from_frame(df: pl.DataFrame, name: str, by: str | None = None) -> Ba
         weight=weight,
         groups=_groups(df, by),
     )
-
-
-def predictions_from_frame(
-    df: pl.DataFrame, meta: dict, name: str, by: str | None = None, family: str | None = None
-) -> Predictions:
-    """Per-prompt coefficients from a ``p2l predict`` output and its metadata."""
-    models = meta.get("models")
-    if not models:
-        raise UserError(f"{name}: has coefs but no p2l metadata with the model list; "
-                        "was it written by p2l predict?")
-    if df.height == 0:
-        raise UserError(f"{name}: no predictions")
-    m = len(models)
-    family = family or meta.get("loss") or ("rk" if meta.get("head") == "rk" else "bt")
-    try:
-        family = families.canonical_family(family)
-    except ValueError as exc:
-        raise UserError(f"{name}: {exc}") from None
-    coefs_col = df.get_column("coefs")
-    lengths = coefs_col.list.len()
-    bad = lengths.is_null() | (lengths != m)
-    if bad.any():
-        row = _first_bad_row(bad)
-        raise UserError(f"{name}: row {row}: coefs has {lengths[row - 1]} values, expected {m} "
-                        "(one per model in the metadata)")
-    coefs = coefs_col.cast(pl.Array(pl.Float32, m)).to_numpy()
-    if not np.isfinite(coefs).all():
-        row = int(np.flatnonzero(~np.isfinite(coefs).all(1))[0]) + 1
-        raise UserError(f"{name}: row {row}: coefs are not all finite")
-    eta = None
-    if families.has_eta(family):
-        if "eta" not in df.columns:
-            raise UserError(f"{name}: family {family} needs an eta column")
-        eta_col = df.get_column("eta").cast(pl.Float64)
-        if eta_col.null_count():
-            raise UserError(f"{name}: row {_first_bad_row(eta_col.is_null())}: eta is empty")
-        eta = eta_col.to_numpy()
-    weight = None
-    if "weight" in df.columns:
-        weight = df.get_column("weight").cast(pl.Float64).fill_null(1.0).to_numpy()
-    return Predictions(models=list(models), coefs=coefs, family=family, eta=eta, weight=weight,
-                       groups=_groups(df, by))
 
 
 # ------------------------------------------------------------------------ leaderboards

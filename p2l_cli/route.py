@@ -740,14 +740,6 @@ def parse_budgets(text: str) -> list[float]:
 # ------------------------------------------------------------------------ predictions input
 
 
-@dataclass(frozen=True)
-class Predictions:
-    models: list[str]
-    family: str
-    coefs: np.ndarray  # [N, M] float64
-    eta: np.ndarray | None  # [N] for rk and grk
-
-
 def predict_prompts_table(model_source: str, source: str):
     """Predict a prompts table (file or ``-``) with a P2L model: ``(frame, metadata)``."""
     from p2l_cli.io import read_table_meta, source_name
@@ -759,47 +751,6 @@ def predict_prompts_table(model_source: str, source: str):
     model, tokenizer = load_for_inference(model_source)
     frame = predict_frame(model, tokenizer, df, name=source_name(source))
     return frame, model.info.metadata()
-
-
-def predictions_arrays(df, meta: dict | None, source: str) -> Predictions:
-    """Check a predictions table (the predictions contract) and pull out its arrays."""
-    models = (meta or {}).get("models")
-    if not isinstance(models, list) or not models or not all(isinstance(x, str) for x in models):
-        raise UserError(
-            f"{source}: no p2l metadata with a model list; route reads the output of "
-            "`p2l predict` (Parquet, or JSONL whose first line is {\"p2l\": {...}}), or "
-            "prompts with --model MODEL"
-        )
-    raw_family = meta.get("loss") or meta.get("head") or "bt"
-    try:
-        family = canonical_family(str(raw_family))
-    except ValueError as exc:
-        raise UserError(f"{source}: p2l metadata: {exc}") from None
-    if df.height == 0:
-        raise UserError(f"{source}: no rows to route")
-    if "coefs" not in df.columns:
-        raise UserError(f"{source}: no 'coefs' column")
-    column = df.get_column("coefs")
-    lengths = column.list.len().fill_null(-1).to_numpy()
-    bad = np.flatnonzero(lengths != len(models))
-    if bad.size:
-        raise UserError(
-            f"{source}: row {bad[0] + 1}: 'coefs' has {max(int(lengths[bad[0]]), 0)} values "
-            f"for {len(models)} models"
-        )
-    coefs = np.array(column.explode().to_numpy(), dtype=np.float64).reshape(-1, len(models))
-    if not np.isfinite(coefs).all():
-        row = int(np.flatnonzero(~np.isfinite(coefs).all(axis=1))[0])
-        raise UserError(f"{source}: row {row + 1}: 'coefs' holds a missing or non-finite value")
-    eta = None
-    if has_eta(family):
-        if "eta" not in df.columns:
-            raise UserError(f"{source}: the {family} family needs an 'eta' column")
-        eta = np.array(df.get_column("eta").cast(float).to_numpy(), dtype=np.float64)
-        if not np.isfinite(eta).all():
-            row = int(np.flatnonzero(~np.isfinite(eta))[0])
-            raise UserError(f"{source}: row {row + 1}: 'eta' is missing or not finite")
-    return Predictions(list(models), family, coefs, eta)
 
 
 # ------------------------------------------------------------------------------- outputs

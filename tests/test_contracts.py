@@ -11,6 +11,7 @@ import pytest
 
 from p2l_cli import evaluate, leaderboard
 from p2l_cli.contracts.battles import WINNER_SPELLINGS
+from p2l_cli.contracts.predictions import predictions_from_frame
 from p2l_cli.contracts.prompts import BadPrompt, prompt_turns, user_turns
 from p2l_cli.data.formats import Columns, RecordParser
 from p2l_cli.errors import UserError
@@ -143,3 +144,59 @@ def test_prepare_and_predict_read_sharegpt_alike():
     parse = RecordParser("generic", Columns(prompt="prompt"), text_fields=False)
     battle = parse({"prompt": sharegpt, "model_a": "x", "model_b": "y", "winner": "a"})
     assert battle.prompt == prompt_turns(sharegpt) == ["hi"]
+
+
+# --------------------------------------------------------------------------- predictions
+
+META = {"models": ["a", "b"], "head": "bt", "loss": "bt"}
+COEFS = pl.DataFrame({"coefs": [[0.1, 0.2], [0.3, 0.4]], "eta": [0.5, 0.6]})
+
+
+@pytest.mark.parametrize(("meta", "family"), [
+    ({"models": ["a", "b"], "head": "rk"}, "rk"),  # no loss: the head's family
+    ({"models": ["a", "b"], "head": "bt"}, "bt"),
+    ({"models": ["a", "b"]}, "bt"),
+    ({"models": ["a", "b"], "head": "rk", "loss": "bag"}, "grk"),
+    ({"models": ["a", "b"], "head": "bt", "loss": "bt-tie"}, "bt-tie"),
+])
+def test_every_command_reads_the_same_family_from_metadata(tmp_path, meta, family):
+    preds = predictions_from_frame(COEFS, meta, "p.parquet")
+    assert preds.family == family
+    np.testing.assert_allclose(preds.coefs, [[0.1, 0.2], [0.3, 0.4]], rtol=1e-6)
+    assert (preds.eta is not None) == (family in ("rk", "grk"))
+    # leaderboard and evaluate read the file through the same contract
+    from p2l_cli.io import write_table
+
+    path = tmp_path / "p.parquet"
+    write_table(COEFS, path, meta=meta)
+    assert leaderboard.load_input(str(path)).family == family
+    assert evaluate.read_predictions(path).family == family
+
+
+@pytest.mark.parametrize(("frame", "meta", "message"), [
+    (COEFS, None, "p.parquet: no p2l metadata"),
+    (COEFS, {"models": []}, "no p2l metadata"),
+    (COEFS, {**META, "loss": "nonsense"}, "p.parquet: p2l metadata: unknown likelihood family"),
+    (COEFS.clear(), META, "p.parquet: no rows"),
+    (pl.DataFrame({"x": [1]}), META, "no 'coefs' column"),
+    (pl.DataFrame({"coefs": [[0.1, 0.2], [0.3]]}), META, "row 2: 'coefs' has 1 values for 2"),
+    (pl.DataFrame({"coefs": [[0.1, 0.2], [0.3, float("nan")]]}), META, "row 2: 'coefs' holds"),
+    (COEFS.drop("eta"), {**META, "loss": "rk"}, "the rk family needs an 'eta' column"),
+    (COEFS.with_columns(eta=pl.Series([0.5, None])), {**META, "loss": "grk"}, "row 2: 'eta'"),
+])
+def test_bad_predictions_give_one_error(frame, meta, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(")):
+        predictions_from_frame(frame, meta, "p.parquet")
+
+
+def test_the_commands_report_a_bad_predictions_file_alike(tmp_path):
+    from tests.conftest import run_cli
+
+    path = tmp_path / "p.parquet"
+    pl.DataFrame({"coefs": [[0.1, 0.2], [0.3]]}).write_parquet(path)
+    lines = set()
+    for args in (["leaderboard", path], ["route", path], ["evaluate", path, path]):
+        result = run_cli(*args)
+        assert result.exit_code == 2, result.output
+        lines.add(result.output.strip().splitlines()[-1])
+    assert len(lines) == 1 and "no p2l metadata" in lines.pop()

@@ -8,7 +8,6 @@ import json
 import math
 
 import numpy as np
-import polars as pl
 import pytest
 from scipy import optimize
 from scipy.special import expit
@@ -456,21 +455,3 @@ def test_summary_orders_router_and_single_models():
     assert (np.diff(rates) < 0).all() and (np.diff(scores) < 0).all()  # same order
     assert all(r["score"] is None for r in summary["models"] if not r["fits_budget"])
     assert summary["router"]["mean_cost"] == pytest.approx(budget)
-
-
-# --------------------------------------------------------------------- predictions input
-
-
-def test_predictions_arrays_reject_bad_input():
-    df = pl.DataFrame({"coefs": [[0.1, 0.2], [0.3, 0.4]]})
-    meta = {"models": ["a", "b"], "head": "bt", "loss": "bt"}
-    preds = route.predictions_arrays(df, meta, "p.parquet")
-    np.testing.assert_allclose(preds.coefs, [[0.1, 0.2], [0.3, 0.4]])
-    with pytest.raises(UserError, match="no p2l metadata"):
-        route.predictions_arrays(df, None, "p.parquet")
-    with pytest.raises(UserError, match="no rows"):
-        route.predictions_arrays(df.clear(), meta, "p.parquet")
-    with pytest.raises(UserError, match="row 2"):
-        route.predictions_arrays(pl.DataFrame({"coefs": [[0.1, 0.2], [0.3]]}), meta, "p.parquet")
-    with pytest.raises(UserError, match="'eta'"):
-        route.predictions_arrays(df, {**meta, "head": "rk", "loss": "rk"}, "p.parquet")

@@ -137,6 +137,7 @@ def route(
     set_quiet(quiet)
     from p2l_cli import io  # polars/pyarrow, and numpy/torch/scipy: only when routing
     from p2l_cli import route as lib
+    from p2l_cli.contracts.predictions import predictions_from_frame
 
     lib.check_options(costs, budget, budget_scope, price, solver, sweep, plot)
     outputs = {"--output/-o": output, "--summary": summary, "--plot": plot}
@@ -151,7 +152,7 @@ def route(
         df, meta = io.read_table_meta(input)
     else:
         df, meta = lib.predict_prompts_table(model, input)
-    preds = lib.predictions_arrays(df, meta, source)
+    preds = predictions_from_frame(df, meta, source)
     choosable = lib.choosable_models(preds.models, models)
     cost_vector = None
     if costs is not None:
