@@ -24,7 +24,6 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
 from p2l_cli import io
 from p2l_cli.contracts.battles import BATTLE_COLUMNS, outcome_column
@@ -40,6 +39,7 @@ from p2l_cli.stats.marginal import (
     percentile_interval,
 )
 from p2l_cli.stats.pairfit import shift_invariant
+from p2l_cli.stats.winrates import win_rates_vs_others
 
 OUTPUT_FORMATS = ("csv", "json", "jsonl", "parquet", "md")
 NO_GROUP = "(none)"
@@ -239,18 +239,6 @@ def rank_with_ties(score: np.ndarray, lower: np.ndarray | None = None,
     return 1 + len(order) - np.searchsorted(order, upper, side="right")
 
 
-def expected_win_rates(theta: np.ndarray, eta: float | None, family: str) -> np.ndarray:
-    """Mean probability of being preferred to each other model (ties count half)."""
-    m = len(theta)
-    if m < 2:
-        return np.full(m, np.nan)
-    coefs = torch.as_tensor(np.asarray(theta, dtype=np.float64))
-    eta_t = None if eta is None else torch.tensor(float(eta), dtype=torch.float64)
-    wins = families.win_matrix(coefs, eta_t, family).numpy()
-    np.fill_diagonal(wins, 0.0)
-    return wins.sum(1) / (m - 1)
-
-
 def build_table(models, theta, family, eta=None, lower=None, upper=None, votes=None):
     """The leaderboard table, best first (theta and its bounds on the raw scale)."""
     theta = np.asarray(theta, dtype=np.float64)
@@ -263,7 +251,7 @@ def build_table(models, theta, family, eta=None, lower=None, upper=None, votes=N
     }
     if votes is not None:
         columns["votes"] = np.asarray(votes, dtype=np.int64)
-    columns["win_rate"] = expected_win_rates(theta, eta, family)
+    columns["win_rate"] = win_rates_vs_others(theta, eta, family)
     columns["theta"] = theta
     table = pl.DataFrame(columns).with_columns(pl.col("lower", "upper").fill_nan(None))
     return table.sort(["score", "model"], descending=[True, False])
@@ -404,16 +392,35 @@ def aggregate_leaderboard(
                        meta={"level": level, "cross_entropy": fit.cross_entropy})
 
 
+def prompt_table(models: list[str], coefs: np.ndarray, eta: float | None,
+                 family: str) -> pl.DataFrame:
+    """One prompt's own leaderboard table: its coefficients, centred unless the family is
+    ``grk`` (whose coefficients are absolute: a both-bad tie depends on their level)."""
+    theta = _centre(np.asarray(coefs, dtype=np.float64), family)
+    return build_table(models, theta, family, eta)
+
+
 def prompt_leaderboard(preds: Predictions, index: int) -> Leaderboard:
-    """One prompt's own leaderboard: its coefficients (centred unless grk), no intervals."""
+    """The leaderboard of the prompt at ``index`` (negative counts from the end)."""
     n = len(preds.coefs)
     if not -n <= index < n:
         raise UserError(f"--prompt-index {index}: the input has {n} prompts (0 to {n - 1})")
-    theta = _centre(preds.coefs[index].astype(np.float64), preds.family)
     eta = None if preds.eta is None else float(preds.eta[index])
-    table = build_table(preds.models, theta, preds.family, eta)
+    table = prompt_table(preds.models, preds.coefs[index], eta, preds.family)
     return Leaderboard(table, preds.family, "prompt", "none", 1, eta,
                        meta={"prompt_index": index % n})
+
+
+def prompt_rows(models: list[str], coefs: np.ndarray, eta: float | None,
+                family: str) -> list[dict]:
+    """:func:`prompt_table` as rows, best first, with each model's raw coefficient
+    (``coef``) beside its score and win rate: what ``predict --prompt`` and ``serve`` show."""
+    coef_of = dict(zip(models, np.asarray(coefs, dtype=np.float64).tolist()))
+    return [
+        {"rank": row["rank"], "model": row["model"], "coef": coef_of[row["model"]],
+         "score": row["score"], "win_rate": row["win_rate"]}
+        for row in prompt_table(models, coefs, eta, family).iter_rows(named=True)
+    ]
 
 
 def build_leaderboard(data: Battles | Predictions, *, family: str | None = None,

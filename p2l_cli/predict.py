@@ -839,38 +839,3 @@ def _predict_in_parts(model, tokenizer, table, dest, fmt, meta, options, workers
         if workers.main:
             shutil.rmtree(folder, ignore_errors=True)
         workers.stop()
-
-
-# ----------------------------------------------------------------------- one prompt's table
-
-
-@dataclass
-class LeaderboardRow:
-    rank: int
-    model: str
-    coef: float
-    score: float
-    win_rate: float
-
-
-def prompt_leaderboard(coefs: np.ndarray, eta: float | None, info) -> list[LeaderboardRow]:
-    """One prompt's leaderboard, best first: Arena-scale score ``1000 + 400/ln(10) * theta``
-    relative to the mean coefficient, and the expected win rate against the other models
-    (ties counting half, in the model's likelihood family)."""
-    from p2l_cli.stats import arena_scale
-    from p2l_cli.stats.families import win_matrix
-
-    theta = torch.as_tensor(np.asarray(coefs, dtype=np.float64))
-    eta_t = None if eta is None else torch.tensor(float(eta), dtype=torch.float64)
-    wins = win_matrix(theta, eta_t, info.family).numpy()
-    m = len(theta)
-    off_diagonal = ~np.eye(m, dtype=bool)
-    win_rate = (wins * off_diagonal).sum(axis=1) / max(m - 1, 1)
-    score = arena_scale(theta.numpy() - theta.numpy().mean())
-    order = np.argsort(-theta.numpy(), kind="stable")
-    return [
-        LeaderboardRow(
-            rank, info.model_list[i], float(theta[i]), float(score[i]), float(win_rate[i])
-        )
-        for rank, i in enumerate(order, start=1)
-    ]

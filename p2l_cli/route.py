@@ -44,6 +44,7 @@ from p2l_cli.stats.aggregate import aggregate
 from p2l_cli.stats.families import canonical_family, has_eta, win_probability
 from p2l_cli.stats.marginal import arena_scale
 from p2l_cli.stats.pairfit import torch_threads
+from p2l_cli.stats.winrates import BLOCK_ELEMENTS, win_rates_vs_opponents
 
 SCOPES = ("batch", "prompt")
 SOLVERS = ("exact", "highs")
@@ -51,7 +52,6 @@ PRICE_KEY = "price_per_million_output_tokens"
 TOKENS_KEY = "mean_output_tokens"
 SHIFT_INVARIANT = ("bt", "bt-tie", "rk")
 _TOP_K = re.compile(r"^leaderboard-top-(\d+)$")
-BLOCK_ELEMENTS = 1 << 15  # pairwise probabilities per block: a block's temporaries stay in cache
 
 # ------------------------------------------------------------------- costs and weights files
 
@@ -324,29 +324,6 @@ def leaderboard_theta(coefs: np.ndarray, eta: np.ndarray | None, family: str) ->
     return np.asarray(aggregate(coefs, eta, family=family)[0], dtype=np.float64)
 
 
-def expected_win_rates(
-    coefs: np.ndarray,
-    q: np.ndarray,
-    eta: np.ndarray | None = None,
-    family: str = "bt",
-) -> np.ndarray:
-    """``v[z, i] = sum_a q_a P(i preferred to a | z)`` for every prompt and model ``[N, M]``."""
-    family = canonical_family(family)
-    support = np.flatnonzero(q > 0)
-    weights = torch.tensor(q[support], dtype=torch.float64)
-    out = np.empty(coefs.shape, dtype=np.float64)
-    block = max(1, BLOCK_ELEMENTS // (coefs.shape[1] * len(support)))
-    with torch_threads():
-        for start in range(0, coefs.shape[0], block):
-            theta = torch.tensor(coefs[start : start + block], dtype=torch.float64)
-            tie = None
-            if has_eta(family):
-                tie = torch.tensor(eta[start : start + block], dtype=torch.float64)[:, None, None]
-            p = win_probability(theta[:, :, None], theta[:, None, support], tie, family)
-            out[start : start + block] = (p @ weights).numpy()
-    return out
-
-
 # ------------------------------------------------------------------------------- solvers
 
 
@@ -502,7 +479,7 @@ def _clean(strategy: np.ndarray) -> np.ndarray:
     return strategy / strategy.sum(axis=1, keepdims=True)
 
 
-def solve(
+def solve_routing(
     values: np.ndarray,
     costs: np.ndarray | None,
     budget: float | None = None,
@@ -661,7 +638,7 @@ def build_problem(
     costs: np.ndarray | None,
 ) -> Problem:
     q = opponent_distribution(opponents, models, coefs, eta, family)
-    values = expected_win_rates(coefs, q, eta, family)[:, list(choosable)]
+    values = win_rates_vs_opponents(coefs, q, eta, family)[:, list(choosable)]
     return Problem(list(models), family, coefs, eta, q, list(choosable), costs, values)
 
 
@@ -710,7 +687,7 @@ def sweep(problem: Problem, budgets: Sequence[float], scope: str, solver: str) -
     rows = []
     for budget in budgets:
         check_budget(budget, problem.costs, problem.names)
-        routing = solve(problem.values, problem.costs, budget, scope, solver=solver)
+        routing = solve_routing(problem.values, problem.costs, budget, scope, solver=solver)
         rows.append(
             {
                 "budget": float(budget),

@@ -4,7 +4,6 @@ order invariance, every input shape and format, streaming through real pipes, ba
 from __future__ import annotations
 
 import json
-import math
 import os
 import queue
 import random
@@ -40,7 +39,6 @@ from p2l_cli.predict import (
     predict_file,
     predict_frame,
     predict_prompts,
-    prompt_leaderboard,
     read_chunks,
     resolve_device,
     resolve_dtype,
@@ -464,34 +462,6 @@ def test_stdin_to_stdout_streams_through_real_pipes(folders, loaded, tmp_path):
 
 
 # ----------------------------------------------------------------------- one prompt
-
-
-def test_prompt_leaderboard_numbers():
-    class Info:
-        model_list = ("a", "b", "c")
-        family = "rk"
-
-    theta = np.array([0.4, -0.2, 1.1])
-    eta = 24.0
-    rows = prompt_leaderboard(theta, eta, Info)
-    assert [r.model for r in rows] == ["c", "a", "b"] and [r.rank for r in rows] == [1, 2, 3]
-    width = max(math.log1p(math.exp(0.1 * (eta - 22.5))) / 0.1, 0.02)
-
-    def sigmoid(x: float) -> float:
-        return 1 / (1 + math.exp(-x))
-
-    for row in rows:
-        i = Info.model_list.index(row.model)
-        assert row.score == pytest.approx(1000 + 400 / math.log(10) * (theta[i] - theta.mean()))
-        rates = []
-        for j in range(3):
-            if j != i:
-                win, loss = (
-                    sigmoid(theta[i] - theta[j] - width),
-                    sigmoid(theta[j] - theta[i] - width),
-                )
-                rates.append(win + 0.5 * (1 - win - loss))
-        assert row.win_rate == pytest.approx(np.mean(rates), abs=1e-9)
 
 
 def test_single_prompt_prints_a_leaderboard(folders, loaded, tmp_path):

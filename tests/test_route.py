@@ -14,6 +14,7 @@ from scipy.special import expit
 
 from p2l_cli import route
 from p2l_cli.errors import UserError
+from p2l_cli.stats.winrates import win_rates_vs_opponents
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -175,7 +176,7 @@ def test_expected_win_rates_bt_match_a_direct_sum():
     rng = np.random.default_rng(1)
     coefs = rng.normal(size=(5, 4))
     q = np.array([0.1, 0.2, 0.3, 0.4])
-    got = route.expected_win_rates(coefs, q, family="bt")
+    got = win_rates_vs_opponents(coefs, q, family="bt")
     for z, i in itertools.product(range(5), range(4)):
         direct = sum(q[a] / (1 + math.exp(coefs[z, a] - coefs[z, i])) for a in range(4))
         assert got[z, i] == pytest.approx(direct, abs=1e-12)
@@ -185,7 +186,7 @@ def test_expected_win_rates_rk_count_half_a_tie():
     rng = np.random.default_rng(2)
     coefs, eta = rng.normal(size=(3, 4)), np.array([20.0, 30.0, 45.0])
     q = np.full(4, 0.25)
-    got = route.expected_win_rates(coefs, q, eta, family="rk")
+    got = win_rates_vs_opponents(coefs, q, eta, family="rk")
     for z, i in itertools.product(range(3), range(4)):
         x = eta[z] - 22.5
         width = max(math.log1p(math.exp(0.1 * x)) / 0.1, 0.02)  # softplus with beta 0.1
@@ -234,7 +235,7 @@ def test_unconstrained_choice_is_the_top_coefficient_for_every_family():
     coefs, eta = rng.normal(0, 2, size=(200, 6)), rng.normal(0, 3, 200)
     q = rng.dirichlet(np.ones(6))
     for family in ("bt", "rk", "grk"):
-        values = route.expected_win_rates(coefs, q, eta + (25 if family == "rk" else 0), family)
+        values = win_rates_vs_opponents(coefs, q, eta + (25 if family == "rk" else 0), family)
         chosen = route.route_by_price(values, np.ones(6), 0.0).strategy.argmax(axis=1)
         np.testing.assert_array_equal(chosen, coefs.argmax(axis=1))
 
@@ -321,7 +322,7 @@ def test_batch_lp_equals_brute_force_over_vertices():
 
 def test_batch_lp_with_highs_matches_the_exact_method():
     coefs, costs = simulated_arena(60, seed=7)
-    values = route.expected_win_rates(coefs, np.full(8, 1 / 8))
+    values = win_rates_vs_opponents(coefs, np.full(8, 1 / 8))
     budget = float(np.quantile(costs, 0.5))
     exact = route.route_batch(values, costs, budget)
     highs = route.route_batch_linprog(values, costs, budget)
@@ -344,7 +345,7 @@ def test_batch_is_never_worse_than_per_prompt_at_equal_cost():
 
 def test_batch_beats_per_prompt_on_a_simulated_arena():
     coefs, costs = simulated_arena(400, seed=9)
-    values = route.expected_win_rates(coefs, np.full(8, 1 / 8))
+    values = win_rates_vs_opponents(coefs, np.full(8, 1 / 8))
     for budget in np.quantile(costs, [0.3, 0.5, 0.7]):
         per_prompt = route.route_per_prompt(values, costs, budget).strategy
         spent = float((per_prompt @ costs).mean())
@@ -355,7 +356,7 @@ def test_batch_beats_per_prompt_on_a_simulated_arena():
 
 def test_price_router_meets_the_budget_on_held_out_prompts():
     coefs, costs = simulated_arena(6000, seed=10)
-    values = route.expected_win_rates(coefs, np.full(8, 1 / 8))
+    values = win_rates_vs_opponents(coefs, np.full(8, 1 / 8))
     calibrate, held_out = values[:3000], values[3000:]
     budget = float(np.quantile(costs, 0.5))
     price = route.route_batch(calibrate, costs, budget).price
@@ -369,11 +370,11 @@ def test_price_router_meets_the_budget_on_held_out_prompts():
 
 def test_solve_dispatches_scopes_and_solvers():
     coefs, costs = simulated_arena(30, seed=11)
-    values = route.expected_win_rates(coefs, np.full(8, 1 / 8))
+    values = win_rates_vs_opponents(coefs, np.full(8, 1 / 8))
     budget = float(np.median(costs))
     for scope in route.SCOPES:
-        exact = route.solve(values, costs, budget, scope, solver="exact").strategy
-        highs = route.solve(values, costs, budget, scope, solver="highs").strategy
+        exact = route.solve_routing(values, costs, budget, scope, solver="exact").strategy
+        highs = route.solve_routing(values, costs, budget, scope, solver="highs").strategy
         np.testing.assert_allclose((exact * values).sum(1).mean(), (highs * values).sum(1).mean(),
                                    atol=1e-9)  # fmt: skip
 
@@ -413,7 +414,7 @@ def test_router_theta_pools_prompts_and_opponents():
 def test_router_theta_of_one_model_on_one_prompt_is_its_coefficient():
     coefs = np.array([[0.3, -0.2, 1.1, 0.0]])
     q = np.full(4, 0.25)
-    values = route.expected_win_rates(coefs, q)
+    values = win_rates_vs_opponents(coefs, q)
     thetas = route.router_thetas(coefs, q, values[0])
     np.testing.assert_allclose(thetas, coefs[0] - coefs[0].mean(), atol=1e-8)
 
@@ -442,7 +443,7 @@ def test_summary_orders_router_and_single_models():
     models = [f"m{i}" for i in range(8)]
     problem = route.build_problem(models, "bt", coefs, None, "uniform", list(range(8)), costs)
     budget = float(np.quantile(costs, 0.6))
-    routing = route.solve(problem.values, costs, budget, "batch")
+    routing = route.solve_routing(problem.values, costs, budget, "batch")
     chosen = route.choose(routing.strategy, costs, 0)
     summary = route.summarise(problem, routing, chosen, budget)
     fitting = [r for r in summary["models"] if r["fits_budget"]]

@@ -174,7 +174,7 @@ def route(
         return
     if budget is not None:
         lib.check_budget(budget, cost_vector, problem.names)
-    routing = lib.solve(problem.values, cost_vector, budget, budget_scope, price, solver)
+    routing = lib.solve_routing(problem.values, cost_vector, budget, budget_scope, price, solver)
     chosen = lib.choose(routing.strategy, cost_vector, None if deterministic else seed)
     result = lib.summarise(problem, routing, chosen, budget)
     result["scope"] = budget_scope if budget is not None else None
