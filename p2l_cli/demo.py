@@ -307,7 +307,7 @@ def run_command(argv: list[str], quiet: bool = False) -> None:
 
 def default_budget(costs_path: Path) -> float:
     """A budget that binds: the geometric mean of the cheapest and the dearest answer."""
-    from p2l_cli.route import read_costs
+    from p2l_cli.contracts.costs import read_costs
 
     costs = read_costs(costs_path)
     low, high = min(costs.values()), max(costs.values())

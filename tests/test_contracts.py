@@ -11,6 +11,7 @@ import pytest
 
 from p2l_cli import evaluate, leaderboard
 from p2l_cli.contracts.battles import WINNER_SPELLINGS
+from p2l_cli.contracts.costs import read_costs, read_weights
 from p2l_cli.contracts.predictions import predictions_from_frame
 from p2l_cli.contracts.prompts import BadPrompt, prompt_turns, user_turns
 from p2l_cli.data.formats import Columns, RecordParser
@@ -200,3 +201,71 @@ def test_the_commands_report_a_bad_predictions_file_alike(tmp_path):
         assert result.exit_code == 2, result.output
         lines.add(result.output.strip().splitlines()[-1])
     assert len(lines) == 1 and "no p2l metadata" in lines.pop()
+
+
+# --------------------------------------------------------------------------------- costs
+
+
+def test_costs_in_three_forms_and_three_formats(tmp_path):
+    yaml_file = tmp_path / "costs.yaml"
+    yaml_file.write_text(
+        "big: 0.01\nmid: {cost: 0.004}\n"
+        "small:\n  price_per_million_output_tokens: 2.5\n  mean_output_tokens: 400\n"
+    )
+    expected = {"big": 0.01, "mid": 0.004, "small": 2.5 * 400 / 1e6}
+    assert read_costs(yaml_file) == pytest.approx(expected)
+    json_file = tmp_path / "costs.json"
+    json_file.write_text(json.dumps({"big": 0.01, "mid": {"cost": 0.004}, "small": {
+        "price_per_million_output_tokens": 2.5, "mean_output_tokens": 400}}))  # fmt: skip
+    assert read_costs(json_file) == pytest.approx(expected)
+    csv_file = tmp_path / "costs.csv"
+    csv_file.write_text(
+        "model,cost,price_per_million_output_tokens,mean_output_tokens\n"
+        "big,0.01,,\nmid,0.004,,\nsmall,,2.5,400\n"
+    )
+    assert read_costs(csv_file) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("text", "suffix", "needle"),
+    [
+        ("big: -0.01\n", ".yaml", "'big'"),
+        ("big: cheap\n", ".yaml", "not a number"),
+        ("big: true\n", ".yaml", "not a number"),
+        ("big: .nan\n", ".yaml", "not a finite"),
+        ('{"big": {"price_per_million_output_tokens": 3}}', ".json", "mean_output_tokens"),
+        ("model,cost\nbig,0.01\nsmall,abc\n", ".csv", "row 3"),
+        ("model,cost\nbig,0.01\nbig,0.02\n", ".csv", "twice"),
+        ("[1, 2]", ".json", "mapping"),
+    ],
+)
+def test_bad_costs_name_the_model_and_file(tmp_path, text, suffix, needle):
+    path = tmp_path / f"costs{suffix}"
+    path.write_text(text)
+    with pytest.raises(UserError) as err:
+        read_costs(path)
+    assert needle in str(err.value)
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "suffix", "key"),
+    [
+        ("big: 0.01\nsmall: 0.001\nbig: 0.02\n", ".yaml", "'big'"),
+        ("big:\n  cost: 0.01\n  cost: 0.02\n", ".yml", "'cost'"),
+        ('{"big": 0.01, "small": 0.001, "big": 0.02}', ".json", "'big'"),
+        ('{"big": {"cost": 0.01, "cost": 0.02}}', ".json", "'cost'"),
+    ],
+)
+def test_duplicate_keys_in_yaml_and_json_costs_are_refused(tmp_path, text, suffix, key):
+    """Like CSV: a model given twice is an error, not 'the last one wins'."""
+    path = tmp_path / f"costs{suffix}"
+    path.write_text(text)
+    with pytest.raises(UserError) as err:
+        read_costs(path)
+    assert str(path) in str(err.value) and key in str(err.value)
+    assert "twice" in str(err.value)
+    if suffix == ".yaml":
+        assert "line 3" in str(err.value)
+    with pytest.raises(UserError, match="twice"):
+        read_weights(path)

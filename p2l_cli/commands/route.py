@@ -137,6 +137,7 @@ def route(
     set_quiet(quiet)
     from p2l_cli import io  # polars/pyarrow, and numpy/torch/scipy: only when routing
     from p2l_cli import route as lib
+    from p2l_cli.contracts.costs import read_costs
     from p2l_cli.contracts.predictions import predictions_from_frame
 
     lib.check_options(costs, budget, budget_scope, price, solver, sweep, plot)
@@ -156,7 +157,7 @@ def route(
     choosable = lib.choosable_models(preds.models, models)
     cost_vector = None
     if costs is not None:
-        cost_vector = lib.cost_vector(lib.read_costs(costs), preds.models, choosable, str(costs))
+        cost_vector = lib.cost_vector(read_costs(costs), preds.models, choosable, str(costs))
     problem = lib.build_problem(
         preds.models, preds.family, preds.coefs, preds.eta, opponents, choosable, cost_vector
     )
