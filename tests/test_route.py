@@ -92,9 +92,9 @@ def test_cost_vector_checks_names_against_the_model_list():
     np.testing.assert_array_equal(route.cost_vector(costs, models, [0, 1], "costs.yaml"), [1, 2])
     with pytest.raises(UserError, match="'zzz'"):
         route.cost_vector({**costs, "c": 1.0, "zzz": 1.0}, models, [0, 1, 2], "costs.yaml")
-    assert route.choosable_models(models, " c, a") == [0, 2]
+    assert route.choosable_models(models, ["c", "a"]) == [0, 2]
     with pytest.raises(UserError, match="--models.*'d'"):
-        route.choosable_models(models, "a,d")
+        route.choosable_models(models, ["a", "d"])
 
 
 def test_budget_below_the_cheapest_model_names_the_smallest_budget():
