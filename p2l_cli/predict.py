@@ -30,7 +30,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -52,8 +51,8 @@ from p2l_cli.io import (
     TableWriter,
     atomic_path,
     format_of,
+    open_stdin,
     parse_table,
-    sniff_format,
     source_name,
     split_metadata_line,
     stdout_buffer,
@@ -429,14 +428,7 @@ def read_chunks(
     """
     name = source_name(source)
     if str(source) == STDIO:
-        stream = sys.stdin.buffer
-        if not hasattr(stream, "peek"):  # e.g. a BytesIO standing in for stdin in tests
-            stream = io.BufferedReader(stream)
-        fmt = (
-            format_of(source, fmt, option="--input-format")
-            if fmt
-            else sniff_format(stream.peek(64)[:64])
-        )
+        fmt, stream = open_stdin(fmt, option="--input-format")
         if fmt == "jsonl":
             return InputTable(name, "line", _jsonl_chunks(stream, chunk_rows, close=False))
         return _whole_table(stream.read(), fmt, name, chunk_rows)

@@ -269,3 +269,36 @@ def test_duplicate_keys_in_yaml_and_json_costs_are_refused(tmp_path, text, suffi
         assert "line 3" in str(err.value)
     with pytest.raises(UserError, match="twice"):
         read_weights(path)
+
+
+# ---------------------------------------------------------------------------------- stdin
+
+VOTES = pl.DataFrame({"prompt": ["hi", "yo"], "model_a": ["x", "x"], "model_b": ["y", "y"],
+                      "winner": ["a", "b"]})
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl", "csv", "json"])
+def test_every_table_reader_tells_stdin_alike(tmp_path, monkeypatch, fmt):
+    import io as stdlib_io
+    import sys
+    import types
+
+    from p2l_cli import io
+    from p2l_cli.data.formats import open_records
+    from p2l_cli.predict import read_chunks
+
+    path = tmp_path / f"votes.{fmt}"
+    io.write_table(VOTES, path, fmt)
+    data = path.read_bytes()
+
+    def stdin():
+        monkeypatch.setattr(sys, "stdin", types.SimpleNamespace(buffer=stdlib_io.BytesIO(data)))
+
+    stdin()
+    assert io.read_table_meta("-")[0].to_dicts() == VOTES.to_dicts()
+    stdin()
+    chunks = [raw.parse("<stdin>").frame for raw in read_chunks("-").chunks]
+    assert pl.concat(chunks).to_dicts() == VOTES.to_dicts()
+    stdin()
+    records = [r for _, batch in open_records("-").batches(None, 10) for r in batch]
+    assert records == VOTES.to_dicts()

@@ -28,7 +28,6 @@ import gzip
 import io
 import json
 import math
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timezone
@@ -42,7 +41,7 @@ import pyarrow.parquet as pq
 from p2l_cli.contracts.battles import outcome_of
 from p2l_cli.contracts.prompts import USER_ROLES, BadPrompt, user_turns, utf8_text
 from p2l_cli.errors import UserError
-from p2l_cli.io import STDIO, format_of, sniff_format, source_name
+from p2l_cli.io import STDIO, format_of, open_stdin, source_name
 
 SCHEMAS = ("arena", "kaggle", "generic")
 FILE_TYPES = ("parquet", "jsonl", "csv", "json")
@@ -201,41 +200,14 @@ def _read_file_bytes(path: str) -> bytes:
 
 
 def _open_stdin(file_type: str | None) -> RecordStream:
-    stream = sys.stdin.buffer
-    head = stream.read(4096)
-    kind = (
-        format_of(STDIO, file_type, option="--input-format") if file_type else sniff_format(head)
-    )
-    if kind in ("parquet", "json"):
-        data = head + stream.read()
-        if kind == "parquet":
-            return _parquet_stream("<stdin>", io.BytesIO(data))
-        return _json_stream("<stdin>", data)
-    joined = io.BufferedReader(_Chained(head, stream))
+    kind, stream = open_stdin(file_type, option="--input-format")
+    if kind == "parquet":
+        return _parquet_stream("<stdin>", io.BytesIO(stream.read()))
+    if kind == "json":
+        return _json_stream("<stdin>", stream.read())
     if kind == "jsonl":
-        return _jsonl_stream("<stdin>", joined)
-    return _csv_stream("<stdin>", joined, delimiter=",")
-
-
-class _Chained(io.RawIOBase):
-    """Bytes already read from a stream, then the rest of the stream."""
-
-    def __init__(self, head: bytes, rest: IO[bytes]):
-        self._head = head
-        self._rest = rest
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        if self._head:
-            n = min(len(buffer), len(self._head))
-            buffer[:n] = self._head[:n]
-            self._head = self._head[n:]
-            return n
-        data = self._rest.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
+        return _jsonl_stream("<stdin>", stream)
+    return _csv_stream("<stdin>", stream, delimiter=",")
 
 
 # --------------------------------------------------------------------------- the readers
