@@ -227,7 +227,7 @@ def _one_prompt(library, model_source, text, output, fmt, options, device, dtype
     table.add_column("model")
     table.add_column("coefficient", justify="right")
     table.add_column("score", justify="right")
-    table.add_column("win rate vs others", justify="right")
+    table.add_column("win rate vs field", justify="right")
     for row in rows:
         table.add_row(str(row["rank"]), row["model"], f"{row['coef']:+.4f}",
                       f"{row['score']:.1f}", f"{row['win_rate']:.1%}")
