@@ -39,7 +39,7 @@ import numpy as np
 import polars as pl
 
 from p2l_cli.io import read_table_meta
-from p2l_cli.route import expected_win_rates
+from p2l_cli.stats.winrates import win_rates_vs_opponents
 
 
 def run_p2l(argv: list[str], log: Path) -> float:
@@ -72,8 +72,8 @@ def router_share(predictions: Path, fresh: Path, truth_family: str) -> dict:
     eta = joined["eta"].to_numpy() if "eta" in joined.columns else None
     true = np.array(joined["true_coefs"].to_list(), dtype=np.float64)
     true_eta = joined["true_eta"].to_numpy() if "true_eta" in joined.columns else None
-    chosen = expected_win_rates(predicted, q, eta, meta["loss"]).argmax(axis=1)
-    value = expected_win_rates(true, q, true_eta, truth_family)
+    chosen = win_rates_vs_opponents(predicted, q, eta, meta["loss"]).argmax(axis=1)
+    value = win_rates_vs_opponents(true, q, true_eta, truth_family)
     router = float(value[np.arange(len(chosen)), chosen].mean())
     best_single = float(value.mean(axis=0).max())
     oracle = float(value.max(axis=1).mean())

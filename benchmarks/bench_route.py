@@ -6,7 +6,7 @@ Predictions come from a simulated arena (``p2l_cli.data.simulate``): each fresh 
 coefficients, plus N(0, 0.3) noise per prompt and model so that no two prompts are alike (as
 with a real P2L model), and the arena's costs. It times:
 
-- the expected win rates against a uniform opponent (``expected_win_rates``),
+- the expected win rates against a uniform opponent (``win_rates_vs_opponents``),
 - per-prompt budgets (frontier method) and batch budgets (exact dual method),
 - the same LPs with scipy's ``linprog`` (HiGHS): per prompt on a sample, extrapolated, and one
   batch LP on a subset (the whole batch with ``--full-linprog``; minutes),
@@ -31,6 +31,7 @@ import polars as pl
 
 from p2l_cli import io, route
 from p2l_cli.data.simulate import costs_yaml, simulate_arena
+from p2l_cli.stats.winrates import win_rates_vs_opponents
 
 
 def best_of(fn, repeat: int = 5) -> tuple[float, object]:
@@ -58,7 +59,7 @@ def arena_predictions(prompts: int, models: int, seed: int = 0):
 def speed(noisy: np.ndarray, costs: np.ndarray, budget: float, args) -> None:
     n, m = noisy.shape
     q = np.full(m, 1.0 / m)
-    t_values, values = best_of(lambda: route.expected_win_rates(noisy, q), 3)
+    t_values, values = best_of(lambda: win_rates_vs_opponents(noisy, q), 3)
     t_prompt, per_prompt = best_of(lambda: route.route_per_prompt(values, costs, budget))
     t_batch, batch = best_of(lambda: route.route_batch(values, costs, budget))
     t_price, _ = best_of(lambda: route.route_by_price(values, costs, batch.price))
@@ -101,7 +102,7 @@ def family_speed(noisy: np.ndarray) -> None:
     for family, shift in (("bt", 0.0), ("rk", 25.0), ("grk", 0.0)):
         tie = eta + shift if family != "bt" else None
         start = time.perf_counter()
-        values = route.expected_win_rates(noisy, q, tie, family)
+        values = win_rates_vs_opponents(noisy, q, tie, family)
         t_values = time.perf_counter() - start
         start = time.perf_counter()
         route.router_thetas(noisy, q, [0.55, *values.mean(axis=0)], tie, family)
@@ -112,7 +113,7 @@ def family_speed(noisy: np.ndarray) -> None:
 
 def quality(coefs: np.ndarray, costs: np.ndarray, label: str) -> None:
     m = coefs.shape[1]
-    values = route.expected_win_rates(coefs, np.full(m, 1.0 / m))
+    values = win_rates_vs_opponents(coefs, np.full(m, 1.0 / m))
     print(f"\n## batch vs per-prompt at equal mean cost ({label})")
     print("| budget | per-prompt win rate | batch win rate (same mean cost) | gain | best single "
           "model within budget |")

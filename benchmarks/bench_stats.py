@@ -88,7 +88,8 @@ def simulate_battles(path: Path, num_battles: int, num_models: int, seed: int = 
 def p2l_end_to_end(path: Path, reweight: bool) -> tuple[pl.DataFrame, float]:
     from rich.console import Console
 
-    from p2l_cli.leaderboard import build_leaderboard, load_input, render
+    from p2l_cli.leaderboard import build_leaderboard, load_input
+    from p2l_cli.leaderboard.report import render
 
     best = float("inf")
     for _ in range(REPEATS):

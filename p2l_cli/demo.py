@@ -1,7 +1,7 @@
 """`p2l demo`: the whole pipeline on a simulated arena, offline, on the CPU.
 
-Each stage is an ordinary ``p2l`` command line, run through the same Typer app as the
-shell runs it (in this process), and printed before it runs; every file it writes stays
+Each stage is an ordinary ``p2l`` command line, run by the command (through the same Typer
+app as the shell runs it, in this process) and printed before it runs; every file it writes stays
 in one folder, and ``commands.sh`` there lists the command lines, so any stage can be
 rerun by hand or pointed at other data:
 
@@ -21,10 +21,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from rich.markup import escape
-
-from p2l_cli.errors import UserError
 
 DEFAULT_OUT = "p2l-demo"
 VAL_FRACTION = 0.2  # of the prompts: held out for the evaluation, never seen in training
@@ -291,27 +287,9 @@ def route_stages(layout: Layout, budget: float) -> list[Stage]:
 # ------------------------------------------------------------------------------- running
 
 
-def run_command(argv: list[str], quiet: bool = False) -> None:
-    """Run ``p2l ARGV`` through the CLI's Typer app, in this process."""
-    from p2l_cli.cli import app
-
-    try:
-        from typer._click.exceptions import ClickException
-    except ImportError:  # pragma: no cover
-        from click.exceptions import ClickException
-
-    args = (["--quiet"] if quiet else []) + list(argv)
-    try:
-        code = app(args=args, prog_name="p2l", standalone_mode=False)
-    except ClickException as exc:
-        raise UserError(f"p2l {argv[0]}: {exc.format_message()}") from None
-    if isinstance(code, int) and code != 0:
-        raise UserError(f"the stage `p2l {argv[0]}` failed (exit {code}); see above")
-
-
 def default_budget(costs_path: Path) -> float:
     """A budget that binds: the geometric mean of the cheapest and the dearest answer."""
-    from p2l_cli.route import read_costs
+    from p2l_cli.contracts.costs import read_costs
 
     costs = read_costs(costs_path)
     low, high = min(costs.values()), max(costs.values())
@@ -334,43 +312,40 @@ def check_out_dir(root: Path, overwrite: bool) -> bool:
 
 
 def run_demo(
+    runner: Callable[[list[str], bool], None],
     out: str | Path = DEFAULT_OUT,
     small: bool = False,
     seed: int = 0,
     overwrite: bool = False,
     quiet: bool = False,
-    runner: Callable[[list[str], bool], None] = run_command,
+    on_stage: Callable[[int, Stage], None] | None = None,
+    on_stage_done: Callable[[Stage, float], None] | None = None,
 ) -> list[Stage]:
-    """Run every stage, printing each command line first; returns the stages run."""
-    from p2l_cli.ui import console
-
+    """Run every stage with ``runner(argv, quiet)``; ``on_stage(number, stage)`` is called
+    before each and ``on_stage_done(stage, seconds)`` after. Returns the stages run."""
     root = Path(out)
     overwrite = check_out_dir(root, overwrite)
     root.mkdir(parents=True, exist_ok=True)
     layout = Layout(root)
     size = SIZES["small" if small else "full"]
     done: list[Stage] = []
-    started = time.perf_counter()
 
     def run(stages: list[Stage]) -> None:
         for stage in stages:
-            number = len(done) + 1
-            console.rule(f"[bold]{number}. {stage.title}")
-            if stage.note:
-                console.print(f"[dim]{stage.note}[/]")
-            console.print(f"[bold cyan]$ {escape(stage.command)}[/]", soft_wrap=True)
+            if on_stage is not None:
+                on_stage(len(done) + 1, stage)
             stage_started = time.perf_counter()
             runner(stage.argv, quiet)
             done.append(stage)
             write_commands(layout.commands, done)
-            console.print(f"[dim]({time.perf_counter() - stage_started:.1f} s)[/]")
+            if on_stage_done is not None:
+                on_stage_done(stage, time.perf_counter() - stage_started)
 
     run(data_stages(layout, size, seed, overwrite))
     run(model_stages(layout, size, seed, overwrite))
     run(evaluation_stages(layout, has_matplotlib()))
     run(leaderboard_stages(layout))
     run(route_stages(layout, default_budget(layout.arena / "costs.yaml")))
-    finish(layout, done, time.perf_counter() - started)
     return done
 
 
@@ -419,20 +394,3 @@ def recap(layout: Layout) -> list[str]:
             )
         lines.append(line)
     return lines
-
-
-def finish(layout: Layout, stages: list[Stage], seconds: float) -> None:
-    from p2l_cli.ui import console
-
-    console.rule("[bold]Done")
-    for line in recap(layout):
-        console.print(line)
-    console.print(
-        f"{len(stages)} stages in {seconds / 60:.1f} minutes; every file is in {layout.root}/:"
-    )
-    for path in sorted(layout.root.rglob("*")):
-        if path.is_file() and "checkpoints" not in path.parts:
-            console.print(f"  {path.relative_to(layout.root)}", highlight=False)
-    console.print(
-        f"Rerun any stage by hand, or on your own data, with the commands in {layout.commands}"
-    )

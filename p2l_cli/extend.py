@@ -33,6 +33,7 @@ import polars as pl
 import torch
 from torch import nn
 
+from p2l_cli.contracts.prompts import BadPrompt, prompt_turns
 from p2l_cli.errors import UserError
 from p2l_cli.evaluate import vote_labels
 from p2l_cli.io import read_table
@@ -65,18 +66,16 @@ class Extension:
         }
 
 
-def prompt_turns(frame: pl.DataFrame, source: str) -> list[list[str]]:
-    """The user turns of each vote (the battles contract's ``prompt`` column)."""
+def vote_prompts(frame: pl.DataFrame, source: str) -> list[list[str]]:
+    """The user turns of each vote, read by the prompts contract."""
     if "prompt" not in frame.columns:
         raise UserError(f"{source}: no 'prompt' column (the battles written by p2l prepare)")
     turns = []
     for row, value in enumerate(frame["prompt"].to_list()):
-        if isinstance(value, str) and value:
-            turns.append([value])
-        elif isinstance(value, list) and value and all(isinstance(t, str) for t in value):
-            turns.append(value)
-        else:
-            raise UserError(f"{source}: row {row + 1}: prompt must be a non-empty list of strings")
+        try:
+            turns.append(prompt_turns(value))
+        except BadPrompt as exc:
+            raise UserError(f"{source}: row {row + 1}: {exc}") from None
     return turns
 
 
@@ -181,7 +180,7 @@ def extend_p2l(
     involved = np.isin(labels[:, :2], new_index).any(axis=1)
     ignored = int((~involved).sum())
     labels = labels[involved]
-    prompts = [turns for turns, keep in zip(prompt_turns(frame, source), involved) if keep]
+    prompts = [turns for turns, keep in zip(vote_prompts(frame, source), involved) if keep]
     per_model = {
         name: int((labels[:, :2] == models.index(name)).any(axis=1).sum()) for name in new_models
     }

@@ -36,7 +36,6 @@ import yaml
 from p2l_cli import __version__
 from p2l_cli.errors import UserError
 from p2l_cli.io import read_json_file
-from p2l_cli.ui import console
 
 REPO_TYPES = ("model", "dataset")
 CARD = "README.md"
@@ -971,8 +970,10 @@ def push_upload(
     private: bool = False,
     revision: str | None = None,
     commit_message: str | None = None,
+    progress_bars: bool = False,
 ) -> PushResult:
-    """Create the repo if missing, the branch if asked for, and send ``upload`` in one commit."""
+    """Create the repo if missing, the branch if asked for, and send ``upload`` in one commit
+    (with huggingface_hub's upload bars on stderr if ``progress_bars``)."""
     from huggingface_hub import HfApi
 
     ensure_online()
@@ -990,36 +991,7 @@ def push_upload(
         f"Upload P2L model with p2l {__version__}" if repo_type == "model"
         else f"Upload {upload.kind} with p2l {__version__}"
     )
-    bars = console.is_terminal and not console.quiet
-    with hub_errors(endpoint, repo_id, "uploading the files"), _progress_bars(bars):
+    with hub_errors(endpoint, repo_id, "uploading the files"), _progress_bars(progress_bars):
         commit = api.create_commit(repo_id, _operations(upload), commit_message=message,
                                    repo_type=repo_type, revision=revision)
     return PushResult(str(repo_url), str(commit.commit_url))
-
-
-# ------------------------------------------------------------------------------- reporting
-
-
-def show_plan(upload: Upload, repo_id: str, dry_run: bool) -> None:
-    """The files that go up (with sizes) and the ones left out (with reasons), on stderr."""
-    from rich.markup import escape
-    from rich.table import Table
-
-    verb = "would upload" if dry_run else "uploading"
-    console.print(f"{repo_id} ({upload.repo_type}): {verb} {len(upload.files)} files "
-                  f"({human_size(upload.total_size)})", markup=False, soft_wrap=True)
-    table = Table(show_edge=False)
-    table.add_column("File")
-    table.add_column("Size", justify="right")
-    for f in upload.files:
-        generated = " (generated)" if f.content is not None else ""
-        table.add_row(escape(f.path_in_repo) + generated, human_size(f.size))
-    console.print(table)
-    if upload.skipped:
-        console.print(f"left out {len(upload.skipped)}:")
-        left_out = Table(show_edge=False)
-        left_out.add_column("Path")
-        left_out.add_column("Reason")
-        for s in upload.skipped:
-            left_out.add_row(escape(s.path), escape(s.reason))
-        console.print(left_out)

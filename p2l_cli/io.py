@@ -28,6 +28,8 @@ from p2l_cli.errors import UserError
 STDIO = "-"
 METADATA_KEY = "p2l"
 FORMATS = ("parquet", "jsonl", "csv", "json")
+SNIFF_BYTES = 4096  # the most read at a time while telling stdin's format
+PARQUET_MAGIC = b"PAR1"
 _EXTENSIONS = {
     ".parquet": "parquet",
     ".pq": "parquet",
@@ -71,7 +73,7 @@ def format_of(
 def sniff_format(head: bytes) -> str:
     """The table format of data that starts with ``head`` (for stdin, which has no name).
     Empty data counts as JSONL, the one format in which no rows is a valid table."""
-    if head[:4] == b"PAR1":
+    if head[:4] == PARQUET_MAGIC:
         return "parquet"
     first = head.lstrip()[:1]
     if first in (b"{", b""):
@@ -82,9 +84,44 @@ def sniff_format(head: bytes) -> str:
 # ---------------------------------------------------------------------------------- reading
 
 
+def open_stdin(fmt: str | None = None, option: str = "--format") -> tuple[str, IO[bytes]]:
+    """stdin as ``(format, stream)``: ``fmt`` if given, else sniffed from the first bytes,
+    which the stream still yields. It reads only what has arrived once the format is clear,
+    so a live pipe streams. Every reader of tables on stdin opens it here."""
+    stream = sys.stdin.buffer
+    if fmt:
+        return format_of(STDIO, fmt, option=option), stream
+    head = b""
+    while len(head) < len(PARQUET_MAGIC) or not head.strip():
+        chunk = stream.read1(SNIFF_BYTES)
+        if not chunk:
+            break
+        head += chunk
+    return sniff_format(head), io.BufferedReader(_Chained(head, stream))
+
+
+class _Chained(io.RawIOBase):
+    """Bytes already read from a stream, then the rest of the stream."""
+
+    def __init__(self, head: bytes, rest: IO[bytes]):
+        self._head = head
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self._head:
+            n = min(len(buffer), len(self._head))
+            buffer[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        data = self._rest.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
 def _read_bytes(source: str | Path) -> bytes:
-    if str(source) == STDIO:
-        return sys.stdin.buffer.read()
     try:
         return Path(source).read_bytes()
     except FileNotFoundError:
@@ -178,13 +215,14 @@ def read_table_meta(
 ) -> tuple[pl.DataFrame, dict | None]:
     """Read a whole table and its p2l metadata (``None`` when it has none)."""
     name = source_name(source)
-    data = _read_bytes(source)
+    if str(source) == STDIO:
+        fmt, stream = open_stdin(fmt)
+        data = stream.read()
+    else:
+        data = _read_bytes(source)
+        fmt = format_of(source, fmt)
     if not data.strip():
         raise UserError(f"{name}: empty input")
-    if str(source) == STDIO and not fmt:
-        fmt = sniff_format(data[:64])
-    else:
-        fmt = format_of(source, fmt)
     return parse_table(data, fmt, name)
 
 
@@ -210,86 +248,6 @@ def read_metadata(source: str | Path) -> dict | None:
         with path.open("rb") as fh:
             return split_metadata_line(fh.readline())[0]
     return read_table_meta(source, fmt)[1]
-
-
-def iter_batches(
-    source: str | Path, batch_rows: int = 4096, fmt: str | None = None
-) -> tuple[dict | None, Iterator[pl.DataFrame]]:
-    """Stream a table in batches of rows: Parquet by row groups, JSONL by lines (stdin too).
-
-    Returns the metadata and an iterator of DataFrames; CSV and JSON are read whole.
-    """
-    name = source_name(source)
-    if str(source) == STDIO:
-        stream: IO[bytes] = sys.stdin.buffer
-        if not fmt:
-            head = stream.peek(4)[:4] if hasattr(stream, "peek") else b""
-            if head == b"PAR1" or not hasattr(stream, "peek"):
-                df, meta = read_table_meta(source)
-                return meta, iter([df])
-            fmt = sniff_format(head)
-        if fmt != "jsonl":
-            df, meta = read_table_meta(source, fmt)
-            return meta, iter([df])
-        return _iter_jsonl(stream, name, batch_rows)
-    fmt = format_of(source, fmt)
-    path = Path(source)
-    if not path.is_file():
-        raise UserError(f"{source}: no such file")
-    if fmt == "parquet":
-        try:
-            parquet = pq.ParquetFile(path)
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise UserError(f"{source}: not a readable Parquet file ({exc})") from None
-        raw = (parquet.schema_arrow.metadata or {}).get(METADATA_KEY.encode())
-        meta = json.loads(raw) if raw else None
-
-        def batches() -> Iterator[pl.DataFrame]:
-            for batch in parquet.iter_batches(batch_size=batch_rows):
-                yield pl.from_arrow(pa.Table.from_batches([batch]))
-
-        return meta, batches()
-    if fmt == "jsonl":
-        return _iter_jsonl(path.open("rb"), name, batch_rows)
-    df, meta = read_table_meta(source, fmt)
-    return meta, iter([df])
-
-
-def _iter_jsonl(
-    stream: IO[bytes], name: str, batch_rows: int
-) -> tuple[dict | None, Iterator[pl.DataFrame]]:
-    first = stream.readline()
-    meta, _ = split_metadata_line(first)
-    pending = [] if meta is not None else [(1, first)]
-
-    def batches() -> Iterator[pl.DataFrame]:
-        lines = list(pending)
-        number = 1
-        for line in stream:
-            number += 1
-            lines.append((number, line))
-            if len(lines) >= batch_rows:
-                yield _jsonl_rows(lines, name)
-                lines = []
-        if lines:
-            yield _jsonl_rows(lines, name)
-
-    return meta, batches()
-
-
-def _jsonl_rows(lines: list[tuple[int, bytes]], name: str) -> pl.DataFrame:
-    records = []
-    for number, line in lines:
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{name}: line {number}: not valid JSON ({exc.msg})") from None
-        if not isinstance(value, dict):
-            raise UserError(f"{name}: line {number}: expected a JSON object")
-        records.append(value)
-    return pl.from_dicts(records, infer_schema_length=None) if records else pl.DataFrame()
 
 
 # ---------------------------------------------------------------------------------- writing

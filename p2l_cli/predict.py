@@ -30,7 +30,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -44,6 +43,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from p2l_cli.contracts.prompts import BadPrompt, prompt_turns
 from p2l_cli.errors import UserError
 from p2l_cli.io import (
     METADATA_KEY,
@@ -51,8 +51,8 @@ from p2l_cli.io import (
     TableWriter,
     atomic_path,
     format_of,
+    open_stdin,
     parse_table,
-    sniff_format,
     source_name,
     split_metadata_line,
     stdout_buffer,
@@ -72,81 +72,6 @@ PROMPT_COLUMNS = (
     "prompt", "prompts", "messages", "conversation", "conversation_a", "question", "text",
     "instruction", "input", "query", "content",
 )  # fmt: skip
-USER_ROLES = ("user", "human")
-
-
-# ----------------------------------------------------------------------- prompt shapes
-
-
-class BadPrompt(ValueError):
-    """A prompt value that cannot be read as user turns; the message says why."""
-
-
-def prompt_turns(value: Any) -> list[str]:
-    """The user turns of a prompt given as a string, a list of user turns, or an OpenAI-style
-    list of messages (``role``/``content``; ShareGPT ``from``/``value`` too).
-
-    A string holding a JSON list of turns or messages (how CSV files store lists) is decoded.
-    Raises :class:`BadPrompt` for a missing or empty prompt.
-    """
-    if value is None:
-        raise BadPrompt("no prompt (null)")
-    if isinstance(value, str):
-        decoded = _json_list(value)
-        turns = [value] if decoded is None else _turns_of_list(decoded)
-    elif isinstance(value, dict):
-        turns = _turns_of_list(value.get("messages", [value]))
-    elif isinstance(value, (list, tuple)):
-        turns = _turns_of_list(list(value))
-    elif hasattr(value, "tolist"):  # numpy arrays, polars Series
-        turns = _turns_of_list(list(value.tolist()))
-    else:
-        raise BadPrompt(f"a prompt must be text or a list, not {type(value).__name__}")
-    if not any(turn.strip() for turn in turns):
-        raise BadPrompt("empty prompt")
-    return turns
-
-
-def _json_list(text: str) -> list | None:
-    stripped = text.strip()
-    if not (stripped.startswith("[") and stripped.endswith("]")):
-        return None
-    try:
-        value = json.loads(stripped)
-    except json.JSONDecodeError:
-        return None
-    if isinstance(value, list) and value and all(isinstance(v, (str, dict)) for v in value):
-        return value
-    return None
-
-
-def _turns_of_list(items: list) -> list[str]:
-    items = [item for item in items if item is not None]
-    if all(isinstance(item, str) for item in items):
-        return items
-    if all(isinstance(item, dict) for item in items):
-        turns = [_message_text(m) for m in items if _message_role(m) in USER_ROLES]
-        if not turns:
-            raise BadPrompt("the messages hold no user turn")
-        return turns
-    raise BadPrompt("a prompt list must hold only strings or only messages")
-
-
-def _message_role(message: dict) -> str | None:
-    role = message.get("role", message.get("from"))
-    return role.lower() if isinstance(role, str) else None
-
-
-def _message_text(message: dict) -> str:
-    content = message.get("content", message.get("value"))
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # OpenAI content parts: keep the text parts
-        parts = [p.get("text") or "" if isinstance(p, dict) else str(p) for p in content]
-        return "\n".join(part for part in parts if part)
-    raise BadPrompt(f"message content must be text, not {type(content).__name__}")
 
 
 def find_prompt_column(columns: Sequence[str], name: str, requested: str | None = None) -> str:
@@ -503,14 +428,7 @@ def read_chunks(
     """
     name = source_name(source)
     if str(source) == STDIO:
-        stream = sys.stdin.buffer
-        if not hasattr(stream, "peek"):  # e.g. a BytesIO standing in for stdin in tests
-            stream = io.BufferedReader(stream)
-        fmt = (
-            format_of(source, fmt, option="--input-format")
-            if fmt
-            else sniff_format(stream.peek(64)[:64])
-        )
+        fmt, stream = open_stdin(fmt, option="--input-format")
         if fmt == "jsonl":
             return InputTable(name, "line", _jsonl_chunks(stream, chunk_rows, close=False))
         return _whole_table(stream.read(), fmt, name, chunk_rows)
@@ -913,38 +831,3 @@ def _predict_in_parts(model, tokenizer, table, dest, fmt, meta, options, workers
         if workers.main:
             shutil.rmtree(folder, ignore_errors=True)
         workers.stop()
-
-
-# ----------------------------------------------------------------------- one prompt's table
-
-
-@dataclass
-class LeaderboardRow:
-    rank: int
-    model: str
-    coef: float
-    score: float
-    win_rate: float
-
-
-def prompt_leaderboard(coefs: np.ndarray, eta: float | None, info) -> list[LeaderboardRow]:
-    """One prompt's leaderboard, best first: Arena-scale score ``1000 + 400/ln(10) * theta``
-    relative to the mean coefficient, and the expected win rate against the other models
-    (ties counting half, in the model's likelihood family)."""
-    from p2l_cli.stats import arena_scale
-    from p2l_cli.stats.families import win_matrix
-
-    theta = torch.as_tensor(np.asarray(coefs, dtype=np.float64))
-    eta_t = None if eta is None else torch.tensor(float(eta), dtype=torch.float64)
-    wins = win_matrix(theta, eta_t, info.family).numpy()
-    m = len(theta)
-    off_diagonal = ~np.eye(m, dtype=bool)
-    win_rate = (wins * off_diagonal).sum(axis=1) / max(m - 1, 1)
-    score = arena_scale(theta.numpy() - theta.numpy().mean())
-    order = np.argsort(-theta.numpy(), kind="stable")
-    return [
-        LeaderboardRow(
-            rank, info.model_list[i], float(theta[i]), float(score[i]), float(win_rate[i])
-        )
-        for rank, i in enumerate(order, start=1)
-    ]

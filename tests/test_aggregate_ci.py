@@ -119,7 +119,9 @@ MEMORY_SCRIPT = textwrap.dedent(
     import json, sys
     import numpy as np
     sys.path.insert(0, sys.argv[1])
-    from p2l_cli.leaderboard import Predictions, build_leaderboard
+    import polars as pl
+    from p2l_cli.contracts.predictions import Predictions
+    from p2l_cli.leaderboard import build_leaderboard
 
     def peak_mb():
         for line in open("/proc/self/status"):
@@ -131,10 +133,13 @@ MEMORY_SCRIPT = textwrap.dedent(
     coefs = (rng.normal(0, 1, m) + rng.normal(0, 0.7, (n, m))).astype(np.float32)
     eta = rng.normal(0.5, 0.5, n).astype(np.float32)
     models = [f"m{i:03d}" for i in range(m)]
-    small = Predictions(models, coefs[:20], "grk", eta[:20])
+    def predictions(coefs, eta):
+        return Predictions(models=models, family="grk", head="grk", coefs=coefs, eta=eta,
+                           frame=pl.DataFrame(), source="memory")
+    small = predictions(coefs[:20], eta[:20])
     build_leaderboard(small, ci="none")  # warm-up: imports and first allocations
     before = peak_mb()
-    board = build_leaderboard(Predictions(models, coefs, "grk", eta),
+    board = build_leaderboard(predictions(coefs, eta),
                               **({} if ci == "default" else {"ci": ci}))
     print(json.dumps({"added_mb": peak_mb() - before, "ci": board.ci}))
     """

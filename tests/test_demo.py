@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 
 from p2l_cli import demo
+from p2l_cli.commands.demo import run_command
 from p2l_cli.errors import UserError
 from tests.conftest import REPO, run_p2l
 
@@ -126,4 +127,4 @@ def test_small_demo_runs_every_stage_and_prints_rerunnable_commands(tmp_path):
 
 def test_a_failing_stage_stops_the_demo_with_a_user_error(tmp_path):
     with pytest.raises(UserError, match="`p2l evaluate` failed"):
-        demo.run_command(["evaluate", str(tmp_path / "none.parquet"), str(tmp_path / "v.parquet")])
+        run_command(["evaluate", str(tmp_path / "none.parquet"), str(tmp_path / "v.parquet")])

@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 
 from p2l_cli import evaluate as ev
+from p2l_cli.contracts.predictions import predictions_from_frame
 from p2l_cli.errors import UserError
 from p2l_cli.io import write_table
 from tests.conftest import run_cli
@@ -38,7 +39,7 @@ def predictions(prompts: dict[str, list[float]], models: list[str], loss: str = 
         {"prompt": [[p] for p in prompts], "coefs": list(prompts.values())},
         schema={"prompt": pl.List(pl.String), "coefs": pl.List(pl.Float32)},
     )
-    return ev.predictions_from_table(frame, {"models": models, "head": "bt", "loss": loss}, "preds")
+    return predictions_from_frame(frame, {"models": models, "head": "bt", "loss": loss}, "preds")
 
 
 # ------------------------------------------------------------------ per-vote pieces by hand
@@ -169,7 +170,7 @@ def test_by_turns_groups_votes():
         }
     )
     frame = pl.DataFrame({"id": ["a", "b", "c"], "coefs": [[1.0, 0.0], [0.0, 2.0], [0.0, 0.0]]})
-    preds = ev.predictions_from_table(frame, {"models": ["x", "y"], "loss": "bt"}, "preds")
+    preds = predictions_from_frame(frame, {"models": ["x", "y"], "loss": "bt"}, "preds")
     result = ev.evaluate_predictions(preds, val, "val", settings=ev.Settings(by="turns"))
     rows = {row["group"]: row for row in result["groups"]["rows"]}
     assert result["joined_on"] == "id"
@@ -298,7 +299,7 @@ def true_predictions(arena, val: pl.DataFrame, family: str) -> ev.Predictions:
     if "true_eta" in rows.columns:
         columns.append(pl.col("true_eta").alias("eta"))
     meta = {"models": list(arena.models), "head": "bt", "loss": family}
-    return ev.predictions_from_table(rows.select(columns), meta, "truth-as-p2l")
+    return predictions_from_frame(rows.select(columns), meta, "truth-as-p2l")
 
 
 @pytest.mark.parametrize("family", ["bt", "rk"])

@@ -92,8 +92,7 @@ def test_table_writer_streams_batches(tmp_path, suffix):
     with io.TableWriter(path, meta=META) as writer:
         writer.write(frame.head(2))
         writer.write(frame.tail(1))
-    meta, batches = io.iter_batches(path, batch_rows=2)
-    got = pl.concat(list(batches))
+    got, meta = io.read_table_meta(path)
     assert meta == META
     assert got["id"].to_list() == ["x", "y", "z"]
 
@@ -130,8 +129,8 @@ def test_stdin_is_sniffed_and_stdout_defaults_to_jsonl(tmp_path):
     jsonl = proc.stdout
     code = (
         "from p2l_cli import io\n"
-        "meta, batches = io.iter_batches('-', batch_rows=1)\n"
-        "print(meta['models'], sum(b.height for b in batches))\n"
+        "df, meta = io.read_table_meta('-')\n"
+        "print(meta['models'], df.height)\n"
     )
     proc = _roundtrip_through_pipe(jsonl, code)
     assert proc.returncode == 0, proc.stderr.decode()

@@ -4,7 +4,6 @@ order invariance, every input shape and format, streaming through real pipes, ba
 from __future__ import annotations
 
 import json
-import math
 import os
 import queue
 import random
@@ -28,7 +27,6 @@ from p2l_cli.errors import UserError
 from p2l_cli.io import read_table_meta
 from p2l_cli.model import build_p2l, save_p2l
 from p2l_cli.predict import (
-    BadPrompt,
     PredictOptions,
     Workers,
     encode,
@@ -41,8 +39,6 @@ from p2l_cli.predict import (
     predict_file,
     predict_frame,
     predict_prompts,
-    prompt_leaderboard,
-    prompt_turns,
     read_chunks,
     resolve_device,
     resolve_dtype,
@@ -223,46 +219,6 @@ def test_device_and_dtype_options():
 
 
 # ----------------------------------------------------------------------- prompt shapes
-
-
-def test_prompt_shapes():
-    assert prompt_turns("hello") == ["hello"]
-    assert prompt_turns(["first", "second"]) == ["first", "second"]
-    messages = [
-        {"role": "system", "content": "be brief"},
-        {"role": "user", "content": "first"},
-        {"role": "assistant", "content": "an answer"},
-        {
-            "role": "user",
-            "content": [
-                {"type": "text", "text": "second"},
-                {"type": "image_url", "image_url": {"url": "x"}},
-            ],
-        },
-    ]
-    assert prompt_turns(messages) == ["first", "second"]
-    assert prompt_turns({"messages": messages}) == ["first", "second"]
-    assert prompt_turns([{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]) == [
-        "hi"
-    ]
-    assert prompt_turns(np.array(["a", "b"], dtype=object)) == ["a", "b"]
-    # CSV files hold lists as JSON text
-    assert prompt_turns('["first", "second"]') == ["first", "second"]
-    assert prompt_turns(json.dumps(messages[:2])) == ["first"]
-    assert prompt_turns("[1, 2] is a list") == ["[1, 2] is a list"]
-    assert prompt_turns("[1, 2]") == ["[1, 2]"]
-    for bad in (
-        None,
-        "",
-        "   ",
-        [],
-        ["", " "],
-        [{"role": "assistant", "content": "x"}],
-        3.5,
-        ["text", {"role": "user", "content": "x"}],
-    ):
-        with pytest.raises(BadPrompt):
-            prompt_turns(bad)
 
 
 def test_prompt_column_is_found_or_named():
@@ -507,34 +463,6 @@ def test_stdin_to_stdout_streams_through_real_pipes(folders, loaded, tmp_path):
 
 
 # ----------------------------------------------------------------------- one prompt
-
-
-def test_prompt_leaderboard_numbers():
-    class Info:
-        model_list = ("a", "b", "c")
-        family = "rk"
-
-    theta = np.array([0.4, -0.2, 1.1])
-    eta = 24.0
-    rows = prompt_leaderboard(theta, eta, Info)
-    assert [r.model for r in rows] == ["c", "a", "b"] and [r.rank for r in rows] == [1, 2, 3]
-    width = max(math.log1p(math.exp(0.1 * (eta - 22.5))) / 0.1, 0.02)
-
-    def sigmoid(x: float) -> float:
-        return 1 / (1 + math.exp(-x))
-
-    for row in rows:
-        i = Info.model_list.index(row.model)
-        assert row.score == pytest.approx(1000 + 400 / math.log(10) * (theta[i] - theta.mean()))
-        rates = []
-        for j in range(3):
-            if j != i:
-                win, loss = (
-                    sigmoid(theta[i] - theta[j] - width),
-                    sigmoid(theta[j] - theta[i] - width),
-                )
-                rates.append(win + 0.5 * (1 - win - loss))
-        assert row.win_rate == pytest.approx(np.mean(rates), abs=1e-9)
 
 
 def test_single_prompt_prints_a_leaderboard(folders, loaded, tmp_path):

@@ -17,9 +17,10 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from p2l_cli import io
-from p2l_cli.data.formats import parse_winner
+from p2l_cli.contracts.battles import outcome_of
+from p2l_cli.contracts.predictions import predictions_from_frame
 from p2l_cli.errors import UserError
-from p2l_cli.leaderboard import battles_from_frame, predictions_from_frame
+from p2l_cli.leaderboard import battles_from_frame
 from p2l_cli.stats import families
 from p2l_cli.stats.aggregate import aggregate_fit, sandwich_aggregate
 from p2l_cli.stats.marginal import fit_marginal
@@ -179,7 +180,7 @@ def test_battles_reader_parses_every_spelling_prepare_knows_or_names_the_row(win
                       schema={"model_a": pl.String, "model_b": pl.String,
                               "winner": pl.String})
     # the oracle: prepare's parser (a winner given by the model's name is prepare-only)
-    meanings = [None if w is None else parse_winner(w, "\0a", "\0b") for w in winners]
+    meanings = [None if w is None else outcome_of(w, "\0a", "\0b") for w in winners]
     bad = [i for i, got in enumerate(meanings) if got is None]
     if bad:
         with pytest.raises(UserError) as caught:
@@ -241,7 +242,7 @@ def test_leaderboard_command_exits_0_or_2_with_one_line(tmp_path_factory, keep, 
     assert result.exit_code in (0, 2), result.output
     assert "Traceback" not in result.output
     complete = {"model_a", "model_b", "winner"} <= set(keep)
-    valid = complete and all(parse_winner(w, "\0a", "\0b") for w in winners) and (
+    valid = complete and all(outcome_of(w, "\0a", "\0b") for w in winners) and (
         "weight" not in keep or (np.isfinite(weight) and weight >= 0))
     if result.exit_code == 2:
         lines = [line for line in result.output.splitlines() if line.strip()]
@@ -297,4 +298,4 @@ def test_prepare_keeps_exactly_the_parsable_votes_or_exits_2(tmp_path_factory, r
     for row in kept.iter_rows(named=True):
         a, b, winner = rows[int(row["prompt"][0].split()[1])]
         assert (row["model_a"], row["model_b"]) == (a.strip(), b)
-        assert row["winner"] == parse_winner(winner, a.strip(), b)
+        assert row["winner"] == outcome_of(winner, a.strip(), b)

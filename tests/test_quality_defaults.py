@@ -17,7 +17,8 @@ from scipy.optimize import minimize
 from tiny import make_backbone
 from train_helpers import write_data_dir
 
-from p2l_cli.evaluate import Predictions, TruthTable, evaluate_predictions
+from p2l_cli.contracts.predictions import predictions_from_frame
+from p2l_cli.evaluate import TruthTable, evaluate_predictions
 from p2l_cli.model import prompt_features as pf
 from p2l_cli.model.backbone import load_tokenizer
 from p2l_cli.stats.headfit import fit_linear_head
@@ -194,8 +195,10 @@ def test_evaluation_scores_truth_and_marginal_on_one_footing():
         frame = pl.DataFrame({"id": ids[600:], "coefs": coefs.tolist()})
         eta = {"eta": true_eta[600:].tolist()} if name == "truth" else {}
         family = "rk" if name == "truth" else "bt-tie"
-        preds = Predictions(frame.with_columns(**{k: pl.Series(v) for k, v in eta.items()}),
-                            models, family, "bt", "preds")  # fmt: skip
+        preds = predictions_from_frame(
+            frame.with_columns(**{k: pl.Series(v) for k, v in eta.items()}),
+            {"models": models, "head": "bt", "loss": family}, "preds",
+        )
         result = evaluate_predictions(preds, val, "val", train, "train", truth)
         if name == "truth":
             hand = half_tie_nll(

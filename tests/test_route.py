@@ -4,17 +4,16 @@ sampling and the router's score, each checked against an independent computation
 from __future__ import annotations
 
 import itertools
-import json
 import math
 
 import numpy as np
-import polars as pl
 import pytest
 from scipy import optimize
 from scipy.special import expit
 
 from p2l_cli import route
 from p2l_cli.errors import UserError
+from p2l_cli.stats.winrates import win_rates_vs_opponents
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -81,72 +80,7 @@ def random_case(rng, n_max=6, m_max=7):
     return values, costs, budget
 
 
-# ------------------------------------------------------------------------------ costs files
-
-
-def test_costs_in_three_forms_and_three_formats(tmp_path):
-    yaml_file = tmp_path / "costs.yaml"
-    yaml_file.write_text(
-        "big: 0.01\nmid: {cost: 0.004}\n"
-        "small:\n  price_per_million_output_tokens: 2.5\n  mean_output_tokens: 400\n"
-    )
-    expected = {"big": 0.01, "mid": 0.004, "small": 2.5 * 400 / 1e6}
-    assert route.read_costs(yaml_file) == pytest.approx(expected)
-    json_file = tmp_path / "costs.json"
-    json_file.write_text(json.dumps({"big": 0.01, "mid": {"cost": 0.004}, "small": {
-        "price_per_million_output_tokens": 2.5, "mean_output_tokens": 400}}))  # fmt: skip
-    assert route.read_costs(json_file) == pytest.approx(expected)
-    csv_file = tmp_path / "costs.csv"
-    csv_file.write_text(
-        "model,cost,price_per_million_output_tokens,mean_output_tokens\n"
-        "big,0.01,,\nmid,0.004,,\nsmall,,2.5,400\n"
-    )
-    assert route.read_costs(csv_file) == pytest.approx(expected)
-
-
-@pytest.mark.parametrize(
-    ("text", "suffix", "needle"),
-    [
-        ("big: -0.01\n", ".yaml", "'big'"),
-        ("big: cheap\n", ".yaml", "not a number"),
-        ("big: true\n", ".yaml", "not a number"),
-        ("big: .nan\n", ".yaml", "not a finite"),
-        ('{"big": {"price_per_million_output_tokens": 3}}', ".json", "mean_output_tokens"),
-        ("model,cost\nbig,0.01\nsmall,abc\n", ".csv", "row 3"),
-        ("model,cost\nbig,0.01\nbig,0.02\n", ".csv", "twice"),
-        ("[1, 2]", ".json", "mapping"),
-    ],
-)
-def test_bad_costs_name_the_model_and_file(tmp_path, text, suffix, needle):
-    path = tmp_path / f"costs{suffix}"
-    path.write_text(text)
-    with pytest.raises(UserError) as err:
-        route.read_costs(path)
-    assert needle in str(err.value)
-    assert str(path) in str(err.value)
-
-
-@pytest.mark.parametrize(
-    ("text", "suffix", "key"),
-    [
-        ("big: 0.01\nsmall: 0.001\nbig: 0.02\n", ".yaml", "'big'"),
-        ("big:\n  cost: 0.01\n  cost: 0.02\n", ".yml", "'cost'"),
-        ('{"big": 0.01, "small": 0.001, "big": 0.02}', ".json", "'big'"),
-        ('{"big": {"cost": 0.01, "cost": 0.02}}', ".json", "'cost'"),
-    ],
-)
-def test_duplicate_keys_in_yaml_and_json_costs_are_refused(tmp_path, text, suffix, key):
-    """Like CSV: a model given twice is an error, not 'the last one wins'."""
-    path = tmp_path / f"costs{suffix}"
-    path.write_text(text)
-    with pytest.raises(UserError) as err:
-        route.read_costs(path)
-    assert str(path) in str(err.value) and key in str(err.value)
-    assert "twice" in str(err.value)
-    if suffix == ".yaml":
-        assert "line 3" in str(err.value)
-    with pytest.raises(UserError, match="twice"):
-        route.read_weights(path)
+# ------------------------------------------------------------------------- cost vector
 
 
 def test_cost_vector_checks_names_against_the_model_list():
@@ -158,9 +92,9 @@ def test_cost_vector_checks_names_against_the_model_list():
     np.testing.assert_array_equal(route.cost_vector(costs, models, [0, 1], "costs.yaml"), [1, 2])
     with pytest.raises(UserError, match="'zzz'"):
         route.cost_vector({**costs, "c": 1.0, "zzz": 1.0}, models, [0, 1, 2], "costs.yaml")
-    assert route.choosable_models(models, " c, a") == [0, 2]
+    assert route.choosable_models(models, ["c", "a"]) == [0, 2]
     with pytest.raises(UserError, match="--models.*'d'"):
-        route.choosable_models(models, "a,d")
+        route.choosable_models(models, ["a", "d"])
 
 
 def test_budget_below_the_cheapest_model_names_the_smallest_budget():
@@ -176,7 +110,7 @@ def test_expected_win_rates_bt_match_a_direct_sum():
     rng = np.random.default_rng(1)
     coefs = rng.normal(size=(5, 4))
     q = np.array([0.1, 0.2, 0.3, 0.4])
-    got = route.expected_win_rates(coefs, q, family="bt")
+    got = win_rates_vs_opponents(coefs, q, family="bt")
     for z, i in itertools.product(range(5), range(4)):
         direct = sum(q[a] / (1 + math.exp(coefs[z, a] - coefs[z, i])) for a in range(4))
         assert got[z, i] == pytest.approx(direct, abs=1e-12)
@@ -186,7 +120,7 @@ def test_expected_win_rates_rk_count_half_a_tie():
     rng = np.random.default_rng(2)
     coefs, eta = rng.normal(size=(3, 4)), np.array([20.0, 30.0, 45.0])
     q = np.full(4, 0.25)
-    got = route.expected_win_rates(coefs, q, eta, family="rk")
+    got = win_rates_vs_opponents(coefs, q, eta, family="rk")
     for z, i in itertools.product(range(3), range(4)):
         x = eta[z] - 22.5
         width = max(math.log1p(math.exp(0.1 * x)) / 0.1, 0.02)  # softplus with beta 0.1
@@ -235,7 +169,7 @@ def test_unconstrained_choice_is_the_top_coefficient_for_every_family():
     coefs, eta = rng.normal(0, 2, size=(200, 6)), rng.normal(0, 3, 200)
     q = rng.dirichlet(np.ones(6))
     for family in ("bt", "rk", "grk"):
-        values = route.expected_win_rates(coefs, q, eta + (25 if family == "rk" else 0), family)
+        values = win_rates_vs_opponents(coefs, q, eta + (25 if family == "rk" else 0), family)
         chosen = route.route_by_price(values, np.ones(6), 0.0).strategy.argmax(axis=1)
         np.testing.assert_array_equal(chosen, coefs.argmax(axis=1))
 
@@ -322,7 +256,7 @@ def test_batch_lp_equals_brute_force_over_vertices():
 
 def test_batch_lp_with_highs_matches_the_exact_method():
     coefs, costs = simulated_arena(60, seed=7)
-    values = route.expected_win_rates(coefs, np.full(8, 1 / 8))
+    values = win_rates_vs_opponents(coefs, np.full(8, 1 / 8))
     budget = float(np.quantile(costs, 0.5))
     exact = route.route_batch(values, costs, budget)
     highs = route.route_batch_linprog(values, costs, budget)
@@ -345,7 +279,7 @@ def test_batch_is_never_worse_than_per_prompt_at_equal_cost():
 
 def test_batch_beats_per_prompt_on_a_simulated_arena():
     coefs, costs = simulated_arena(400, seed=9)
-    values = route.expected_win_rates(coefs, np.full(8, 1 / 8))
+    values = win_rates_vs_opponents(coefs, np.full(8, 1 / 8))
     for budget in np.quantile(costs, [0.3, 0.5, 0.7]):
         per_prompt = route.route_per_prompt(values, costs, budget).strategy
         spent = float((per_prompt @ costs).mean())
@@ -356,7 +290,7 @@ def test_batch_beats_per_prompt_on_a_simulated_arena():
 
 def test_price_router_meets_the_budget_on_held_out_prompts():
     coefs, costs = simulated_arena(6000, seed=10)
-    values = route.expected_win_rates(coefs, np.full(8, 1 / 8))
+    values = win_rates_vs_opponents(coefs, np.full(8, 1 / 8))
     calibrate, held_out = values[:3000], values[3000:]
     budget = float(np.quantile(costs, 0.5))
     price = route.route_batch(calibrate, costs, budget).price
@@ -370,11 +304,11 @@ def test_price_router_meets_the_budget_on_held_out_prompts():
 
 def test_solve_dispatches_scopes_and_solvers():
     coefs, costs = simulated_arena(30, seed=11)
-    values = route.expected_win_rates(coefs, np.full(8, 1 / 8))
+    values = win_rates_vs_opponents(coefs, np.full(8, 1 / 8))
     budget = float(np.median(costs))
     for scope in route.SCOPES:
-        exact = route.solve(values, costs, budget, scope, solver="exact").strategy
-        highs = route.solve(values, costs, budget, scope, solver="highs").strategy
+        exact = route.solve_routing(values, costs, budget, scope, solver="exact").strategy
+        highs = route.solve_routing(values, costs, budget, scope, solver="highs").strategy
         np.testing.assert_allclose((exact * values).sum(1).mean(), (highs * values).sum(1).mean(),
                                    atol=1e-9)  # fmt: skip
 
@@ -414,7 +348,7 @@ def test_router_theta_pools_prompts_and_opponents():
 def test_router_theta_of_one_model_on_one_prompt_is_its_coefficient():
     coefs = np.array([[0.3, -0.2, 1.1, 0.0]])
     q = np.full(4, 0.25)
-    values = route.expected_win_rates(coefs, q)
+    values = win_rates_vs_opponents(coefs, q)
     thetas = route.router_thetas(coefs, q, values[0])
     np.testing.assert_allclose(thetas, coefs[0] - coefs[0].mean(), atol=1e-8)
 
@@ -443,7 +377,7 @@ def test_summary_orders_router_and_single_models():
     models = [f"m{i}" for i in range(8)]
     problem = route.build_problem(models, "bt", coefs, None, "uniform", list(range(8)), costs)
     budget = float(np.quantile(costs, 0.6))
-    routing = route.solve(problem.values, costs, budget, "batch")
+    routing = route.solve_routing(problem.values, costs, budget, "batch")
     chosen = route.choose(routing.strategy, costs, 0)
     summary = route.summarise(problem, routing, chosen, budget)
     fitting = [r for r in summary["models"] if r["fits_budget"]]
@@ -456,21 +390,3 @@ def test_summary_orders_router_and_single_models():
     assert (np.diff(rates) < 0).all() and (np.diff(scores) < 0).all()  # same order
     assert all(r["score"] is None for r in summary["models"] if not r["fits_budget"])
     assert summary["router"]["mean_cost"] == pytest.approx(budget)
-
-
-# --------------------------------------------------------------------- predictions input
-
-
-def test_predictions_arrays_reject_bad_input():
-    df = pl.DataFrame({"coefs": [[0.1, 0.2], [0.3, 0.4]]})
-    meta = {"models": ["a", "b"], "head": "bt", "loss": "bt"}
-    preds = route.predictions_arrays(df, meta, "p.parquet")
-    np.testing.assert_allclose(preds.coefs, [[0.1, 0.2], [0.3, 0.4]])
-    with pytest.raises(UserError, match="no p2l metadata"):
-        route.predictions_arrays(df, None, "p.parquet")
-    with pytest.raises(UserError, match="no rows"):
-        route.predictions_arrays(df.clear(), meta, "p.parquet")
-    with pytest.raises(UserError, match="row 2"):
-        route.predictions_arrays(pl.DataFrame({"coefs": [[0.1, 0.2], [0.3]]}), meta, "p.parquet")
-    with pytest.raises(UserError, match="'eta'"):
-        route.predictions_arrays(df, {**meta, "head": "rk", "loss": "rk"}, "p.parquet")

@@ -229,7 +229,7 @@ def expected_routes(folder, prompts, budget):
     choosable = [MODELS.index(n) for n in names]
     costs = route.cost_vector(COSTS, MODELS, choosable, "costs")
     problem = route.build_problem(MODELS, "bt", coefs, None, "uniform", choosable, costs)
-    routing = route.solve(problem.values, costs, budget, "prompt")
+    routing = route.solve_routing(problem.values, costs, budget, "prompt")
     return [names[i] for i in route.choose(routing.strategy, costs, None)], problem.values
 
 
@@ -512,11 +512,12 @@ def arena_coefs(n, seed=0):
 @pytest.mark.parametrize("sampling", ["balanced", "random", "mode"])
 def test_core_routes_per_prompt_like_p2l_route(sampling):
     from p2l_cli import route
+    from p2l_cli.stats.winrates import win_rates_vs_opponents
 
     core, costs = core_for(budget=0.001, sampling=sampling)
     coefs = arena_coefs(3000)
-    values = route.expected_win_rates(coefs, np.full(6, 1 / 6))
-    strategy = route.solve(values, costs, 0.001, "prompt").strategy
+    values = win_rates_vs_opponents(coefs, np.full(6, 1 / 6))
+    strategy = route.solve_routing(values, costs, 0.001, "prompt").strategy
     decisions = []
     for start in range(0, 3000, 37):  # micro-batches of any size route alike
         block = coefs[start : start + 37]
@@ -553,12 +554,13 @@ def test_core_keeps_a_stream_budget_by_price():
 
 def test_core_top_k_opponents_are_each_prompts_own():
     from p2l_cli import route
+    from p2l_cli.stats.winrates import win_rates_vs_opponents
 
     core, _ = core_for(opponents="leaderboard-top-2")
     coefs = arena_coefs(50, seed=2)
     decisions = core.route(coefs, None, [(None, None, False)] * 50)
     for row, d in zip(coefs, decisions):
         q = route.opponent_distribution("leaderboard-top-2", core.names, row[None], None, "bt")
-        v = route.expected_win_rates(row[None], q)[0]
+        v = win_rates_vs_opponents(row[None], q)[0]
         assert d.model == core.names[int(np.argmax(v))]
         assert d.win_rate == pytest.approx(v.max())

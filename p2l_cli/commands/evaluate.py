@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from p2l_cli.ui import QuietOption, set_quiet
+from p2l_cli.ui import QuietOption, console, info, set_quiet, warn
 
 BASELINE, TRUTH, OUTPUT, STATS, INFERENCE = (
     "Baseline",
@@ -136,7 +136,7 @@ def evaluate(
       p2l evaluate preds.parquet data/val.parquet --truth arena/truth.parquet --json -
     """
     set_quiet(quiet)
-    from p2l_cli.evaluate import Settings, run_evaluation
+    from p2l_cli.evaluate.compare import Settings
 
     run_evaluation(
         source,
@@ -149,3 +149,70 @@ def evaluate(
         batch_size=batch_size,
         device=device,
     )
+
+
+def run_evaluation(
+    source: str | Path,
+    val_path: str | Path,
+    train_path: str | Path | None = None,
+    truth_path: str | Path | None = None,
+    settings=None,
+    json_out: str | Path | None = None,
+    plot_dir: str | Path | None = None,
+    batch_size: int | None = None,
+    device: str | None = None,
+) -> dict:
+    """What ``p2l evaluate`` does: read, predict if given a model, score, show, write."""
+    from dataclasses import replace
+
+    from p2l_cli.contracts.predictions import read_predictions
+    from p2l_cli.evaluate.compare import Settings, evaluate_predictions
+    from p2l_cli.evaluate.inputs import (
+        data_model_list,
+        default_train_path,
+        is_model_source,
+        predictions_from_model,
+        read_battles,
+        seen_votes,
+    )
+    from p2l_cli.evaluate.report import render, to_json, write_plots
+    from p2l_cli.evaluate.truth import read_truth
+    from p2l_cli.io import write_text
+
+    s = settings or Settings()
+    if str(val_path) != "-" and Path(val_path).is_dir():  # a `p2l prepare` folder
+        val_path = Path(val_path) / "val.parquet"
+    val = read_battles(val_path, "validation votes")
+    data_models = data_model_list(val_path)
+    if train_path is None:
+        train_path = default_train_path(val_path)
+        if train_path is not None:
+            info(f"baseline: the marginal leaderboard fitted on {train_path} (--train overrides)")
+    train = read_battles(train_path, "training votes") if train_path is not None else None
+    if is_model_source(source):
+        info(f"predicting the validation prompts with {source}")
+        preds = predictions_from_model(source, val, batch_size, device)
+    else:
+        preds = read_predictions(source)
+    truth = None
+    if truth_path is not None:
+        truth = read_truth(truth_path, [data_models, preds.models])
+    if plot_dir is not None and s.by is None and _has_categories(val, truth):
+        s = replace(s, by="category")
+    result = evaluate_predictions(
+        preds, val, str(val_path), train, str(train_path), truth, data_models, s
+    )
+    result["leakage"] = seen_votes(preds.model_dir, val)
+    for message in result["leakage"]:
+        warn(message)
+    render(result, console)
+    if json_out is not None:
+        write_text(json_out, to_json(result))
+    if plot_dir is not None:
+        for path in write_plots(result, plot_dir):
+            info(f"wrote {path}")
+    return result
+
+
+def _has_categories(val, truth) -> bool:
+    return "category" in val.columns or (truth is not None and "category" in truth.frame.columns)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Annotated
 
 import typer
 
+from p2l_cli.errors import UserError
 from p2l_cli.ui import QuietOption, console, set_quiet
 
 INPUT, FIT, INTERVALS, VIEWS, OUTPUT = "Input", "Fit", "Intervals", "Views", "Output"
+DEFAULT_GROUP = "category"  # what --model groups by when --by is not given
 
 
 def leaderboard(
@@ -116,8 +119,6 @@ def leaderboard(
       p2l leaderboard predictions.parquet --ci bootstrap --plot board.png
     """
     set_quiet(quiet)
-    from p2l_cli.leaderboard import Request, run  # torch loads only when the command runs
-
     run(
         Request(
             source=input, input_format=input_format, output=output, output_format=format,
@@ -127,3 +128,148 @@ def leaderboard(
         ),
         console,
     )
+
+
+def parse_anchor(text: str) -> tuple[str, float]:
+    model, sep, value = text.rpartition("=")
+    try:
+        if not sep or not model:
+            raise ValueError
+        return model, float(value)
+    except ValueError:
+        raise UserError(f"--anchor {text!r}: expected MODEL=VALUE, e.g. gpt-4o=1200") from None
+
+
+
+@dataclass
+class Request:
+    """What ``p2l leaderboard`` was asked for (the command's options, validated)."""
+
+    source: str
+    input_format: str | None = None
+    output: str | None = None
+    output_format: str | None = None
+    family: str | None = None
+    ci: str | None = None
+    rounds: int = 100
+    seed: int = 0
+    level: float = 0.95
+    anchor: str | None = None
+    reweight: bool = False
+    by: str | None = None
+    model: str | None = None
+    prompt_index: int | None = None
+    top: int | None = None
+    plot_path: str | None = None
+
+
+def _check(request: Request) -> None:
+    from p2l_cli import io
+    from p2l_cli.leaderboard.report import output_format
+
+    if request.rounds < 2:
+        raise UserError(f"--bootstrap-rounds {request.rounds}: need at least 2")
+    if not 0 < request.level < 1:
+        raise UserError(f"--level {request.level}: expected a number between 0 and 1")
+    if request.top is not None and request.top < 1:
+        raise UserError(f"--top {request.top}: expected a positive number")
+    if request.prompt_index is not None and (request.by or request.model):
+        raise UserError(f"--prompt-index and --{'by' if request.by else 'model'} cannot be "
+                        "combined")
+    if request.output:
+        output_format(request.output, request.output_format)
+    outputs = {"--output/-o": request.output, "--plot": request.plot_path}
+    io.refuse_overwriting_inputs(outputs, {"INPUT": request.source})
+    for option, path in outputs.items():
+        io.check_writable(path, option)
+
+
+def run(request: Request, console) -> None:
+    """Build the leaderboard(s), print them on ``console`` and write/plot what was asked."""
+    # torch loads only when the command runs
+    from p2l_cli.leaderboard.fit import (
+        anchor_table,
+        build_leaderboard,
+        grouped_leaderboards,
+        long_table,
+        model_view,
+        rank_matrix,
+    )
+    from p2l_cli.leaderboard.inputs import load_input
+    from p2l_cli.leaderboard.report import describe, render
+
+    _check(request)
+    anchor = parse_anchor(request.anchor) if request.anchor else None
+    if request.model and not request.by:
+        data = load_input(request.source, request.input_format, DEFAULT_GROUP, request.family,
+                          by_required=False)
+        if data.groups is None:
+            raise UserError(f"--model shows one model across groups; add --by COLUMN (the "
+                            f"input has no {DEFAULT_GROUP!r} column)")
+        request = replace(request, by=DEFAULT_GROUP)
+    else:
+        data = load_input(request.source, request.input_format, request.by, request.family)
+    options = {"family": request.family, "ci": request.ci, "rounds": request.rounds,
+               "seed": request.seed, "reweight": request.reweight,
+               "prompt_index": request.prompt_index, "level": request.level}
+    overall = build_leaderboard(data, **options)
+    _warn(console, overall)
+    if anchor:
+        overall.table = anchor_table(overall.table, *anchor)
+    head = describe(overall)
+    if not request.by:
+        table = overall.table.head(request.top) if request.top else overall.table
+        console.print(render(table, f"Leaderboard: {head}"))
+        _finish(request, table, {"leaderboard": overall.table}, overall, head)
+        return
+
+    boards = grouped_leaderboards(data, **options)
+    if not boards:
+        raise UserError(f"--by {request.by}: no group has enough votes for a leaderboard")
+    if anchor:
+        for board in boards.values():
+            if anchor[0] in board.table.get_column("model").to_list():
+                board.table = anchor_table(board.table, *anchor)
+    if request.model:
+        for name, board in boards.items():
+            _warn(console, board, f"{request.by} = {name}: ")
+        table = model_view(boards, request.model, request.by)
+        sizes = sorted(set(table.get_column("models").to_list()))
+        among = f"{sizes[0]} models" if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]} models"
+        console.print(render(table, f"{request.model} by {request.by}: {overall.family}, "
+                                    f"ranks of {among}"))
+        _finish(request, table, {request.model: table}, overall, head)
+        return
+    for name, board in boards.items():
+        table = board.table.head(request.top) if request.top else board.table
+        _warn(console, board, f"{request.by} = {name}: ")
+        console.print(render(table, f"{request.by} = {name}: {describe(board)}"))
+    matrix = rank_matrix(boards, overall, request.top)
+    console.print(render(matrix, f"Rank by {request.by} (overall: {head})"))
+    stacked = long_table({k: replace(b, table=b.table.head(request.top) if request.top
+                                     else b.table) for k, b in boards.items()}, request.by)
+    panels = {name: (b.table.head(request.top) if request.top else b.table)
+              for name, b in boards.items()}
+    _finish(request, stacked, panels, overall, head)
+
+
+def _warn(console, board, prefix: str = "") -> None:
+    """What the votes cannot support, said on stderr before the table (see VoteSupport)."""
+    from rich.markup import escape
+
+    for message in board.meta.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {escape(prefix + message)}", soft_wrap=True)
+
+
+def _finish(request: Request, table, panels: dict,
+            overall, head: str) -> None:
+    from p2l_cli.leaderboard.report import plot, write_output
+
+    meta = {"family": overall.family, "kind": overall.kind, "ci": overall.ci,
+            "level": request.level, "n": overall.n, "eta": overall.eta,
+            "by": request.by, "anchor": request.anchor,
+            "warnings": list(overall.meta.get("warnings", []))}
+    if request.output:
+        write_output(table, request.output, request.output_format, meta, title=head)
+    if request.plot_path:
+        plot(panels, request.plot_path, head)

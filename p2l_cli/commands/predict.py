@@ -208,6 +208,7 @@ def _one_prompt(library, model_source, text, output, fmt, options, device, dtype
     from rich.table import Table
 
     from p2l_cli.io import write_table
+    from p2l_cli.leaderboard import prompt_rows
 
     model, tokenizer = library.load_for_inference(model_source, device, dtype)
     frame = library.predict_frame(
@@ -219,7 +220,7 @@ def _one_prompt(library, model_source, text, output, fmt, options, device, dtype
     )
     coefs = frame["coefs"][0].to_numpy()
     eta = float(frame["eta"][0]) if "eta" in frame.columns else None
-    rows = library.prompt_leaderboard(coefs, eta, model.info)
+    rows = prompt_rows(list(model.info.model_list), coefs, eta, model.info.family)
     shown = text if len(text) <= 70 else text[:67] + "..."
     table = Table(title=f"Leaderboard for: {shown}", title_justify="left")
     table.add_column("rank", justify="right")
@@ -228,10 +229,10 @@ def _one_prompt(library, model_source, text, output, fmt, options, device, dtype
     table.add_column("score", justify="right")
     table.add_column("win rate vs field", justify="right")
     for row in rows:
-        table.add_row(
-            str(row.rank), row.model, f"{row.coef:+.4f}", f"{row.score:.1f}", f"{row.win_rate:.1%}"
-        )
-    table.caption = "score: 1000 + 400/ln(10) x (coefficient - mean); " + (
+        table.add_row(str(row["rank"]), row["model"], f"{row['coef']:+.4f}",
+                      f"{row['score']:.1f}", f"{row['win_rate']:.1%}")
+    centred = "coefficient" if model.info.family == "grk" else "coefficient - mean"
+    table.caption = f"score: 1000 + 400/ln(10) x ({centred}); " + (
         f"{model.info.family} family" + ("" if eta is None else f", eta {eta:.4f}")
     )
     console.print(table)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from p2l_cli.ui import QuietOption, console, set_quiet, warn
+from p2l_cli.ui import QuietOption, console, progress, set_quiet, warn
 
 INPUT, COLUMNS, FILTERS, SPLIT, OUTPUT = "Input", "Columns", "Filters", "Validation split", "Output"
 
@@ -209,7 +209,7 @@ def prepare(
 
     check_output_folder(output, "-o", overwrite)
     from p2l_cli.data.formats import Columns
-    from p2l_cli.data.prepare import PrepareOptions, prepare_battles, summary_tables
+    from p2l_cli.data.prepare import PrepareOptions, prepare_battles
 
     options = PrepareOptions(
         schema=schema,
@@ -238,7 +238,13 @@ def prepare(
         skip_bad_rows=skip_bad_rows,
         batch_rows=batch_rows,
     )
-    report = prepare_battles(inputs, output, options)
+    with progress() as bars:
+
+        def start(description: str, total: int | None):
+            task = bars.add_task(description, total=total, status="")
+            return lambda rows: bars.advance(task, rows)
+
+        report = prepare_battles(inputs, output, options, progress=start)
     for message in report.bad_rows:
         warn(f"skipped {message}")
     for message in report.warnings:
@@ -249,3 +255,38 @@ def prepare(
     for table in summary_tables(report):
         console.print(table)
     console.print(f"wrote {output}/: train.parquet, val.parquet, models.json, prepare.json")
+
+
+def summary_tables(report, max_models: int = 20) -> list:
+    """The counts of a :class:`~p2l_cli.data.prepare.PrepareReport` as rich tables."""
+    from rich.table import Table
+
+    from p2l_cli.data.prepare import DROP_REASONS
+
+    counts = Table(title="p2l prepare", show_header=False)
+    counts.add_column("what")
+    counts.add_column("count", justify="right")
+    counts.add_row("rows read", f"{report.rows_read:,}")
+    for reason, label in DROP_REASONS.items():
+        if report.drops.get(reason):
+            counts.add_row(f"  dropped: {label}", f"{report.drops[reason]:,}")
+    counts.add_row("battles kept", f"{report.train + report.val:,}")
+    counts.add_row("  train", f"{report.train:,}")
+    counts.add_row("  val", f"{report.val:,}")
+    for winner, count in report.winners.items():
+        if count:
+            counts.add_row(f"  winner {winner}", f"{count:,}")
+    counts.add_row("models", f"{len(report.models):,}")
+
+    ranked = sorted(report.per_model.items(), key=lambda item: -item[1]["battles"])
+    per_model = Table(title="battles per model")
+    for column in ("model", "battles", "train", "val"):
+        per_model.add_column(column, justify="left" if column == "model" else "right")
+    for name, count in ranked[:max_models]:
+        per_model.add_row(name, f"{count['battles']:,}", f"{count['train']:,}", f"{count['val']:,}")
+    if len(ranked) > max_models:
+        rest = ranked[max_models:]
+        per_model.add_row(
+            f"... {len(rest)} more", f"{sum(c['battles'] for _, c in rest):,}", "", ""
+        )
+    return [counts, per_model]

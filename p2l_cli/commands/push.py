@@ -104,15 +104,42 @@ def push(
         upload = hub.build_model_upload(source, repo_id, license, include_checkpoints, token)
     else:
         upload = hub.build_dataset_upload(source, repo_id, license, token)
-    hub.show_plan(upload, repo_id, dry_run)
+    show_plan(upload, repo_id, dry_run)
     if dry_run:
         sys.stdout.write(upload.card)
         sys.stdout.flush()
         return
     result = hub.push_upload(
         upload, repo_id, token=token, endpoint=endpoint, private=private, revision=revision,
-        commit_message=commit_message,
+        commit_message=commit_message, progress_bars=console.is_terminal and not console.quiet,
     )
     console.print(f"pushed {len(upload.files)} files ({hub.human_size(upload.total_size)}) "
                   f"to {result.repo_url} in one commit: {result.commit_url}", markup=False,
                   soft_wrap=True)
+
+
+def show_plan(upload, repo_id: str, dry_run: bool) -> None:
+    """The files that go up (with sizes) and the ones left out (with reasons), on stderr."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from p2l_cli.hub import human_size
+
+    verb = "would upload" if dry_run else "uploading"
+    console.print(f"{repo_id} ({upload.repo_type}): {verb} {len(upload.files)} files "
+                  f"({human_size(upload.total_size)})", markup=False, soft_wrap=True)
+    table = Table(show_edge=False)
+    table.add_column("File")
+    table.add_column("Size", justify="right")
+    for f in upload.files:
+        generated = " (generated)" if f.content is not None else ""
+        table.add_row(escape(f.path_in_repo) + generated, human_size(f.size))
+    console.print(table)
+    if upload.skipped:
+        console.print(f"left out {len(upload.skipped)}:")
+        left_out = Table(show_edge=False)
+        left_out.add_column("Path")
+        left_out.add_column("Reason")
+        for s in upload.skipped:
+            left_out.add_row(escape(s.path), escape(s.reason))
+        console.print(left_out)

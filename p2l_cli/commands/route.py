@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from p2l_cli.errors import UserError
 from p2l_cli.ui import QuietOption, console, set_quiet
 
 BUDGET, CHOICE, OUTPUT = "Budget", "Models and opponents", "Output"
@@ -137,8 +138,11 @@ def route(
     set_quiet(quiet)
     from p2l_cli import io  # polars/pyarrow, and numpy/torch/scipy: only when routing
     from p2l_cli import route as lib
+    from p2l_cli.contracts.costs import read_costs
+    from p2l_cli.contracts.predictions import predictions_from_frame
+    from p2l_cli.route import report
 
-    lib.check_options(costs, budget, budget_scope, price, solver, sweep, plot)
+    check_options(costs, budget, budget_scope, price, solver, sweep, plot)
     outputs = {"--output/-o": output, "--summary": summary, "--plot": plot}
     opponents_file = opponents if Path(opponents).is_file() else None
     io.refuse_overwriting_inputs(
@@ -151,17 +155,17 @@ def route(
         df, meta = io.read_table_meta(input)
     else:
         df, meta = lib.predict_prompts_table(model, input)
-    preds = lib.predictions_arrays(df, meta, source)
-    choosable = lib.choosable_models(preds.models, models)
+    preds = predictions_from_frame(df, meta, source)
+    choosable = lib.choosable_models(preds.models, model_names(models))
     cost_vector = None
     if costs is not None:
-        cost_vector = lib.cost_vector(lib.read_costs(costs), preds.models, choosable, str(costs))
+        cost_vector = lib.cost_vector(read_costs(costs), preds.models, choosable, str(costs))
     problem = lib.build_problem(
         preds.models, preds.family, preds.coefs, preds.eta, opponents, choosable, cost_vector
     )
     if sweep is not None:
-        rows = lib.sweep(problem, lib.parse_budgets(sweep), budget_scope, solver)
-        console.print(lib.sweep_table(rows))
+        rows = lib.sweep(problem, parse_budgets(sweep), budget_scope, solver)
+        console.print(report.sweep_table(rows))
         if output is not None:
             import polars as pl
 
@@ -169,17 +173,61 @@ def route(
         if summary is not None:
             io.write_json(summary, {"curve": rows, "models": lib.single_models(problem)})
         if plot is not None:
-            lib.plot_curve(rows, lib.single_models(problem), plot)
+            report.plot_curve(rows, lib.single_models(problem), plot)
         return
     if budget is not None:
         lib.check_budget(budget, cost_vector, problem.names)
-    routing = lib.solve(problem.values, cost_vector, budget, budget_scope, price, solver)
+    routing = lib.solve_routing(problem.values, cost_vector, budget, budget_scope, price, solver)
     chosen = lib.choose(routing.strategy, cost_vector, None if deterministic else seed)
     result = lib.summarise(problem, routing, chosen, budget)
     result["scope"] = budget_scope if budget is not None else None
     if output is not None:
-        frame = lib.routes_frame(df, problem, routing, chosen, drop_coefs)
+        frame = report.routes_frame(df, problem, routing, chosen, drop_coefs)
         io.write_table(frame, output, fmt, meta=None if drop_coefs else meta)
-    console.print(lib.summary_tables(result))
+    console.print(report.summary_tables(result))
     if summary is not None:
         io.write_json(summary, result)
+
+
+def check_options(costs, budget, scope, price, solver, sweep, plot) -> None:
+    """Reject option combinations that make no sense, before any work."""
+    from p2l_cli.route import SCOPES, SOLVERS
+
+    if scope not in SCOPES:
+        raise UserError(f"--budget-scope {scope!r}: expected one of {', '.join(SCOPES)}")
+    if solver not in SOLVERS:
+        raise UserError(f"--solver {solver!r}: expected one of {', '.join(SOLVERS)}")
+    if budget is not None and price is not None:
+        raise UserError("--budget and --price: give one (a price routes without a budget)")
+    if price is not None and not price >= 0:
+        raise UserError(f"--price {price:g}: must be a number >= 0")
+    if sweep is not None and (budget is not None or price is not None):
+        raise UserError("--sweep sets the budgets itself; drop --budget/--price")
+    if plot is not None and sweep is None:
+        raise UserError("--plot draws the --sweep curve; give --sweep C1,C2,...")
+    if costs is None:
+        for name, value in (("--budget", budget), ("--price", price), ("--sweep", sweep)):
+            if value is not None:
+                raise UserError(f"{name} needs --costs")
+
+
+
+
+def parse_budgets(text: str) -> list[float]:
+    try:
+        budgets = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"--sweep {text!r}: expected comma-separated numbers") from None
+    if not budgets:
+        raise UserError("--sweep: no budgets given")
+    return budgets
+
+
+def model_names(text: str | None) -> list[str] | None:
+    """``--models a,b``: the names, or ``None`` (every model)."""
+    if text is None:
+        return None
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise UserError("--models: no model names given")
+    return names

@@ -92,7 +92,7 @@ def simulate(
     from p2l_cli.io import check_output_folder
 
     check_output_folder(out_dir, "-o" if out else "OUT_DIR", overwrite)
-    from p2l_cli.data.simulate import simulate_arena, summary_table, write_arena
+    from p2l_cli.data.simulate import simulate_arena, write_arena
 
     chosen = [c.strip() for c in categories.split(",") if c.strip()] if categories else None
     arena = simulate_arena(
@@ -118,3 +118,23 @@ def _one_out_dir(positional: str | None, option: str | None) -> str:
     if not (positional or option):
         raise UserError("no output folder: p2l simulate DIR (or -o DIR)")
     return positional or option
+
+
+def summary_table(arena):
+    """The simulated arena's models as a rich table."""
+    from rich.table import Table
+
+    from p2l_cli.data.simulate import model_summary
+
+    title = f"simulated arena: {arena.battles.height} battles, family {arena.family}"
+    table = Table(title=title)
+    table.add_column("model")
+    table.add_column("battles", justify="right")
+    table.add_column("won", justify="right")
+    table.add_column("$/answer", justify="right")
+    table.add_column("best categories")
+    for row in model_summary(arena):
+        won = "-" if row["won"] is None else f"{row['won']:.0%}"
+        table.add_row(row["model"], str(row["battles"]), won, f"{row['cost']:.5f}",
+                      ", ".join(row["best_categories"]))
+    return table

@@ -28,7 +28,6 @@ import gzip
 import io
 import json
 import math
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timezone
@@ -39,31 +38,14 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from p2l_cli.contracts.battles import outcome_of
+from p2l_cli.contracts.prompts import USER_ROLES, BadPrompt, user_turns, utf8_text
 from p2l_cli.errors import UserError
-from p2l_cli.io import STDIO, format_of, sniff_format, source_name
+from p2l_cli.io import STDIO, format_of, open_stdin, source_name
 
 SCHEMAS = ("arena", "kaggle", "generic")
 FILE_TYPES = ("parquet", "jsonl", "csv", "json")
-WINNERS = ("model_a", "model_b", "tie", "tie (bothbad)")
 KAGGLE_WINNER_COLUMNS = ("winner_model_a", "winner_model_b", "winner_tie")
-USER_ROLES = ("user", "human")
-
-_WINNER_ALIASES = {
-    "model_a": "model_a",
-    "a": "model_a",
-    "model_b": "model_b",
-    "b": "model_b",
-    "tie": "tie",
-    "draw": "tie",
-    "tie (bothbad)": "tie (bothbad)",
-    "tie(bothbad)": "tie (bothbad)",
-    "tie (both bad)": "tie (bothbad)",
-    "tie_bothbad": "tie (bothbad)",
-    "both_bad": "tie (bothbad)",
-    "bothbad": "tie (bothbad)",
-    "both bad": "tie (bothbad)",
-}
-
 
 class BadRow(Exception):
     """A record that cannot be read as a battle; the message says why."""
@@ -218,41 +200,14 @@ def _read_file_bytes(path: str) -> bytes:
 
 
 def _open_stdin(file_type: str | None) -> RecordStream:
-    stream = sys.stdin.buffer
-    head = stream.read(4096)
-    kind = (
-        format_of(STDIO, file_type, option="--input-format") if file_type else sniff_format(head)
-    )
-    if kind in ("parquet", "json"):
-        data = head + stream.read()
-        if kind == "parquet":
-            return _parquet_stream("<stdin>", io.BytesIO(data))
-        return _json_stream("<stdin>", data)
-    joined = io.BufferedReader(_Chained(head, stream))
+    kind, stream = open_stdin(file_type, option="--input-format")
+    if kind == "parquet":
+        return _parquet_stream("<stdin>", io.BytesIO(stream.read()))
+    if kind == "json":
+        return _json_stream("<stdin>", stream.read())
     if kind == "jsonl":
-        return _jsonl_stream("<stdin>", joined)
-    return _csv_stream("<stdin>", joined, delimiter=",")
-
-
-class _Chained(io.RawIOBase):
-    """Bytes already read from a stream, then the rest of the stream."""
-
-    def __init__(self, head: bytes, rest: IO[bytes]):
-        self._head = head
-        self._rest = rest
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        if self._head:
-            n = min(len(buffer), len(self._head))
-            buffer[:n] = self._head[:n]
-            self._head = self._head[n:]
-            return n
-        data = self._rest.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
+        return _jsonl_stream("<stdin>", stream)
+    return _csv_stream("<stdin>", stream, delimiter=",")
 
 
 # --------------------------------------------------------------------------- the readers
@@ -454,7 +409,7 @@ class RecordParser:
         if self.schema == "kaggle":
             winner = _one_hot_winner(record)
         else:
-            winner = parse_winner(record.get(c.winner), model_a, model_b)
+            winner = outcome_of(record.get(c.winner), model_a, model_b)
         battle = Battle(
             id=_ident(self._get(record, c.id)),
             prompt=prompt,
@@ -481,94 +436,15 @@ class RecordParser:
 
     def _prompt(self, value: Any) -> list[str]:
         column = self.columns.prompt or "prompt"
-        if isinstance(value, str):
-            text = value.strip()
-            if self.schema == "kaggle" and text.startswith("["):
-                try:
-                    value = json.loads(text)
-                except json.JSONDecodeError as exc:
-                    raise BadRow(f"{column} is not a JSON list ({exc.msg})") from None
-            elif self.text_fields and text.startswith("[") and text.endswith("]"):
-                value = _json_list_or_text(value)
-        return parse_prompt(value, column)
-
-
-def _json_list_or_text(value: str) -> Any:
-    """A CSV cell holding a JSON list of turns or messages, else the text itself."""
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError:
-        return value
-    if isinstance(parsed, list) and all(isinstance(t, (str, dict, type(None))) for t in parsed):
-        return parsed
-    return value
-
-
-def parse_prompt(value: Any, column: str = "prompt") -> list[str]:
-    """The non-blank user turns of a prompt value: a string, a list of strings (nulls
-    skipped), or a list of ``{role, content}`` messages (user turns kept)."""
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [_text(value)] if value.strip() else []
-    if isinstance(value, dict):
-        raise BadRow(f"{column} is an object; expected text, a list of turns or of messages")
-    if not isinstance(value, (list, tuple)):
-        raise BadRow(f"{column} is a {type(value).__name__}; expected text or a list")
-    turns: list[str] = []
-    for number, item in enumerate(value):
-        if item is None:
-            continue
-        if isinstance(item, str):
-            turn = item
-        elif isinstance(item, dict):
-            if "role" not in item:
-                raise BadRow(f"{column}: message {number} has no 'role'")
-            if str(item["role"]).lower() not in USER_ROLES:
-                continue
-            turn = _content_text(item.get("content"), column, number)
-        else:
-            raise BadRow(f"{column}: turn {number} is a {type(item).__name__}, not text")
-        if turn.strip():
-            turns.append(_text(turn))
-    return turns
-
-
-def _content_text(content: Any, column: str, number: int) -> str:
-    """A message's text: a string, or the text parts of a list of ``{type, text}`` parts."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = [p.get("text") for p in content if isinstance(p, dict)]
-        return "\n".join(p for p in parts if isinstance(p, str) and p)
-    raise BadRow(f"{column}: message {number} content is a {type(content).__name__}, not text")
-
-
-def _text(value: str) -> str:
-    """Text that can be written as UTF-8: JSON escapes may leave lone surrogates."""
-    try:
-        value.encode("utf-8")
-        return value
-    except UnicodeEncodeError:
-        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-
-
-def parse_winner(value: Any, model_a: str, model_b: str) -> str | None:
-    """``model_a``, ``model_b``, ``tie`` or ``tie (bothbad)``; ``None`` when unknown.
-    Aliases (``a``, ``both_bad``, ...) and the winning model's name are accepted."""
-    if not isinstance(value, str):
-        return None
-    key = value.strip()
-    found = _WINNER_ALIASES.get(key.lower())
-    if found:
-        return found
-    if key == model_a:
-        return "model_a"
-    if key == model_b:
-        return "model_b"
-    return None
+        if self.schema == "kaggle" and isinstance(value, str) and value.strip().startswith("["):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise BadRow(f"{column} is not a JSON list ({exc.msg})") from None
+        try:
+            return user_turns(value)
+        except BadPrompt as exc:
+            raise BadRow(f"{column}: {exc}") from None
 
 
 def _one_hot_winner(record: dict) -> str | None:
@@ -592,14 +468,14 @@ def _ident(value: Any) -> str | None:
         return None
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
-    return _text(str(value))
+    return utf8_text(str(value))
 
 
 def _label(value: Any) -> str | None:
     if value is None:
         return None
     if isinstance(value, str):
-        return _text(value)
+        return utf8_text(value)
     return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
 
 

@@ -22,6 +22,7 @@ import os
 import shutil
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,7 +31,6 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
-from rich.table import Table
 
 from p2l_cli import __version__
 from p2l_cli.data.formats import (
@@ -48,10 +48,11 @@ from p2l_cli.data.formats import (
 )
 from p2l_cli.errors import UserError
 from p2l_cli.io import write_json
-from p2l_cli.ui import progress
 
 OUTPUTS = ("train.parquet", "val.parquet", "models.json", "prepare.json")
 SPLITS = ("random", "chrono")
+# progress(description, total) -> advance(rows)
+Progress = Callable[[str, int | None], Callable[[int], None]]
 
 # Why a record was not kept, in the order the checks run (a record counts once).
 DROP_REASONS = {
@@ -270,11 +271,11 @@ def _ingest(
     options: PrepareOptions,
     stage: _Stage,
     report: PrepareReport,
-    bar,
+    progress: Progress,
 ) -> None:
     stream, schema, parser = _open_input(path, options)
     _warn_missing_filter_columns(stream, parser.columns, options, report)
-    task = bar.add_task(stream.name, total=stream.rows, status="")
+    advance = progress(stream.name, stream.rows)
     rows = 0
     batches = stream.batches(
         parser.columns.used(schema), options.batch_rows, messages=parser.columns.prompt
@@ -300,7 +301,7 @@ def _ingest(
                 kept.append((position, result))
         stage.write(kept, val, index)
         rows += len(records)
-        bar.advance(task, len(records))
+        advance(len(records))
     report.rows_read += rows
     report.inputs.append(
         {
@@ -521,12 +522,13 @@ def encode_labels(frame: pl.DataFrame, models: list[str]) -> pl.DataFrame:
 
 
 def _write_splits(
-    stage: Path, decision: Decision, optional: set[str], folder: Path, batch_rows: int, bar
+    stage: Path, decision: Decision, optional: set[str], folder: Path, batch_rows: int,
+    progress: Progress,
 ) -> None:
     schema = output_schema(optional)
     names = schema.names
     parquet = pq.ParquetFile(stage)
-    task = bar.add_task("writing", total=parquet.metadata.num_rows, status="")
+    advance = progress("writing", parquet.metadata.num_rows)
     writers = {
         split: pq.ParquetWriter(folder / f"{split}.parquet", schema, compression="zstd")
         for split in ("train", "val")
@@ -543,7 +545,7 @@ def _write_splits(
                     continue
                 part = encode_labels(frame.filter(pl.Series(mask)), decision.models)
                 writers[split].write_table(part.select(names).to_arrow().cast(schema))
-            bar.advance(task, batch.num_rows)
+            advance(batch.num_rows)
     finally:
         for writer in writers.values():
             writer.close()
@@ -552,10 +554,18 @@ def _write_splits(
 # ------------------------------------------------------------------------------ run
 
 
+def _no_progress(description: str, total: int | None) -> Callable[[int], None]:
+    return lambda rows: None
+
+
 def prepare_battles(
-    inputs: list[str], out_dir: str | Path, options: PrepareOptions
+    inputs: list[str], out_dir: str | Path, options: PrepareOptions,
+    progress: Progress | None = None,
 ) -> PrepareReport:
-    """Prepare the battles in ``inputs`` (files, globs, folders or ``-``) into ``out_dir``."""
+    """Prepare the battles in ``inputs`` (files, globs, folders or ``-``) into ``out_dir``.
+    ``progress(description, total)`` is called as each input and the writing start; it
+    returns the function to call with each batch's row count."""
+    progress = progress or _no_progress
     options.check()
     files = expand_inputs(inputs)
     val_files = expand_inputs([options.val_file]) if options.val_file else []
@@ -570,21 +580,19 @@ def prepare_battles(
     try:
         stage = _Stage(staging / "stage.parquet")
         try:
-            with progress() as bar:
-                for path in files:
-                    _ingest(path, False, len(report.inputs), options, stage, report, bar)
-                for path in val_files:
-                    _ingest(path, True, len(report.inputs), options, stage, report, bar)
+            for path in files:
+                _ingest(path, False, len(report.inputs), options, stage, report, progress)
+            for path in val_files:
+                _ingest(path, True, len(report.inputs), options, stage, report, progress)
         finally:
             stage.close()
         if stage.rows == 0:
             raise UserError(_nothing_left(report, 0))
         decision = _decide(stage.path, options, report)
         report.columns = output_schema(stage.seen_optional).names
-        with progress() as bar:
-            _write_splits(
-                stage.path, decision, stage.seen_optional, staging, options.batch_rows, bar
-            )
+        _write_splits(
+            stage.path, decision, stage.seen_optional, staging, options.batch_rows, progress
+        )
         (staging / "stage.parquet").unlink()
         write_json(staging / "models.json", decision.models)
         write_json(staging / "prepare.json", report.to_json(options))
@@ -593,36 +601,3 @@ def prepare_battles(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return report
-
-
-# --------------------------------------------------------------------------- summary
-
-
-def summary_tables(report: PrepareReport, max_models: int = 20) -> list[Table]:
-    counts = Table(title="p2l prepare", show_header=False)
-    counts.add_column("what")
-    counts.add_column("count", justify="right")
-    counts.add_row("rows read", f"{report.rows_read:,}")
-    for reason, label in DROP_REASONS.items():
-        if report.drops.get(reason):
-            counts.add_row(f"  dropped: {label}", f"{report.drops[reason]:,}")
-    counts.add_row("battles kept", f"{report.train + report.val:,}")
-    counts.add_row("  train", f"{report.train:,}")
-    counts.add_row("  val", f"{report.val:,}")
-    for winner, count in report.winners.items():
-        if count:
-            counts.add_row(f"  winner {winner}", f"{count:,}")
-    counts.add_row("models", f"{len(report.models):,}")
-
-    ranked = sorted(report.per_model.items(), key=lambda item: -item[1]["battles"])
-    per_model = Table(title="battles per model")
-    for column in ("model", "battles", "train", "val"):
-        per_model.add_column(column, justify="left" if column == "model" else "right")
-    for name, count in ranked[:max_models]:
-        per_model.add_row(name, f"{count['battles']:,}", f"{count['train']:,}", f"{count['val']:,}")
-    if len(ranked) > max_models:
-        rest = ranked[max_models:]
-        per_model.add_row(
-            f"... {len(rest)} more", f"{sum(c['battles'] for _, c in rest):,}", "", ""
-        )
-    return [counts, per_model]

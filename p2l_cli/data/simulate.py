@@ -40,15 +40,15 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
-from rich.table import Table
 
+from p2l_cli.contracts.battles import OUTCOMES
 from p2l_cli.data import prompt_bank as bank
 from p2l_cli.errors import UserError
 from p2l_cli.io import write_json, write_table, write_text
 from p2l_cli.stats.families import canonical_family, outcome_probs, rk_raw_eta
 
 START = datetime(2024, 6, 1, tzinfo=timezone.utc).timestamp()
-WINNERS = ("model_a", "model_b", "tie", "tie (bothbad)")  # outcome index -> arena winner
+WINNERS = OUTCOMES  # outcome index -> arena winner
 
 GENERAL_SD = 0.6  # spread of general strength (logits)
 SKILL_SD = 0.3  # spread of the category skills not explained by strength
@@ -616,28 +616,21 @@ def write_arena(arena: SimulatedArena, out_dir: str | Path) -> list[Path]:
     return [root / name for name in OUTPUTS]
 
 
-def summary_table(arena: SimulatedArena) -> Table:
-    """Per model: battles, win share, cost of an answer, and its true rank per category."""
+def model_summary(arena: SimulatedArena) -> list[dict]:
+    """Per model: battles, share won, cost of an answer, and the categories it tops."""
     battles = arena.battles
     boards = arena.world.leaderboards()
-    table = Table(title=f"simulated arena: {battles.height} battles, family {arena.family}")
-    table.add_column("model")
-    table.add_column("battles", justify="right")
-    table.add_column("won", justify="right")
-    table.add_column("$/answer", justify="right")
-    table.add_column("best categories")
+    rows = []
     for i, name in enumerate(arena.models):
         as_a = battles.filter(pl.col("model_a") == name)
         as_b = battles.filter(pl.col("model_b") == name)
         count = as_a.height + as_b.height
         won = (as_a["winner"] == "model_a").sum() + (as_b["winner"] == "model_b").sum()
-        cost = arena.world.price[i] * arena.world.tokens[i] / 1e6
-        firsts = [c for c, board in boards.items() if next(iter(board)) == name]
-        table.add_row(
-            name,
-            str(count),
-            f"{won / count:.0%}" if count else "-",
-            f"{cost:.5f}",
-            ", ".join(firsts),
-        )
-    return table
+        rows.append({
+            "model": name,
+            "battles": count,
+            "won": won / count if count else None,
+            "cost": arena.world.price[i] * arena.world.tokens[i] / 1e6,
+            "best_categories": [c for c, board in boards.items() if next(iter(board)) == name],
+        })
+    return rows

@@ -117,7 +117,7 @@ async def read_json(request: Request, limit: int) -> dict:
 
 
 def _turns(messages, param: str = "messages") -> list[str]:
-    from p2l_cli.predict import BadPrompt, prompt_turns
+    from p2l_cli.contracts.prompts import BadPrompt, prompt_turns
 
     try:
         return prompt_turns(messages)
@@ -237,7 +237,7 @@ def create_app(state: ServerState) -> FastAPI:
     async def leaderboard(request: Request):
         """The prompt's leaderboard over all the P2L model's models, and the route the
         router would take (not counted in the balanced sampler's credit)."""
-        from p2l_cli.predict import prompt_leaderboard
+        from p2l_cli.leaderboard import prompt_rows
 
         check_auth(request)
         body = await read_json(request, config.max_body_bytes)
@@ -251,10 +251,11 @@ def create_app(state: ServerState) -> FastAPI:
         if not isinstance(name, str) or not (name == ROUTE_PREFIX or name.startswith("p2l:")):
             raise APIError(400, "'model' must be 'p2l' or 'p2l:budget=X'", param="model")
         scored = await score(turns, route_of(name), commit=False)
-        rows = prompt_leaderboard(scored.coefs, scored.eta, state.info)
+        rows = prompt_rows(list(state.info.model_list), scored.coefs, scored.eta,
+                           state.info.family)
         return {
             "family": state.info.family,
-            "leaderboard": [row.__dict__ for row in rows],
+            "leaderboard": rows,
             "route": scored.decision.as_dict(),
         }
 

@@ -103,7 +103,7 @@ def _number(value, where: str, minimum: float = 0.0, integer: bool = False) -> f
 
 
 def _upstream(name: str, spec, where: str, known: set[str]) -> Upstream:
-    from p2l_cli.route import _cost_of  # the `p2l route --costs` forms, read the same way
+    from p2l_cli.contracts.costs import cost_of
 
     if name not in known:
         raise UserError(f"{where}: model {name!r} is not in the P2L model's model list")
@@ -112,7 +112,7 @@ def _upstream(name: str, spec, where: str, known: set[str]) -> Upstream:
     unknown = sorted(set(spec) - MODEL_KEYS)
     if unknown:
         raise UserError(f"{where}: unknown key {unknown[0]!r} (expected {', '.join(sorted(MODEL_KEYS))})")
-    cost = _cost_of(spec, where)
+    cost = cost_of(spec, where)
     base_url = spec.get("base_url")
     if not isinstance(base_url, str) or urlparse(base_url).scheme not in ("http", "https") \
             or not urlparse(base_url).netloc:  # fmt: skip

@@ -2,9 +2,9 @@
 for each with the routing code of ``p2l route`` (:mod:`p2l_cli.route`).
 
 A request's route is the per-prompt LP ``max pi . v  s.t.  pi . c <= budget``
-(:func:`p2l_cli.route.solve` with the ``prompt`` scope) or, with a price, ``argmax v - price
+(:func:`p2l_cli.route.solve_routing` with the ``prompt`` scope) or, with a price, ``argmax v - price
 x c``; ``v`` are the expected win rates against the opponents
-(:func:`p2l_cli.route.expected_win_rates`). A budget that falls between two frontier models
+(:func:`p2l_cli.stats.winrates.win_rates_vs_opponents`). A budget that falls between two frontier models
 gives a mixed strategy; the model is then drawn from it:
 
 - ``balanced`` (default): a running credit of expected minus actual spend picks the dearer
@@ -125,17 +125,18 @@ class RouterCore:
 
     def values(self, coefs: np.ndarray, eta: np.ndarray | None) -> np.ndarray:
         """Expected win rates ``[N, S]`` of the routable models."""
-        from p2l_cli.route import expected_win_rates, opponent_distribution
+        from p2l_cli.route import opponent_distribution
+        from p2l_cli.stats.winrates import win_rates_vs_opponents
 
         coefs = np.asarray(coefs, dtype=np.float64)
         eta = None if eta is None else np.asarray(eta, dtype=np.float64)
         if self.top_k is None:
-            return expected_win_rates(coefs, self.q, eta, self.family)[:, self.choosable]
+            return win_rates_vs_opponents(coefs, self.q, eta, self.family)[:, self.choosable]
         rows = []  # each prompt's own top K: a route must not depend on its batch neighbours
         for i in range(len(coefs)):
             e = None if eta is None else eta[i : i + 1]
             q = opponent_distribution(self.top_k, self.models, coefs[i : i + 1], e, self.family)
-            rows.append(expected_win_rates(coefs[i : i + 1], q, e, self.family)[0])
+            rows.append(win_rates_vs_opponents(coefs[i : i + 1], q, e, self.family)[0])
         return np.stack(rows)[:, self.choosable]
 
     def check_budget(self, budget: float | None) -> None:
@@ -156,7 +157,7 @@ class RouterCore:
         """One decision per prompt; ``params[i]`` is its ``(budget, price, stream)``;
         ``commit[i]`` False previews a route without changing the router's state (the
         balanced sampler's credit, the stream budget's overspend)."""
-        from p2l_cli.route import route_by_price, solve
+        from p2l_cli.route import route_by_price, solve_routing
 
         values = self.values(coefs, eta)
         commit = [True] * len(params) if commit is None else commit
@@ -177,7 +178,7 @@ class RouterCore:
                             self.overspend = max(0.0, self.overspend + decision.cost - budget)
                         decisions[row] = decision
                     continue
-                routing = solve(values[rows], self.costs, budget, "prompt", price)
+                routing = solve_routing(values[rows], self.costs, budget, "prompt", price)
                 for row, strategy in zip(rows, routing.strategy):
                     decisions[row] = self._decide(values[row], strategy, budget, price,
                                                   commit[row])  # fmt: skip

@@ -1,0 +1,30 @@
+"""Scoring per-prompt P2L predictions against held-out votes, next to the marginal leaderboard.
+
+The question ``p2l evaluate`` answers: does the per-prompt leaderboard predict held-out votes
+better than the one leaderboard fitted on all training votes, and where? Both are scored with
+the same likelihood family (the P2L model's loss): mean negative log-likelihood per vote,
+accuracy, Brier score and a calibration table. The gain (marginal NLL minus P2L NLL, in nats
+per vote) comes with a paired bootstrap interval that resamples prompts, so votes on one
+prompt move together.
+
+With the simulator's truth (``p2l simulate`` writes the coefficients each vote was drawn
+from) it adds the oracle: the NLL of the true coefficients, the fraction of the achievable
+gain that P2L captures, the NLL of leaderboards fitted per true category, and how well the
+aggregated per-category P2L leaderboards recover the true ones.
+
+The package: :mod:`~p2l_cli.evaluate.inputs` (votes, joins, predictions from a model),
+:mod:`~p2l_cli.evaluate.truth` (the simulator's truth), :mod:`~p2l_cli.evaluate.scoring`
+(losses, metrics, bootstrap, recovery), :mod:`~p2l_cli.evaluate.compare` (the result) and
+:mod:`~p2l_cli.evaluate.report` (tables, JSON, plots); the command joins them.
+"""
+
+from p2l_cli.contracts.predictions import Predictions, read_predictions
+from p2l_cli.evaluate.compare import Settings, evaluate_predictions
+from p2l_cli.evaluate.inputs import Votes, make_votes, vote_labels
+from p2l_cli.evaluate.scoring import bootstrap_gain, vote_losses
+from p2l_cli.evaluate.truth import TruthTable, read_truth
+
+__all__ = [
+    "Predictions", "Settings", "TruthTable", "Votes", "bootstrap_gain", "evaluate_predictions",
+    "make_votes", "read_predictions", "read_truth", "vote_labels", "vote_losses",
+]
