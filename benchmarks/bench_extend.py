@@ -26,34 +26,17 @@ import argparse
 import json
 import os
 import platform
-import shlex
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import torch
+from bench_quality import run_p2l  # this folder is on sys.path
 
 from p2l_cli.io import read_table_meta
 from p2l_cli.stats.families import half_tie_nll
 
 SIZES = (100, 300, 1000)
-
-
-def run_p2l(argv: list[str], log: Path) -> float:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
-    started = time.perf_counter()
-    with log.open("a") as fh:
-        fh.write(f"\n$ p2l {shlex.join(argv)}\n")
-        fh.flush()
-        proc = subprocess.run([sys.executable, "-m", "p2l_cli", *argv], stdout=fh, stderr=fh,
-                              env=env, check=False)  # fmt: skip
-    if proc.returncode != 0:
-        raise SystemExit(f"p2l {argv[0]} failed (exit {proc.returncode}); see {log}")
-    return time.perf_counter() - started
 
 
 def relabel(frame: pl.DataFrame, models: list[str]) -> pl.DataFrame:
