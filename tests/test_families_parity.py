@@ -3,6 +3,7 @@ against its formulas written out here in 200-digit arithmetic, not in log space.
 
 from __future__ import annotations
 
+import json
 import math
 
 import mpmath as mp
@@ -203,3 +204,31 @@ def test_vote_metrics_score_tie_prediction():
     with pytest.raises(ValueError, match="no both-bad ties"):
         families.tie_event_nll(torch.zeros(1), torch.zeros(1), torch.zeros(1), torch.zeros(1),
                                "rk", both_bad=True)
+
+
+def _one_line(result) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_cli_fits_the_new_families_and_refuses_tie_only_ones(tmp_path):
+    """leaderboard fits rk-reparam and ba to votes (the fit's probabilities are those of the
+    family); tie-only likelihoods and unsimulated families are one-line exit-2 errors."""
+    from conftest import run_cli
+    from train_helpers import write_data_dir
+
+    data = write_data_dir(tmp_path / "votes", n_train=64, n_val=8)
+    for family in ("rk-reparam", "ba"):
+        out = tmp_path / f"{family}.json"
+        result = run_cli("leaderboard", data / "train.parquet", "--family", family,
+                         "--format", "json", "-o", out)
+        assert result.exit_code == 0, result.output
+        board = json.loads(out.read_text())
+        assert board["p2l"]["family"] == family and len(board["rows"]) == 3
+        assert math.isfinite(board["p2l"]["eta"])
+    for args in (["leaderboard", data / "train.parquet", "--family", "tie-rk"],
+                 ["simulate", tmp_path / "sim", "--family", "ba"]):
+        result = run_cli(*args)
+        assert result.exit_code == 2, result.output
+        assert "--family" in _one_line(result)
