@@ -122,6 +122,12 @@ def grow_output_layer(model: P2LModel, models: list[str], rows: dict[str, tuple]
     old_layer = model.head.output_layer
     known = {name: i for i, name in enumerate(model.info.model_list)}
     layer = nn.Linear(old_layer.in_features, len(models)).to(old_layer.weight.dtype)
+    # a ba head subtracts gamma (linear in the pooled state) from every coefficient: a new
+    # row fitted for the final coefficient gets gamma's layer added back
+    gamma = getattr(model.head, "gamma_head", None)
+    if gamma is not None and isinstance(model.head.head, nn.Sequential):
+        raise UserError("extend: a ba head with a rank or hidden layer cannot take new rows "
+                        "(gamma reads the pooled state, the new rows the low-rank layer)")
     with torch.no_grad():
         for i, name in enumerate(models):
             if name in known:
@@ -131,6 +137,9 @@ def grow_output_layer(model: P2LModel, models: list[str], rows: dict[str, tuple]
                 weight, bias = rows[name]
                 layer.weight[i] = torch.as_tensor(weight, dtype=layer.weight.dtype)
                 layer.bias[i] = float(bias)
+                if gamma is not None:
+                    layer.weight[i] += gamma.weight[0].to(layer.weight.dtype)
+                    layer.bias[i] += gamma.bias[0].to(layer.bias.dtype)
     if isinstance(model.head.head, nn.Sequential):
         model.head.head[-1] = layer
     else:

@@ -273,3 +273,25 @@ def test_train_then_predict_with_the_new_losses_and_heads(tmp_path, loss, extra)
         assert model.info.head_rank == 3 // 2
     else:
         assert model.head.gamma_head is not None
+
+
+def test_extend_gives_a_ba_head_new_rows_that_predict_the_fitted_coefficients():
+    """extend fits a new model's final coefficient b + w.h; with a ba head the layer's row
+    must carry gamma back, since the forward pass subtracts it."""
+    from types import SimpleNamespace
+
+    from p2l_cli.extend import grow_output_layer
+
+    torch.manual_seed(2)
+    head = P2LHead(6, 2, "ba")
+    head.initialise("normal", std=0.7)
+    model = SimpleNamespace(head=head, info=SimpleNamespace(model_list=["a", "b"]),
+                            neighbours=None)
+    pooled = torch.randn(5, 6)
+    before, _ = head(pooled)
+    w, b = np.arange(6.0) / 10, 0.3
+    grow_output_layer(model, ["a", "b", "c"], {"c": (w, b)})
+    with torch.no_grad():
+        after, _ = head(pooled)
+    torch.testing.assert_close(after[:, :2], before.detach())
+    torch.testing.assert_close(after[:, 2], pooled @ torch.tensor(w, dtype=torch.float32) + b)
