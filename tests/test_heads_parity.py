@@ -295,3 +295,14 @@ def test_extend_gives_a_ba_head_new_rows_that_predict_the_fitted_coefficients():
         after, _ = head(pooled)
     torch.testing.assert_close(after[:, :2], before.detach())
     torch.testing.assert_close(after[:, 2], pooled @ torch.tensor(w, dtype=torch.float32) + b)
+
+
+def test_extend_refuses_a_low_rank_ba_head():
+    from types import SimpleNamespace
+
+    from p2l_cli.errors import UserError
+    from p2l_cli.extend import check_extendable
+
+    check_extendable(SimpleNamespace(head=P2LHead(6, 2, "ba")))
+    with pytest.raises(UserError, match="ba head with a rank"):
+        check_extendable(SimpleNamespace(head=P2LHead(6, 2, "ba", rank=1)))
