@@ -115,12 +115,24 @@ def extended_model_list(known: list[str], frame: pl.DataFrame, source: str) -> l
     return sorted(set(known) | names)
 
 
+def check_extendable(model: P2LModel) -> None:
+    if getattr(model.head, "gamma_head", None) is not None and isinstance(
+        model.head.head, nn.Sequential
+    ):
+        raise UserError("extend: a ba head with a rank or hidden layer cannot take new rows "
+                        "(gamma reads the pooled state, the new rows the low-rank layer)")
+
+
 def grow_output_layer(model: P2LModel, models: list[str], rows: dict[str, tuple]) -> None:
     """Replace the head's output layer by one over ``models``: the known models' rows move
     to their new positions, each new model gets ``rows[name] = (weight, bias)``."""
+    check_extendable(model)
     old_layer = model.head.output_layer
     known = {name: i for i, name in enumerate(model.info.model_list)}
     layer = nn.Linear(old_layer.in_features, len(models)).to(old_layer.weight.dtype)
+    # a ba head subtracts gamma (linear in the pooled state) from every coefficient: a new
+    # row fitted for the final coefficient gets gamma's layer added back
+    gamma = getattr(model.head, "gamma_head", None)
     with torch.no_grad():
         for i, name in enumerate(models):
             if name in known:
@@ -130,6 +142,9 @@ def grow_output_layer(model: P2LModel, models: list[str], rows: dict[str, tuple]
                 weight, bias = rows[name]
                 layer.weight[i] = torch.as_tensor(weight, dtype=layer.weight.dtype)
                 layer.bias[i] = float(bias)
+                if gamma is not None:
+                    layer.weight[i] += gamma.weight[0].to(layer.weight.dtype)
+                    layer.bias[i] += gamma.bias[0].to(layer.bias.dtype)
     if isinstance(model.head.head, nn.Sequential):
         model.head.head[-1] = layer
     else:
@@ -167,6 +182,7 @@ def extend_p2l(
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise UserError(f"-o {out}: exists and is not empty; pass --overwrite to replace it")
     model, tokenizer = load_p2l(model_dir, device="cpu", dtype=torch.float32)
+    check_extendable(model)
     known = list(model.info.model_list)
     frame = read_table(votes_path)
     if frame.height == 0:

@@ -399,13 +399,13 @@ class StopSignals:
 def missing_ties_warning(family: str, tie_codes: np.ndarray) -> str | None:
     """A tie family fit on votes without the ties it models has no finite optimum: eta
     runs off (and, for grk, the coefficients' level with it). Say so before training."""
-    if family == "grk" and not np.any(tie_codes == 2):
+    if family in ("grk", "ba") and not np.any(tie_codes == 2):
         return (
-            "loss grk: the training votes hold no 'tie (bothbad)', so the coefficients' level "
+            f"loss {family}: the training votes hold no 'tie (bothbad)', so the coefficients' level "
             "against the reference 0 is not identified; consider --loss rk or bt"
         )
-    if family == "rk" and not np.any(tie_codes != 0):
-        return "loss rk: the training votes hold no ties, so eta is not identified; consider --loss bt"
+    if family in ("rk", "rk-reparam") and not np.any(tie_codes != 0):
+        return f"loss {family}: the training votes hold no ties, so eta is not identified; consider --loss bt"
     return None
 
 
@@ -485,7 +485,7 @@ class Trainer:
             loss_type=config.loss,
             pooling=config.pooling,
             max_length=config.max_length,
-            head_rank=config.head_rank,
+            head_rank=config.resolved_rank(len(self.data.models)),
             chat_template=config.chat_template,
             head_hidden=config.head_hidden,
             head_activation=config.head_activation,
@@ -493,6 +493,8 @@ class Trainer:
             prompt_features=config.prompt_features,
             pad_token=config.pad_token,
             cls_token=config.cls_token,
+            head_rank_bias=config.head_rank_bias or bool(config.head_downsize),
+            head_eta_downsize=config.head_eta_downsize,
         )
         if self.model.info.max_length < config.max_length:
             self.reporter.event(
@@ -736,6 +738,9 @@ class Trainer:
                 eta_layer = self.model.head.eta_head
                 eta_layer.weight.copy_(torch.as_tensor(head.eta_weight[None, :]))
                 eta_layer.bias.fill_(head.eta_bias)
+            if self.model.head.gamma_head is not None:  # ba: gamma is absorbed in the fit
+                self.model.head.gamma_head.weight.zero_()
+                self.model.head.gamma_head.bias.zero_()
         self.head_fit = report.to_dict()
         if len(weights) > 1:
             self.head_fit["descriptor_weight"] = weights[best]

@@ -20,11 +20,10 @@ from typing import Any
 import yaml
 
 from p2l_cli.errors import UserError
-from p2l_cli.model.heads import HEAD_ACTIVATIONS
-from p2l_cli.stats.families import canonical_family
+from p2l_cli.model.heads import HEAD_ACTIVATIONS, HEAD_INITS, HEAD_TYPES, head_for_family
+from p2l_cli.stats.families import canonical_family, has_eta
 
 SCHEDULERS = ("constant", "linear", "cosine")
-HEAD_INITS = ("normal", "zeros", "xavier")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 POOLINGS = ("cls", "first", "mean")
 HEAD_SOLVERS = ("adamw", "ridge-cv")
@@ -49,10 +48,13 @@ ALIASES = {
     "per_device_train_batch_size": "batch_size",
     "pad_token_if_none": "pad_token",
     "cls_token_if_none": "cls_token",
+    "init_type": "head_init",
+    "linear_head_downsize_factor": "head_downsize",
+    "eta_downsize": "head_eta_downsize",
 }
 IGNORED = {
     "proj_name", "output_dir", "train_data_path", "val_data_path", "model_type",
-    "deepspeed_config_path", "init_type", "load_train_data_from_disk", "load_val_data_from_disk",
+    "deepspeed_config_path", "load_train_data_from_disk", "load_val_data_from_disk",
     "repo_id", "p2l_version", "encoder",
 }  # fmt: skip
 # Reference keys that are accepted but change nothing here, and why (one warning each).
@@ -75,6 +77,9 @@ class TrainConfig:
     loss: str = AUTO_LOSS  # auto: bt-tie when the training votes hold ties, else bt
     head: str | None = None
     head_rank: int | None = None
+    head_downsize: int | None = None  # reference: rank = models // factor, first layer biased
+    head_rank_bias: bool = False
+    head_eta_downsize: bool = False
     head_hidden: int | None = None
     head_activation: str = "gelu"
     head_init: str = "zeros"
@@ -125,7 +130,15 @@ class TrainConfig:
 
     @property
     def head_type(self) -> str:
-        return self.head or ("rk" if self.loss in ("rk", "grk", "bag") else "bt")
+        if self.head:
+            return self.head
+        return head_for_family(self.loss) if self.loss != AUTO_LOSS else "bt"
+
+    def resolved_rank(self, num_models: int) -> int | None:
+        """``head_rank``, or ``num_models // head_downsize`` (the reference's factor)."""
+        if self.head_rank or not self.head_downsize:
+            return self.head_rank
+        return max(1, num_models // self.head_downsize)
 
     def warmup_steps(self, total_steps: int) -> int:
         """``warmup`` below 1 is a fraction of the run, from 1 on a number of steps."""
@@ -281,9 +294,12 @@ def validate(config: TrainConfig) -> None:
     if config.loss != AUTO_LOSS:
         try:
             config.loss = canonical_family(config.loss)
-        except ValueError:
+        except ValueError as exc:
+            if "tie-only" in str(exc):
+                raise UserError(f"--loss {exc}") from None
             raise UserError(
-                f"--loss {config.loss}: expected auto, bt, bt-tie, rk or grk (or bag)"
+                f"--loss {config.loss}: expected auto, bt, bt-tie, rk, grk (or bag), "
+                "rk-reparam or ba"
             ) from None
     _check(
         config.head_solver in HEAD_SOLVERS,
@@ -297,7 +313,7 @@ def validate(config: TrainConfig) -> None:
             "ridge-cv fits a head on frozen features; add --freeze-backbone (or use adamw)",
         )
         _check(
-            not (config.head_rank or config.head_hidden),
+            not (config.head_rank or config.head_downsize or config.head_hidden),
             "head_solver",
             "ridge-cv fits a linear head; drop --head-rank / --head-hidden (or use adamw)",
         )
@@ -307,24 +323,37 @@ def validate(config: TrainConfig) -> None:
         "neighbours",
         "neighbourhood leaderboards are chosen with --head-solver ridge-cv",
     )
-    _check(config.head in (None, "bt", "rk"), "head", f"{config.head!r}: expected bt or rk")
-    tie_model = config.loss in ("rk", "grk")
+    _check(config.head in (None, *HEAD_TYPES), "head",
+           f"{config.head!r}: expected one of {', '.join(HEAD_TYPES)}")
+    tie_model = config.loss != AUTO_LOSS and has_eta(config.loss)
+    needed = head_for_family(config.loss) if config.loss != AUTO_LOSS else "bt"
     _check(
         not (config.head == "bt" and tie_model),
         "head",
-        f"a bt head has no tie output; loss {config.loss} needs --head rk",
+        f"a bt head has no tie output; loss {config.loss} needs --head {needed}",
     )
     _check(
-        not (config.head == "rk" and not tie_model),
+        not (config.head in ("rk", "ba") and config.head != needed),
         "head",
-        f"an rk head's tie output is only used by the rk and grk losses, not {config.loss}",
+        f"a {config.head} head's outputs are not those of loss {config.loss}"
+        + (f" (it needs --head {needed})" if tie_model else ""),
     )
     _check(config.head_rank is None or config.head_rank >= 1, "head_rank", "must be at least 1")
+    _check(config.head_downsize is None or config.head_downsize >= 1, "head_downsize",
+           "must be at least 1 (the rank is the number of models divided by it)")
+    _check(not (config.head_rank and config.head_downsize), "head_downsize",
+           "give --head-rank or --head-downsize, not both")
+    has_rank = bool(config.head_rank or config.head_downsize)
+    _check(not config.head_rank_bias or has_rank, "head_rank_bias",
+           "a first-layer bias needs a low-rank head (--head-rank or --head-downsize)")
+    _check(not config.head_eta_downsize or (has_rank and needed == "rk"), "head_eta_downsize",
+           "eta read from the low-rank layer needs an rk head (loss rk, grk or rk-reparam) "
+           "with --head-rank or --head-downsize")
     _check(
         config.head_hidden is None or config.head_hidden >= 1, "head_hidden", "must be at least 1"
     )
     _check(
-        not (config.head_rank and config.head_hidden),
+        not ((config.head_rank or config.head_downsize) and config.head_hidden),
         "head_hidden",
         "a head has either a rank (--head-rank) or a hidden layer (--head-hidden), not both",
     )

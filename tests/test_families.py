@@ -38,9 +38,12 @@ def textbook_probs(a: float, b: float, eta: float | None, family: str) -> list[m
         win, loss = pa / (pa + nu * pb), pb / (pb + nu * pa)
         tie = (nu**2 - 1) * pa * pb / ((pa + nu * pb) * (pb + nu * pa))
         return [win, loss, tie, mp.mpf(0)]
-    t = mp.exp(mp.mpf(eta)) + 1 + mp.mpf("1e-6")  # grounded RK with reference strength 0
+    # grounded RK with reference strength 0 (ba's coefficients are taken relative to gamma)
+    t = mp.exp(mp.mpf(eta)) + 1 + mp.mpf("0.02" if family == "ba" else "1e-6")
     win = pa / (pa + t * pb + 1)
     loss = pb / (pb + t * pa + 1)
+    if family == "rk-reparam":  # one tie outcome: everything but a win or a loss
+        return [win, loss, 1 - win - loss, mp.mpf(0)]
     both_bad = 1 / (pa + pb + 1)
     return [win, loss, 1 - win - loss - both_bad, both_bad]
 
@@ -159,7 +162,7 @@ def _direct_outcome_probs(theta_i, theta_j, eta, family):
     if family in ("bt", "bt-tie"):
         return torch.stack([win, 1.0 - win, zero, zero], dim=-1)
     loss = families.direct_win_probability(theta_j, theta_i, eta, family)
-    both_bad = (families.direct_both_bad_probability(theta_i, theta_j) if family == "grk"
+    both_bad = (families.direct_both_bad_probability(theta_i, theta_j) if families.has_both_bad(family)
                 else zero)
     tie = (1.0 - win - loss - both_bad).clamp_min(0.0)
     return torch.stack([win, loss, tie, both_bad], dim=-1)

@@ -40,6 +40,8 @@ CHOICES = {
 COMPANIONS = {
     "head_solver": ["--freeze-backbone"],
     "neighbours": ["--freeze-backbone", "--head-solver", "ridge-cv"],
+    "head_rank_bias": ["--head-rank", "2"],
+    "head_eta_downsize": ["--head-rank", "2", "--loss", "rk"],
 }
 FLAG_SETTINGS = [name for name in FIELDS if name not in RECIPE_ONLY]
 

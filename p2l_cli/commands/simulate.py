@@ -8,6 +8,9 @@ import typer
 
 from p2l_cli.ui import QuietOption, console, set_quiet
 
+# likelihood families the simulator has no world for (its votes fit them all the same)
+SIMULATED_ELSEWHERE = ("rk-reparam", "rk_reparam", "ba")
+
 SIZE, TRUTH = "Size", "Truth"
 
 
@@ -94,6 +97,11 @@ def simulate(
     check_output_folder(out_dir, "-o" if out else "OUT_DIR", overwrite)
     from p2l_cli.data.simulate import simulate_arena, write_arena
 
+    if family.lower() in SIMULATED_ELSEWHERE:
+        from p2l_cli.errors import UserError
+
+        raise UserError(f"--family {family}: the simulator draws bt, bt-tie, rk or grk votes "
+                        "(fit rk-reparam or ba to them with p2l train / leaderboard)")
     chosen = [c.strip() for c in categories.split(",") if c.strip()] if categories else None
     arena = simulate_arena(
         num_battles=battles,

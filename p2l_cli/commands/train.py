@@ -55,12 +55,14 @@ def train(
     loss: Annotated[
         str | None,
         typer.Option(help="Likelihood: auto (bt-tie when the votes hold ties, else bt), bt, "
-                     "bt-tie, rk or grk (bag).", rich_help_panel=MODEL,
+                     "bt-tie, rk, grk (bag), rk-reparam (Rao-Kupper, reparameterised tie) or "
+                     "ba (grk with a learned reference strength).", rich_help_panel=MODEL,
                      show_default=False),
     ] = None,
     head: Annotated[
         str | None,
-        typer.Option(help="Head: bt, or rk (coefficients + tie eta; implied by rk/grk).",
+        typer.Option(help="Head: bt, rk (coefficients + tie eta; implied by rk, grk and "
+                     "rk-reparam) or ba (+ gamma; implied by ba).",
                      rich_help_panel=MODEL, show_default=False),
     ] = None,
     head_rank: Annotated[
@@ -68,6 +70,25 @@ def train(
         typer.Option(help="Low-rank head: project the pooled state to this many dimensions "
                      "first (few parameters; helps with few votes).", rich_help_panel=MODEL,
                      show_default=False),
+    ] = None,
+    head_downsize: Annotated[
+        int | None,
+        typer.Option(help="Low-rank head of the reference implementation "
+                     "(linear_head_downsize_factor): rank = number of models // this factor, "
+                     "with a bias on the first layer.", rich_help_panel=MODEL,
+                     show_default=False),
+    ] = None,
+    head_rank_bias: Annotated[
+        bool | None,
+        typer.Option("--head-rank-bias/--no-head-rank-bias", help="Give the low-rank head's "
+                     "first layer a bias (as the reference implementation does).",
+                     rich_help_panel=MODEL, show_default=False),
+    ] = None,
+    head_eta_downsize: Annotated[
+        bool | None,
+        typer.Option("--head-eta-downsize/--no-head-eta-downsize", help="rk head with a "
+                     "rank: read eta from the low-rank layer (the reference's eta_downsize) "
+                     "instead of the pooled state.", rich_help_panel=MODEL, show_default=False),
     ] = None,
     head_hidden: Annotated[
         int | None,
@@ -85,7 +106,8 @@ def train(
     head_init: Annotated[
         str | None,
         typer.Option(help="Head weights at start: normal, zeros (start exactly at the "
-                     "marginal leaderboard) or xavier.", rich_help_panel=MODEL,
+                     "marginal leaderboard), xavier, or the reference's reset_params, "
+                     "he_unif, xavier_unif, tiny_normal (its init_type).", rich_help_panel=MODEL,
                      show_default=False),
     ] = None,
     marginal_init: Annotated[

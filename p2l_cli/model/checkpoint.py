@@ -15,7 +15,6 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedTokenizerFast
 
 from p2l_cli import __version__
@@ -30,9 +29,10 @@ from p2l_cli.model.backbone import (
     load_tokenizer,
     prepare_tokenizer,
 )
+from p2l_cli.model.heads import head_for_family
 from p2l_cli.model.p2l import P2LInfo, P2LModel
 from p2l_cli.model.prompt_features import token_classes
-from p2l_cli.stats.families import canonical_family
+from p2l_cli.stats.families import canonical_family, has_eta
 
 WEIGHTS = "model.safetensors"
 _REBUILDABLE = ("position_ids", "inv_freq", "token_type_ids")
@@ -40,7 +40,8 @@ WEIGHTS_INDEX = "model.safetensors.index.json"
 TOKENIZER = "tokenizer.json"
 CONFIG_KEYS = {"head_type", "loss_type", "pooling", "max_length", "backbone", "model_type",
                "head_rank", "head_hidden", "head_activation", "chat_template",
-               "encoder", "normalize", "prompt_features", "neighbours"}  # fmt: skip
+               "encoder", "normalize", "prompt_features", "neighbours", "head_rank_bias",
+               "head_eta_downsize"}  # fmt: skip
 
 
 def build_p2l(
@@ -60,6 +61,8 @@ def build_p2l(
     prompt_features: bool = False,
     pad_token: str | None = None,
     cls_token: str | None = None,
+    head_rank_bias: bool = False,
+    head_eta_downsize: bool = False,
 ):
     """A P2L model on a pretrained backbone, with cls/pad tokens (``pad_token``,
     ``cls_token``, else p2l's own) added when the tokenizer lacks them (the embeddings are
@@ -72,8 +75,7 @@ def build_p2l(
     if len(tokenizer) > network.get_input_embeddings().weight.shape[0]:
         network.resize_token_embeddings(len(tokenizer))
     loss_type = canonical_family(loss_type)
-    if loss_type in ("rk", "grk") and head_type != "rk":
-        head_type = "rk"
+    head_type = head_for_family(loss_type) if has_eta(loss_type) else head_type
     info = P2LInfo(
         model_list=sorted(model_list),
         head_type=head_type,
@@ -85,6 +87,8 @@ def build_p2l(
         head_rank=head_rank,
         head_hidden=head_hidden,
         head_activation=head_activation,
+        head_rank_bias=head_rank_bias,
+        head_eta_downsize=head_eta_downsize,
         chat_template=None if encoder else tokenizer.chat_template,
         encoder=encoder,
         normalize=normalize,
@@ -213,11 +217,12 @@ def read_info(model_dir: Path) -> P2LInfo:
     model_type = backbone_config.get("model_type", config.get("model_type", ""))
     encoder = bool(config.get("encoder", model_type in _encoder_types()))
     loss = canonical_family(config.get("loss_type", "bt"))
-    head = config.get("head_type") or ("rk" if loss in ("rk", "grk") else "bt")
+    head = config.get("head_type") or head_for_family(loss)
     max_length = clamp_max_length(int(config.get("max_length") or 8192), backbone_config)
     rank = config.get("head_rank")
     if rank is None and config.get("linear_head_downsize_factor"):
         rank = len(models) // int(config["linear_head_downsize_factor"])
+    head_kwargs = config.get("head_kwargs") or config.get("head_config") or {}
     return P2LInfo(
         model_list=list(models),
         head_type=head,
@@ -229,6 +234,8 @@ def read_info(model_dir: Path) -> P2LInfo:
         head_rank=rank,
         head_hidden=config.get("head_hidden"),
         head_activation=config.get("head_activation") or "gelu",
+        head_rank_bias=bool(config.get("head_rank_bias", config.get("linear_head_downsize_factor"))),
+        head_eta_downsize=bool(config.get("head_eta_downsize", head_kwargs.get("eta_downsize"))),
         chat_template=config.get("chat_template"),
         encoder=encoder,
         normalize=bool(config.get("normalize", False)),
@@ -285,16 +292,23 @@ def load_saved_tokenizer(model_dir: Path):
         raise UserError(f"{model_dir / TOKENIZER}: cannot load the tokenizer ({detail})") from None
 
 
-def _low_rank_bias(model: P2LModel, tensors: dict[str, torch.Tensor]) -> None:
-    """Checkpoints of the reference implementation with ``linear_head_downsize_factor``
-    give the low-rank head's first layer a bias (``head.head.0.bias``); p2l's has none.
-    Give the model that bias, so the weights load and predict as they were trained."""
-    head = model.head.head
-    if "head.head.0.bias" not in tensors or not isinstance(head, nn.Sequential):
-        return
-    first = head[0]
-    if isinstance(first, nn.Linear) and first.bias is None and len(head) == 2:
-        head[0] = nn.Linear(first.in_features, first.out_features, bias=True)
+def _reference_head_layout(info: P2LInfo, tensors: dict[str, torch.Tensor]) -> None:
+    """What the weights say about a head of the reference implementation: a first bias of
+    the low-rank head (``linear_head_downsize_factor``), eta read from the low-rank layer
+    (``RKHead(eta_downsize=True)``: ``eta_head.0`` is ``head.0``, saved under either name
+    or both) and ``BAHead``'s ``gamma_head``."""
+    if info.head_rank and not info.head_hidden and "head.head.0.bias" in tensors:
+        info.head_rank_bias = True
+    if "head.eta_head.1.weight" in tensors:
+        info.head_eta_downsize = True
+        for name in ("weight", "bias"):
+            shared = (f"head.head.0.{name}", f"head.eta_head.0.{name}")
+            present = [k for k in shared if k in tensors]
+            if present:
+                for k in shared:
+                    tensors.setdefault(k, tensors[present[0]])
+    if "head.gamma_head.weight" in tensors:
+        info.head_type = "ba"
 
 
 def load_p2l(
@@ -321,10 +335,10 @@ def load_p2l(
     two_layers = first is not None and "head.head.1.weight" in tensors and first.ndim == 2
     if two_layers and not info.head_hidden:
         info.head_rank = int(first.shape[0])  # the rank the weights have
+    _reference_head_layout(info, tensors)
     with torch.device("meta"):
         network = AutoModel.from_config(config)
     model = P2LModel(network, info, tokenizer.cls_token_id)
-    _low_rank_bias(model, tensors)
     expected = set(model.state_dict())
     missing = sorted(expected - set(tensors))
     unexpected = sorted(set(tensors) - expected)

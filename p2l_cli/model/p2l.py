@@ -36,6 +36,8 @@ class P2LInfo:
     head_rank: int | None = None
     head_hidden: int | None = None
     head_activation: str = "gelu"
+    head_rank_bias: bool = False  # the low-rank head's first layer has a bias (reference)
+    head_eta_downsize: bool = False  # eta read from the low-rank layer (reference RKHead)
     chat_template: str | None = None
     encoder: bool = False
     normalize: bool = False  # L2-normalise the pooled state (sentence-embedding style)
@@ -93,6 +95,8 @@ class P2LModel(nn.Module):
             info.head_rank,
             info.head_hidden,
             info.head_activation,
+            rank_bias=info.head_rank_bias,
+            eta_downsize=info.head_eta_downsize,
         )
 
     @property

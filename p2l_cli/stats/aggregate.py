@@ -105,13 +105,13 @@ def block_outcome_probs(
     n, m = coefs.shape
     probs = torch.empty(_kinds(family), n, m, m, dtype=coefs.dtype)
     families.outright_win_matrices(coefs, eta, family, out=probs[0])
-    if family == "grk":
+    if families.has_both_bad(family):
         families.both_bad_matrices(coefs, out=probs[1])
     return probs
 
 
 def _kinds(family: str) -> int:
-    return 2 if _outcome_family(family) == "grk" else 1
+    return 2 if families.has_both_bad(family) else 1
 
 
 def _outcome_stack(block_sums: np.ndarray, total_weight, family: str) -> np.ndarray:
@@ -120,11 +120,11 @@ def _outcome_stack(block_sums: np.ndarray, total_weight, family: str) -> np.ndar
     win = block_sums[..., 0, :, :]
     if family == "bt":
         return win[..., None, :, :]
-    both_bad = block_sums[..., 1, :, :] if family == "grk" else np.zeros_like(win)
+    both_bad = block_sums[..., 1, :, :] if families.has_both_bad(family) else np.zeros_like(win)
     total = np.asarray(total_weight, dtype=np.float64).reshape(
         np.shape(total_weight) + (1, 1))
     tie = np.clip(total - win - np.swapaxes(win, -1, -2) - both_bad, 0.0, None)
-    parts = [win, tie] + ([both_bad] if family == "grk" else [])
+    parts = [win, tie] + ([both_bad] if families.has_both_bad(family) else [])
     return np.stack(parts, axis=-3)
 
 
@@ -209,7 +209,7 @@ def outcome_sums(
     return OutcomeSums(
         win=sums[0],
         tie=sums[1] if needs_eta else None,
-        both_bad=sums[2] if family == "grk" else None,
+        both_bad=sums[2] if families.has_both_bad(family) else None,
         total_weight=total_weight,
         n_prompts=n_prompts,
     )
@@ -224,7 +224,7 @@ def pair_rows(num_models: int, family: str) -> PairRows:
     winners, losers, codes = [i], [j], [np.zeros(len(i), dtype=np.int64)]
     if families.has_eta(family):
         winners.append(lo), losers.append(hi), codes.append(np.ones(len(lo), dtype=np.int64))
-    if family == "grk":
+    if families.has_both_bad(family):
         winners.append(lo), losers.append(hi), codes.append(np.full(len(lo), 2, dtype=np.int64))
     return PairRows(np.concatenate(winners), np.concatenate(losers), np.concatenate(codes),
                     num_models)
@@ -240,7 +240,7 @@ def row_weights(sums: np.ndarray, family: str, num_models: int) -> np.ndarray:
     parts = [sums[..., 0, i, j]]
     if families.has_eta(family):
         parts.append(sums[..., 1, lo, hi])
-    if family == "grk":
+    if families.has_both_bad(family):
         parts.append(sums[..., 2, lo, hi])
     return np.concatenate(parts, axis=-1)
 

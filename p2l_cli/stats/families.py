@@ -1,4 +1,4 @@
-"""The four likelihood families of P2L, in log space, in torch (differentiable, any dtype).
+"""The likelihood families of P2L, in log space, in torch (differentiable, any dtype).
 
 One implementation serves the training loss, evaluation metrics, marginal fits, aggregation
 and routing. Conventions:
@@ -15,6 +15,20 @@ and routing. Conventions:
 - ``bt`` drops ties (they carry no weight); ``bt-tie`` counts a tie as half a win and half a
   loss; ``rk`` treats both kinds of tie alike; ``grk`` has the fourth outcome "both bad",
   a tie against a fixed reference of strength 0.
+- ``rk-reparam`` (the reference implementation's Rao-Kupper reparameterisation) has grk's
+  win and loss, ``p_win = e^a / (e^a + t e^b + 1)`` with ``t = exp(eta) + 1.000001``, and
+  puts all the remaining mass on one tie outcome (both kinds of tie alike).
+- ``ba`` is grk with a learned reference strength ``gamma`` (one per prompt, from the head)
+  and ``t = exp(eta) + 1.02``. Its outcome probabilities depend on the coefficients only
+  through ``theta - gamma``, so p2l's ``ba`` coefficients are those differences
+  (:func:`ba_coefficients`; the ``ba`` head returns them): with them, ``ba`` is grk with
+  its own ``t`` offset, and it flows through every function here unchanged.
+- ``tie-rk``, ``tie-grk`` and ``tie-bb-grk`` are tie-only likelihoods, for evaluating tie
+  prediction: they read an rk or grk model's outputs and score only whether a vote was a
+  tie (``tie-rk``, ``tie-grk``: either kind) or a tie with both bad (``tie-bb-grk``). They
+  do not identify a ranking (``tie-rk`` depends on ``|theta_a - theta_b|`` only), so
+  :func:`canonical_family` refuses them unless asked (``tie_only=True``); the vote
+  likelihoods (:func:`vote_nll`, :func:`labels_nll`) accept them.
 """
 
 from __future__ import annotations
@@ -24,9 +38,18 @@ import math
 import torch
 import torch.nn.functional as F
 
-FAMILIES = ("bt", "bt-tie", "rk", "grk")
-FAMILIES_WITH_ETA = ("rk", "grk")
-ALIASES = {"bag": "grk", "tie-bt": "bt-tie", "bt_tie": "bt-tie", "rao-kupper": "rk"}
+FAMILIES = ("bt", "bt-tie", "rk", "grk", "rk-reparam", "ba")
+FAMILIES_WITH_ETA = ("rk", "grk", "rk-reparam", "ba")
+# families whose coefficients are measured against a fixed reference of strength 0
+# (adding a constant to every coefficient changes the probabilities)
+GROUNDED_FAMILIES = ("grk", "rk-reparam", "ba")
+FAMILIES_WITH_BOTH_BAD = ("grk", "ba")
+# tie-only likelihoods and the family whose outputs they read
+TIE_ONLY_FAMILIES = {"tie-rk": "rk", "tie-grk": "grk", "tie-bb-grk": "grk"}
+ALIASES = {
+    "bag": "grk", "tie-bt": "bt-tie", "bt_tie": "bt-tie", "rao-kupper": "rk",
+    "rk_reparam": "rk-reparam", "tie-bag": "tie-grk", "tie-bb-bag": "tie-bb-grk",
+}  # fmt: skip
 
 WIN, LOSS, TIE, TIE_BOTH_BAD = 0, 1, 2, 3
 DECISIVE, TIE_CODE, BOTH_BAD_CODE = 0, 1, 2
@@ -35,19 +58,57 @@ RK_ETA_SHIFT = 22.5
 RK_ETA_BETA = 0.1
 RK_MIN_WIDTH = 0.02
 GRK_EPS = 1e-6
+BA_EPS = 0.02  # ba's tie multiplier is t = exp(eta) + 1.02
 _LOG_GRK_EPS = math.log(GRK_EPS)
 
 
-def canonical_family(name: str) -> str:
-    """``'bag'`` -> ``'grk'`` and so on; raises ``ValueError`` for an unknown family."""
-    family = ALIASES.get(name.lower(), name.lower())
+def canonical_family(name: str, tie_only: bool = False) -> str:
+    """``'bag'`` -> ``'grk'`` and so on; raises ``ValueError`` for an unknown family, and for
+    a tie-only likelihood unless ``tie_only`` (they evaluate tie prediction, nothing else)."""
+    family = ALIASES.get(str(name).lower(), str(name).lower())
+    if family in TIE_ONLY_FAMILIES:
+        if tie_only:
+            return family
+        raise ValueError(
+            f"{name!r} is a tie-only likelihood, for evaluating tie prediction, not for "
+            f"training or ranking; use {TIE_ONLY_FAMILIES[family]!r} here"
+        )
     if family not in FAMILIES:
-        raise ValueError(f"unknown likelihood family {name!r}; expected one of {FAMILIES}")
+        known = FAMILIES + tuple(TIE_ONLY_FAMILIES) if tie_only else FAMILIES
+        raise ValueError(f"unknown likelihood family {name!r}; expected one of {known}")
     return family
 
 
+def base_family(family: str) -> str:
+    """The family whose outputs a likelihood reads: ``rk`` for ``tie-rk`` and so on."""
+    family = canonical_family(family, tie_only=True)
+    return TIE_ONLY_FAMILIES.get(family, family)
+
+
 def has_eta(family: str) -> bool:
-    return canonical_family(family) in FAMILIES_WITH_ETA
+    return base_family(family) in FAMILIES_WITH_ETA
+
+
+def is_grounded(family: str) -> bool:
+    """Whether the family's coefficients are measured against a reference of strength 0."""
+    return base_family(family) in GROUNDED_FAMILIES
+
+
+def has_both_bad(family: str) -> bool:
+    return base_family(family) in FAMILIES_WITH_BOTH_BAD
+
+
+def ba_coefficients(coefs: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """``ba``'s coefficients as p2l keeps them: ``theta - gamma`` (``gamma [...]`` or
+    ``[..., 1]`` the learned reference strength, broadcast over the models)."""
+    gamma = torch.as_tensor(gamma, dtype=coefs.dtype, device=coefs.device)
+    if gamma.dim() == coefs.dim() - 1:
+        gamma = gamma.unsqueeze(-1)
+    return coefs - gamma
+
+
+def _t_eps(family: str) -> float:
+    return BA_EPS if family == "ba" else GRK_EPS
 
 
 # ------------------------------------------------------------------------- tie parameters
@@ -72,9 +133,11 @@ def rk_raw_eta(width: float) -> float:
     return RK_ETA_SHIFT + math.log(math.expm1(RK_ETA_BETA * width)) / RK_ETA_BETA
 
 
-def grk_log_t_minus_one(eta: torch.Tensor) -> torch.Tensor:
-    """``log(t - 1)`` for the grounded RK tie multiplier ``t = exp(eta) + 1 + 1e-6``."""
-    return torch.logaddexp(eta, torch.full_like(eta, _LOG_GRK_EPS))
+def grk_log_t_minus_one(eta: torch.Tensor, eps: float = GRK_EPS) -> torch.Tensor:
+    """``log(t - 1)`` for the grounded RK tie multiplier ``t = exp(eta) + 1 + eps`` (``eps``
+    1e-6 for grk and rk-reparam, 0.02 for ba)."""
+    log_eps = _LOG_GRK_EPS if eps == GRK_EPS else math.log(eps)
+    return torch.logaddexp(eta, torch.full_like(eta, log_eps))
 
 
 # ------------------------------------------------------------------ outcome probabilities
@@ -93,10 +156,10 @@ def _rk_log_probs(diff: torch.Tensor, width: torch.Tensor) -> torch.Tensor:
 
 
 def _grk_log_probs(
-    theta_i: torch.Tensor, theta_j: torch.Tensor, eta: torch.Tensor
+    theta_i: torch.Tensor, theta_j: torch.Tensor, eta: torch.Tensor, eps: float = GRK_EPS
 ) -> torch.Tensor:
     zero = torch.zeros_like(theta_i)
-    log_tm1 = grk_log_t_minus_one(eta)
+    log_tm1 = grk_log_t_minus_one(eta, eps)
     log_t = exact_softplus(log_tm1)
     norm_win = torch.logsumexp(torch.stack([theta_i, log_t + theta_j, zero]), dim=0)
     norm_loss = torch.logsumexp(torch.stack([theta_j, log_t + theta_i, zero]), dim=0)
@@ -117,10 +180,11 @@ def outcome_log_probs(
 ) -> torch.Tensor:
     """Log-probabilities of (i wins, j wins, tie, tie both bad), stacked on the last axis.
 
-    ``bt`` and ``bt-tie`` put no mass on ties (``-inf``). ``eta`` broadcasts against
-    ``theta_i``; it is required for ``rk`` and ``grk``.
+    ``bt`` and ``bt-tie`` put no mass on ties (``-inf``), ``rk`` and ``rk-reparam`` none on
+    "both bad". ``eta`` broadcasts against ``theta_i``; it is required for the families with
+    a tie parameter. A tie-only likelihood gives the probabilities of the family it reads.
     """
-    family = canonical_family(family)
+    family = base_family(family)
     theta_i, theta_j = torch.broadcast_tensors(theta_i, theta_j)
     if family in ("bt", "bt-tie"):
         diff = theta_i - theta_j
@@ -131,7 +195,12 @@ def outcome_log_probs(
     eta = torch.as_tensor(eta, dtype=theta_i.dtype, device=theta_i.device).expand_as(theta_i)
     if family == "rk":
         return _rk_log_probs(theta_i - theta_j, rk_tie_width(eta))
-    return _grk_log_probs(theta_i, theta_j, eta)
+    log_p = _grk_log_probs(theta_i, theta_j, eta, _t_eps(family))
+    if family == "rk-reparam":  # one tie outcome: grk's two kinds of tie together
+        tie = torch.logaddexp(log_p[..., TIE], log_p[..., TIE_BOTH_BAD])
+        return torch.stack([log_p[..., WIN], log_p[..., LOSS], tie,
+                            torch.full_like(tie, -math.inf)], dim=-1)
+    return log_p
 
 
 def outcome_probs(theta_i, theta_j, eta=None, family: str = "bt") -> torch.Tensor:
@@ -164,20 +233,52 @@ def vote_nll(
 ) -> torch.Tensor:
     """Negative log-likelihood of each vote, for ``theta_a`` the winner's coefficient (the
     first model for ties) and ``theta_b`` the loser's. Votes a family ignores (ties in
-    ``bt``) get 0; use :func:`vote_mask` to exclude them from means."""
-    family = canonical_family(family)
+    ``bt``) get 0; use :func:`vote_mask` to exclude them from means. A tie-only likelihood
+    scores the binary event it predicts: tie or not (``tie-rk``, ``tie-grk``), tie with both
+    bad or not (``tie-bb-grk``)."""
+    family = canonical_family(family, tie_only=True)
     log_p = outcome_log_probs(theta_a, theta_b, eta, family)
     tie_code = torch.as_tensor(tie_code, device=log_p.device).long().expand(log_p.shape[:-1])
     decisive = tie_code == DECISIVE
+    if family in TIE_ONLY_FAMILIES:
+        return -_tie_only_log_likelihood(log_p, tie_code, family)
     if family == "bt":
         return torch.where(decisive, -log_p[..., WIN], torch.zeros_like(log_p[..., WIN]))
     if family == "bt-tie":
         half = -0.5 * (log_p[..., WIN] + log_p[..., LOSS])
         return torch.where(decisive, -log_p[..., WIN], half)
-    if family == "rk":
+    if family in ("rk", "rk-reparam"):
         return torch.where(decisive, -log_p[..., WIN], -log_p[..., TIE])
     outcome = torch.where(decisive, WIN, torch.where(tie_code == TIE_CODE, TIE, TIE_BOTH_BAD))
     return -log_p.gather(-1, outcome.unsqueeze(-1)).squeeze(-1)
+
+
+def tie_event_nll(
+    theta_a: torch.Tensor,
+    theta_b: torch.Tensor,
+    tie_code: torch.Tensor,
+    eta: torch.Tensor | None,
+    family: str,
+    both_bad: bool = False,
+) -> torch.Tensor:
+    """Each vote's NLL of the tie event alone under any family with ties: tie (either kind)
+    or not, or with ``both_bad`` "tie, both bad" or not. For ``rk`` this is ``tie-rk``, for
+    ``grk`` ``tie-grk`` (``tie-bb-grk`` with ``both_bad``)."""
+    family = canonical_family(family)
+    if not has_eta(family) or (both_bad and not has_both_bad(family)):
+        raise ValueError(f"family {family!r} predicts no {'both-bad ' if both_bad else ''}ties")
+    log_p = outcome_log_probs(theta_a, theta_b, eta, family)
+    tie_code = torch.as_tensor(tie_code, device=log_p.device).long().expand(log_p.shape[:-1])
+    return -_tie_only_log_likelihood(log_p, tie_code, "tie-bb-grk" if both_bad else "tie-rk")
+
+
+def _tie_only_log_likelihood(log_p: torch.Tensor, tie_code: torch.Tensor, family: str):
+    decisive = log_p[..., WIN].logaddexp(log_p[..., LOSS])
+    if family == "tie-bb-grk":
+        not_both_bad = decisive.logaddexp(log_p[..., TIE])
+        return torch.where(tie_code == BOTH_BAD_CODE, log_p[..., TIE_BOTH_BAD], not_both_bad)
+    tie = log_p[..., TIE].logaddexp(log_p[..., TIE_BOTH_BAD])
+    return torch.where(tie_code == DECISIVE, decisive, tie)
 
 
 def half_tie_nll(
@@ -201,7 +302,7 @@ def half_tie_nll(
 def vote_mask(tie_code: torch.Tensor, family: str = "bt") -> torch.Tensor:
     """1.0 for votes the family scores, 0.0 for those it drops (ties in ``bt``)."""
     tie_code = torch.as_tensor(tie_code)
-    if canonical_family(family) == "bt":
+    if canonical_family(family, tie_only=True) == "bt":
         return (tie_code == DECISIVE).to(torch.get_default_dtype())
     return torch.ones(tie_code.shape, dtype=torch.get_default_dtype(), device=tie_code.device)
 
@@ -246,13 +347,14 @@ def labels_nll(
 # precision (a tie is one minus the other outcomes).
 
 
-def _grk_t(eta: torch.Tensor) -> torch.Tensor:
-    return torch.exp(exact_softplus(grk_log_t_minus_one(eta))).clamp_max(torch.finfo(eta.dtype).max)
+def _grk_t(eta: torch.Tensor, eps: float = GRK_EPS) -> torch.Tensor:
+    log_t = exact_softplus(grk_log_t_minus_one(eta, eps))
+    return torch.exp(log_t).clamp_max(torch.finfo(eta.dtype).max)
 
 
 def direct_win_probability(theta_i, theta_j, eta=None, family: str = "bt") -> torch.Tensor:
     """P(i wins outright against j), computed directly (see the note above)."""
-    family = canonical_family(family)
+    family = base_family(family)
     if family in ("bt", "bt-tie"):
         return torch.sigmoid(theta_i - theta_j)
     if eta is None:
@@ -262,11 +364,12 @@ def direct_win_probability(theta_i, theta_j, eta=None, family: str = "bt") -> to
         return torch.sigmoid(theta_i - theta_j - rk_tie_width(eta))
     # e^a / (e^a + t e^b + 1) = 1 / (1 + t e^(b-a) + e^-a): an overflow to inf in the
     # denominator gives the right limit 0, and no inf/inf or 0*inf can arise
-    return 1.0 / (1.0 + _grk_t(eta) * torch.exp(theta_j - theta_i) + torch.exp(-theta_i))
+    t = _grk_t(eta, _t_eps(family))
+    return 1.0 / (1.0 + t * torch.exp(theta_j - theta_i) + torch.exp(-theta_i))
 
 
 def direct_both_bad_probability(theta_i, theta_j) -> torch.Tensor:
-    """grk's P(tie, both bad) = 1 / (1 + e^a + e^b), computed directly."""
+    """grk's (and ba's) P(tie, both bad) = 1 / (1 + e^a + e^b), computed directly."""
     return 1.0 / (1.0 + torch.exp(theta_i) + torch.exp(theta_j))
 
 
@@ -292,7 +395,7 @@ def _shifted(coefs: torch.Tensor, family: str) -> torch.Tensor:
     """Coefficients in float64 relative to each prompt's midpoint (bt, rk) or as they are
     (grk, which is not shift-invariant)."""
     coefs = coefs.to(torch.float64)
-    if family == "grk":
+    if family in GROUNDED_FAMILIES:
         return coefs
     return coefs - 0.5 * (coefs.amax(-1, keepdim=True) + coefs.amin(-1, keepdim=True))
 
@@ -309,7 +412,7 @@ def _win_factors(shifted: torch.Tensor, eta: torch.Tensor | None, family: str):
     eta = torch.as_tensor(eta, dtype=torch.float64).reshape(-1, 1)
     if family == "rk":
         return u, torch.exp(shifted + rk_tie_width(eta))
-    return u, 1.0 + _grk_t(eta) * torch.exp(shifted)
+    return u, 1.0 + _grk_t(eta, _t_eps(family)) * torch.exp(shifted)
 
 
 def _factored_is_safe(shifted: torch.Tensor) -> bool:
@@ -320,7 +423,7 @@ def outright_win_matrices(coefs: torch.Tensor, eta: torch.Tensor | None, family:
                           out: torch.Tensor | None = None) -> torch.Tensor:
     """``W[z, i, j]`` = P(model i wins outright against j) for prompts ``coefs [n, M]`` (and
     ``eta [n]``), in coefs' dtype; written into ``out`` when given."""
-    family = canonical_family(family)
+    family = base_family(family)
     shifted = _shifted(coefs, family)
     if not _factored_is_safe(shifted):
         eta_b = None if eta is None else torch.as_tensor(eta, dtype=coefs.dtype)[:, None, None]

@@ -123,7 +123,7 @@ def group_votes(
         keep = (w > 0) & ((code == families.DECISIVE) if family == "bt" else True)
     winner, loser, code, w = winner[keep], loser[keep], code[keep], w[keep]
     tie = code != families.DECISIVE
-    if family == "rk":
+    if family in ("rk", "rk-reparam"):  # one kind of tie
         code = np.where(tie, families.TIE_CODE, code)
     first = np.where(tie, np.minimum(winner, loser), winner)
     second = np.where(tie, np.maximum(winner, loser), loser)

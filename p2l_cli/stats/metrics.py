@@ -58,8 +58,13 @@ def _weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> float:
 
 def vote_metrics(coefs, labels, eta=None, family: str = "bt", weights=None) -> dict:
     """``{"nll", "accuracy", "brier", "n"}`` for coefficients ``[N, M]`` (or ``[M]`` shared
-    by every vote), labels ``[N, 3]`` and, for rk/grk, raw ``eta`` (scalar or ``[N]``)."""
-    family = families.canonical_family(family)
+    by every vote), labels ``[N, 3]`` and, for rk/grk, raw ``eta`` (scalar or ``[N]``).
+
+    ``family`` may be a tie-only likelihood (``tie-rk``, ``tie-grk``, ``tie-bb-grk``): then
+    ``nll`` scores the tie event only, the rest is that of the family it reads. Families
+    with ties add ``tie_nll`` (tie or not: ``tie-rk`` / ``tie-grk``) and, with "both bad"
+    votes, ``tie_bb_nll`` (``tie-bb-grk``)."""
+    family = families.canonical_family(family, tie_only=True)
     theta_w, theta_l, code, eta = _vote_pairs(coefs, labels, eta)
     w = torch.ones_like(theta_w) if weights is None else _tensor(weights).reshape(-1)
     scored = families.vote_mask(code, family).to(torch.float64)
@@ -68,13 +73,21 @@ def vote_metrics(coefs, labels, eta=None, family: str = "bt", weights=None) -> d
     correct = (theta_w > theta_l).to(torch.float64) + 0.5 * (theta_w == theta_l).to(torch.float64)
     preferred = families.win_probability(theta_w, theta_l, eta, family)
     observed = torch.where(code == families.DECISIVE, 1.0, 0.5).to(torch.float64)
-    return {
+    out = {
         "nll": _weighted_mean(nll, scored * w),
         "accuracy": _weighted_mean(correct, decisive * w),
         "brier": _weighted_mean((preferred - observed) ** 2, scored * w),
         "n": int(scored.sum()),
         "nll_half": _weighted_mean(families.half_tie_nll(theta_w, theta_l, code, eta, family), w),
     }
+    base = families.base_family(family)
+    if families.has_eta(base) and eta is not None:
+        tie = families.tie_event_nll(theta_w, theta_l, code, eta, base)
+        out["tie_nll"] = _weighted_mean(tie, w)
+        if families.has_both_bad(base):
+            bb = families.tie_event_nll(theta_w, theta_l, code, eta, base, both_bad=True)
+            out["tie_bb_nll"] = _weighted_mean(bb, w)
+    return out
 
 
 def calibration_table(

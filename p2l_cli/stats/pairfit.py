@@ -93,14 +93,14 @@ class Solution:
 
 def shift_invariant(family: str) -> bool:
     """Whether adding a constant to every theta leaves the likelihood unchanged."""
-    return families.canonical_family(family) != "grk"
+    return not families.is_grounded(family)
 
 
 def initial_eta(family: str) -> float | None:
     family = families.canonical_family(family)
     if family == "rk":
         return families.rk_raw_eta(0.5)
-    if family == "grk":
+    if family in families.GROUNDED_FAMILIES:
         return 0.0
     return None
 
