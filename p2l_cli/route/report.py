@@ -80,23 +80,43 @@ def summary_tables(summary: dict):
     return table
 
 
-def sweep_table(rows: list[dict]):
+def _compared(rows: list[dict]) -> list[tuple[str, str]]:
+    """The other strategies a sweep's rows hold: ``(name, key prefix)`` pairs."""
+    from p2l_cli.route import STRATEGIES
+
+    pairs = [(name, name.replace("-", "_") + "_") for name in STRATEGIES]
+    return [(name, prefix) for name, prefix in pairs if prefix + "mean_cost" in rows[0]]
+
+
+def sweep_table(rows: list[dict], strategy: str = "optimal"):
     from rich.table import Table
 
-    table = Table(title=f"cost-quality curve ({rows[0]['scope']} budget)", title_justify="left")
+    title = f"cost-quality curve ({rows[0]['scope']} budget)"
+    compared = _compared(rows)
+    if compared:
+        title += f"; {strategy}, then " + ", ".join(name for name, _ in compared)
+    table = Table(title=title, title_justify="left")
     for name in ("budget", "mean cost", "win rate", "theta", "score", "price"):
         table.add_column(name, justify="right")
+    for name, _ in compared:
+        table.add_column(f"{name} cost", justify="right")
+        table.add_column(f"{name} win rate", justify="right")
     for row in rows:
         price = "" if row["price"] is None else f"{row['price']:.4g}"
+        others = []
+        for _, prefix in compared:
+            others += [f"{row[prefix + 'mean_cost']:.6g}", f"{row[prefix + 'mean_win_rate']:.4f}"]
         table.add_row(
             f"{row['budget']:.6g}", f"{row['mean_cost']:.6g}", f"{row['mean_win_rate']:.4f}",
-            f"{row['theta']:+.3f}", f"{row['score']:.1f}", price,
+            f"{row['theta']:+.3f}", f"{row['score']:.1f}", price, *others,
         )  # fmt: skip
     return table
 
 
-def plot_curve(rows: list[dict], singles: list[dict], path: str | Path) -> None:
-    """The router's cost-quality curve with every single model as a point."""
+def plot_curve(rows: list[dict], singles: list[dict], path: str | Path,
+               strategy: str = "optimal") -> None:  # fmt: skip
+    """The router's cost-quality curve (one per strategy the rows hold) with every single
+    model as a point."""
     try:
         import matplotlib
 
@@ -110,7 +130,12 @@ def plot_curve(rows: list[dict], singles: list[dict], path: str | Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     ax.plot([r["mean_cost"] for r in rows], [r["mean_win_rate"] for r in rows], "o-",
-            label=f"router ({rows[0]['scope']} budget)")  # fmt: skip
+            label=f"router ({rows[0]['scope']} budget)"
+            + (f", {strategy}" if _compared(rows) or strategy != "optimal" else ""))  # fmt: skip
+    for (name, prefix), style in zip(_compared(rows), ("s--", "^:")):
+        ax.plot([r[prefix + "mean_cost"] for r in rows],
+                [r[prefix + "mean_win_rate"] for r in rows], style,
+                label=f"router, {name}")  # fmt: skip
     ax.scatter([s["cost"] for s in singles], [s["mean_win_rate"] for s in singles],
                marker="x", color="grey", label="single models")  # fmt: skip
     for s in singles:
