@@ -89,27 +89,28 @@ def _compared(rows: list[dict]) -> list[tuple[str, str]]:
 
 
 def sweep_table(rows: list[dict], strategy: str = "optimal"):
+    """The curve, one row per budget; with other strategies in the rows (a sweep's
+    comparison), one row per budget and strategy, ``strategy`` first."""
     from rich.table import Table
 
-    title = f"cost-quality curve ({rows[0]['scope']} budget)"
     compared = _compared(rows)
+    table = Table(title=f"cost-quality curve ({rows[0]['scope']} budget)", title_justify="left")
+    names = ["budget", "mean cost", "win rate", "theta", "score", "price"]
     if compared:
-        title += f"; {strategy}, then " + ", ".join(name for name, _ in compared)
-    table = Table(title=title, title_justify="left")
-    for name in ("budget", "mean cost", "win rate", "theta", "score", "price"):
-        table.add_column(name, justify="right")
-    for name, _ in compared:
-        table.add_column(f"{name} cost", justify="right")
-        table.add_column(f"{name} win rate", justify="right")
+        names.insert(1, "strategy")
+    for name in names:
+        table.add_column(name, justify="left" if name == "strategy" else "right")
     for row in rows:
-        price = "" if row["price"] is None else f"{row['price']:.4g}"
-        others = []
-        for _, prefix in compared:
-            others += [f"{row[prefix + 'mean_cost']:.6g}", f"{row[prefix + 'mean_win_rate']:.4f}"]
-        table.add_row(
-            f"{row['budget']:.6g}", f"{row['mean_cost']:.6g}", f"{row['mean_win_rate']:.4f}",
-            f"{row['theta']:+.3f}", f"{row['score']:.1f}", price, *others,
-        )  # fmt: skip
+        for name, prefix in [(strategy, ""), *compared]:
+            price = row["price"] if not prefix else None
+            cells = [
+                f"{row['budget']:.6g}", f"{row[prefix + 'mean_cost']:.6g}",
+                f"{row[prefix + 'mean_win_rate']:.4f}", f"{row[prefix + 'theta']:+.3f}",
+                f"{row[prefix + 'score']:.1f}", "" if price is None else f"{price:.4g}",
+            ]  # fmt: skip
+            if compared:
+                cells.insert(1, name)
+            table.add_row(*cells, end_section=bool(compared) and name == compared[-1][0])
     return table
 
 
