@@ -174,6 +174,7 @@ def test_simple_lp_over_the_batch_solves_the_lp_on_the_scores():
         for solver in route.SOLVERS:
             routing = route.route_problem(problem, budget, "batch", None, solver, "simple-lp")
             assert (routing.strategy @ costs).mean() <= budget + 1e-9
+            assert routing.price is None  # its dual price is not in win rate per unit cost
             assert mean_rate(routing.strategy, expit(coefs)) == pytest.approx(
                 batch_lp_optimum(expit(coefs), costs, budget), abs=1e-8)
 

@@ -139,15 +139,16 @@ def route_problem(
     strategy: Strategy = "optimal",
 ) -> Routing:
     """:func:`solve_routing` on the problem with ``strategy`` (``simple-lp``'s objective is
-    :attr:`Problem.scores`)."""
+    :attr:`Problem.scores`; its LP's dual price, in those units, is not reported)."""
     if strategy not in STRATEGIES:
         raise UserError(f"--strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}")
     if price is not None and strategy != "optimal":
         raise UserError(f"--price routes with --strategy optimal, not {strategy}")
     scores = problem.scores if strategy == "simple-lp" else None
-    return solve_routing(
+    routing = solve_routing(
         problem.values, problem.costs, budget, scope, price, solver, strategy, scores
     )
+    return routing if strategy == "optimal" else Routing(routing.strategy)
 
 
 def build_problem(
@@ -229,7 +230,7 @@ def sweep(
             row[prefix + "mean_cost"] = float((routing.strategy @ problem.costs).mean())
             row[prefix + "mean_win_rate"] = rate
             if not prefix:
-                row["price"] = routing.price if name == "optimal" else None
+                row["price"] = routing.price
         thetas = router_thetas(problem.coefs, problem.q, rates, problem.eta, problem.family)
         for row, theta in zip(rows, thetas):
             row[prefix + "theta"] = float(theta)

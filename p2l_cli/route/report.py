@@ -46,6 +46,8 @@ def summary_tables(summary: dict):
     title = "routing"
     if summary["budget"] is not None:
         title += f" with a budget of {summary['budget']:g}"
+    if summary.get("strategy"):
+        title += f", strategy {summary['strategy']}"
     if summary["price"] is not None and summary["budget"] is not None:
         title += f" (price {summary['price']:.4g} win rate per unit cost)"
     elif summary["price"]:  # --price: each prompt alone, no budget
