@@ -69,7 +69,7 @@ def strict_reference(coefs: np.ndarray, costs: np.ndarray, budget: float) -> np.
 
 
 def simple_lp_optimum(scores: np.ndarray, costs: np.ndarray, budget: float) -> float:
-    """``max p . scores  s.t.  p . c <= C, sum p = 1, p >= 0`` with HiGHS."""
+    """``max p . scores  s.t.  p . c <= C, sum p = 1, p >= 0`` with HiGHS (one prompt)."""
     res = optimize.linprog(-scores, A_ub=[costs], b_ub=[budget], A_eq=[np.ones_like(costs)],
                            b_eq=[1.0], bounds=[(0, None)] * len(costs), method="highs")  # fmt: skip
     assert res.status == 0, res.message
@@ -213,6 +213,10 @@ def test_optimal_is_unchanged_and_beats_the_others_on_win_rate(scope):
             best = mean_rate(optimal.strategy, values)
             if scope == "batch":
                 assert best == pytest.approx(batch_lp_optimum(values, costs, budget), abs=1e-8)
+            elif seed == 0:  # the per-prompt LP, as linprog solves it
+                expected = [simple_lp_optimum(v, costs, budget) for v in values]
+                np.testing.assert_allclose((optimal.strategy * values).sum(axis=1), expected,
+                                           atol=1e-9)  # fmt: skip
             for name in differs:
                 other = mean_rate(route.route_problem(problem, budget, scope, strategy=name)
                                   .strategy, values)  # fmt: skip
