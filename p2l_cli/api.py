@@ -116,19 +116,23 @@ def route_prompts(
     scope: Literal["batch", "prompt"] = "batch",
     models: Sequence[str] | None = None,
     seed: int | None = 0,
+    strategy: Literal["optimal", "strict", "simple-lp"] = "optimal",
 ) -> pl.DataFrame:
     """A model per prompt that maximises the expected win rate against uniform opponents;
     with ``costs`` (model -> cost of one answer, or a costs file) and ``budget``, within a mean cost of
     ``budget`` over the prompts (``scope="batch"``) or on every prompt (``"prompt"``).
     The optimum may mix two models on a prompt: one is drawn with ``seed`` (``None``: the
-    more likely one). Columns: ``model``, ``expected_win_rate``, and ``cost`` with costs."""
+    more likely one). ``strategy`` (``p2l route --strategy``): ``"strict"`` takes each
+    prompt's best model costing at most ``budget``; ``"simple-lp"`` solves the LP with
+    ``sigmoid(coef)`` in place of the win rates. Columns: ``model``, ``expected_win_rate``,
+    and ``cost`` with costs."""
     from p2l_cli.route import (
         build_problem,
         check_budget,
         choosable_models,
         choose,
         cost_vector,
-        solve_routing,
+        route_problem,
     )
 
     if budget is not None and costs is None:
@@ -142,7 +146,7 @@ def route_prompts(
         check_budget(budget, cost, [predictions.models[i] for i in choosable])
     problem = build_problem(predictions.models, predictions.family, predictions.coefs,
                             predictions.eta, "uniform", choosable, cost)  # fmt: skip
-    routing = solve_routing(problem.values, cost, budget, scope)
+    routing = route_problem(problem, budget, scope, strategy=strategy)
     chosen = choose(routing.strategy, cost, seed)
     columns = {
         "model": [problem.names[s] for s in chosen],

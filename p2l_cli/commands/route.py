@@ -52,6 +52,14 @@ def route(
             "price a batch run reported).", rich_help_panel=BUDGET,
         ),
     ] = None,
+    strategy: Annotated[
+        str,
+        typer.Option(
+            "--strategy", help="'optimal': the LP on the win rates; 'strict': each prompt's "
+            "best model costing at most the budget; 'simple-lp': the LP on sigmoid(coef).",
+            rich_help_panel=BUDGET,
+        ),
+    ] = "optimal",
     solver: Annotated[
         str,
         typer.Option(
@@ -62,8 +70,9 @@ def route(
     sweep: Annotated[
         str | None,
         typer.Option(
-            "--sweep", help="Comma-separated budgets: print the cost-quality curve (and write "
-            "it with -o) instead of routing.", rich_help_panel=BUDGET,
+            "--sweep", help="Comma-separated budgets: print the cost-quality curves of all "
+            "three strategies (and write them with -o) instead of routing.",
+            rich_help_panel=BUDGET,
         ),
     ] = None,
     models: Annotated[
@@ -125,6 +134,8 @@ def route(
 
     --budget-scope prompt: every prompt's expected cost is.
 
+    --strategy strict / simple-lp: the reference's simpler optimisers, for comparison.
+
     Examples:
 
       p2l route preds.parquet -c costs.yaml --budget 0.002 -o routes.parquet
@@ -142,7 +153,7 @@ def route(
     from p2l_cli.contracts.predictions import predictions_from_frame
     from p2l_cli.route import report
 
-    check_options(costs, budget, budget_scope, price, solver, sweep, plot)
+    check_options(costs, budget, budget_scope, price, solver, sweep, plot, strategy)
     outputs = {"--output/-o": output, "--summary": summary, "--plot": plot}
     opponents_file = opponents if Path(opponents).is_file() else None
     io.refuse_overwriting_inputs(
@@ -164,8 +175,9 @@ def route(
         preds.models, preds.family, preds.coefs, preds.eta, opponents, choosable, cost_vector
     )
     if sweep is not None:
-        rows = lib.sweep(problem, parse_budgets(sweep), budget_scope, solver)
-        console.print(report.sweep_table(rows))
+        rows = lib.sweep(problem, parse_budgets(sweep), budget_scope, solver, strategy,
+                         lib.STRATEGIES)  # fmt: skip
+        console.print(report.sweep_table(rows, strategy))
         if output is not None:
             import polars as pl
 
@@ -173,14 +185,16 @@ def route(
         if summary is not None:
             io.write_json(summary, {"curve": rows, "models": lib.single_models(problem)})
         if plot is not None:
-            report.plot_curve(rows, lib.single_models(problem), plot)
+            report.plot_curve(rows, lib.single_models(problem), plot, strategy)
         return
     if budget is not None:
         lib.check_budget(budget, cost_vector, problem.names)
-    routing = lib.solve_routing(problem.values, cost_vector, budget, budget_scope, price, solver)
+    routing = lib.route_problem(problem, budget, budget_scope, price, solver, strategy)
     chosen = lib.choose(routing.strategy, cost_vector, None if deterministic else seed)
     result = lib.summarise(problem, routing, chosen, budget)
     result["scope"] = budget_scope if budget is not None else None
+    if strategy != "optimal":
+        result["strategy"] = strategy
     if output is not None:
         frame = report.routes_frame(df, problem, routing, chosen, drop_coefs)
         io.write_table(frame, output, fmt, meta=None if drop_coefs else meta)
@@ -189,10 +203,14 @@ def route(
         io.write_json(summary, result)
 
 
-def check_options(costs, budget, scope, price, solver, sweep, plot) -> None:
+def check_options(costs, budget, scope, price, solver, sweep, plot, strategy="optimal") -> None:
     """Reject option combinations that make no sense, before any work."""
-    from p2l_cli.route import SCOPES, SOLVERS
+    from p2l_cli.route import SCOPES, SOLVERS, STRATEGIES
 
+    if strategy not in STRATEGIES:
+        raise UserError(f"--strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}")
+    if price is not None and strategy != "optimal":
+        raise UserError(f"--price routes with --strategy optimal, not {strategy}")
     if scope not in SCOPES:
         raise UserError(f"--budget-scope {scope!r}: expected one of {', '.join(SCOPES)}")
     if solver not in SOLVERS:

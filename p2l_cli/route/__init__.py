@@ -16,6 +16,9 @@ expected cost ``pi . c``.
   prompt takes ``argmax v - lambda c``; walking the frontier segments of all prompts in order
   of decreasing slope until the budget is spent gives the exact optimum and ``lambda``
   (:func:`route_batch`). :func:`route_batch_linprog` solves the same LP with HiGHS.
+- Strategies (``--strategy``, after the reference's cost optimisers): ``optimal`` is the LP
+  above; ``simple-lp`` is the same LP with ``sigmoid(coef)`` in place of the win rates;
+  ``strict`` takes each prompt's best model whose cost is at most the budget (no mixing).
 - A price: every prompt independently takes ``argmax v - lambda c`` (:func:`route_by_price`),
   which routes a stream online with the price calibrated on an earlier batch.
 
@@ -38,6 +41,7 @@ from p2l_cli.route.problem import (
     leaderboard_theta,
     opponent_distribution,
     predict_prompts_table,
+    route_problem,
     single_models,
     summarise,
     sweep,
@@ -46,9 +50,11 @@ from p2l_cli.route.score import router_thetas
 from p2l_cli.route.solver import (
     SCOPES,
     SOLVERS,
+    STRATEGIES,
     Routing,
     Scope,
     Solver,
+    Strategy,
     choose,
     frontier,
     route_batch,
@@ -56,13 +62,15 @@ from p2l_cli.route.solver import (
     route_by_price,
     route_per_prompt,
     route_per_prompt_linprog,
+    route_strict,
     solve_routing,
 )
 
 __all__ = [
-    "SCOPES", "SOLVERS", "Problem", "Routing", "Scope", "Solver", "build_problem",
-    "check_budget", "choosable_models", "choose", "cost_vector", "frontier",
+    "SCOPES", "SOLVERS", "STRATEGIES", "Problem", "Routing", "Scope", "Solver", "Strategy",
+    "build_problem", "check_budget", "choosable_models", "choose", "cost_vector", "frontier",
     "leaderboard_theta", "opponent_distribution", "predict_prompts_table", "route_batch",
     "route_batch_linprog", "route_by_price", "route_per_prompt", "route_per_prompt_linprog",
-    "router_thetas", "single_models", "solve_routing", "summarise", "sweep",
+    "route_problem", "route_strict", "router_thetas", "single_models", "solve_routing",
+    "summarise", "sweep",
 ]

@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy.special import expit
 
 from p2l_cli.contracts.costs import read_weights
 from p2l_cli.errors import UserError
 from p2l_cli.route.score import router_thetas
-from p2l_cli.route.solver import Routing, Scope, Solver, solve_routing
+from p2l_cli.route.solver import STRATEGIES, Routing, Scope, Solver, Strategy, solve_routing
 from p2l_cli.stats.aggregate import aggregate
 from p2l_cli.stats.marginal import arena_scale
 from p2l_cli.stats.winrates import win_rates_vs_opponents
@@ -122,6 +123,33 @@ class Problem:
     def names(self) -> list[str]:
         return [self.models[i] for i in self.choosable]
 
+    @property
+    def scores(self) -> np.ndarray:
+        """``sigmoid(coef) [N, S]`` of the choosable models: the objective of the reference's
+        ``simple-lp`` strategy."""
+        return expit(self.coefs[:, self.choosable])
+
+
+def route_problem(
+    problem: Problem,
+    budget: float | None = None,
+    scope: Scope = "batch",
+    price: float | None = None,
+    solver: Solver = "exact",
+    strategy: Strategy = "optimal",
+) -> Routing:
+    """:func:`solve_routing` on the problem with ``strategy`` (``simple-lp``'s objective is
+    :attr:`Problem.scores`; its LP's dual price, in those units, is not reported)."""
+    if strategy not in STRATEGIES:
+        raise UserError(f"--strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}")
+    if price is not None and strategy != "optimal":
+        raise UserError(f"--price routes with --strategy optimal, not {strategy}")
+    scores = problem.scores if strategy == "simple-lp" else None
+    routing = solve_routing(
+        problem.values, problem.costs, budget, scope, price, solver, strategy, scores
+    )
+    return routing if strategy == "optimal" else Routing(routing.strategy)
+
 
 def build_problem(
     models: Sequence[str],
@@ -177,27 +205,37 @@ def summarise(problem: Problem, routing: Routing, chosen: np.ndarray, budget: fl
     }
 
 
-def sweep(problem: Problem, budgets: Sequence[float], scope: Scope, solver: Solver) -> list[dict]:
-    """The cost-quality curve: the router's mean cost, win rate and score at each budget."""
-    rows = []
+def sweep(
+    problem: Problem,
+    budgets: Sequence[float],
+    scope: Scope,
+    solver: Solver,
+    strategy: Strategy = "optimal",
+    compare: Sequence[Strategy] = (),
+) -> list[dict]:
+    """The cost-quality curve: the router's mean cost, win rate and score at each budget with
+    ``strategy``; for each strategy in ``compare``, the same under keys prefixed with its name
+    (``strict_mean_cost``, ``simple_lp_mean_win_rate``, ...). Win rates are always the
+    problem's values, whatever a strategy optimises."""
     for budget in budgets:
         check_budget(budget, problem.costs, problem.names)
-        routing = solve_routing(problem.values, problem.costs, budget, scope, solver=solver)
-        rows.append(
-            {
-                "budget": float(budget),
-                "scope": scope,
-                "mean_cost": float((routing.strategy @ problem.costs).mean()),
-                "mean_win_rate": float((routing.strategy * problem.values).sum(axis=1).mean()),
-                "price": routing.price,
-            }
-        )
-    rates = [row["mean_win_rate"] for row in rows]
-    thetas = router_thetas(problem.coefs, problem.q, rates, problem.eta, problem.family)
-    for row, theta in zip(rows, thetas):
-        row.update(theta=float(theta), score=float(arena_scale(theta)))
+    rows = [{"budget": float(budget), "scope": scope} for budget in budgets]
+    for name in (strategy, *[s for s in compare if s != strategy]):
+        prefix = "" if name == strategy else name.replace("-", "_") + "_"
+        rates = []
+        for row in rows:
+            routing = route_problem(problem, row["budget"], scope, None, solver, name)
+            rate = float((routing.strategy * problem.values).sum(axis=1).mean())
+            rates.append(rate)
+            row[prefix + "mean_cost"] = float((routing.strategy @ problem.costs).mean())
+            row[prefix + "mean_win_rate"] = rate
+            if not prefix:
+                row["price"] = routing.price
+        thetas = router_thetas(problem.coefs, problem.q, rates, problem.eta, problem.family)
+        for row, theta in zip(rows, thetas):
+            row[prefix + "theta"] = float(theta)
+            row[prefix + "score"] = float(arena_scale(theta))
     return rows
-
 
 
 def single_models(problem: Problem) -> list[dict]:

@@ -46,6 +46,8 @@ def summary_tables(summary: dict):
     title = "routing"
     if summary["budget"] is not None:
         title += f" with a budget of {summary['budget']:g}"
+    if summary.get("strategy"):
+        title += f", strategy {summary['strategy']}"
     if summary["price"] is not None and summary["budget"] is not None:
         title += f" (price {summary['price']:.4g} win rate per unit cost)"
     elif summary["price"]:  # --price: each prompt alone, no budget
@@ -80,23 +82,44 @@ def summary_tables(summary: dict):
     return table
 
 
-def sweep_table(rows: list[dict]):
+def _compared(rows: list[dict]) -> list[tuple[str, str]]:
+    """The other strategies a sweep's rows hold: ``(name, key prefix)`` pairs."""
+    from p2l_cli.route import STRATEGIES
+
+    pairs = [(name, name.replace("-", "_") + "_") for name in STRATEGIES]
+    return [(name, prefix) for name, prefix in pairs if prefix + "mean_cost" in rows[0]]
+
+
+def sweep_table(rows: list[dict], strategy: str = "optimal"):
+    """The curve, one row per budget; with other strategies in the rows (a sweep's
+    comparison), one row per budget and strategy, ``strategy`` first."""
     from rich.table import Table
 
+    compared = _compared(rows)
     table = Table(title=f"cost-quality curve ({rows[0]['scope']} budget)", title_justify="left")
-    for name in ("budget", "mean cost", "win rate", "theta", "score", "price"):
-        table.add_column(name, justify="right")
+    names = ["budget", "mean cost", "win rate", "theta", "score", "price"]
+    if compared:
+        names.insert(1, "strategy")
+    for name in names:
+        table.add_column(name, justify="left" if name == "strategy" else "right")
     for row in rows:
-        price = "" if row["price"] is None else f"{row['price']:.4g}"
-        table.add_row(
-            f"{row['budget']:.6g}", f"{row['mean_cost']:.6g}", f"{row['mean_win_rate']:.4f}",
-            f"{row['theta']:+.3f}", f"{row['score']:.1f}", price,
-        )  # fmt: skip
+        for name, prefix in [(strategy, ""), *compared]:
+            price = row["price"] if not prefix else None
+            cells = [
+                f"{row['budget']:.6g}", f"{row[prefix + 'mean_cost']:.6g}",
+                f"{row[prefix + 'mean_win_rate']:.4f}", f"{row[prefix + 'theta']:+.3f}",
+                f"{row[prefix + 'score']:.1f}", "" if price is None else f"{price:.4g}",
+            ]  # fmt: skip
+            if compared:
+                cells.insert(1, name)
+            table.add_row(*cells, end_section=bool(compared) and name == compared[-1][0])
     return table
 
 
-def plot_curve(rows: list[dict], singles: list[dict], path: str | Path) -> None:
-    """The router's cost-quality curve with every single model as a point."""
+def plot_curve(rows: list[dict], singles: list[dict], path: str | Path,
+               strategy: str = "optimal") -> None:  # fmt: skip
+    """The router's cost-quality curve (one per strategy the rows hold) with every single
+    model as a point."""
     try:
         import matplotlib
 
@@ -110,7 +133,12 @@ def plot_curve(rows: list[dict], singles: list[dict], path: str | Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     ax.plot([r["mean_cost"] for r in rows], [r["mean_win_rate"] for r in rows], "o-",
-            label=f"router ({rows[0]['scope']} budget)")  # fmt: skip
+            label=f"router ({rows[0]['scope']} budget)"
+            + (f", {strategy}" if _compared(rows) or strategy != "optimal" else ""))  # fmt: skip
+    for (name, prefix), style in zip(_compared(rows), ("s--", "^:")):
+        ax.plot([r[prefix + "mean_cost"] for r in rows],
+                [r[prefix + "mean_win_rate"] for r in rows], style,
+                label=f"router, {name}")  # fmt: skip
     ax.scatter([s["cost"] for s in singles], [s["mean_win_rate"] for s in singles],
                marker="x", color="grey", label="single models")  # fmt: skip
     for s in singles:

@@ -13,8 +13,10 @@ from scipy import optimize, sparse
 
 Scope = Literal["batch", "prompt"]
 Solver = Literal["exact", "highs"]
+Strategy = Literal["optimal", "strict", "simple-lp"]
 SCOPES: tuple[Scope, ...] = ("batch", "prompt")
 SOLVERS: tuple[Solver, ...] = ("exact", "highs")
+STRATEGIES: tuple[Strategy, ...] = ("optimal", "strict", "simple-lp")
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,20 @@ def route_batch(values: np.ndarray, costs: np.ndarray, budget: float) -> Routing
     return Routing(strategy, float(seg_slope[seg]))
 
 
+def route_strict(values: np.ndarray, costs: np.ndarray, budget: float) -> Routing:
+    """Each prompt to its best single model among those that cost at most ``budget`` (the
+    cheaper on ties): no mixing, and the budget caps every prompt's cost."""
+    affordable = costs <= budget
+    if not affordable.any():
+        raise ValueError(f"budget {budget:g}: no model costs that little")
+    order = _cheapest_first(costs)
+    masked = np.where(affordable[order], values[:, order], -np.inf)
+    best = order[np.argmax(masked, axis=1)]
+    strategy = np.zeros_like(values)
+    strategy[np.arange(len(values)), best] = 1.0
+    return Routing(strategy)
+
+
 def route_batch_linprog(values: np.ndarray, costs: np.ndarray, budget: float) -> Routing:
     """The batch LP as one generic LP for HiGHS (``scipy.optimize.linprog``), with the dual
     price of the budget from its marginal."""
@@ -176,9 +192,25 @@ def solve_routing(
     scope: Scope = "batch",
     price: float | None = None,
     solver: Solver = "exact",
+    strategy: Strategy = "optimal",
+    scores: np.ndarray | None = None,
 ) -> Routing:
     """Route with a price, a budget (per prompt or over the batch) or neither (then
-    ``costs`` may be ``None``)."""
+    ``costs`` may be ``None``).
+
+    ``strategy``: ``"optimal"`` maximises the win rates ``values``; ``"simple-lp"`` solves
+    the same LP with ``scores [N, S]`` (the reference's ``sigmoid(coef)``) as its objective;
+    ``"strict"`` takes each prompt's best model by ``values`` among those whose cost is at
+    most the budget, whatever the scope (a per-prompt cap also caps the mean). A price is
+    for ``"optimal"`` only."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}")
+    if strategy == "simple-lp":
+        if scores is None or scores.shape != values.shape:
+            raise ValueError("strategy 'simple-lp' needs scores shaped like the values")
+        values = scores
+    if price is not None and strategy != "optimal":
+        raise ValueError(f"a price routes with strategy 'optimal', not {strategy!r}")
     if scope not in SCOPES:
         raise ValueError(f"budget scope {scope!r}: expected one of {', '.join(SCOPES)}")
     if solver not in SOLVERS:
@@ -188,6 +220,8 @@ def solve_routing(
         return route_by_price(values, costs, price)
     if budget is None:
         return route_by_price(values, costs, 0.0)
+    if strategy == "strict":
+        return route_strict(values, costs, budget)
     if scope == "prompt":
         method = route_per_prompt if solver == "exact" else route_per_prompt_linprog
     else:
