@@ -107,8 +107,31 @@ def evaluate(
         ),
     ] = 10,
     seed: Annotated[
-        int, typer.Option("--seed", help="Seed of the bootstrap.", rich_help_panel=STATS)
+        int,
+        typer.Option(
+            "--seed", help="Seed of the bootstrap and the subset curve.", rich_help_panel=STATS
+        ),
     ] = 0,
+    subset_curve: Annotated[
+        str | None,
+        typer.Option(
+            "--subset-curve",
+            metavar="SIZES",
+            help="Comma-separated numbers of prompts (e.g. 10,30,100,300): per size, random "
+            "subsets of the validation prompts are aggregated and compared with the "
+            "aggregate of all of them (Spearman, top-k, win-probability L1).",
+            rich_help_panel=STATS,
+        ),
+    ] = None,
+    subset_repeats: Annotated[
+        int,
+        typer.Option(
+            "--subset-repeats",
+            min=1,
+            help="Random subsets drawn per size of --subset-curve.",
+            rich_help_panel=STATS,
+        ),
+    ] = 20,
     batch_size: Annotated[
         int | None,
         typer.Option(
@@ -136,14 +159,28 @@ def evaluate(
       p2l evaluate preds.parquet data/val.parquet --truth arena/truth.parquet --json -
     """
     set_quiet(quiet)
+    from p2l_cli.errors import UserError
     from p2l_cli.evaluate.compare import Settings
+    from p2l_cli.evaluate.subsets import parse_sizes
 
+    try:
+        sizes = parse_sizes(subset_curve)
+    except ValueError as err:
+        raise UserError(f"--subset-curve: {err}") from None
     run_evaluation(
         source,
         val,
         train,
         truth,
-        Settings(by=by, bootstrap=bootstrap, seed=seed, bins=bins, level=level),
+        Settings(
+            by=by,
+            bootstrap=bootstrap,
+            seed=seed,
+            bins=bins,
+            level=level,
+            subset_sizes=sizes,
+            subset_repeats=subset_repeats,
+        ),
         json_out=json_out,
         plot_dir=plot,
         batch_size=batch_size,

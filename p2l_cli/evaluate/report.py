@@ -94,6 +94,8 @@ def render(result: dict, console: Any) -> None:
     render_calibration(result, console, Table)
     render_groups(result, console, Table)
     render_recovery(result, console, Table)
+    render_leaderboards(result, console, Table)
+    render_subset_curve(result, console, Table)
 
 
 def summary_lines(result: dict) -> list[str]:
@@ -276,6 +278,74 @@ def render_recovery(result: dict, console: Any, table_class: Any) -> None:
         "[dim]val: validation prompts aggregated; train: training votes; own: a leaderboard "
         "fitted on the category's training votes alone; marg.: the marginal leaderboard[/]"
     )
+
+
+LEADERBOARD_LABELS = {"reference": "val marginal", "p2l": "P2L aggregate", "marginal": "marginal"}
+
+
+def _k_cells(block: dict, ks: list[str]) -> list[str]:
+    cells = [_pct(block["top_k_fraction"].get(k)) for k in ks]
+    return cells + [_fmt(block["top_k_displacement"].get(k), 2) for k in ks]
+
+
+def render_leaderboards(result: dict, console: Any, table_class: Any) -> None:
+    """The leaderboard comparisons with the marginal leaderboard of the validation votes,
+    the spread of each leaderboard and the tie accuracy of each predictor."""
+    block = result.get("leaderboards")
+    if not block:
+        return
+    ks = [str(k) for k in block["top_k"]]
+    table = _wide_table(table_class, "Leaderboards against the validation votes' marginal fit")
+    columns = ["leaderboard", "Spearman", "τ", "|ΔP| L1"]
+    columns += [f"top-{k}" for k in ks] + [f"disp. {k}" for k in ks]
+    columns += ["IQR", "std", "spread"]
+    _add_columns(table, columns)
+    for name, label in LEADERBOARD_LABELS.items():
+        spread = block["spread"].get(name)
+        if spread is None:
+            continue
+        agree = block["agreement"].get(name)
+        if agree is None:
+            cells = ["—"] * (3 + 2 * len(ks))
+        else:
+            cells = [_fmt(agree["spearman"], 3), _fmt(agree["kendall_tau"], 3),
+                     _fmt(agree["win_prob_l1"], 3), *_k_cells(agree, ks)]
+        table.add_row(label, *cells, _fmt(spread["iqr"], 3), _fmt(spread["std"], 3),
+                      _fmt(spread["spread"], 3))
+    _print_table(console, table)
+    ties = [f"{PREDICTORS[n]} {_pct(result[n]['tie_accuracy'])}" for n in PREDICTORS
+            if isinstance(result.get(n), dict) and "tie_accuracy" in result[n]]
+    note = ("[dim]top-k: share of the reference's top k also in the row's top k; disp. k: "
+            "mean places moved by the reference's top k; |ΔP| L1: mean |difference| of the "
+            "pairwise outcome probabilities")
+    console.print(note + (f"; tie accuracy: {', '.join(ties)}" if ties else "") + "[/]")
+
+
+def render_subset_curve(result: dict, console: Any, table_class: Any) -> None:
+    curve = result.get("subset_curve")
+    if not curve:
+        return
+    rows = curve["rows"]
+    ks = list(rows[0]["top_k_fraction"]) if rows else []
+    table = _wide_table(
+        table_class,
+        f"Aggregating random subsets of the {curve['prompts']} validation prompts, against "
+        "the aggregate of all (means over repeats)",
+    )
+    columns = ["prompts", "repeats", "Spearman", "± std", "τ", "|ΔP| L1"]
+    columns += [f"top-{k}" for k in ks] + [f"disp. {k}" for k in ks]
+    _add_columns(table, columns)
+    for row in rows:
+        table.add_row(
+            str(row["size"]), str(row["repeats"]), _fmt(row["spearman"], 3),
+            _fmt(row["spearman_std"], 3), _fmt(row["kendall_tau"], 3),
+            _fmt(row["win_prob_l1"], 3), *_k_cells(row, ks),
+        )
+    _print_table(console, table)
+    if curve["skipped_sizes"]:
+        skipped = ", ".join(map(str, curve["skipped_sizes"]))
+        console.print(f"[yellow]subset sizes above the {curve['prompts']} prompts skipped: "
+                      f"{skipped}[/]")
 
 
 def write_plots(result: dict, folder: str | Path) -> list[Path]:
