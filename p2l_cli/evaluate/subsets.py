@@ -32,6 +32,11 @@ def _mean(values: list[float]) -> float:
     return float(np.mean(finite)) if finite else math.nan
 
 
+def _std(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.std(finite)) if len(finite) > 1 else math.nan
+
+
 def subset_curve(
     coefs: np.ndarray,
     eta: np.ndarray | None,
@@ -70,7 +75,7 @@ def subset_curve(
                 "size": size,
                 "repeats": repeats,
                 "spearman": _mean(spearmans),
-                "spearman_std": float(np.nanstd(spearmans)) if len(runs) > 1 else math.nan,
+                "spearman_std": _std(spearmans),
                 "kendall_tau": _mean([r["kendall_tau"] for r in runs]),
                 "top_k_fraction": {
                     k: _mean([r["top_k_fraction"][k] for r in runs])
