@@ -19,6 +19,7 @@ The package: :mod:`~p2l_cli.evaluate.inputs` (votes, joins, predictions from a m
 """
 
 from p2l_cli.contracts.predictions import Predictions, read_predictions
+from p2l_cli.evaluate.checkpoints import Checkpoint, list_checkpoints, model_folder_of
 from p2l_cli.evaluate.compare import Settings, evaluate_predictions
 from p2l_cli.evaluate.inputs import Votes, make_votes, vote_labels
 from p2l_cli.evaluate.scoring import bootstrap_gain, vote_losses
@@ -38,6 +39,7 @@ from p2l_cli.stats.rankings import (
 )
 
 __all__ = [
+    "Checkpoint",
     "Predictions",
     "Settings",
     "TruthTable",
@@ -49,7 +51,9 @@ __all__ = [
     "coef_std",
     "evaluate_predictions",
     "leaderboard_agreement",
+    "list_checkpoints",
     "make_votes",
+    "model_folder_of",
     "read_predictions",
     "read_truth",
     "spearman",

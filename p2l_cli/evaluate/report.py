@@ -348,6 +348,33 @@ def render_subset_curve(result: dict, console: Any, table_class: Any) -> None:
                       f"{skipped}[/]")
 
 
+def render_checkpoints(combined: dict, console: Any) -> None:
+    """One row per checkpoint of a training run (``p2l evaluate --checkpoints``)."""
+    from rich.table import Table
+
+    table = _wide_table(Table, f"Checkpoints of {combined['run']}")
+    columns = ["checkpoint", "step", "NLL P2L", "gain", "accuracy", "Spearman", "|ΔP| L1"]
+    _add_columns(table, columns)
+    for row in combined["checkpoints"]:
+        result = row["result"]
+        agree = result.get("leaderboards", {}).get("agreement", {}).get("p2l", {})
+        table.add_row(
+            row["name"],
+            "—" if row["step"] is None else str(row["step"]),
+            _fmt(result["p2l"]["nll"]),
+            _gain_text(result.get("gain")),
+            _pct(result["p2l"]["accuracy"]),
+            _fmt(agree.get("spearman"), 3),
+            _fmt(agree.get("win_prob_l1"), 3),
+        )
+    _print_table(console, table)
+    console.print(
+        "[dim]best: the model folder (the best validation NLL during training); last: "
+        "checkpoints/last (the latest weights). Spearman and |ΔP| L1: the aggregated P2L "
+        "leaderboard against the validation votes' marginal fit[/]"
+    )
+
+
 def write_plots(result: dict, folder: str | Path) -> list[Path]:
     """``calibration.png`` and, with groups, ``gain_by_<column>.png`` in ``folder``."""
     try:
