@@ -16,6 +16,7 @@ from scipy.optimize import minimize
 
 from p2l_cli import evaluate as ev
 from p2l_cli.contracts.predictions import predictions_from_frame
+from p2l_cli.errors import UserError
 from tests.conftest import run_cli
 from tests.test_evaluate import battles, predictions, write_hand_case
 
@@ -350,3 +351,102 @@ def test_cli_bad_subset_sizes_are_one_line(tmp_path):
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: --subset-curve: 'x'")
     assert "Traceback" not in result.stderr
+
+
+# ------------------------------------------------------------------------- checkpoints
+
+
+def fake_run(folder, last_tensors: dict, state: dict | None = None):
+    """A `p2l train` output folder's layout: the model folder (config, best weights) and
+    checkpoints/last with its state and weights."""
+    import torch
+    from safetensors.torch import save_file
+
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model_list.json").write_text('["x", "y"]')
+    base = {"backbone.w": torch.zeros(2), "head.head.weight": torch.ones(2, 2)}
+    save_file(base, str(folder / "model.safetensors"))
+    last = folder / "checkpoints" / "last"
+    last.mkdir(parents=True)
+    (last / "trainer_state.json").write_text(json.dumps(state or {"step": 7, "best_step": 3,
+                                                                  "last_save_step": 7}))
+    save_file(last_tensors, str(last / "model.safetensors"))
+    return folder
+
+
+def test_checkpoints_of_a_run(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    run = fake_run(tmp_path / "run", {"backbone.w": torch.full((2,), 5.0),
+                                      "head.head.weight": torch.full((2, 2), 2.0)})
+    found = ev.list_checkpoints(run)
+    assert [(c.name, c.step) for c in found] == [("best", 3), ("last", 7)]
+    assert ev.model_folder_of(found[0], tmp_path / "w0") == run
+    folder = ev.model_folder_of(found[1], tmp_path / "w1")
+    tensors = load_file(str(folder / "model.safetensors"))
+    assert tensors["backbone.w"].tolist() == [5.0, 5.0]  # the last weights, not the best
+    assert tensors["head.head.weight"].tolist() == [[2.0, 2.0], [2.0, 2.0]]
+    assert (folder / "model_list.json").read_text() == '["x", "y"]'
+    assert not (folder / "checkpoints").exists()
+
+
+def test_checkpoints_with_a_frozen_backbone_replace_the_head_only(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    run = fake_run(tmp_path / "run", {"head.weight": torch.full((2, 2), 3.0)})
+    folder = ev.model_folder_of(ev.list_checkpoints(run)[1], tmp_path / "w")
+    tensors = load_file(str(folder / "model.safetensors"))
+    assert tensors["head.head.weight"].tolist() == [[3.0, 3.0], [3.0, 3.0]]
+    assert tensors["backbone.w"].tolist() == [0.0, 0.0]  # kept from the model folder
+
+
+def test_checkpoints_errors(tmp_path):
+    import torch
+
+    run = fake_run(tmp_path / "run", {"other.weight": torch.ones(1)})
+    with pytest.raises(UserError, match="does not have"):
+        ev.model_folder_of(ev.list_checkpoints(run)[1], tmp_path / "w")
+    write_hand_case(tmp_path)
+    result = run_cli(
+        "evaluate", tmp_path / "preds.parquet", tmp_path / "val.parquet", "--checkpoints"
+    )
+    assert result.exit_code == 2
+    assert "--checkpoints" in result.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_every_checkpoint_of_a_tiny_training_run(tmp_path):
+    """train a tiny random BERT, then `evaluate --checkpoints`: the best and the last
+    weights score the validation votes exactly as the training loop recorded (its own,
+    independent computation of the same NLL)."""
+    from tests.tiny import make_backbone
+
+    backbone = make_backbone("bert", tmp_path / "backbone")
+    arena, data, model = tmp_path / "arena", tmp_path / "data", tmp_path / "model"
+    for argv in (
+        ["simulate", arena, "--battles", "400", "--models", "4", "--prompts", "0", "--seed", "2"],
+        ["prepare", arena / "battles.parquet", "-o", data, "--val-fraction", "0.25"],
+        ["train", data, "-o", model, "--backbone", backbone, "--epochs", "1", "--batch-size",
+         "32", "--max-length", "64", "--cache-dir", tmp_path / "cache"],
+    ):
+        result = run_cli(*argv)
+        assert result.exit_code == 0, f"{argv[0]}: {result.output}"
+    out = tmp_path / "checkpoints.json"
+    result = run_cli("evaluate", model, data / "val.parquet", "--checkpoints", "--bootstrap",
+                     "0", "--json", out)
+    assert result.exit_code == 0, result.output
+    report = {row["name"]: row for row in json.loads(out.read_text())["checkpoints"]}
+    state = json.loads((model / "checkpoints" / "last" / "trainer_state.json").read_text())
+    evals = [json.loads(line) for line in (model / "metrics.jsonl").read_text().splitlines()]
+    last_eval = [e for e in evals if e.get("type") == "eval"][-1]
+    assert report["best"]["step"] == state["best_step"]
+    assert report["last"]["step"] == state["last_save_step"] == last_eval["step"]
+    assert report["best"]["result"]["p2l"]["nll"] == pytest.approx(state["best_nll"], abs=1e-6)
+    assert report["last"]["result"]["p2l"]["nll"] == pytest.approx(
+        last_eval["val"]["p2l"]["nll"], abs=1e-6
+    )
+    assert "Checkpoints of" in result.stderr
