@@ -279,6 +279,24 @@ def test_tie_accuracy_in_the_result_for_rk_predictions():
     assert result["p2l"]["tie_accuracy"] == pytest.approx(1 / 3)
 
 
+def test_tie_accuracy_of_the_leaderboards_for_rk():
+    """x and y each win once and tie four times: the rk marginal of these votes has equal
+    coefficients and P(tie) = 4/6, so it predicts a tie everywhere (4 of 6 right). P2L's one
+    prompt (10 and 0, tie width ~6.9) predicts decisive votes, as does its aggregate (2 of 6)."""
+    val = battles([("p", "x", "y", "model_a"), ("p", "x", "y", "model_b")]
+                  + [("p", "x", "y", "tie")] * 4)
+    frame = pl.DataFrame(
+        {"prompt": [["p"]], "coefs": [[10.0, 0.0]], "eta": [22.5]},
+        schema={"prompt": pl.List(pl.String), "coefs": pl.List(pl.Float32), "eta": pl.Float32},
+    )
+    preds = predictions_from_frame(frame, {"models": ["x", "y"], "head": "rk", "loss": "rk"}, "p")
+    result = ev.evaluate_predictions(preds, val, "val", settings=ev.Settings(bootstrap=0))
+    ties = result["leaderboards"]["tie_accuracy"]
+    assert ties["reference"] == pytest.approx(4 / 6)
+    assert ties["p2l"] == pytest.approx(2 / 6)
+    assert result["p2l"]["tie_accuracy"] == pytest.approx(2 / 6)
+
+
 # ------------------------------------------------------------------ subset-size curve
 
 

@@ -202,13 +202,14 @@ def leaderboard_block(
     """The reference's leaderboard comparisons: the aggregated P2L leaderboard (each
     validation prompt once) and the marginal leaderboard of the training votes, each against
     the marginal leaderboard fitted on the validation votes themselves (the reference), with
-    the spread of every leaderboard's coefficients."""
+    the spread of every leaderboard's coefficients and, for rk and grk, the tie accuracy of
+    each leaderboard on the validation votes."""
     reference = fit_leaderboard(votes, predictors["p2l"][0].shape[-1], family)
     boards = {"reference": reference, "p2l": p2l_aggregate}
     if "marginal" in predictors:
         boards["marginal"] = predictors["marginal"]
     eta_of = {name: (e if has_eta(family) else None) for name, (_, e) in boards.items()}
-    return {
+    block: dict[str, Any] = {
         "reference": "the marginal leaderboard fitted on the validation votes",
         "top_k": [k for k in TOP_KS if k <= len(reference[0])],
         "spread": {name: coef_spread_stats(theta) for name, (theta, _) in boards.items()},
@@ -220,6 +221,13 @@ def leaderboard_block(
             if name != "reference"
         },
     }
+    ties = {
+        name: tie_accuracy(theta, votes.labels, eta_of[name], family, votes.weights)
+        for name, (theta, _) in boards.items()
+    }
+    if any(value is not None for value in ties.values()):
+        block["tie_accuracy"] = ties
+    return block
 
 
 def vote_ids(votes: Votes) -> pl.Series:

@@ -299,6 +299,8 @@ def render_leaderboards(result: dict, console: Any, table_class: Any) -> None:
     columns = ["leaderboard", "Spearman", "τ", "|ΔP| L1"]
     columns += [f"top-{k}" for k in ks] + [f"disp. {k}" for k in ks]
     columns += ["IQR", "std", "spread"]
+    board_ties = block.get("tie_accuracy")
+    columns += ["tie acc."] if board_ties else []
     _add_columns(table, columns)
     for name, label in LEADERBOARD_LABELS.items():
         spread = block["spread"].get(name)
@@ -310,8 +312,10 @@ def render_leaderboards(result: dict, console: Any, table_class: Any) -> None:
         else:
             cells = [_fmt(agree["spearman"], 3), _fmt(agree["kendall_tau"], 3),
                      _fmt(agree["win_prob_l1"], 3), *_k_cells(agree, ks)]
-        table.add_row(label, *cells, _fmt(spread["iqr"], 3), _fmt(spread["std"], 3),
-                      _fmt(spread["spread"], 3))
+        cells += [_fmt(spread["iqr"], 3), _fmt(spread["std"], 3), _fmt(spread["spread"], 3)]
+        if board_ties:
+            cells.append(_pct(board_ties.get(name)))
+        table.add_row(label, *cells)
     _print_table(console, table)
     ties = [f"{PREDICTORS[n]} {_pct(result[n]['tie_accuracy'])}" for n in PREDICTORS
             if isinstance(result.get(n), dict) and "tie_accuracy" in result[n]]
