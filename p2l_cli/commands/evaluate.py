@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from p2l_cli.errors import UserError
 from p2l_cli.ui import QuietOption, console, info, set_quiet, warn
 
 BASELINE, TRUTH, OUTPUT, STATS, INFERENCE = (
@@ -107,8 +108,31 @@ def evaluate(
         ),
     ] = 10,
     seed: Annotated[
-        int, typer.Option("--seed", help="Seed of the bootstrap.", rich_help_panel=STATS)
+        int,
+        typer.Option(
+            "--seed", help="Seed of the bootstrap and the subset curve.", rich_help_panel=STATS
+        ),
     ] = 0,
+    subset_curve: Annotated[
+        str | None,
+        typer.Option(
+            "--subset-curve",
+            metavar="SIZES",
+            help="Comma-separated numbers of prompts (e.g. 10,30,100,300): per size, random "
+            "subsets of the validation prompts are aggregated and compared with the "
+            "aggregate of all of them (Spearman, top-k, win-probability L1).",
+            rich_help_panel=STATS,
+        ),
+    ] = None,
+    subset_repeats: Annotated[
+        int,
+        typer.Option(
+            "--subset-repeats",
+            min=1,
+            help="Random subsets drawn per size of --subset-curve.",
+            rich_help_panel=STATS,
+        ),
+    ] = 20,
     batch_size: Annotated[
         int | None,
         typer.Option(
@@ -123,6 +147,15 @@ def evaluate(
             rich_help_panel=INFERENCE,
         ),
     ] = None,
+    checkpoints: Annotated[
+        bool,
+        typer.Option(
+            "--checkpoints",
+            help="MODEL_OR_PREDICTIONS is a `p2l train` output folder: evaluate each saved "
+            "set of weights (the model folder's best and checkpoints/last) and compare them.",
+            rich_help_panel=INFERENCE,
+        ),
+    ] = False,
     quiet: QuietOption = False,
 ) -> None:
     """Score per-prompt leaderboards on held-out votes: NLL, accuracy, Brier, calibration,
@@ -137,13 +170,27 @@ def evaluate(
     """
     set_quiet(quiet)
     from p2l_cli.evaluate.compare import Settings
+    from p2l_cli.evaluate.subsets import parse_sizes
 
-    run_evaluation(
+    try:
+        sizes = parse_sizes(subset_curve)
+    except ValueError as err:
+        raise UserError(f"--subset-curve: {err}") from None
+    runner = run_checkpoint_evaluation if checkpoints else run_evaluation
+    runner(
         source,
         val,
         train,
         truth,
-        Settings(by=by, bootstrap=bootstrap, seed=seed, bins=bins, level=level),
+        Settings(
+            by=by,
+            bootstrap=bootstrap,
+            seed=seed,
+            bins=bins,
+            level=level,
+            subset_sizes=sizes,
+            subset_repeats=subset_repeats,
+        ),
         json_out=json_out,
         plot_dir=plot,
         batch_size=batch_size,
@@ -216,3 +263,48 @@ def run_evaluation(
 
 def _has_categories(val, truth) -> bool:
     return "category" in val.columns or (truth is not None and "category" in truth.frame.columns)
+
+
+def run_checkpoint_evaluation(
+    run_dir: str | Path,
+    val_path: str | Path,
+    train_path: str | Path | None = None,
+    truth_path: str | Path | None = None,
+    settings=None,
+    json_out: str | Path | None = None,
+    plot_dir: str | Path | None = None,
+    batch_size: int | None = None,
+    device: str | None = None,
+) -> dict:
+    """``p2l evaluate --checkpoints``: :func:`run_evaluation` on each checkpoint of a
+    training run (:func:`~p2l_cli.evaluate.checkpoints.list_checkpoints`), then one table
+    comparing them. Returns ``{"run": ..., "checkpoints": [{"name", "step", "result"}]}``."""
+    import tempfile
+
+    from p2l_cli.evaluate.checkpoints import list_checkpoints, model_folder_of
+    from p2l_cli.evaluate.report import render_checkpoints, to_json
+    from p2l_cli.io import write_text
+
+    if str(run_dir) == "-" or not Path(run_dir).is_dir():
+        raise UserError(f"--checkpoints: {run_dir} is not a training output folder")
+    found = list_checkpoints(run_dir)
+    if len(found) == 1:
+        info(f"{run_dir}: no checkpoints/last with weights; evaluating the model folder only")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="p2l-checkpoint-") as work:
+        for checkpoint in found:
+            step = "" if checkpoint.step is None else f" (step {checkpoint.step})"
+            console.rule(f"checkpoint {checkpoint.name}{step}")
+            folder = model_folder_of(checkpoint, Path(work) / checkpoint.name)
+            plots = None if plot_dir is None else Path(plot_dir) / checkpoint.name
+            result = run_evaluation(
+                folder, val_path, train_path, truth_path, settings, None, plots, batch_size,
+                device,
+            )
+            result["predictions"] = f"{run_dir} [{checkpoint.name}]"
+            rows.append({"name": checkpoint.name, "step": checkpoint.step, "result": result})
+    combined = {"run": str(run_dir), "checkpoints": rows}
+    render_checkpoints(combined, console)
+    if json_out is not None:
+        write_text(json_out, to_json(combined))
+    return combined

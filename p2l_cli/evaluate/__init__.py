@@ -19,12 +19,49 @@ The package: :mod:`~p2l_cli.evaluate.inputs` (votes, joins, predictions from a m
 """
 
 from p2l_cli.contracts.predictions import Predictions, read_predictions
+from p2l_cli.evaluate.checkpoints import Checkpoint, list_checkpoints, model_folder_of
 from p2l_cli.evaluate.compare import Settings, evaluate_predictions
 from p2l_cli.evaluate.inputs import Votes, make_votes, vote_labels
 from p2l_cli.evaluate.scoring import bootstrap_gain, vote_losses
+from p2l_cli.evaluate.subsets import subset_curve
 from p2l_cli.evaluate.truth import TruthTable, read_truth
+from p2l_cli.stats.rankings import (
+    coef_iqr,
+    coef_spread,
+    coef_spread_stats,
+    coef_std,
+    leaderboard_agreement,
+    spearman,
+    tie_accuracy,
+    top_k_displacement,
+    top_k_fraction,
+    win_prob_l1,
+)
 
 __all__ = [
-    "Predictions", "Settings", "TruthTable", "Votes", "bootstrap_gain", "evaluate_predictions",
-    "make_votes", "read_predictions", "read_truth", "vote_labels", "vote_losses",
+    "Checkpoint",
+    "Predictions",
+    "Settings",
+    "TruthTable",
+    "Votes",
+    "bootstrap_gain",
+    "coef_iqr",
+    "coef_spread",
+    "coef_spread_stats",
+    "coef_std",
+    "evaluate_predictions",
+    "leaderboard_agreement",
+    "list_checkpoints",
+    "make_votes",
+    "model_folder_of",
+    "read_predictions",
+    "read_truth",
+    "spearman",
+    "subset_curve",
+    "tie_accuracy",
+    "top_k_displacement",
+    "top_k_fraction",
+    "vote_labels",
+    "vote_losses",
+    "win_prob_l1",
 ]

@@ -27,11 +27,13 @@ from p2l_cli.evaluate.scoring import (
     score,
     vote_losses,
 )
+from p2l_cli.evaluate.subsets import DEFAULT_SUBSET_REPEATS, TOP_KS, subset_curve
 from p2l_cli.evaluate.truth import Truth, TruthTable, align_truth, votes_category
 from p2l_cli.stats.families import (
     has_eta,
     vote_mask,
 )
+from p2l_cli.stats.rankings import coef_spread_stats, leaderboard_agreement, tie_accuracy
 
 TURNS = "turns"
 
@@ -43,6 +45,8 @@ class Settings:
     seed: int = 0
     bins: int = DEFAULT_BINS
     level: float = DEFAULT_LEVEL
+    subset_sizes: tuple[int, ...] = ()
+    subset_repeats: int = DEFAULT_SUBSET_REPEATS
 
 
 # What each predictor is called in the result and on the terminal, in display order.
@@ -136,6 +140,9 @@ def evaluate_predictions(
         result[name] = {"available": True, **score(c, votes.labels, e, own, votes.weights)}
         if own != family:
             result[name]["family"] = own
+        ties = tie_accuracy(c, votes.labels, e, own, votes.weights)
+        if ties is not None:
+            result[name]["tie_accuracy"] = ties
         losses[name] = vote_losses(c, votes.labels, e, own)[0]
         half[name] = half_tie_losses(c, votes.labels, e, own)
     if "marginal" in losses:
@@ -172,6 +179,14 @@ def evaluate_predictions(
     }
     if val_truth is not None and categories is not None and "oracle" in predictors:
         result["recovery"] = recovery_rows(votes, categories, predictors, fits, val_truth, family)
+    firsts = first_per_cluster(votes.clusters)
+    p2l_prompts = (coefs[firsts], _take(eta, firsts))
+    p2l_aggregate = aggregate_rows(*p2l_prompts, family)
+    result["leaderboards"] = leaderboard_block(votes, predictors, p2l_aggregate, family)
+    if s.subset_sizes:
+        result["subset_curve"] = subset_curve(
+            *p2l_prompts, family, s.subset_sizes, s.subset_repeats, s.seed, p2l_aggregate
+        )
     if s.by:
         groups = group_values(votes, s.by, categories)
         result["groups"] = {
@@ -179,6 +194,40 @@ def evaluate_predictions(
             "rows": group_rows(groups, votes, predictors, family, s),
         }
     return result
+
+
+def leaderboard_block(
+    votes: Votes, predictors: dict, p2l_aggregate: tuple, family: str
+) -> dict:
+    """The reference's leaderboard comparisons: the aggregated P2L leaderboard (each
+    validation prompt once) and the marginal leaderboard of the training votes, each against
+    the marginal leaderboard fitted on the validation votes themselves (the reference), with
+    the spread of every leaderboard's coefficients and, for rk and grk, the tie accuracy of
+    each leaderboard on the validation votes."""
+    reference = fit_leaderboard(votes, predictors["p2l"][0].shape[-1], family)
+    boards = {"reference": reference, "p2l": p2l_aggregate}
+    if "marginal" in predictors:
+        boards["marginal"] = predictors["marginal"]
+    eta_of = {name: (e if has_eta(family) else None) for name, (_, e) in boards.items()}
+    block: dict[str, Any] = {
+        "reference": "the marginal leaderboard fitted on the validation votes",
+        "top_k": [k for k in TOP_KS if k <= len(reference[0])],
+        "spread": {name: coef_spread_stats(theta) for name, (theta, _) in boards.items()},
+        "agreement": {
+            name: leaderboard_agreement(
+                reference[0], theta, family, eta_of["reference"], eta_of[name], TOP_KS
+            )
+            for name, (theta, _) in boards.items()
+            if name != "reference"
+        },
+    }
+    ties = {
+        name: tie_accuracy(theta, votes.labels, eta_of[name], family, votes.weights)
+        for name, (theta, _) in boards.items()
+    }
+    if any(value is not None for value in ties.values()):
+        block["tie_accuracy"] = ties
+    return block
 
 
 def vote_ids(votes: Votes) -> pl.Series:

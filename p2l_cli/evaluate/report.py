@@ -94,6 +94,8 @@ def render(result: dict, console: Any) -> None:
     render_calibration(result, console, Table)
     render_groups(result, console, Table)
     render_recovery(result, console, Table)
+    render_leaderboards(result, console, Table)
+    render_subset_curve(result, console, Table)
 
 
 def summary_lines(result: dict) -> list[str]:
@@ -275,6 +277,105 @@ def render_recovery(result: dict, console: Any, table_class: Any) -> None:
     console.print(
         "[dim]val: validation prompts aggregated; train: training votes; own: a leaderboard "
         "fitted on the category's training votes alone; marg.: the marginal leaderboard[/]"
+    )
+
+
+LEADERBOARD_LABELS = {"reference": "val marginal", "p2l": "P2L aggregate", "marginal": "marginal"}
+
+
+def _k_cells(block: dict, ks: list[str]) -> list[str]:
+    cells = [_pct(block["top_k_fraction"].get(k)) for k in ks]
+    return cells + [_fmt(block["top_k_displacement"].get(k), 2) for k in ks]
+
+
+def render_leaderboards(result: dict, console: Any, table_class: Any) -> None:
+    """The leaderboard comparisons with the marginal leaderboard of the validation votes,
+    the spread of each leaderboard and the tie accuracy of each predictor."""
+    block = result.get("leaderboards")
+    if not block:
+        return
+    ks = [str(k) for k in block["top_k"]]
+    table = _wide_table(table_class, "Leaderboards against the validation votes' marginal fit")
+    columns = ["leaderboard", "Spearman", "τ", "|ΔP| L1"]
+    columns += [f"top-{k}" for k in ks] + [f"disp. {k}" for k in ks]
+    columns += ["IQR", "std", "spread"]
+    board_ties = block.get("tie_accuracy")
+    columns += ["tie acc."] if board_ties else []
+    _add_columns(table, columns)
+    for name, label in LEADERBOARD_LABELS.items():
+        spread = block["spread"].get(name)
+        if spread is None:
+            continue
+        agree = block["agreement"].get(name)
+        if agree is None:
+            cells = ["—"] * (3 + 2 * len(ks))
+        else:
+            cells = [_fmt(agree["spearman"], 3), _fmt(agree["kendall_tau"], 3),
+                     _fmt(agree["win_prob_l1"], 3), *_k_cells(agree, ks)]
+        cells += [_fmt(spread["iqr"], 3), _fmt(spread["std"], 3), _fmt(spread["spread"], 3)]
+        if board_ties:
+            cells.append(_pct(board_ties.get(name)))
+        table.add_row(label, *cells)
+    _print_table(console, table)
+    ties = [f"{PREDICTORS[n]} {_pct(result[n]['tie_accuracy'])}" for n in PREDICTORS
+            if isinstance(result.get(n), dict) and "tie_accuracy" in result[n]]
+    note = ("[dim]top-k: share of the reference's top k also in the row's top k; disp. k: "
+            "mean places moved by the reference's top k; |ΔP| L1: mean |difference| of the "
+            "pairwise outcome probabilities")
+    console.print(note + (f"; tie accuracy: {', '.join(ties)}" if ties else "") + "[/]")
+
+
+def render_subset_curve(result: dict, console: Any, table_class: Any) -> None:
+    curve = result.get("subset_curve")
+    if not curve:
+        return
+    rows = curve["rows"]
+    ks = list(rows[0]["top_k_fraction"]) if rows else []
+    table = _wide_table(
+        table_class,
+        f"Aggregating random subsets of the {curve['prompts']} validation prompts, against "
+        "the aggregate of all (means over repeats)",
+    )
+    columns = ["prompts", "repeats", "Spearman", "± std", "τ", "|ΔP| L1"]
+    columns += [f"top-{k}" for k in ks] + [f"disp. {k}" for k in ks]
+    _add_columns(table, columns)
+    for row in rows:
+        table.add_row(
+            str(row["size"]), str(row["repeats"]), _fmt(row["spearman"], 3),
+            _fmt(row["spearman_std"], 3), _fmt(row["kendall_tau"], 3),
+            _fmt(row["win_prob_l1"], 3), *_k_cells(row, ks),
+        )
+    _print_table(console, table)
+    if curve["skipped_sizes"]:
+        skipped = ", ".join(map(str, curve["skipped_sizes"]))
+        console.print(f"[yellow]subset sizes above the {curve['prompts']} prompts skipped: "
+                      f"{skipped}[/]")
+
+
+def render_checkpoints(combined: dict, console: Any) -> None:
+    """One row per checkpoint of a training run (``p2l evaluate --checkpoints``)."""
+    from rich.table import Table
+
+    table = _wide_table(Table, f"Checkpoints of {combined['run']}")
+    columns = ["checkpoint", "step", "NLL P2L", "gain", "accuracy", "Spearman", "|ΔP| L1"]
+    _add_columns(table, columns)
+    for row in combined["checkpoints"]:
+        result = row["result"]
+        agree = result.get("leaderboards", {}).get("agreement", {}).get("p2l", {})
+        table.add_row(
+            row["name"],
+            "—" if row["step"] is None else str(row["step"]),
+            _fmt(result["p2l"]["nll"]),
+            _gain_text(result.get("gain")),
+            _pct(result["p2l"]["accuracy"]),
+            _fmt(agree.get("spearman"), 3),
+            _fmt(agree.get("win_prob_l1"), 3),
+        )
+    _print_table(console, table)
+    console.print(
+        "[dim]best: the model folder (the best validation NLL during training); last: "
+        "checkpoints/last (the latest weights). Spearman and |ΔP| L1: the aggregated P2L "
+        "leaderboard against the validation votes' marginal fit[/]"
     )
 
 
