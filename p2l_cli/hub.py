@@ -367,6 +367,8 @@ LOSSES = {
     "rk": "Rao-Kupper (ties modelled, tie width from the head)",
     "grk": "grounded Rao-Kupper (ties and 'both bad' votes modelled)",
     "bag": "grounded Rao-Kupper (ties and 'both bad' votes modelled)",
+    "rk-reparam": "Rao-Kupper with the reparameterised tie parameter",
+    "ba": "grounded Rao-Kupper with a learned reference strength per prompt",
 }
 HEADS = {"bt": "one coefficient per model", "rk": "one coefficient per model plus a tie parameter"}
 CITATION = """@article{frick2025prompt,

@@ -468,3 +468,23 @@ def test_every_checkpoint_of_a_tiny_training_run(tmp_path):
         last_eval["val"]["p2l"]["nll"], abs=1e-6
     )
     assert "Checkpoints of" in result.stderr
+
+
+def test_evaluate_scores_tie_prediction_for_rk():
+    """``score`` reports the tie-only NLL: -log P(tie) on ties, -log(1 - P(tie)) otherwise,
+    with the Rao-Kupper tie width log(1 + e^(0.1 (eta - 22.5))) / 0.1 written out here."""
+    from p2l_cli.evaluate.scoring import score
+
+    rng = np.random.default_rng(5)
+    n = 40
+    coefs = rng.normal(size=(n, 3))
+    eta = rng.normal(20.0, 5.0, n)
+    labels = np.column_stack([np.zeros(n, int), np.ones(n, int), rng.integers(0, 2, n)])
+    d = coefs[:, 0] - coefs[:, 1]
+    width = np.maximum(np.log1p(np.exp(0.1 * (eta - 22.5))) / 0.1, 0.02)
+    sigmoid = lambda x: 1 / (1 + np.exp(-x))
+    p_tie = 1 - sigmoid(d - width) - sigmoid(-d - width)
+    want = np.mean(np.where(labels[:, 2] == 1, -np.log(p_tie), -np.log(1 - p_tie)))
+    got = score(coefs, labels, eta, "rk", np.ones(n))
+    assert got["tie_nll"] == pytest.approx(want, rel=1e-9)
+    assert "tie_nll" not in score(coefs, labels, None, "bt-tie", np.ones(n))

@@ -47,8 +47,8 @@ def leaderboard(
     family: Annotated[
         str | None,
         typer.Option("--family", help="Likelihood: bt (ties dropped), bt-tie (tie = half a "
-                     "win; LMArena's), rk, grk. Default: bt-tie for battles, the model's loss "
-                     "for predictions.", rich_help_panel=FIT),
+                     "win; LMArena's), rk, grk, rk-reparam, ba. Default: bt-tie for battles, "
+                     "the model's loss for predictions.", rich_help_panel=FIT),
     ] = None,
     reweight: Annotated[
         bool,

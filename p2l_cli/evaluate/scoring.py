@@ -55,10 +55,12 @@ def half_tie_losses(coefs: np.ndarray, labels: np.ndarray, eta: Any, family: str
 def score(
     coefs: np.ndarray, labels: np.ndarray, eta: Any, family: str, weights: np.ndarray
 ) -> dict:
-    """NLL, accuracy, Brier score and ``n`` (:func:`stats.metrics.vote_metrics`) and the
+    """NLL, accuracy, Brier score and ``n`` (:func:`stats.metrics.vote_metrics`), for
+    families with ties the tie-only NLLs (``tie_nll``, and ``tie_bb_nll`` for grk), and the
     expected calibration error."""
     metrics = vote_metrics(coefs, labels, eta=eta, family=family, weights=weights)
     out = {key: _number(metrics[key]) for key in ("nll", "nll_half", "accuracy", "brier", "n")}
+    out.update({key: _number(metrics[key]) for key in ("tie_nll", "tie_bb_nll") if key in metrics})
     table = calibration_table(coefs, labels, eta, family, DEFAULT_BINS, weights)
     out["ece"] = expected_calibration_error(table) if table.height else None
     return out
