@@ -272,6 +272,13 @@ def resolve_config(
         if key not in FIELDS:
             raise UserError(f"unknown training setting {key!r}")
         settings[key] = coerce(key, value, f"--{key.replace('_', '-')}")
+    if settings.get("neighbours") and "neighbours" not in given and settings.get(
+        "head_solver", "ridge-cv"
+    ) != "ridge-cv":
+        # the recipe's neighbourhoods belong to its ridge-cv head, which a flag replaced
+        settings["neighbours"] = False
+        warnings.append(f"neighbourhood leaderboards (from the recipe) need --head-solver "
+                        f"ridge-cv; off with --head-solver {settings['head_solver']}")
     config = TrainConfig(**settings)
     validate(config)
     return config, set(settings), warnings

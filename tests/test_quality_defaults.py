@@ -339,3 +339,17 @@ def test_repeated_prompts_are_encoded_once():
     assert model.rows == 3
     expected = [[3, 2], [3, 1], [3, 2], [18, 3], [3, 1]]
     np.testing.assert_array_equal(out.numpy(), expected)
+
+
+def test_adamw_on_the_default_recipe_turns_its_neighbourhoods_off():
+    """The default recipe's neighbourhoods belong to its ridge-cv head: --head-solver adamw
+    switches them off with a warning, while asking for both on the command line is an error."""
+    from p2l_cli.errors import UserError
+
+    config, _, warnings = resolve_config(None, {"head_solver": "adamw"})
+    assert config.head_solver == "adamw" and config.neighbours is False
+    assert any("neighbourhood leaderboards (from the recipe)" in w for w in warnings)
+    kept, _, _ = resolve_config(None, {})
+    assert kept.neighbours is True and kept.head_solver == "ridge-cv"
+    with pytest.raises(UserError, match="--neighbours"):
+        resolve_config(None, {"head_solver": "adamw", "neighbours": True})
