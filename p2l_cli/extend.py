@@ -36,7 +36,7 @@ from torch import nn
 from p2l_cli.contracts.prompts import BadPrompt, prompt_turns
 from p2l_cli.errors import UserError
 from p2l_cli.evaluate import vote_labels
-from p2l_cli.io import read_table
+from p2l_cli.io import check_output_folder, current_umask, read_table
 from p2l_cli.model import encode_prompts, load_p2l
 from p2l_cli.model.checkpoint import resolve_model_dir, save_p2l
 from p2l_cli.model.p2l import P2LModel, collate
@@ -179,8 +179,7 @@ def extend_p2l(
     out = Path(out_dir)
     if out.exists() and out.resolve() == model_dir.resolve():
         raise UserError(f"-o {out}: is the model folder; extend writes a new folder")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise UserError(f"-o {out}: exists and is not empty; pass --overwrite to replace it")
+    check_output_folder(out, "-o", overwrite)
     model, tokenizer = load_p2l(model_dir, device="cpu", dtype=torch.float32)
     check_extendable(model)
     known = list(model.info.model_list)
@@ -264,15 +263,10 @@ def write_folder(out: Path, write: Callable[[Path], object]) -> None:
         raise UserError(f"-o {out}: cannot write ({exc.strerror or exc})") from None
     try:
         write(staging)
-        os.chmod(staging, 0o777 & ~_umask())
+        os.chmod(staging, 0o777 & ~current_umask())
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         os.replace(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask

@@ -265,7 +265,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except OSError as exc:
         raise UserError(f"{target}: cannot write ({exc.strerror or exc})") from None
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
+    os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; outputs get the usual mode
     try:
         yield Path(tmp)
         os.replace(tmp, target)
@@ -353,7 +353,8 @@ def stdout_buffer() -> IO[bytes]:
     return sys.stdout.buffer
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's umask (read by setting and restoring it)."""
     mask = os.umask(0o022)
     os.umask(mask)
     return mask

@@ -19,7 +19,7 @@ from transformers import AutoConfig, AutoModel, PreTrainedTokenizerFast
 
 from p2l_cli import __version__
 from p2l_cli.errors import UserError
-from p2l_cli.io import atomic_path, read_json_file, write_json
+from p2l_cli.io import atomic_path, current_umask, read_json_file, write_json
 from p2l_cli.model.backbone import (
     clamp_max_length,
     default_pooling,
@@ -141,7 +141,7 @@ def save_p2l(
     tensors = state_dict if state_dict is not None else state_dict_for_saving(model)
     with atomic_path(out / WEIGHTS) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
-        os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates its files 0600
+        os.chmod(tmp, 0o666 & ~current_umask())  # safetensors creates its files 0600
     if (out / WEIGHTS_INDEX).exists():
         (out / WEIGHTS_INDEX).unlink()
     config = model.model.config.to_dict()
@@ -157,11 +157,6 @@ def save_p2l(
     )
     return out
 
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 # ---------------------------------------------------------------------------------- load
