@@ -51,10 +51,25 @@ def leaderboard(
                      "the model's loss for predictions.", rich_help_panel=FIT),
     ] = None,
     reweight: Annotated[
+        bool | None,
+        typer.Option("--reweight/--no-reweight", help="Weight votes by inverse pair "
+                     "frequency (1 / max(votes of the pair, 50)), as LMArena does. Default: "
+                     "on with --style-control (LMArena's style-control view), off otherwise.",
+                     rich_help_panel=FIT, show_default=False),
+    ] = None,
+    style_control: Annotated[
         bool,
-        typer.Option("--reweight", help="Weight votes by inverse pair frequency "
-                     "(1 / max(votes of the pair, 50)), as LMArena does.", rich_help_panel=FIT),
+        typer.Option("--style-control", help="Hold the answers' style fixed: a contextual "
+                     "model with the relative differences in length, headers, bold and "
+                     "lists (the battles' style columns, z-scored) as vote features. Prints "
+                     "the style coefficients beside the table.", rich_help_panel=FIT),
     ] = False,
+    style_reg: Annotated[
+        float,
+        typer.Option("--style-reg", help="L2 penalty on the style coefficients, added as "
+                     "reg/2 |beta|^2 to the mean NLL (LMArena's default 1.0 shrinks them "
+                     "strongly; 0 is the plain maximum likelihood).", rich_help_panel=FIT),
+    ] = 1.0,
     anchor: Annotated[
         str | None,
         typer.Option("--anchor", help="Shift scores so that MODEL scores VALUE, e.g. "
@@ -116,6 +131,8 @@ def leaderboard(
 
       p2l leaderboard data/train.parquet --model gpt-4o --anchor gpt-4o=1200
 
+      p2l leaderboard data/train.parquet --style-control --by category
+
       p2l leaderboard predictions.parquet --ci bootstrap --plot board.png
     """
     set_quiet(quiet)
@@ -124,7 +141,7 @@ def leaderboard(
             source=input, input_format=input_format, output=output, output_format=format,
             family=family, ci=ci, rounds=bootstrap_rounds, seed=seed, level=level,
             anchor=anchor, reweight=reweight, by=by, model=model, prompt_index=prompt_index,
-            top=top, plot_path=plot,
+            top=top, plot_path=plot, style_control=style_control, style_reg=style_reg,
         ),
         console,
     )
@@ -155,12 +172,14 @@ class Request:
     seed: int = 0
     level: float = 0.95
     anchor: str | None = None
-    reweight: bool = False
+    reweight: bool | None = None  # None: on with style control, off otherwise
     by: str | None = None
     model: str | None = None
     prompt_index: int | None = None
     top: int | None = None
     plot_path: str | None = None
+    style_control: bool = False
+    style_reg: float = 1.0
 
 
 def _check(request: Request) -> None:
@@ -171,6 +190,8 @@ def _check(request: Request) -> None:
         raise UserError(f"--bootstrap-rounds {request.rounds}: need at least 2")
     if not 0 < request.level < 1:
         raise UserError(f"--level {request.level}: expected a number between 0 and 1")
+    if not request.style_reg >= 0:
+        raise UserError(f"--style-reg {request.style_reg}: expected a number >= 0")
     if request.top is not None and request.top < 1:
         raise UserError(f"--top {request.top}: expected a positive number")
     if request.prompt_index is not None and (request.by or request.model):
@@ -202,16 +223,19 @@ def run(request: Request, console) -> None:
     anchor = parse_anchor(request.anchor) if request.anchor else None
     if request.model and not request.by:
         data = load_input(request.source, request.input_format, DEFAULT_GROUP, request.family,
-                          by_required=False)
+                          by_required=False, style=request.style_control)
         if data.groups is None:
             raise UserError(f"--model shows one model across groups; add --by COLUMN (the "
                             f"input has no {DEFAULT_GROUP!r} column)")
         request = replace(request, by=DEFAULT_GROUP)
     else:
-        data = load_input(request.source, request.input_format, request.by, request.family)
+        data = load_input(request.source, request.input_format, request.by, request.family,
+                          style=request.style_control)
+    reweight = request.style_control if request.reweight is None else request.reweight
     options = {"family": request.family, "ci": request.ci, "rounds": request.rounds,
-               "seed": request.seed, "reweight": request.reweight,
-               "prompt_index": request.prompt_index, "level": request.level}
+               "seed": request.seed, "reweight": reweight,
+               "prompt_index": request.prompt_index, "level": request.level,
+               "style_control": request.style_control, "style_reg": request.style_reg}
     overall = build_leaderboard(data, **options)
     _warn(console, overall)
     if anchor:
@@ -220,6 +244,7 @@ def run(request: Request, console) -> None:
     if not request.by:
         table = overall.table.head(request.top) if request.top else overall.table
         console.print(render(table, f"Leaderboard: {head}"))
+        _print_style(console, overall, "Style")
         _finish(request, table, {"leaderboard": overall.table}, overall, head)
         return
 
@@ -244,6 +269,9 @@ def run(request: Request, console) -> None:
         table = board.table.head(request.top) if request.top else board.table
         _warn(console, board, f"{request.by} = {name}: ")
         console.print(render(table, f"{request.by} = {name}: {describe(board)}"))
+        _print_style(console, board, f"Style, {request.by} = {name}")
+    if request.style_control:
+        overall.meta["style_by_group"] = {name: b.meta["style"] for name, b in boards.items()}
     matrix = rank_matrix(boards, overall, request.top)
     console.print(render(matrix, f"Rank by {request.by} (overall: {head})"))
     stacked = long_table({k: replace(b, table=b.table.head(request.top) if request.top
@@ -251,6 +279,13 @@ def run(request: Request, console) -> None:
     panels = {name: (b.table.head(request.top) if request.top else b.table)
               for name, b in boards.items()}
     _finish(request, stacked, panels, overall, head)
+
+
+def _print_style(console, board, title: str) -> None:
+    from p2l_cli.leaderboard.report import render_style
+
+    if board.meta.get("style"):
+        console.print(render_style(board.meta["style"], board.meta.get("level", 0.95), title))
 
 
 def _warn(console, board, prefix: str = "") -> None:
@@ -269,6 +304,11 @@ def _finish(request: Request, table, panels: dict,
             "level": request.level, "n": overall.n, "eta": overall.eta,
             "by": request.by, "anchor": request.anchor,
             "warnings": list(overall.meta.get("warnings", []))}
+    if "style" in overall.meta:
+        meta["style"] = overall.meta["style"]
+        meta["style_reg"] = overall.meta["style_reg"]
+    if "style_by_group" in overall.meta:
+        meta["style_by_group"] = overall.meta["style_by_group"]
     if request.output:
         write_output(table, request.output, request.output_format, meta, title=head)
     if request.plot_path:

@@ -24,6 +24,7 @@ from p2l_cli.stats.marginal import (
     percentile_interval,
 )
 from p2l_cli.stats.pairfit import shift_invariant
+from p2l_cli.stats.style import DEFAULT_STYLE_REG, fit_style
 from p2l_cli.stats.winrates import win_rates_vs_others
 
 
@@ -88,6 +89,59 @@ def marginal_leaderboard(
     return Leaderboard(table, family, "marginal", ci, fit.n_votes, fit.eta,
                        meta={"reweight": reweight, "level": level, "nll": fit.nll,
                              "warnings": support.warnings(battles.models)})
+
+
+def style_leaderboard(
+    battles: Battles, family: str = "bt-tie", ci: str = "sandwich", rounds: int = 100,
+    seed: int = 0, reweight: bool = False, level: float = 0.95,
+    reg: float = DEFAULT_STYLE_REG,
+) -> Leaderboard:
+    """The style-controlled leaderboard (:mod:`p2l_cli.stats.style`): scores with the
+    answers' style held fixed; ``meta["style"]`` holds one row per style feature."""
+    family = families.canonical_family(family)
+    if battles.style is None:
+        raise UserError("--style-control: the battles carry no style features")
+    m = len(battles.models)
+    votes = group_votes(battles.winner, battles.loser, battles.tie_code, m, family,
+                        battles.weight, reweight)
+    if votes.count.sum() == 0:
+        raise UserError("no votes to fit" + (" (family bt drops ties)" if family == "bt" else ""))
+    try:
+        fit = fit_style(battles.winner, battles.loser, battles.tie_code, battles.sign,
+                        battles.style, m, family, battles.weight, reweight, reg, ci, rounds,
+                        seed, level)
+    except ValueError as exc:
+        raise UserError(f"--style-control: {exc}") from None
+    support = vote_support(votes, family, m)
+    lower, upper = support.bounds(fit.lower, fit.upper)
+    table = build_table(battles.models, fit.theta, family, fit.eta, lower, upper,
+                        votes.model_votes)
+    meta = {"reweight": reweight, "level": level, "nll": fit.nll, "style_reg": reg,
+            "warnings": support.warnings(battles.models),
+            "style": style_rows(battles.style_names, fit)}
+    return Leaderboard(table, family, "marginal", ci, fit.n_votes, fit.eta, meta=meta)
+
+
+def style_rows(names: list[str], fit) -> list[dict]:
+    """One row per style feature: its coefficient (log-odds per standard deviation of the
+    relative difference), the same in Arena rating points, its interval, and the feature's
+    mean and standard deviation over the votes."""
+    from p2l_cli.stats.marginal import ARENA_SCALE
+
+    rows = []
+    for i, name in enumerate(names):
+        bounds = (None, None) if fit.beta_lower is None else (
+            float(fit.beta_lower[i]), float(fit.beta_upper[i]))
+        rows.append({
+            "feature": name,
+            "coefficient": float(fit.beta[i]),
+            "lower": bounds[0],
+            "upper": bounds[1],
+            "points_per_sd": float(fit.beta[i]) * ARENA_SCALE,
+            "mean": float(fit.feature_mean[i]),
+            "sd": float(fit.feature_std[i]),
+        })
+    return rows
 
 
 @dataclass
@@ -245,7 +299,8 @@ def prompt_rows(models: list[str], coefs: np.ndarray, eta: float | None,
 def build_leaderboard(data: Battles | Predictions, *, family: str | None = None,
                       ci: str | None = None, rounds: int = 100, seed: int = 0,
                       reweight: bool = False, prompt_index: int | None = None,
-                      level: float = 0.95) -> Leaderboard:
+                      level: float = 0.95, style_control: bool = False,
+                      style_reg: float = DEFAULT_STYLE_REG) -> Leaderboard:
     """The leaderboard a file asks for: marginal for battles, aggregate for predictions
     (or one prompt's with ``prompt_index``, or when there is a single prompt)."""
     if ci is not None and ci not in CI_METHODS:
@@ -257,9 +312,14 @@ def build_leaderboard(data: Battles | Predictions, *, family: str | None = None,
             family = families.canonical_family(family or "bt-tie")
         except ValueError as exc:
             raise UserError(f"--family: {exc}") from None
+        if style_control:
+            return style_leaderboard(data, family, ci or "sandwich", rounds, seed, reweight,
+                                     level, style_reg)
         return marginal_leaderboard(data, family, ci or "sandwich", rounds, seed, reweight, level)
     if reweight:
         raise UserError("--reweight applies to battles, not to predictions")
+    if style_control:
+        raise UserError("--style-control applies to battles, not to predictions")
     if prompt_index is not None or len(data.coefs) == 1:
         return prompt_leaderboard(data, prompt_index or 0)
     return aggregate_leaderboard(data, ci or "sandwich", rounds, seed, level)

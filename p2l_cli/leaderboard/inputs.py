@@ -15,6 +15,13 @@ import pyarrow.parquet as pq
 from p2l_cli import io
 from p2l_cli.contracts.battles import BATTLE_COLUMNS, outcome_column
 from p2l_cli.contracts.predictions import Predictions, predictions_from_frame
+from p2l_cli.contracts.style import (
+    STYLE_COLUMNS,
+    STYLE_LABELS,
+    present_elements,
+    relative_difference,
+    style_columns,
+)
 from p2l_cli.errors import UserError
 
 NO_GROUP = "(none)"
@@ -30,6 +37,11 @@ class Battles:
     tie_code: np.ndarray
     weight: np.ndarray | None = None
     groups: np.ndarray | None = None
+    # style control: relative style differences (model_a over model_b) [votes, features],
+    # their names, and +1 where the winner (a tie's first model) is model_a, -1 otherwise
+    style: np.ndarray | None = None
+    style_names: list[str] | None = None
+    sign: np.ndarray | None = None
 
     def subset(self, mask: np.ndarray) -> Battles:
         """The votes under ``mask``, re-indexed to the models they involve."""
@@ -43,6 +55,9 @@ class Battles:
             loser=remap[loser],
             tie_code=self.tie_code[mask],
             weight=None if self.weight is None else self.weight[mask],
+            style=None if self.style is None else self.style[mask],
+            style_names=self.style_names,
+            sign=None if self.sign is None else self.sign[mask],
         )
 
 
@@ -84,11 +99,15 @@ def _read_parquet(path: Path, columns: list[str], schema: pa.Schema) -> pa.Table
 
 
 def load_input(source: str, fmt: str | None = None, by: str | None = None,
-               family: str | None = None, by_required: bool = True) -> Battles | Predictions:
+               family: str | None = None, by_required: bool = True,
+               style: bool = False) -> Battles | Predictions:
     """Read a battles or predictions file, telling them apart by their columns. Without
-    ``by_required``, a missing ``by`` column leaves the data ungrouped (``groups`` None)."""
+    ``by_required``, a missing ``by`` column leaves the data ungrouped (``groups`` None).
+    With ``style``, battles must carry style columns (:mod:`p2l_cli.contracts.style`)."""
     name = io.source_name(source)
     wanted = {*BATTLE_COLUMNS, "coefs", "eta", "weight"} | ({by} if by else set())
+    if style:
+        wanted |= set(STYLE_COLUMNS)
     df, meta, columns = _read_columns(source, fmt, wanted)
     if by and by not in columns:
         if by_required:
@@ -97,9 +116,12 @@ def load_input(source: str, fmt: str | None = None, by: str | None = None,
             )
         by = None
     if "coefs" in columns:
+        if style:
+            raise UserError(f"--style-control: {name} is a predictions file; style control "
+                            "fits battles that carry style columns")
         return replace(predictions_from_frame(df, meta, name, family), groups=_groups(df, by))
     if all(c in columns for c in BATTLE_COLUMNS):
-        return battles_from_frame(df, name, by)
+        return battles_from_frame(df, name, by, style)
     raise UserError(
         f"{name}: neither a battles file (needs columns model_a, model_b, winner) nor a "
         f"predictions file (needs coefs); found columns: {_list(columns)}"
@@ -146,8 +168,33 @@ def _recode(codes: np.ndarray, values: list[str], order: list[str]) -> np.ndarra
     return np.array([index[value] for value in values], dtype=np.int64)[codes]
 
 
-def battles_from_frame(df: pl.DataFrame, name: str, by: str | None = None) -> Battles:
-    """Votes from Arena-schema columns ``model_a``, ``model_b``, ``winner``."""
+def style_from_frame(df: pl.DataFrame, name: str) -> tuple[np.ndarray, list[str]]:
+    """The relative style differences of every vote, from the style columns present."""
+    elements = present_elements(df.columns)
+    if not elements:
+        raise UserError(
+            f"--style-control: {name} has no style columns (pairs such as "
+            f"sum_assistant_tokens_a/_b, header_count_a/_b, bold_count_a/_b, "
+            f"list_count_a/_b); `p2l prepare` writes them from conv_metadata or the answers"
+        )
+    features = []
+    for element in elements:
+        pair = []
+        for column in style_columns(element):
+            values = df.get_column(column).cast(pl.Float64, strict=False)
+            bad = values.is_null() | values.is_nan() | (values < 0)
+            if bad.any():
+                raise UserError(f"{name}: row {_first_bad_row(bad)}: {column} must be a "
+                                "count >= 0 (style control needs every vote's style counts)")
+            pair.append(values.to_numpy())
+        features.append(relative_difference(*pair))
+    return np.column_stack(features), [STYLE_LABELS[e] for e in elements]
+
+
+def battles_from_frame(df: pl.DataFrame, name: str, by: str | None = None,
+                       style: bool = False) -> Battles:
+    """Votes from Arena-schema columns ``model_a``, ``model_b``, ``winner`` (and, with
+    ``style``, the relative differences of the style columns)."""
     if df.height == 0:
         raise UserError(f"{name}: no battles")
     a = _categorical(df.get_column("model_a"))
@@ -169,6 +216,7 @@ def battles_from_frame(df: pl.DataFrame, name: str, by: str | None = None) -> Ba
         if bad.any():
             raise UserError(f"{name}: row {_first_bad_row(bad)}: weight must be a number >= 0")
         weight = w.to_numpy()
+    features, names = style_from_frame(df, name) if style else (None, None)
     return Battles(
         models=models,
         winner=np.where(b_wins, ib, ia),
@@ -176,4 +224,7 @@ def battles_from_frame(df: pl.DataFrame, name: str, by: str | None = None) -> Ba
         tie_code=tie_code,
         weight=weight,
         groups=_groups(df, by),
+        style=features,
+        style_names=names,
+        sign=np.where(b_wins, -1, 1) if style else None,
     )

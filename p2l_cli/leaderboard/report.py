@@ -40,7 +40,7 @@ def _cell(value, column: str) -> str:
         return ""
     if column == "win_rate":
         return f"{value:.3f}"
-    if column == "theta":
+    if column in ("theta", "coefficient", "coefficient_lower", "coefficient_upper"):
         return f"{value:.4f}"
     if isinstance(value, float):
         return f"{value:.1f}"
@@ -63,7 +63,10 @@ def write_output(table: pl.DataFrame, dest: str, fmt: str | None, meta: dict,
                  title: str | None = None) -> None:
     fmt = output_format(dest, fmt)
     if fmt == "md":
-        io.write_text(dest, to_markdown(table, title))
+        text = to_markdown(table, title)
+        if meta.get("style"):
+            text += "\n" + to_markdown(style_table(meta["style"]), "Style coefficients")
+        io.write_text(dest, text)
     else:
         io.write_table(table, dest, fmt, meta=meta if fmt in ("json", "parquet") else None)
 
@@ -71,7 +74,8 @@ def write_output(table: pl.DataFrame, dest: str, fmt: str | None, meta: dict,
 def describe(board: Leaderboard) -> str:
     what = {"marginal": f"{board.n:,} votes", "aggregate": f"{board.n:,} prompts",
             "prompt": f"prompt {board.meta.get('prompt_index', 0)}"}[board.kind]
-    parts = [board.family, what, f"{board.table.height} models"]
+    parts = [board.family + (", style-controlled" if board.meta.get("style") else ""), what,
+             f"{board.table.height} models"]
     if board.ci != "none":
         parts.append(f"{board.meta.get('level', 0.95):.0%} {board.ci} intervals")
     if board.eta is not None:
@@ -99,6 +103,44 @@ def render(table: pl.DataFrame, title: str):
                        min_width=min(widest, 40) or None)
     for row in table.iter_rows():
         out.add_row(*(_cell(v, c) for v, c in zip(row, table.columns)))
+    return out
+
+
+def style_table(rows: list[dict]) -> pl.DataFrame:
+    """The style coefficients as a table: per feature, the change in log-odds of winning
+    for +1 standard deviation of the answers' relative difference, in Arena points too."""
+    return pl.DataFrame(
+        {
+            "feature": [r["feature"] for r in rows],
+            "coefficient": [r["coefficient"] for r in rows],
+            "coefficient_lower": [r["lower"] for r in rows],
+            "coefficient_upper": [r["upper"] for r in rows],
+            "points_per_sd": [r["points_per_sd"] for r in rows],
+        },
+        schema={"feature": pl.String, "coefficient": pl.Float64,
+                "coefficient_lower": pl.Float64, "coefficient_upper": pl.Float64,
+                "points_per_sd": pl.Float64},
+    )
+
+
+def render_style(rows: list[dict], level: float, title: str):
+    """The style coefficients for the terminal, with a line that reads the largest one."""
+    from rich.table import Table
+
+    out = Table(title=f"{title}: log-odds per sd of the answers' relative difference, "
+                f"{level:.0%} interval",
+                title_justify="left", header_style="bold")
+    for column in ("feature", "coefficient", "lower", "upper", "points_per_sd"):
+        out.add_column(column, justify="left" if column == "feature" else "right")
+    for r in rows:
+        cells = [r["feature"]] + [
+            "" if r[c] is None else f"{r[c]:+.4f}" for c in ("coefficient", "lower", "upper")
+        ] + [f"{r['points_per_sd']:+.1f}"]
+        out.add_row(*cells)
+    top = max(rows, key=lambda r: abs(r["points_per_sd"]))
+    out.caption = (f"+1 sd of {top['feature']} difference = {top['points_per_sd']:+.1f} "
+                   "rating points")
+    out.caption_justify = "left"
     return out
 
 
