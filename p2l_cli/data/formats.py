@@ -53,7 +53,7 @@ SCHEMAS = ("arena", "kaggle", "generic")
 FILE_TYPES = ("parquet", "jsonl", "csv", "json")
 KAGGLE_WINNER_COLUMNS = ("winner_model_a", "winner_model_b", "winner_tie")
 
-# Where the style values of a record come from, in this order (see ``style_values``).
+# Where the style values of a record come from, in this order (see RecordParser._style).
 CONV_METADATA = "conv_metadata"
 ARENA_ANSWERS = ("conversation_a", "conversation_b")
 KAGGLE_ANSWERS = ("response_a", "response_b")
