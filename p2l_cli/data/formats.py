@@ -8,11 +8,15 @@ Schemas (what the columns hold; any file type carries any schema):
   ``conversation_a``, a list of ``{role, content}`` messages (content a string, or a list
   of ``{type, text}`` parts); ``id`` or ``question_id``, ``anony``, ``language``, ``tstamp``
   or ``timestamp`` when present. The prompt is the user turns of ``conversation_a``.
+  The answers are the assistant turns of ``conversation_a`` and ``conversation_b``; the
+  140k release also has ``conv_metadata``, their style counts.
 - ``kaggle``: the LMSYS arena-human-preference-55k CSV: ``id, model_a, model_b, prompt,
   response_a, response_b, winner_model_a, winner_model_b, winner_tie``; ``prompt`` is a
-  JSON-encoded list of user turns, which may hold nulls and escaped non-ASCII text.
+  JSON-encoded list of user turns, which may hold nulls and escaped non-ASCII text;
+  ``response_a`` and ``response_b`` are the answers' turns, encoded the same way.
 - ``generic``: ``prompt`` (a string, a list of strings, or a list of messages; in CSV also
-  a JSON list), ``model_a``, ``model_b``, ``winner``; the names can be mapped.
+  a JSON list), ``model_a``, ``model_b``, ``winner``; the names can be mapped; the style
+  columns of a battles file (``sum_assistant_tokens_a``, ...) are copied when present.
 
 File types: Parquet (streamed by record batches, reading only the columns used), JSONL and
 CSV (streamed by lines; ``.gz`` is read too), JSON arrays (read whole); ``-`` is stdin,
@@ -40,12 +44,22 @@ import pyarrow.parquet as pq
 
 from p2l_cli.contracts.battles import outcome_of
 from p2l_cli.contracts.prompts import USER_ROLES, BadPrompt, user_turns, utf8_text
+from p2l_cli.contracts.style import STYLE_COLUMNS
+from p2l_cli.data.style_counts import StyleCounts, turns_style
 from p2l_cli.errors import UserError
 from p2l_cli.io import STDIO, format_of, open_stdin, source_name
 
 SCHEMAS = ("arena", "kaggle", "generic")
 FILE_TYPES = ("parquet", "jsonl", "csv", "json")
 KAGGLE_WINNER_COLUMNS = ("winner_model_a", "winner_model_b", "winner_tie")
+
+# Where the style values of a record come from, in this order (see RecordParser._style).
+CONV_METADATA = "conv_metadata"
+ARENA_ANSWERS = ("conversation_a", "conversation_b")
+KAGGLE_ANSWERS = ("response_a", "response_b")
+# The assistant turns' text of ARENA_ANSWERS, put into records by the Parquet reader.
+ANSWER_TEXTS = ("_answer_texts_a", "_answer_texts_b")
+ASSISTANT_ROLE = "assistant"
 
 class BadRow(Exception):
     """A record that cannot be read as a battle; the message says why."""
@@ -156,10 +170,12 @@ def _is_table(path: Path) -> bool:
 class RecordStream:
     """An opened input: its file type, columns, and its records in batches.
 
-    ``batches(columns, size, messages=None)`` yields ``(positions, records)``; a record is
-    a dict, or a :class:`BadRow` for a line that is not a JSON object. Only ``columns`` are
-    read where the file type allows; a Parquet column of messages named by ``messages``
-    arrives as its user turns only.
+    ``batches(columns, size, messages=None, answers=None)`` yields ``(positions, records)``;
+    a record is a dict, or a :class:`BadRow` for a line that is not a JSON object. Only
+    ``columns`` are read where the file type allows; a Parquet column of messages named by
+    ``messages`` arrives as its user turns only, and the two Parquet columns of messages
+    named by ``answers`` arrive as the lists of their assistant turns' text, in the fields
+    ``ANSWER_TEXTS`` (the other file types ignore ``answers``).
     """
 
     name: str
@@ -220,17 +236,32 @@ def _parquet_stream(name: str, source) -> RecordStream:
         raise UserError(f"{name}: not a readable Parquet file ({exc})") from None
     present = parquet.schema_arrow.names
 
-    def batches(columns: list[str] | None, size: int, messages: str | None = None):
-        wanted = [c for c in (columns or present) if c in present]
+    def batches(
+        columns: list[str] | None,
+        size: int,
+        messages: str | None = None,
+        answers: tuple[str, str] | None = None,
+    ):
+        wanted = [c for c in dict.fromkeys(columns or present) if c in present]
+
+        def holds_messages(column: str | None) -> bool:
+            return column in wanted and _is_message_list(parquet.schema_arrow.field(column).type)
+
+        answer_texts = answers if answers and all(map(holds_messages, answers)) else None
+        # A prompt column that is also an answer column keeps its assistant turns, unless
+        # they are taken out as ANSWER_TEXTS first.
         shrink = (
             messages
-            if messages in wanted and _is_message_list(parquet.schema_arrow.field(messages).type)
+            if holds_messages(messages) and (answer_texts or messages not in (answers or ()))
             else None
         )
         position = 0
         try:
             for batch in parquet.iter_batches(batch_size=size, columns=wanted):
-                records = _user_turns_only(batch, shrink) if shrink else batch.to_pylist()
+                if shrink or answer_texts:
+                    records = _slim_records(batch, shrink, answer_texts)
+                else:
+                    records = batch.to_pylist()
                 yield list(range(position, position + len(records))), records
                 position += len(records)
         except (pa.ArrowInvalid, OSError) as exc:
@@ -254,15 +285,30 @@ def _is_message_list(kind: pa.DataType) -> bool:
     )
 
 
-def _user_turns_only(batch: pa.RecordBatch, column: str) -> list[dict]:
-    """Records whose message column holds only the user turns' text: the assistant's
-    answers, most of the bytes, never become Python objects."""
+def _slim_records(
+    batch: pa.RecordBatch, prompt: str | None, answers: tuple[str, str] | None
+) -> list[dict]:
+    """Records whose message columns never become Python objects whole: the ``prompt``
+    column holds only its user turns' text, and the two ``answers`` columns are replaced
+    by their assistant turns' text (the fields ``ANSWER_TEXTS``)."""
     frame = pl.from_arrow(batch)
-    is_user = pl.element().struct.field("role").str.to_lowercase().is_in(list(USER_ROLES))
-    frame = frame.with_columns(
-        pl.col(column).list.eval(pl.element().filter(is_user).struct.field("content"))
-    )
+    role = pl.element().struct.field("role").str.to_lowercase()
+    texts = []
+    if answers:
+        texts += [
+            _texts_of_turns(column, role == ASSISTANT_ROLE).alias(field)
+            for column, field in zip(answers, ANSWER_TEXTS)
+        ]
+    if prompt:
+        texts.append(_texts_of_turns(prompt, role.is_in(list(USER_ROLES))))
+    frame = frame.with_columns(texts)
+    if answers:
+        frame = frame.drop([column for column in answers if column != prompt])
     return frame.to_dicts()
+
+
+def _texts_of_turns(column: str, keep: pl.Expr) -> pl.Expr:
+    return pl.col(column).list.eval(pl.element().filter(keep).struct.field("content"))
 
 
 def _json_stream(name: str, data: bytes) -> RecordStream:
@@ -276,7 +322,7 @@ def _json_stream(name: str, data: bytes) -> RecordStream:
         raise UserError(f"{name}: expected a JSON array of objects")
     present = list(dict.fromkeys(k for r in records[:1000] if isinstance(r, dict) for k in r))
 
-    def batches(columns: list[str] | None, size: int, messages: str | None = None):
+    def batches(columns: list[str] | None, size: int, messages=None, answers=None):
         for start in range(0, len(records), size):
             chunk = [
                 r if isinstance(r, dict) else BadRow("expected a JSON object")
@@ -309,7 +355,7 @@ def _jsonl_stream(name: str, fh: IO[bytes]) -> RecordStream:
                 present = list(value)
                 break
 
-    def batches(columns: list[str] | None, size: int, messages: str | None = None):
+    def batches(columns: list[str] | None, size: int, messages=None, answers=None):
         positions: list[int] = []
         records: list[Any] = []
         for number, line in _chain(head, numbered):
@@ -344,7 +390,7 @@ def _csv_stream(name: str, fh: IO[bytes], delimiter: str) -> RecordStream:
     if not header:
         raise UserError(f"{name}: empty CSV file (no header line)")
 
-    def batches(columns: list[str] | None, size: int, messages: str | None = None):
+    def batches(columns: list[str] | None, size: int, messages=None, answers=None):
         positions: list[int] = []
         records: list[Any] = []
         start = reader.line_num + 1
@@ -388,6 +434,7 @@ class Battle:
     category: str | None = None
     weight: float | None = None
     anony: bool | None = None
+    style: tuple[float | None, ...] | None = None  # in STYLE_COLUMNS order
 
 
 class RecordParser:
@@ -428,11 +475,32 @@ class RecordParser:
             return "unknown_winner"
         if model_a == model_b:
             return "same_model"
+        battle.style = self._style(record)
         return battle
 
     def _get(self, record: dict, column: str | None) -> Any:
         value = record.get(column) if column else None
         return None if self.text_fields and value == "" else value
+
+    def _style(self, record: dict) -> tuple[float | None, ...] | None:
+        """The style values, from the first source the record has: ``conv_metadata``; the
+        assistant turns of ``conversation_a`` and ``conversation_b``; the Kaggle
+        ``response_a`` and ``response_b``; its own style columns. ``None`` when it has none
+        (or its source is null)."""
+        if CONV_METADATA in record:
+            return metadata_style(self._get(record, CONV_METADATA))
+        if ANSWER_TEXTS[0] in record:
+            texts = [record.get(field) for field in ANSWER_TEXTS]
+            if any(t is None for t in texts):
+                return None
+            return _pair(*(turns_style(t for t in side if t) for side in texts))
+        for columns, read in ((ARENA_ANSWERS, assistant_texts), (KAGGLE_ANSWERS, response_texts)):
+            if all(column in record for column in columns):
+                sides = [read(self._get(record, column), column) for column in columns]
+                if any(side is None for side in sides):
+                    return None
+                return _pair(*(turns_style(side) for side in sides))
+        return _copied_style([self._get(record, column) for column in STYLE_COLUMNS])
 
     def _prompt(self, value: Any) -> list[str]:
         column = self.columns.prompt or "prompt"
@@ -445,6 +513,138 @@ class RecordParser:
             return user_turns(value)
         except BadPrompt as exc:
             raise BadRow(f"{column}: {exc}") from None
+
+
+# ------------------------------------------------------------------------ style values
+
+
+def style_source_columns(present: Iterable[str]) -> list[str]:
+    """The columns a file's style values come from (see ``RecordParser._style``)."""
+    present = set(present)
+    if CONV_METADATA in present:
+        return [CONV_METADATA]
+    for pair in (ARENA_ANSWERS, KAGGLE_ANSWERS):
+        if set(pair) <= present:
+            return list(pair)
+    return [column for column in STYLE_COLUMNS if column in present]
+
+
+# conv_metadata keys that differ from the column names
+_METADATA_KEYS = {
+    "sum_assistant_tokens_a": "sum_assistant_a_tokens",
+    "sum_assistant_tokens_b": "sum_assistant_b_tokens",
+}
+
+
+def metadata_style(value: Any) -> tuple[float, ...] | None:
+    """Style values from an Arena ``conv_metadata`` object (or its JSON text): the token
+    sums, and header, bold and list counts each a number or an object of counts (summed;
+    missing counts are 0). ``None`` without both token sums."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise BadRow(f"{CONV_METADATA} is not a JSON object ({exc.msg})") from None
+    if not isinstance(value, dict):
+        raise BadRow(f"{CONV_METADATA} is {type(value).__name__}, not an object")
+    keys = [_METADATA_KEYS.get(column, column) for column in STYLE_COLUMNS]
+    if any(value.get(_METADATA_KEYS[column]) is None for column in _METADATA_KEYS):
+        return None
+    return tuple(_summed_count(value.get(key), f"{CONV_METADATA} {key}") for key in keys)
+
+
+def _summed_count(value: Any, what: str) -> float:
+    if value is None:
+        return 0.0
+    if isinstance(value, dict):
+        return sum(_summed_count(v, f"{what}.{k}") for k, v in value.items())
+    return _count(value, what)
+
+
+def _count(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise BadRow(f"{what} {value!r} is not a number")
+    try:
+        number = float(value)
+    except ValueError:
+        raise BadRow(f"{what} {value!r} is not a number") from None
+    if not math.isfinite(number) or number < 0:
+        raise BadRow(f"{what} {value!r} must be a finite number >= 0")
+    return number
+
+
+def _copied_style(values: list[Any]) -> tuple[float | None, ...] | None:
+    """A battles file's own style columns: each a count or null (NaN counts as null)."""
+    missing = [v is None or (isinstance(v, float) and math.isnan(v)) for v in values]
+    if all(missing):
+        return None
+    return tuple(
+        None if gone else _count(value, column)
+        for value, gone, column in zip(values, missing, STYLE_COLUMNS)
+    )
+
+
+def _pair(a: StyleCounts, b: StyleCounts) -> tuple[float, ...]:
+    """The counts of both answers in STYLE_COLUMNS order: each element's a, then b."""
+    return tuple(float(count) for counts in zip(a, b) for count in counts)
+
+
+def assistant_texts(value: Any, column: str) -> list[str] | None:
+    """The text of the assistant turns of a conversation: a list of ``{role, content}``
+    messages (JSON text in CSV), content a string or a list of ``{type, text}`` parts of
+    which only the text parts count. ``None`` for a null conversation."""
+    if value is None:
+        return None
+    value = _decoded_list(value, column)
+    texts = []
+    for number, message in enumerate(value):
+        if not isinstance(message, dict):
+            raise BadRow(f"{column}: message {number} is not a {{role, content}} object")
+        role = message.get("role")
+        if isinstance(role, str) and role.lower() == ASSISTANT_ROLE:
+            texts.append(_content_text(message.get("content"), column, number))
+    return texts
+
+
+def _content_text(content: Any, column: str, number: int) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list):
+        return "\n".join(
+            part if isinstance(part, str) else part.get("text") or ""
+            for part in content
+            if isinstance(part, str)
+            or (isinstance(part, dict) and part.get("type", "text") == "text")
+        )
+    raise BadRow(f"{column}: message {number} content must be text, not {type(content).__name__}")
+
+
+def response_texts(value: Any, column: str) -> list[str] | None:
+    """The turns of a Kaggle answer: a list of strings (JSON text in CSV), null entries
+    skipped; plain text is one turn. ``None`` for a null answer."""
+    if value is None:
+        return None
+    if isinstance(value, str) and not value.strip().startswith("["):
+        return [value]
+    turns = [turn for turn in _decoded_list(value, column) if turn is not None]
+    if not all(isinstance(turn, str) for turn in turns):
+        raise BadRow(f"{column} must be a list of strings")
+    return turns
+
+
+def _decoded_list(value: Any, column: str) -> list:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise BadRow(f"{column} is not a JSON list ({exc.msg})") from None
+    if hasattr(value, "tolist"):  # numpy arrays
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)):
+        raise BadRow(f"{column} is {type(value).__name__}, not a list")
+    return list(value)
 
 
 def _one_hot_winner(record: dict) -> str | None:

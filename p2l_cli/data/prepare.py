@@ -33,7 +33,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from p2l_cli import __version__
+from p2l_cli.contracts.style import STYLE_COLUMNS
 from p2l_cli.data.formats import (
+    ARENA_ANSWERS,
     FILE_TYPES,
     SCHEMAS,
     BadRow,
@@ -45,6 +47,7 @@ from p2l_cli.data.formats import (
     detect_schema,
     expand_inputs,
     open_records,
+    style_source_columns,
 )
 from p2l_cli.errors import UserError
 from p2l_cli.io import write_json
@@ -79,6 +82,7 @@ STAGE_SCHEMA = pa.schema(
         ("language", pa.string()),
         ("category", pa.string()),
         ("weight", pa.float64()),
+        *((column, pa.float64()) for column in STYLE_COLUMNS),
         ("_key", pa.binary(16)),
         ("_pkey", pa.int64()),
         ("_val", pa.bool_()),
@@ -91,6 +95,7 @@ OPTIONAL = {
     "language": pa.string(),
     "category": pa.string(),
     "tstamp": pa.float64(),
+    **{column: pa.float64() for column in STYLE_COLUMNS},
 }
 
 
@@ -238,6 +243,7 @@ class _Stage:
             "language": [b.language for b in battles],
             "category": [b.category for b in battles],
             "weight": [b.weight for b in battles],
+            **_style_columns(battles),
             "_key": keys,
             "_pkey": [prompt_key(b.prompt) for b in battles],
             "_val": [val] * len(battles),
@@ -252,6 +258,14 @@ class _Stage:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def _style_columns(battles: list[Battle]) -> dict[str, list[float | None]]:
+    """The style values of ``battles`` by column; nulls for a battle without them."""
+    return {
+        column: [b.style[i] if b.style else None for b in battles]
+        for i, column in enumerate(STYLE_COLUMNS)
+    }
 
 
 def _open_input(path: str, options: PrepareOptions) -> tuple[RecordStream, str, RecordParser]:
@@ -277,8 +291,12 @@ def _ingest(
     _warn_missing_filter_columns(stream, parser.columns, options, report)
     advance = progress(stream.name, stream.rows)
     rows = 0
+    style_sources = style_source_columns(stream.columns)
     batches = stream.batches(
-        parser.columns.used(schema), options.batch_rows, messages=parser.columns.prompt
+        [*parser.columns.used(schema), *style_sources],
+        options.batch_rows,
+        messages=parser.columns.prompt,
+        answers=ARENA_ANSWERS if set(ARENA_ANSWERS) <= set(style_sources) else None,
     )
     for positions, records in batches:
         kept: list[tuple[int, Battle]] = []
