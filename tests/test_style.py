@@ -16,7 +16,6 @@ from typer.testing import CliRunner
 
 from p2l_cli.cli import app
 from p2l_cli.contracts.style import STYLE_ELEMENTS, relative_difference, style_columns
-from p2l_cli.stats.marginal import arena_scale
 from p2l_cli.stats.style import fit_style, standardize, style_votes
 
 TRUE_BETA = np.array([0.4, 0.05, 0.15, -0.1])
@@ -49,8 +48,8 @@ def style_world(seed: int, n: int, m: int = 6, ties: float = 0.2, beta=TRUE_BETA
     code = np.where(tie, np.where(rng.random(n) < 0.3, 2, 1), 0)
     winner, loser = np.where(b_won, b, a), np.where(b_won, a, b)
     sign = np.where(b_won, -1, 1)
-    return dict(winner=winner, loser=loser, code=code, sign=sign, raw=raw, m=m, a=a, b=b,
-                b_won=b_won, ca=ca, cb=cb)
+    return {"winner": winner, "loser": loser, "code": code, "sign": sign, "raw": raw, "m": m,
+            "a": a, "b": b, "b_won": b_won, "ca": ca, "cb": cb}
 
 
 def test_relative_difference_and_standardize_by_hand():
@@ -88,7 +87,7 @@ def test_fit_matches_a_hand_written_fit(family, reg, weighted):
     keep = d["code"] == 0 if family == "bt" else np.ones(len(w), bool)
     z = np.zeros_like(d["raw"])
     z[keep] = standardize(d["raw"][keep])[0]
-    data = dict(d, z=z)
+    data = {**d, "z": z}
     objective = _hand_objective(w, reg, family)
     start = np.zeros(d["m"] + 4)
     theirs = minimize(objective, start, args=(data,), method="BFGS",
@@ -315,3 +314,53 @@ def test_style_control_refuses_a_negative_penalty(battles_file):
                                       "--style-reg", "-1"])
     assert result.exit_code == 2
     assert "--style-reg -1.0" in result.output
+
+
+@pytest.mark.slow
+def test_prepare_then_style_control_end_to_end(tmp_path):
+    """Arena records with both answers -> `p2l prepare` (style counted from the answers) ->
+    `p2l leaderboard --style-control`, as real subprocesses. In these votes the longer,
+    list-heavy answer wins 80% of the time whichever model wrote it, so the length and lists
+    coefficients come out positive."""
+    rng = np.random.default_rng(0)
+    models = ["alpha", "beta", "gamma", "delta"]
+    records = []
+    for i in range(1200):
+        a, b = rng.choice(4, 2, replace=False)
+        long_side = rng.integers(2)
+        answers = []
+        for side in range(2):
+            if side == long_side:
+                text = "Here is a full answer.\n" + "".join(
+                    f"- point {k} with some detail and more words\n" for k in range(6))
+            else:
+                text = "Short answer."
+            answers.append(text)
+        long_wins = rng.random() < 0.8
+        winner = ("model_a" if long_side == 0 else "model_b") if long_wins else (
+            "model_b" if long_side == 0 else "model_a")
+        records.append({
+            "id": str(i), "model_a": models[a], "model_b": models[b], "winner": winner,
+            "conversation_a": [{"role": "user", "content": f"question {i}"},
+                               {"role": "assistant", "content": answers[0]}],
+            "conversation_b": [{"role": "user", "content": f"question {i}"},
+                               {"role": "assistant", "content": answers[1]}],
+        })
+    source = tmp_path / "arena.jsonl"
+    source.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    run = [sys.executable, "-m", "p2l_cli"]
+    prep = subprocess.run([*run, "prepare", str(source), "-o", str(tmp_path / "data"),
+                           "--val-fraction", "0"], capture_output=True, text=True, check=False)
+    assert prep.returncode == 0, prep.stderr
+    board = tmp_path / "board.json"
+    proc = subprocess.run([*run, "leaderboard", str(tmp_path / "data" / "train.parquet"),
+                           "--style-control", "--style-reg", "0", "-o", str(board)],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    style = {row["feature"]: row for row in json.loads(board.read_text())["p2l"]["style"]}
+    assert style["length"]["lower"] > 0 and style["lists"]["lower"] > 0
+    # the long answer's relative differences are about +-0.9 sd each: together they move
+    # the log-odds by about logit(0.8) = 1.39
+    total = style["length"]["coefficient"] + style["lists"]["coefficient"]
+    assert 1.0 < 0.95 * total < 1.8
+    assert style["headers"]["coefficient"] == 0.0  # no headers in any answer
