@@ -1,7 +1,7 @@
 """p2l: Prompt-to-Leaderboard (Frick et al., 2025) as a command-line toolkit and library.
 
 The Python API (:mod:`p2l_cli.api`) is importable from here: ``fit_leaderboard``,
-``load_model``, ``predict_leaderboards``, ``aggregate``, ``route_prompts``, ``read_costs``
+``fit_style_leaderboard``, ``load_model``, ``predict_leaderboards``, ``aggregate``, ``route_prompts``, ``read_costs``
 and ``extend_model``. They load on first use, so that ``p2l --help`` does not import torch.
 """
 
@@ -13,6 +13,7 @@ __all__ = [
     "aggregate",
     "extend_model",
     "fit_leaderboard",
+    "fit_style_leaderboard",
     "load_model",
     "predict_leaderboards",
     "read_costs",

@@ -3,6 +3,7 @@
     import p2l_cli as p2l
 
     board = p2l.fit_leaderboard("data/train.parquet")          # the marginal Arena leaderboard
+    board, style = p2l.fit_style_leaderboard("data/train.parquet")  # with style held fixed
     model = p2l.load_model("model/")
     preds = p2l.predict_leaderboards(model, ["write a haiku about rust", "prove sqrt 2 is irrational"])
     overall = p2l.aggregate(preds)                              # one leaderboard for the prompts
@@ -69,6 +70,32 @@ def fit_leaderboard(
         if isinstance(data, Predictions):
             raise UserError(f"{battles}: holds predictions; use aggregate() for those")
     return marginal_leaderboard(data, family=family, ci=ci, level=level).table
+
+
+def fit_style_leaderboard(
+    battles: str | Path | pl.DataFrame,
+    family: str = "bt-tie",
+    ci: Interval = "sandwich",
+    level: float = 0.95,
+    reweight: bool = True,
+    reg: float = 1.0,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The style-controlled leaderboard of battles that carry style columns (``p2l
+    leaderboard --style-control``): the table of :func:`fit_leaderboard` with the answers'
+    style held fixed, and the style coefficients (``feature``, ``coefficient``,
+    ``coefficient_lower``, ``coefficient_upper``, ``points_per_sd``). ``reweight`` and
+    ``reg`` default to LMArena's choices."""
+    from p2l_cli.leaderboard import battles_from_frame, load_input
+    from p2l_cli.leaderboard.fit import style_leaderboard
+    from p2l_cli.leaderboard.report import style_table
+
+    if isinstance(battles, pl.DataFrame):
+        data = battles_from_frame(battles, "<battles>", style=True)
+    else:
+        data = load_input(str(battles), style=True)
+    board = style_leaderboard(data, family=family, ci=ci, reweight=reweight, level=level,
+                              reg=reg)
+    return board.table, style_table(board.meta["style"])
 
 
 def load_model(source: str | Path, device: str = "auto", dtype: str = "auto") -> Model:

@@ -54,9 +54,9 @@ from p2l_cli.model.neighbours import MAX_VOTES as NEIGHBOUR_MAX_VOTES
 from p2l_cli.model.neighbours import cross_validate as cross_validate_neighbours
 from p2l_cli.reporting import INFO, NOTICE, SILENT, WARNING, Reporter
 from p2l_cli.stats.aggregate import aggregate
-from p2l_cli.stats.families import labels_nll
+from p2l_cli.stats.families import labels_nll, with_style_offset
 from p2l_cli.stats.headfit import fit_linear_head
-from p2l_cli.stats.marginal import arena_scale, fit_marginal
+from p2l_cli.stats.marginal import MarginalFit, arena_scale, fit_marginal
 from p2l_cli.stats.metrics import vote_metrics
 from p2l_cli.train_config import (
     AUTO_LOSS,
@@ -450,6 +450,8 @@ class Trainer:
         self.window = _Window()
         self.head_fit: dict | None = None
         self.features: dict[str, torch.Tensor] | None = None
+        self.style: dict | None = None  # the style fit, with --style-control
+        self.offsets: dict[str, np.ndarray] | None = None  # each vote's style term
 
     def setup(self) -> None:
         self._setup_data()
@@ -466,7 +468,7 @@ class Trainer:
     def _setup_data(self) -> None:
         """Read the data folder; resolve ``--loss auto`` from its training votes."""
         config = self.config
-        self.data: DataDir = load_data_dir(self.data_dir, config.weighted)
+        self.data: DataDir = load_data_dir(self.data_dir, config.weighted, config.style_control)
         tie_codes = self.data.train.labels[:, 2]
         if config.loss == AUTO_LOSS:
             config.loss = resolve_loss(config.loss, tie_codes)
@@ -507,16 +509,54 @@ class Trainer:
         """Fit the marginal leaderboard on the training votes: the baseline, and (with
         ``--marginal-init``) the head's starting bias."""
         config, train = self.config, self.data.train
-        self.marginal = fit_marginal(
-            train.labels[:, 0], train.labels[:, 1], train.labels[:, 2], len(self.data.models),
-            self.family, weights=train.weights,
-        )  # fmt: skip
+        if config.style_control:
+            self.marginal = self._fit_style()
+        else:
+            self.marginal = fit_marginal(
+                train.labels[:, 0], train.labels[:, 1], train.labels[:, 2],
+                len(self.data.models), self.family, weights=train.weights,
+            )  # fmt: skip
         self.baseline = self._metrics(self.marginal.theta, self.marginal.eta)
         if config.marginal_init:
             bias = torch.as_tensor(self.marginal.theta, dtype=torch.float32)
             self.model.head.initialise(config.head_init, bias=bias, eta=self.marginal.eta)
         else:
             self.model.head.initialise(config.head_init)
+
+    def _fit_style(self) -> MarginalFit:
+        """Style control: the contextual marginal model on the training votes. Its style
+        coefficients stay fixed from here on: each vote's style term (an offset split between
+        its two models) enters every loss, so the head learns strength with style held
+        fixed. Returns the style-controlled marginal leaderboard."""
+        from p2l_cli.stats.style import TRAIN_STYLE_REG, fit_style, standardize
+
+        train, m = self.data.train, len(self.data.models)
+        fit = fit_style(train.labels[:, 0], train.labels[:, 1], train.labels[:, 2], train.sign,
+                        train.style, m, self.family, weights=train.weights,
+                        reg=TRAIN_STYLE_REG, ci="none")
+        self.style = {"features": train.style_names, "coefficients": fit.beta.tolist(),
+                      "mean": fit.feature_mean.tolist(), "sd": fit.feature_std.tolist(),
+                      "reg": TRAIN_STYLE_REG}
+        self.offsets = {}
+        for split in ("train", "val"):
+            votes = getattr(self.data, split)
+            if len(votes) == 0:
+                self.offsets[split] = np.zeros(0)
+                continue
+            z = (votes.style - fit.feature_mean) / fit.feature_std
+            self.offsets[split] = votes.sign * (z @ fit.beta)
+        points = ", ".join(f"{name} {b * 400 / math.log(10):+.1f}"
+                           for name, b in zip(train.style_names, fit.beta))
+        self.reporter.event(INFO, f"style control: rating points per sd of the answers' "
+                                  f"relative difference: {points}")
+        return MarginalFit(theta=fit.theta, eta=fit.eta, family=self.family, nll=fit.nll,
+                           n_votes=fit.n_votes)
+
+    def _offset(self, split: str, idx: np.ndarray | None = None) -> torch.Tensor | None:
+        if self.offsets is None:
+            return None
+        values = self.offsets[split] if idx is None else self.offsets[split][idx]
+        return torch.as_tensor(values, dtype=torch.float64, device=self.device)
 
     def _setup_tokens(self) -> None:
         """Tokenise both splits; lay out the batches and count the steps."""
@@ -669,6 +709,11 @@ class Trainer:
         val = self.data.val
         if len(val) == 0:
             return None
+        if self.offsets is not None:
+            labels = torch.as_tensor(val.labels)
+            coefs = torch.as_tensor(np.asarray(coefs), dtype=torch.float64)
+            coefs = with_style_offset(coefs.expand(len(val), -1).cpu(), labels,
+                                      self._offset("val").cpu())
         return vote_metrics(coefs, val.labels, eta, self.family, val.weights)
 
     # --------------------------------------------------------------------------- the loop
@@ -727,6 +772,7 @@ class Trainer:
                 features, train.labels, self.family, bias=self.marginal.theta,
                 eta=self.marginal.eta, weights=train.weights, groups=groups,
                 folds=self.config.cv_folds, seed=self.config.seed, feature_weights=scale,
+                offset=None if self.offsets is None else self.offsets["train"],
             ))  # fmt: skip
         best = min(range(len(fits)), key=lambda i: fits[i][1].best_cv_nll)
         head, report = fits[best]
@@ -779,6 +825,10 @@ class Trainer:
         unweighted votes only) and attach them when they beat the head alone."""
         config, train = self.config, self.data.train
         if not config.neighbours:
+            return
+        if config.style_control:
+            self.reporter.event(WARNING, "--neighbours: not with --style-control (the stored "
+                                "votes carry no style terms); skipped")
             return
         if self.family not in NEIGHBOUR_FAMILIES or train.weights is not None:
             self.reporter.event(WARNING, f"--neighbours: only for unweighted "
@@ -857,6 +907,7 @@ class Trainer:
                     train.labels[idx], None if train.weights is None else train.weights[idx],
                     self.family,
                 )  # fmt: skip
+                coefs = with_style_offset(coefs, labels, self._offset("train", idx))
                 nll = labels_nll(coefs, labels, eta, self.family, weights)
                 share = local / total * layout.processes * layout.grad_accum if total > 0 else 0.0
                 accelerator.backward(nll * share)
@@ -1006,6 +1057,8 @@ class Trainer:
             global_batch=self.layout.global_batch,
             versions=versions(),
         )
+        if self.style is not None:
+            config["style"] = self.style
         return config
 
     def _write_model_folder(self) -> None:

@@ -115,6 +115,7 @@ class TrainConfig:
     normalize: bool = False
     prompt_features: bool = False
     weighted: bool = False
+    style_control: bool = False  # style coefficients from the training votes enter the loss
     precision: str = "auto"
     pad_token: str | None = None  # added as the pad token when the backbone has none
     cls_token: str | None = None  # added as the cls token when a decoder backbone has none

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from p2l_cli.contracts.style import style_from_frame
 from p2l_cli.errors import UserError
 from p2l_cli.io import read_table
 from p2l_cli.reporting import SILENT, Reporter
@@ -40,6 +41,11 @@ class VoteSet:
     labels: np.ndarray
     weights: np.ndarray | None = None
     tstamp: np.ndarray | None = None
+    # style control: relative style differences [N, F] (model_a over model_b), their names,
+    # and +1 where the labels' first model is model_a, -1 where it is model_b
+    style: np.ndarray | None = None
+    style_names: list[str] | None = None
+    sign: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -52,7 +58,7 @@ class DataDir:
     val: VoteSet
 
 
-def load_data_dir(data_dir: str | Path, weighted: bool = False) -> DataDir:
+def load_data_dir(data_dir: str | Path, weighted: bool = False, style: bool = False) -> DataDir:
     root = Path(data_dir)
     if not root.is_dir():
         raise UserError(f"{data_dir}: not a folder (expected p2l prepare's output folder)")
@@ -63,8 +69,8 @@ def load_data_dir(data_dir: str | Path, weighted: bool = False) -> DataDir:
                 "(make one with p2l prepare)"
             )
     models = read_models(root / "models.json")
-    train = load_votes(root / "train.parquet", models, weighted)
-    val = load_votes(root / "val.parquet", models, weighted)
+    train = load_votes(root / "train.parquet", models, weighted, style)
+    val = load_votes(root / "val.parquet", models, weighted, style)
     if len(train) == 0:
         raise UserError(f"{root / 'train.parquet'}: no votes")
     return DataDir(models=models, train=train, val=val)
@@ -84,7 +90,7 @@ def read_models(path: Path) -> list[str]:
     return models
 
 
-def load_votes(path: Path, models: list[str], weighted: bool) -> VoteSet:
+def load_votes(path: Path, models: list[str], weighted: bool, style: bool = False) -> VoteSet:
     df = read_table(path)
     for column in ("prompt", "labels"):
         if column not in df.columns:
@@ -108,7 +114,22 @@ def load_votes(path: Path, models: list[str], weighted: bool) -> VoteSet:
             column = column.dt.epoch("us")
         if column.dtype.is_numeric():
             tstamp = column.cast(pl.Float64).to_numpy()
-    return VoteSet(str(path), prompts, labels, weights, tstamp)
+    votes = VoteSet(str(path), prompts, labels, weights, tstamp)
+    if style and len(votes):
+        votes.style, votes.style_names = style_from_frame(df, str(path))
+        votes.sign = _first_is_model_a(df, labels, models, path)
+    return votes
+
+
+def _first_is_model_a(df: pl.DataFrame, labels: np.ndarray, models: list[str],
+                      path: Path) -> np.ndarray:
+    """+1 where a vote's first label is model_a, -1 where it is model_b."""
+    if "model_a" not in df.columns:
+        raise UserError(f"{path}: --style-control needs the model_a column (p2l prepare's "
+                        "output has it)")
+    index = {name: i for i, name in enumerate(models)}
+    first_a = np.array([index.get(name, -1) for name in df["model_a"].to_list()]) == labels[:, 0]
+    return np.where(first_a, 1, -1)
 
 
 def _turns(prompt, path: Path, row: int) -> list[str]:

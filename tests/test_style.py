@@ -364,3 +364,21 @@ def test_prepare_then_style_control_end_to_end(tmp_path):
     total = style["length"]["coefficient"] + style["lists"]["coefficient"]
     assert 1.0 < 0.95 * total < 1.8
     assert style["headers"]["coefficient"] == 0.0  # no headers in any answer
+
+
+def test_python_api_matches_the_command(battles_file, tmp_path):
+    import p2l_cli as p2l
+
+    board, style = p2l.fit_style_leaderboard(battles_file)
+    out = tmp_path / "board.json"
+    result = CliRunner().invoke(app, ["leaderboard", str(battles_file), "--style-control",
+                                      "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    written = json.loads(out.read_text())
+    assert board["model"].to_list() == [row["model"] for row in written["rows"]]
+    np.testing.assert_allclose(board["score"], [row["score"] for row in written["rows"]])
+    np.testing.assert_allclose(style["coefficient"],
+                               [row["coefficient"] for row in written["p2l"]["style"]])
+    with pytest.raises(ValueError, match="no style columns"):
+        p2l.fit_style_leaderboard(pl.DataFrame({"model_a": ["x"], "model_b": ["y"],
+                                                "winner": ["model_a"]}))

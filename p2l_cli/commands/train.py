@@ -249,6 +249,14 @@ def train(
         typer.Option("--weighted/--no-weighted", help="Weight each vote's loss by the data's "
                      "'weight' column.", rich_help_panel=DATA, show_default=False),
     ] = None,
+    style_control: Annotated[
+        bool | None,
+        typer.Option("--style-control/--no-style-control", help="Hold the answers' style "
+                     "fixed: fit the style coefficients on the training votes (the data's "
+                     "style columns) and add each vote's style term to the loss, so that "
+                     "the coefficients mean strength with style held fixed.",
+                     rich_help_panel=DATA, show_default=False),
+    ] = None,
     eval_every: Annotated[
         int | None,
         typer.Option(help="Validate every N steps (0: at the end of each epoch); always at "

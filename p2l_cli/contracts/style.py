@@ -18,6 +18,9 @@ model_a's answer has more of the element.
 from __future__ import annotations
 
 import numpy as np
+import polars as pl
+
+from p2l_cli.errors import UserError
 
 STYLE_ELEMENTS = ("sum_assistant_tokens", "header_count", "bold_count", "list_count")
 STYLE_LABELS = {
@@ -48,3 +51,29 @@ def relative_difference(a, b) -> np.ndarray:
     b = np.asarray(b, dtype=np.float64)
     total = a + b
     return (a - b) / np.where(total == 0, 1.0, total)
+
+
+def style_from_frame(df: pl.DataFrame, name: str) -> tuple[np.ndarray, list[str]]:
+    """The relative style differences of every vote ``[votes, elements]`` from the style
+    columns present, and the elements' short names. Raises :class:`UserError` when there is
+    none, or naming the first row whose count is missing or negative."""
+    elements = present_elements(df.columns)
+    if not elements:
+        raise UserError(
+            f"--style-control: {name} has no style columns (pairs such as "
+            f"sum_assistant_tokens_a/_b, header_count_a/_b, bold_count_a/_b, "
+            f"list_count_a/_b); `p2l prepare` writes them from conv_metadata or the answers"
+        )
+    features = []
+    for element in elements:
+        pair = []
+        for column in style_columns(element):
+            values = df.get_column(column).cast(pl.Float64, strict=False)
+            bad = values.is_null() | values.is_nan() | (values < 0)
+            if bad.any():
+                row = int(bad.arg_true()[0]) + 1
+                raise UserError(f"{name}: row {row}: {column} must be a count >= 0 (style "
+                                "control needs every vote's style counts)")
+            pair.append(values.to_numpy())
+        features.append(relative_difference(*pair))
+    return np.column_stack(features), [STYLE_LABELS[e] for e in elements]

@@ -15,13 +15,7 @@ import pyarrow.parquet as pq
 from p2l_cli import io
 from p2l_cli.contracts.battles import BATTLE_COLUMNS, outcome_column
 from p2l_cli.contracts.predictions import Predictions, predictions_from_frame
-from p2l_cli.contracts.style import (
-    STYLE_COLUMNS,
-    STYLE_LABELS,
-    present_elements,
-    relative_difference,
-    style_columns,
-)
+from p2l_cli.contracts.style import STYLE_COLUMNS, style_from_frame
 from p2l_cli.errors import UserError
 
 NO_GROUP = "(none)"
@@ -166,29 +160,6 @@ def _recode(codes: np.ndarray, values: list[str], order: list[str]) -> np.ndarra
     """``codes`` into ``values`` as indices into ``order`` (which holds every value)."""
     index = {value: i for i, value in enumerate(order)}
     return np.array([index[value] for value in values], dtype=np.int64)[codes]
-
-
-def style_from_frame(df: pl.DataFrame, name: str) -> tuple[np.ndarray, list[str]]:
-    """The relative style differences of every vote, from the style columns present."""
-    elements = present_elements(df.columns)
-    if not elements:
-        raise UserError(
-            f"--style-control: {name} has no style columns (pairs such as "
-            f"sum_assistant_tokens_a/_b, header_count_a/_b, bold_count_a/_b, "
-            f"list_count_a/_b); `p2l prepare` writes them from conv_metadata or the answers"
-        )
-    features = []
-    for element in elements:
-        pair = []
-        for column in style_columns(element):
-            values = df.get_column(column).cast(pl.Float64, strict=False)
-            bad = values.is_null() | values.is_nan() | (values < 0)
-            if bad.any():
-                raise UserError(f"{name}: row {_first_bad_row(bad)}: {column} must be a "
-                                "count >= 0 (style control needs every vote's style counts)")
-            pair.append(values.to_numpy())
-        features.append(relative_difference(*pair))
-    return np.column_stack(features), [STYLE_LABELS[e] for e in elements]
 
 
 def battles_from_frame(df: pl.DataFrame, name: str, by: str | None = None,

@@ -321,6 +321,21 @@ def labels_vote_nll(
     return vote_nll(pair[:, 0], pair[:, 1], labels[:, 2], eta, family)
 
 
+def with_style_offset(coefs: torch.Tensor, labels: torch.Tensor,
+                      offset: torch.Tensor | None) -> torch.Tensor:
+    """Per-vote coefficients ``[B, M]`` with each vote's style offset split between its two
+    models: + offset/2 to the winner's (a tie's first model's), - offset/2 to the loser's, as
+    in :mod:`p2l_cli.stats.style`. ``None`` returns ``coefs`` unchanged."""
+    if offset is None:
+        return coefs
+    half = (offset.to(coefs.dtype) / 2).unsqueeze(-1)
+    labels = labels.long()
+    shift = torch.zeros_like(coefs)
+    shift.scatter_add_(-1, labels[:, :1], half)
+    shift.scatter_add_(-1, labels[:, 1:2], -half)
+    return coefs + shift
+
+
 def labels_nll(
     coefs: torch.Tensor,
     labels: torch.Tensor,

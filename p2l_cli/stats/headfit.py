@@ -24,7 +24,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from p2l_cli.stats.families import has_eta, labels_nll, labels_vote_nll, vote_mask
+from p2l_cli.stats.families import (
+    has_eta,
+    labels_nll,
+    labels_vote_nll,
+    vote_mask,
+    with_style_offset,
+)
 
 DEFAULT_PENALTIES = tuple(float(10.0**e) for e in np.arange(1.0, -5.01, -0.25))
 DEFAULT_FOLDS = 5
@@ -134,6 +140,7 @@ def _fit(
     start: list[torch.Tensor],
     problem: _Problem,
     max_iter: int = 500,
+    offset: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
     """Minimise the penalised NLL from ``start``; ``penalty=None`` keeps the penalised
     parameters at 0 (for the full head: the marginal leaderboard)."""
@@ -150,7 +157,7 @@ def _fit(
     def closure():
         optimizer.zero_grad()
         coefs, eta = problem.coefs_of(x, params)
-        loss = labels_nll(coefs, labels, eta, family, weights)
+        loss = labels_nll(with_style_offset(coefs, labels, offset), labels, eta, family, weights)
         if penalty:
             loss = loss + penalty * sum(params[i].square().sum() for i in problem.penalised)
         if problem.prior is not None:
@@ -162,9 +169,9 @@ def _fit(
     return [p.detach() for p in params]
 
 
-def _vote_losses(x, labels, family, params, problem: _Problem) -> torch.Tensor:
+def _vote_losses(x, labels, family, params, problem: _Problem, offset=None) -> torch.Tensor:
     coefs, eta = problem.coefs_of(x, params)
-    return labels_vote_nll(coefs, labels, eta, family)
+    return labels_vote_nll(with_style_offset(coefs, labels, offset), labels, eta, family)
 
 
 def _cross_validated(
@@ -180,14 +187,19 @@ def _cross_validated(
     seed: int,
     min_gain_se: float,
     width: int,
+    offset: torch.Tensor | None = None,
 ) -> tuple[list[torch.Tensor], HeadFitReport]:
     """Choose the penalty by held-out NLL over folds split by ``groups``, fall back to the
-    unpenalised-part-only fit without a clear gain, and refit on every vote."""
+    unpenalised-part-only fit without a clear gain, and refit on every vote. ``offset``
+    (one style offset per vote, see :func:`with_style_offset`) enters every likelihood."""
     n = len(y)
     groups = np.arange(n) if groups is None else np.asarray(groups)
     folds = max(2, min(folds, len(np.unique(groups))))
     fold = torch.as_tensor(prompt_folds(groups, folds, seed))
     counted = vote_mask(y[:, 2], family).to(torch.float64) * (w if w is not None else 1.0)
+
+    def part(mask):
+        return None if offset is None else offset[mask]
 
     def coefs(rows, params):
         return problem.coefs_of(rows, params)[0]
@@ -198,8 +210,10 @@ def _cross_validated(
     for k in range(folds):
         train, test = fold != k, fold == k
         wk = None if w is None else w[train]
-        params = _fit(x[train], y[train], wk, family, None, start, problem)
-        held_out[None][test] = _vote_losses(x[test], y[test], family, params, problem)
+        params = _fit(x[train], y[train], wk, family, None, start, problem,
+                      offset=part(train))
+        held_out[None][test] = _vote_losses(x[test], y[test], family, params, problem,
+                                            part(test))
         test_coefs = coefs(x[test], params)
         if oof[None] is None:
             oof[None] = torch.zeros(n, test_coefs.shape[1], dtype=torch.float64)
@@ -216,8 +230,10 @@ def _cross_validated(
         held_out[penalty] = torch.zeros(n, dtype=torch.float64)
         oof[penalty] = torch.zeros_like(oof[None])
         for k, (train, test, wk, params) in enumerate(fold_fits):
-            params = _fit(x[train], y[train], wk, family, penalty, params, problem)
-            held_out[penalty][test] = _vote_losses(x[test], y[test], family, params, problem)
+            params = _fit(x[train], y[train], wk, family, penalty, params, problem,
+                          offset=part(train))
+            held_out[penalty][test] = _vote_losses(x[test], y[test], family, params, problem,
+                                                   part(test))
             oof[penalty][test] = coefs(x[test], params)
             fold_fits[k] = (train, test, wk, params)
         tried.append(penalty)
@@ -230,10 +246,10 @@ def _cross_validated(
     gain, se = clustered_gain(held_out[None], held_out[best], counted, groups)
     fell_back = not gain > min_gain_se * se
     chosen = None if fell_back else best
-    params = _fit(x, y, w, family, None, start, problem)
+    params = _fit(x, y, w, family, None, start, problem, offset=offset)
     if chosen is not None:
         for penalty in penalties:
-            params = _fit(x, y, w, family, penalty, params, problem)
+            params = _fit(x, y, w, family, penalty, params, problem, offset=offset)
             if penalty == chosen:
                 break
     report = HeadFitReport(
@@ -273,8 +289,10 @@ def fit_linear_head(
     seed: int = 0,
     min_gain_se: float = MIN_GAIN_SE,
     feature_weights: np.ndarray | None = None,
+    offset: np.ndarray | None = None,
 ) -> tuple[LinearHead, HeadFitReport]:
-    """The cross-validated ridge head for per-vote ``features [N, d]`` and ``labels [N, 3]``.
+    """The cross-validated ridge head for per-vote ``features [N, d]`` and ``labels [N, 3]``
+    (and, with style control, each vote's style ``offset``).
 
     ``bias`` (and ``eta``) start every fit, e.g. at the marginal leaderboard. ``groups``
     (one key per vote, e.g. a hash of its prompt) keeps a prompt's votes in one fold.
@@ -295,8 +313,9 @@ def fit_linear_head(
             torch.tensor(float(eta or 0.0), dtype=torch.float64),
         ]
     problem = _Problem(_linear_coefs, penalised=(0, 2) if has_eta(family) else (0,))
+    o = None if offset is None else torch.as_tensor(np.asarray(offset), dtype=torch.float64)
     params, report = _cross_validated(
-        z, y, w, family, start, problem, groups, penalties, folds, seed, min_gain_se, d
+        z, y, w, family, start, problem, groups, penalties, folds, seed, min_gain_se, d, o
     )
     return _unstandardise(params, mean, sd), report
 

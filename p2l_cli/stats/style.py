@@ -41,6 +41,9 @@ from p2l_cli.stats.pairfit import (
 )
 
 DEFAULT_STYLE_REG = 1.0
+# `p2l train --style-control`: a penalty that only keeps constant features (all-zero
+# columns) well posed; the coefficients are then close to the maximum likelihood
+TRAIN_STYLE_REG = 1e-4
 # arena-rank adds this to every diagonal entry of the mean Hessian in its sandwich.
 STYLE_HESSIAN_RIDGE = 1e-5
 X, Y, E, O = 0, 1, 2, 3  # local inputs of a vote: winner's theta, loser's, eta, style offset
