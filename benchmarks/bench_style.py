@@ -52,7 +52,9 @@ ARENA_SCRIPT = textwrap.dedent(
     data = ContextualPairDataset.from_pandas(df, feature_cols=elements)
     model = ContextualBradleyTerry(n_competitors=len(data.competitors), n_features=4)
     r = model.compute_ratings_and_cis(data, significance_level=0.05)
-    out = {"model": list(r["competitors"]), "rating": np.asarray(r["ratings"]).tolist(),
+    import jax
+    grad = jax.grad(model.loss_function)(model.params, data.as_dict())
+    out = {"grad": max(float(abs(g).max()) for g in grad.values()),"model": list(r["competitors"]), "rating": np.asarray(r["ratings"]).tolist(),
            "lower": np.asarray(r["rating_lower"]).tolist(),
            "upper": np.asarray(r["rating_upper"]).tolist(),
            "coeffs": np.asarray(r["coeffs"]).tolist()}
@@ -105,6 +107,24 @@ def run(command: list[str]) -> float:
     return time.perf_counter() - start
 
 
+def stationarity(path: Path) -> float:
+    """The largest gradient entry of the penalised objective at p2l's solution (LMArena's
+    defaults), to compare with arena-rank's at its stopping point."""
+    import torch
+
+    from p2l_cli.leaderboard import load_input
+    from p2l_cli.stats.style import _gradient_and_hessian, _split, solve_style, style_votes
+
+    battles = load_input(str(path), style=True)
+    m = len(battles.models)
+    votes, _, _ = style_votes(battles.winner, battles.loser, battles.tie_code, battles.sign,
+                              battles.style, m, "bt-tie", reweight=True)
+    params, _ = solve_style(votes, "bt-tie", 1.0)
+    grad, _ = _gradient_and_hessian(votes, *_split(torch.as_tensor(params), m, False),
+                                    "bt-tie", 1.0, 0.0)
+    return float(grad.abs().max())
+
+
 def agreement_and_speed(sizes: list[tuple[int, int]], repeats: int) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -138,6 +158,8 @@ def agreement_and_speed(sizes: list[tuple[int, int]], repeats: int) -> list[dict
                 "max_rating_diff": diff["rating"],
                 "max_bound_diff": max(diff["lower"], diff["upper"]),
                 "max_coef_diff": float(np.max(np.abs(coef - np.asarray(other["coeffs"])))),
+                "arena_grad": other["grad"],
+                "p2l_grad": stationarity(data),
             })
             print(rows[-1], flush=True)
     return rows
@@ -159,7 +181,7 @@ def recovery(seeds: list[int], n: int, m: int) -> list[dict]:
             beta_err.append(np.abs(fitted - TRUE_BETA).mean())
             truth = dict(zip(names, theta - theta.mean()))
 
-            def error(table):
+            def error(table, truth=truth):
                 t = table.sort("model")
                 return float(np.abs(t["theta"].to_numpy()
                                     - np.array([truth[x] for x in t["model"]])).mean())
@@ -177,17 +199,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    sizes = [(20_000, 20)] if args.quick else [(100_000, 60), (1_000_000, 100)]
+    sizes = [(20_000, 20)] if args.quick else [(20_000, 20), (100_000, 60), (1_000_000, 100)]
     repeats = 1 if args.quick else 3
     speed = agreement_and_speed(sizes, repeats)
     fits = recovery([0, 1, 2], 20_000 if args.quick else 100_000, 30)
     print("\n| votes | models | p2l (s) | arena-rank (s) | speed-up | max rating diff | "
-          "max bound diff | max coefficient diff |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "max bound diff | max coefficient diff | gradient at stop: p2l / arena-rank |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in speed:
         print(f"| {r['votes']:,} | {r['models']} | {r['p2l_s']:.1f} | {r['arena_rank_s']:.1f} | "
               f"{r['arena_rank_s'] / r['p2l_s']:.1f}x | {r['max_rating_diff']:.4f} | "
-              f"{r['max_bound_diff']:.4f} | {r['max_coef_diff']:.2e} |")
+              f"{r['max_bound_diff']:.4f} | {r['max_coef_diff']:.2e} | "
+              f"{r['p2l_grad']:.1e} / {r['arena_grad']:.1e} |")
     print("\n| style penalty | coefficient error | theta error | theta error, no style "
           "control |")
     print("|---:|---:|---:|---:|")

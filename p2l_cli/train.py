@@ -528,7 +528,7 @@ class Trainer:
         coefficients stay fixed from here on: each vote's style term (an offset split between
         its two models) enters every loss, so the head learns strength with style held
         fixed. Returns the style-controlled marginal leaderboard."""
-        from p2l_cli.stats.style import TRAIN_STYLE_REG, fit_style, standardize
+        from p2l_cli.stats.style import TRAIN_STYLE_REG, fit_style
 
         train, m = self.data.train, len(self.data.models)
         fit = fit_style(train.labels[:, 0], train.labels[:, 1], train.labels[:, 2], train.sign,
