@@ -192,6 +192,9 @@ def prepare(
 
     Files are Parquet, JSONL, CSV or JSON; the schema is detected from the columns (--format).
 
+    When the input has the answers' style (Arena conv_metadata, both conversations, or the
+    Kaggle responses), the battles keep per-answer style counts for --style-control.
+
     Examples:
 
       p2l prepare arena-100k.parquet -o data/

@@ -37,7 +37,7 @@ from p2l_cli.stats.pairfit import (
     _newton_direction,
     initial_eta,
     shift_invariant,
-    single_threaded,
+    torch_threads,
 )
 
 DEFAULT_STYLE_REG = 1.0
@@ -132,21 +132,72 @@ def style_votes(winner, loser, tie_code, sign, raw_features, num_models: int,
 # ------------------------------------------------------------------------ per-vote terms
 
 
-def _local(votes: StyleVotes, theta, eta, beta, family: str, second: bool = True):
-    """Per vote: NLL, gradient and (optionally) Hessian with respect to the local inputs
-    (winner's theta, loser's theta[, eta], style offset o)."""
+def _local(votes: StyleVotes, theta, eta, beta, family: str, second: bool | None = True):
+    """Per vote: NLL, gradient and (with ``second``) Hessian with respect to the local
+    inputs (winner's theta, loser's theta[, eta], style offset o); ``second=None``: the NLL
+    alone."""
+    if shift_invariant(family):
+        return _local_by_difference(votes, theta, eta, beta, family, second)
     oriented = torch.as_tensor(votes.oriented)
     inputs = [theta[torch.as_tensor(votes.winner)], theta[torch.as_tensor(votes.loser)]]
     if eta is not None:
         inputs.append(eta.expand(len(votes.winner)).clone())
     inputs.append(oriented @ beta)
-    inputs = [v.detach().requires_grad_() for v in inputs]
     names = [X, Y] + ([E] if eta is not None else []) + [O]
-    with torch.enable_grad():
+
+    def nll_of(inputs):
         half = inputs[-1] / 2
-        nll = families.vote_nll(inputs[0] + half, inputs[1] - half,
-                                torch.as_tensor(votes.tie_code),
-                                inputs[2] if eta is not None else None, family)
+        return families.vote_nll(inputs[0] + half, inputs[1] - half,
+                                 torch.as_tensor(votes.tie_code),
+                                 inputs[2] if eta is not None else None, family)
+
+    nll, grads, hess = _derivatives(nll_of, inputs, second)
+    return (nll, dict(zip(names, grads)),
+            {(names[i], names[j]): v for (i, j), v in hess.items()})
+
+
+def _local_by_difference(votes: StyleVotes, theta, eta, beta, family: str,
+                         second: bool | None):
+    """:func:`_local` for a family whose likelihood depends on the two strengths only
+    through their difference d = theta_w - theta_l + o: derivatives with respect to d
+    (and eta), spread over the local inputs (d moves with the winner's theta and the
+    offset, against the loser's)."""
+    oriented = torch.as_tensor(votes.oriented)
+    d = theta[torch.as_tensor(votes.winner)] - theta[torch.as_tensor(votes.loser)] \
+        + oriented @ beta
+    inputs = [d] + ([eta.expand(len(d)).clone()] if eta is not None else [])
+    zero = torch.zeros(len(d), dtype=d.dtype)
+
+    def nll_of(inputs):
+        return families.vote_nll(inputs[0], zero, torch.as_tensor(votes.tie_code),
+                                 inputs[1] if eta is not None else None, family)
+
+    nll, grads, hess = _derivatives(nll_of, inputs, second)
+    if second is None:
+        return nll, {}, {}
+    out_grads = {X: grads[0], Y: -grads[0], O: grads[0]}
+    if eta is not None:
+        out_grads[E] = grads[1]
+    out_hess = {}
+    if second:
+        h = hess[(0, 0)]
+        out_hess = {(X, X): h, (X, Y): -h, (Y, Y): h, (X, O): h, (Y, O): -h, (O, O): h}
+        if eta is not None:
+            he = hess[(0, 1)]
+            out_hess.update({(X, E): he, (Y, E): -he, (E, E): hess[(1, 1)], (E, O): he})
+    return nll, out_grads, out_hess
+
+
+def _derivatives(nll_of, inputs: list[torch.Tensor], second: bool | None):
+    """Per-vote values of ``nll_of(inputs)``, its gradient (a list over inputs) and, with
+    ``second``, its Hessian (a dict over index pairs i <= j) by autograd. ``second=None``:
+    the values alone."""
+    if second is None:
+        with torch.no_grad():
+            return nll_of(inputs), [], {}
+    inputs = [v.detach().requires_grad_() for v in inputs]
+    with torch.enable_grad():
+        nll = nll_of(inputs)
         grads = torch.autograd.grad(nll.sum(), inputs, create_graph=second,
                                     materialize_grads=True)
         hess = {}
@@ -155,8 +206,8 @@ def _local(votes: StyleVotes, theta, eta, beta, family: str, second: bool = True
                 row = torch.autograd.grad(grads[i].sum(), inputs[i:], retain_graph=True,
                                           materialize_grads=True)
                 for j, value in enumerate(row, start=i):
-                    hess[(names[i], names[j])] = value.detach()
-    return nll.detach(), dict(zip(names, (g.detach() for g in grads))), hess
+                    hess[(i, j)] = value.detach()
+    return nll.detach(), [g.detach() for g in grads], hess
 
 
 def _assemble_vector(votes: StyleVotes, parts: dict, size: int, num_features: int):
@@ -215,7 +266,7 @@ def _assemble_matrix(votes: StyleVotes, local: dict, size: int, num_features: in
 
 
 def _objective(votes, theta, eta, beta, family, reg, ridge):
-    nll, _, _ = _local(votes, theta, eta, beta, family, second=False)
+    nll, _, _ = _local(votes, theta, eta, beta, family, second=None)
     mean = (torch.as_tensor(votes.weight) * nll).sum() / len(nll)
     return mean + 0.5 * reg * (beta**2).sum() + 0.5 * ridge * (theta**2).sum(), mean
 
@@ -241,12 +292,22 @@ def _split(params: torch.Tensor, m: int, has_eta: bool):
     return theta, eta, params[m + has_eta:]
 
 
-@single_threaded
+def _threads(votes: StyleVotes):
+    """Torch threads for one fit: one for small problems (many small ops, where a busy
+    pool only spins), the default for large ones (each op spans many votes)."""
+    return torch_threads(1 if len(votes.weight) < 100_000 else torch.get_num_threads())
+
+
 def solve_style(votes: StyleVotes, family: str = "bt-tie", reg: float = DEFAULT_STYLE_REG,
                 ridge: float = DEFAULT_RIDGE, tol: float = 1e-10, max_iter: int = 100,
                 start: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """The parameters (theta[, eta], beta) minimising the penalised objective, and the
     weighted mean NLL there."""
+    with _threads(votes):
+        return _solve_style(votes, family, reg, ridge, tol, max_iter, start)
+
+
+def _solve_style(votes, family, reg, ridge, tol, max_iter, start):
     family = families.canonical_family(family)
     m, f = votes.num_models, votes.features.shape[1]
     has_eta = families.has_eta(family)
@@ -284,7 +345,6 @@ def solve_style(votes: StyleVotes, family: str = "bt-tie", reg: float = DEFAULT_
     return params.numpy(), float(nll)
 
 
-@single_threaded
 def style_sandwich(votes: StyleVotes, params: np.ndarray, family: str,
                    reg: float = DEFAULT_STYLE_REG,
                    hessian_ridge: float = STYLE_HESSIAN_RIDGE) -> np.ndarray:
@@ -292,6 +352,11 @@ def style_sandwich(votes: StyleVotes, params: np.ndarray, family: str,
     H^-1 G H^-1 / n with H the weighted mean Hessian of the NLL plus ``hessian_ridge`` on
     the diagonal (the penalty is left out of H), G the mean outer product of the weighted
     per-vote scores less (reg^2 / n) p p^T, p = (0, beta), and n the number of votes."""
+    with _threads(votes):
+        return _style_sandwich(votes, params, family, reg, hessian_ridge)
+
+
+def _style_sandwich(votes, params, family, reg, hessian_ridge):
     family = families.canonical_family(family)
     m, f = votes.num_models, votes.features.shape[1]
     has_eta = families.has_eta(family)
@@ -329,6 +394,19 @@ def style_bootstrap(votes: StyleVotes, params: np.ndarray, family: str, reg: flo
     return np.array(out)
 
 
+def _style_free_start(votes: StyleVotes, family: str) -> np.ndarray:
+    """A starting point: the marginal fit of the same votes and weights (grouped rows, so
+    cheap) with the style coefficients at 0; Newton then needs few steps."""
+    from p2l_cli.stats.marginal import group_votes
+    from p2l_cli.stats.pairfit import solve
+
+    grouped = group_votes(votes.winner, votes.loser, votes.tie_code, votes.num_models,
+                          family, votes.weight)
+    sol = solve(grouped.rows, grouped.weight, family)
+    eta = [] if sol.eta is None else [float(sol.eta[0])]
+    return np.concatenate([sol.theta[0], eta, np.zeros(votes.features.shape[1])])
+
+
 def fit_style(winner, loser, tie_code, sign, raw_features, num_models: int,
               family: str = "bt-tie", weights=None, reweight: bool = False,
               reg: float = DEFAULT_STYLE_REG, ci: str = "sandwich", rounds: int = 100,
@@ -343,7 +421,7 @@ def fit_style(winner, loser, tie_code, sign, raw_features, num_models: int,
                                    family, weights, reweight)
     if len(votes.weight) == 0:
         raise ValueError("no votes to fit" + (" (bt drops ties)" if family == "bt" else ""))
-    params, nll = solve_style(votes, family, reg)
+    params, nll = solve_style(votes, family, reg, start=_style_free_start(votes, family))
     m = num_models
     has_eta = families.has_eta(family)
     fit = StyleFit(theta=params[:m], beta=params[m + has_eta:],
