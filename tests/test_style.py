@@ -140,7 +140,9 @@ def test_eta_families_match_a_generic_optimizer(family):
     d = style_world(7, 600, ties=0.3)
     reg = 0.2
     fit = fit_style(d["winner"], d["loser"], d["code"], d["sign"], d["raw"], d["m"], family,
-                    reg=reg, ci="none")
+                    reg=reg, ci="sandwich")
+    assert np.all(fit.lower < fit.theta) and np.all(fit.theta < fit.upper)
+    assert np.all(fit.beta_lower < fit.beta) and np.all(fit.beta < fit.beta_upper)
     z = standardize(d["raw"])[0] * d["sign"][:, None]
     m = d["m"]
 
@@ -382,3 +384,40 @@ def test_python_api_matches_the_command(battles_file, tmp_path):
     with pytest.raises(ValueError, match="no style columns"):
         p2l.fit_style_leaderboard(pl.DataFrame({"model_a": ["x"], "model_b": ["y"],
                                                 "winner": ["model_a"]}))
+
+
+@pytest.mark.parametrize("family", ["rk", "grk"])
+def test_eta_family_sandwich_matches_dense_autograd(family):
+    """The sandwich for families with eta (rk by the strength difference, grk by the
+    generic path) against one built densely in the test: per-vote score vectors by
+    torch.func.jacrev over all parameters, the Hessian by torch.func.hessian."""
+    import torch
+
+    from p2l_cli.stats.families import vote_nll
+    from p2l_cli.stats.style import style_sandwich
+
+    d = style_world(8, 500, ties=0.3)
+    reg, m = 0.2, d["m"]
+    fit = fit_style(d["winner"], d["loser"], d["code"], d["sign"], d["raw"], m, family,
+                    reg=reg, ci="none")
+    votes, _, _ = style_votes(d["winner"], d["loser"], d["code"], d["sign"], d["raw"], m,
+                              family)
+    params = torch.as_tensor(np.concatenate([fit.theta, [fit.eta], fit.beta]))
+    z = torch.as_tensor(votes.oriented)
+
+    def per_vote(p):
+        offset = z @ p[m + 1:]
+        return vote_nll(p[:m][d["winner"]] + offset / 2, p[:m][d["loser"]] - offset / 2,
+                        torch.as_tensor(d["code"]), p[m].expand(len(offset)), family)
+
+    n = len(d["winner"])
+    scores = torch.func.jacrev(per_vote)(params).numpy()  # [n, P]
+    hessian = torch.func.hessian(lambda p: per_vote(p).mean())(params).numpy()
+    hessian += 1e-5 * np.eye(len(params))
+    meat = scores.T @ scores / n
+    penalty = np.concatenate([np.zeros(m + 1), fit.beta])
+    meat -= reg**2 / n * np.outer(penalty, penalty)
+    inverse = np.linalg.inv(hessian)
+    expected = inverse @ meat @ inverse / n
+    ours = style_sandwich(votes, params.numpy(), family, reg)
+    np.testing.assert_allclose(ours, expected, rtol=1e-6, atol=1e-12)

@@ -367,7 +367,7 @@ def _style_sandwich(votes, params, family, reg, hessian_ridge):
     w = torch.as_tensor(votes.weight)
     hessian = _assemble_matrix(votes, {k: v * w for k, v in hess.items()}, size, f) / n
     hessian += hessian_ridge * torch.eye(size, dtype=torch.float64)
-    names = list(grads)
+    names = sorted(grads)  # pairs (a, b) with a before b in the order X, Y, E, O
     outer = {(a, b): grads[a] * grads[b] * w * w
              for i, a in enumerate(names) for b in names[i:]}
     meat = _assemble_matrix(votes, outer, size, f) / n
