@@ -124,7 +124,10 @@ def style_votes(winner, loser, tie_code, sign, raw_features, num_models: int,
         w = w * pair_weights(winner, loser, num_models, min_pair_count)
     if len(w):
         w = w / w.mean()
-    scores, mean, std = standardize(raw) if len(raw) else (raw, raw.sum(0), raw.sum(0))
+    if len(raw):
+        scores, mean, std = standardize(raw)
+    else:
+        scores, mean, std = raw, np.zeros(raw.shape[1]), np.ones(raw.shape[1])
     votes = StyleVotes(winner, loser, tie_code, sign, scores, w, num_models)
     return votes, mean, std
 
@@ -232,7 +235,6 @@ def _assemble_matrix(votes: StyleVotes, local: dict, size: int, num_features: in
     flat = torch.zeros(size * size, dtype=torch.float64)
     out_cross = torch.zeros(size, num_features, dtype=torch.float64)
     beta_block = torch.zeros(num_features, num_features, dtype=torch.float64)
-    eta_total: dict = {}
     for (a, b), value in local.items():
         if a == O and b == O:
             beta_block += oriented.T @ (value[:, None] * oriented)
@@ -243,7 +245,7 @@ def _assemble_matrix(votes: StyleVotes, local: dict, size: int, num_features: in
             else:
                 out_cross.index_add_(0, index[a], weighted)
         elif a == E and b == E:
-            eta_total[(m, m)] = value.sum()
+            flat[m * size + m] += value.sum()
         elif b == E:
             column = torch.zeros(size, dtype=torch.float64)
             column.index_add_(0, index[a], value)
@@ -254,8 +256,6 @@ def _assemble_matrix(votes: StyleVotes, local: dict, size: int, num_features: in
             if a != b:
                 flat.index_add_(0, index[b] * size + index[a], value)
     matrix = flat.view(size, size)
-    for (i, j), value in eta_total.items():
-        matrix[i, j] += value
     matrix[:, first:] += out_cross
     matrix[first:, :] += out_cross.T
     matrix[first:, first:] += beta_block
