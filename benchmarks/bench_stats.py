@@ -3,12 +3,9 @@
 1. Marginal leaderboard, end to end (read a Parquet battles file -> leaderboard table) on
    simulated Arena battles, against LMArena's own implementation, the ``arena-rank``
    package (BradleyTerry, ties as half, sandwich intervals): agreement of ratings and
-   interval bounds, and wall time. arena-rank needs jax and pandas, which p2l's environment
-   does not have, so it runs in its own virtual environment:
-
-       python3 -m venv /tmp/arena_venv && /tmp/arena_venv/bin/pip install arena-rank
-
-   (or point ``ARENA_RANK_PYTHON`` at any interpreter that imports ``arena_rank``).
+   interval bounds, and wall time. arena-rank (with jax and pandas) comes with the ``dev``
+   extra and runs in a separate process of this interpreter (point ``ARENA_RANK_PYTHON``
+   at another interpreter that imports ``arena_rank`` to use that one).
    The whole-process comparison alternates p2l and arena-rank runs and reports medians and
    the load average, since the machine may be shared.
 2. Fit times of every family on 1.5 million votes, with sandwich and bootstrap intervals.
@@ -36,7 +33,7 @@ import polars as pl
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-ARENA_PYTHON = os.environ.get("ARENA_RANK_PYTHON", "/tmp/arena_venv/bin/python")
+ARENA_PYTHON = os.environ.get("ARENA_RANK_PYTHON", sys.executable)
 REPEATS = 3  # timings are the best of this many runs
 
 ARENA_SCRIPT = textwrap.dedent(
