@@ -194,6 +194,12 @@ def extend_p2l(
     new_index = np.array([models.index(name) for name in new_models])
     involved = np.isin(labels[:, :2], new_index).any(axis=1)
     ignored = int((~involved).sum())
+    config = read_training_config(model_dir)
+    offset = None
+    if config.get("style"):
+        offset = style_offsets(frame, labels, models, config["style"], source)[involved]
+        say("style control: the model holds style fixed; the new votes' style terms enter "
+            "the fit")
     labels = labels[involved]
     prompts = [turns for turns, keep in zip(vote_prompts(frame, source), involved) if keep]
     per_model = {
@@ -222,7 +228,7 @@ def extend_p2l(
     head, report = fit_new_rows(
         inputs.numpy(), labels, model.info.family, fixed, new_index, eta=eta,
         prior_mean=float(coefs.mean()), groups=inverse, folds=folds, seed=seed,
-        min_gain_se=math.inf if rating_only else MIN_GAIN_SE,
+        min_gain_se=math.inf if rating_only else MIN_GAIN_SE, style_offset=offset,
     )  # fmt: skip
     if report.fell_back:
         say(
@@ -246,12 +252,36 @@ def extend_p2l(
         fit=report,
         seconds=time.perf_counter() - started,
     )
-    path = model_dir / "training_config.json"
-    config = json.loads(path.read_text()) if path.is_file() else {}
     history = list(config.get("extensions", [])) + [extension.to_dict()]
     write_folder(out, lambda folder: save_p2l(model, tokenizer, folder,
                                               {**config, "extensions": history}))
     return extension
+
+
+def read_training_config(model_dir: Path) -> dict:
+    path = model_dir / "training_config.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def style_offsets(frame: pl.DataFrame, labels: np.ndarray, models: list[str], style: dict,
+                  source: str) -> np.ndarray:
+    """Each vote's style term under a style-controlled model's saved fit (``style`` of its
+    training_config.json): the votes' relative style differences, standardised with the
+    training votes' means and standard deviations, times the coefficients, signed by
+    whether the labels' first model is model_a."""
+    from p2l_cli.contracts.style import style_from_frame
+
+    raw, names = style_from_frame(frame, source)
+    missing = [name for name in style["features"] if name not in names]
+    if missing:
+        raise UserError(f"{source}: the model was trained with style control on "
+                        f"{', '.join(style['features'])}; the votes lack {', '.join(missing)}")
+    columns = [names.index(name) for name in style["features"]]
+    z = (raw[:, columns] - np.asarray(style["mean"])) / np.asarray(style["sd"])
+    index = {name: i for i, name in enumerate(models)}
+    first_a = np.array([index[name] for name in frame["model_a"].cast(pl.String).to_list()])
+    sign = np.where(first_a == labels[:, 0], 1.0, -1.0)
+    return sign * (z @ np.asarray(style["coefficients"]))
 
 
 def write_folder(out: Path, write: Callable[[Path], object]) -> None:

@@ -19,23 +19,28 @@ from p2l_cli.train import RunOptions, train_p2l
 VERBOSE = 1  # "generalist" writes answers three times as long as the others
 
 
-def styled_battles(n: int, seed: int) -> pl.DataFrame:
-    """Planted skills (coder on code prompts, writer on writing prompts) plus a taste for
-    long answers: the logit of "a wins" gains 2 x the relative length difference."""
+def styled_battles(n: int, seed: int, models=MODELS, verbose=(VERBOSE,),
+                   must_include: int | None = None) -> pl.DataFrame:
+    """Planted skills (models 0 on code prompts, 2 on writing prompts) plus a taste for long
+    answers: the logit of "a wins" gains 2 x the relative length difference; the models in
+    ``verbose`` write three times as long. ``must_include``: every vote involves it."""
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(n):
         kind = rng.choice(["code", "writing", "other"])
         prompt = [str(rng.choice({"code": CODE, "writing": WRITING, "other": OTHER}[kind]))]
-        a, b = (int(v) for v in rng.choice(len(MODELS), size=2, replace=False))
-        skill = np.zeros(len(MODELS))
-        skill[{"code": 0, "writing": 2}.get(kind, VERBOSE)] = 0.8 if kind != "other" else 0.0
-        tokens = [300.0 * (3 if m == VERBOSE else 1) * rng.lognormal(0, 0.2) for m in (a, b)]
+        a, b = (int(v) for v in rng.choice(len(models), size=2, replace=False))
+        if must_include is not None and must_include not in (a, b):
+            a = must_include
+        skill = np.zeros(len(models))
+        if kind != "other":
+            skill[{"code": 0, "writing": 2}[kind]] = 0.8
+        tokens = [300.0 * (3 if m in verbose else 1) * rng.lognormal(0, 0.2) for m in (a, b)]
         logit = skill[a] - skill[b] + 2.0 * relative_difference(tokens[0], tokens[1])
         a_won = rng.random() < 1 / (1 + np.exp(-logit))
         winner = "model_a" if a_won else "model_b"
         rows.append({
-            "id": f"s{seed}-{i}", "prompt": prompt, "model_a": MODELS[a], "model_b": MODELS[b],
+            "id": f"s{seed}-{i}", "prompt": prompt, "model_a": models[a], "model_b": models[b],
             "winner": winner, "labels": [a, b, 0] if a_won else [b, a, 0],
             "sum_assistant_tokens_a": tokens[0], "sum_assistant_tokens_b": tokens[1],
             "list_count_a": 0.0, "list_count_b": 0.0,
@@ -118,3 +123,41 @@ def test_style_control_needs_style_columns(tmp_path):
     assert result.exit_code == 2
     assert "train.parquet has no style columns" in result.stderr
     assert "Traceback" not in result.output
+
+
+@pytest.mark.slow
+def test_extend_keeps_style_held_fixed(tmp_path):
+    """A newcomer that wins by writing long answers: `p2l extend` on a style-controlled
+    model gives it a lower rating than on a plain model (the new votes' style terms enter
+    the fit), and refuses new votes without the style columns."""
+    backbone = make_backbone("bert", tmp_path / "bert")
+    data = write_styled_data(tmp_path / "data")
+    styled, plain = tmp_path / "styled", tmp_path / "plain"
+    train_p2l(data, styled, None, _settings(backbone, style_control=True), RunOptions())
+    train_p2l(data, plain, None, _settings(backbone), RunOptions())
+    everyone = [*MODELS, "newcomer"]
+    votes = tmp_path / "new.parquet"
+    styled_battles(400, 7, models=everyone, verbose=(3,), must_include=3).write_parquet(votes)
+    ratings = {}
+    for name, folder in (("styled", styled), ("plain", plain)):
+        out = tmp_path / f"{name}-plus"
+        result = run_cli("extend", str(folder), str(votes), "-o", str(out), "--rating-only")
+        assert result.exit_code == 0, result.output
+        preds = tmp_path / f"{name}.parquet"
+        prompts = tmp_path / "prompts.jsonl"
+        prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in OTHER))
+        result = run_cli("predict", str(out), str(prompts), "-o", str(preds))
+        assert result.exit_code == 0, result.output
+        coefs = np.array(pl.read_parquet(preds)["coefs"].to_list()).mean(axis=0)
+        order = json.loads((out / "model_list.json").read_text())
+        new = order.index("newcomer")
+        ratings[name] = coefs[new] - np.delete(coefs, new).mean()
+    # on "other" prompts every known model is equal in strength; the newcomer too, but it
+    # writes long answers: only the style-controlled extension sees through that
+    assert ratings["plain"] > 0.4, ratings
+    assert abs(ratings["styled"]) < ratings["plain"] - 0.3, ratings
+    bare = tmp_path / "bare.parquet"
+    pl.read_parquet(votes).drop("list_count_a", "list_count_b").write_parquet(bare)
+    result = run_cli("extend", str(styled), str(bare), "-o", str(tmp_path / "x"))
+    assert result.exit_code == 2
+    assert "the votes lack lists" in result.output

@@ -60,7 +60,7 @@ def style_from_frame(df: pl.DataFrame, name: str) -> tuple[np.ndarray, list[str]
     elements = present_elements(df.columns)
     if not elements:
         raise UserError(
-            f"--style-control: {name} has no style columns (pairs such as "
+            f"{name} has no style columns, which style control needs (pairs such as "
             f"sum_assistant_tokens_a/_b, header_count_a/_b, bold_count_a/_b, "
             f"list_count_a/_b); `p2l prepare` writes them from conv_metadata or the answers"
         )

@@ -333,8 +333,10 @@ def fit_new_rows(
     folds: int = DEFAULT_FOLDS,
     seed: int = 0,
     min_gain_se: float = MIN_GAIN_SE,
+    style_offset: np.ndarray | None = None,
 ) -> tuple[LinearHead, HeadFitReport]:
-    """New models' rows of a linear head, the other models held fixed.
+    """New models' rows of a linear head, the other models held fixed (and, for a model
+    trained with style control, each vote's ``style_offset``).
 
     Vote ``i`` is scored with ``fixed_coefs[i]`` ``[N, M]`` (the trained model's coefficients
     for its prompt, any value in the new columns) except that column ``new[j]`` becomes
@@ -371,8 +373,9 @@ def fit_new_rows(
         torch.full((k,), float(prior_mean), dtype=torch.float64),
     ]
     problem = _Problem(coefs_of, penalised=(0,), prior=prior)
+    o = None if style_offset is None else torch.as_tensor(style_offset, dtype=torch.float64)
     params, report = _cross_validated(
-        x, y, None, family, start, problem, groups, penalties, folds, seed, min_gain_se, d
+        x, y, None, family, start, problem, groups, penalties, folds, seed, min_gain_se, d, o
     )
     return _unstandardise(params, mean, sd), report
 
