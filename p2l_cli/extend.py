@@ -269,7 +269,8 @@ def style_offsets(frame: pl.DataFrame, labels: np.ndarray, models: list[str], st
     training_config.json): the votes' relative style differences, standardised with the
     training votes' means and standard deviations, times the coefficients, signed by
     whether the labels' first model is model_a."""
-    from p2l_cli.contracts.style import style_from_frame
+    from p2l_cli.contracts.style import first_is_model_a, style_from_frame
+    from p2l_cli.stats.style import style_terms
 
     raw, names = style_from_frame(frame, source)
     missing = [name for name in style["features"] if name not in names]
@@ -277,11 +278,9 @@ def style_offsets(frame: pl.DataFrame, labels: np.ndarray, models: list[str], st
         raise UserError(f"{source}: the model was trained with style control on "
                         f"{', '.join(style['features'])}; the votes lack {', '.join(missing)}")
     columns = [names.index(name) for name in style["features"]]
-    z = (raw[:, columns] - np.asarray(style["mean"])) / np.asarray(style["sd"])
-    index = {name: i for i, name in enumerate(models)}
-    first_a = np.array([index[name] for name in frame["model_a"].cast(pl.String).to_list()])
-    sign = np.where(first_a == labels[:, 0], 1.0, -1.0)
-    return sign * (z @ np.asarray(style["coefficients"]))
+    sign = first_is_model_a(frame["model_a"].cast(pl.String).to_list(), labels[:, 0], models)
+    return style_terms(raw[:, columns], sign, style["mean"], style["sd"],
+                       style["coefficients"])
 
 
 def write_folder(out: Path, write: Callable[[Path], object]) -> None:

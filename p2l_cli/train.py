@@ -528,7 +528,7 @@ class Trainer:
         coefficients stay fixed from here on: each vote's style term (an offset split between
         its two models) enters every loss, so the head learns strength with style held
         fixed. Returns the style-controlled marginal leaderboard."""
-        from p2l_cli.stats.style import TRAIN_STYLE_REG, fit_style
+        from p2l_cli.stats.style import TRAIN_STYLE_REG, fit_style, style_terms
 
         train, m = self.data.train, len(self.data.models)
         fit = fit_style(train.labels[:, 0], train.labels[:, 1], train.labels[:, 2], train.sign,
@@ -543,8 +543,8 @@ class Trainer:
             if len(votes) == 0:
                 self.offsets[split] = np.zeros(0)
                 continue
-            z = (votes.style - fit.feature_mean) / fit.feature_std
-            self.offsets[split] = votes.sign * (z @ fit.beta)
+            self.offsets[split] = style_terms(votes.style, votes.sign, fit.feature_mean,
+                                              fit.feature_std, fit.beta)
         points = ", ".join(f"{name} {b * 400 / math.log(10):+.1f}"
                            for name, b in zip(train.style_names, fit.beta))
         self.reporter.event(INFO, f"style control: rating points per sd of the answers' "

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from p2l_cli.contracts.style import style_from_frame
+from p2l_cli.contracts.style import first_is_model_a, style_from_frame
 from p2l_cli.errors import UserError
 from p2l_cli.io import read_table
 from p2l_cli.reporting import SILENT, Reporter
@@ -127,9 +127,7 @@ def _first_is_model_a(df: pl.DataFrame, labels: np.ndarray, models: list[str],
     if "model_a" not in df.columns:
         raise UserError(f"{path}: --style-control needs the model_a column (p2l prepare's "
                         "output has it)")
-    index = {name: i for i, name in enumerate(models)}
-    first_a = np.array([index.get(name, -1) for name in df["model_a"].to_list()]) == labels[:, 0]
-    return np.where(first_a, 1, -1)
+    return first_is_model_a(df["model_a"].cast(pl.String).to_list(), labels[:, 0], models)
 
 
 def _turns(prompt, path: Path, row: int) -> list[str]:

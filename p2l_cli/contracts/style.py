@@ -53,6 +53,13 @@ def relative_difference(a, b) -> np.ndarray:
     return (a - b) / np.where(total == 0, 1.0, total)
 
 
+def first_is_model_a(model_a: list[str], first: np.ndarray, models: list[str]) -> np.ndarray:
+    """Per vote, +1 where the first model of its labels (the winner, or a tie's first
+    model; an index into ``models``) is its ``model_a``, -1 where it is model_b."""
+    index = {name: i for i, name in enumerate(models)}
+    return np.where(np.array([index.get(name, -1) for name in model_a]) == first, 1, -1)
+
+
 def style_from_frame(df: pl.DataFrame, name: str) -> tuple[np.ndarray, list[str]]:
     """The relative style differences of every vote ``[votes, elements]`` from the style
     columns present, and the elements' short names. Raises :class:`UserError` when there is

@@ -59,6 +59,14 @@ def standardize(features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return (features - mean) / std, mean, std
 
 
+def style_terms(raw_features: np.ndarray, sign: np.ndarray, mean, std, beta) -> np.ndarray:
+    """Each vote's style term ``s x . beta`` under a fitted style model: the raw relative
+    differences standardised with that fit's ``mean`` and ``std``, signed by ``sign``
+    (+1 when the vote's first model is model_a)."""
+    z = (np.asarray(raw_features) - np.asarray(mean)) / np.asarray(std)
+    return np.asarray(sign) * (z @ np.asarray(beta))
+
+
 @dataclass
 class StyleVotes:
     """The votes of one contextual fit: indices, tie codes, orientation and features."""
