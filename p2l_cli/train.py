@@ -52,6 +52,8 @@ from p2l_cli.model.checkpoint import state_dict_for_saving
 from p2l_cli.model.neighbours import FAMILIES as NEIGHBOUR_FAMILIES
 from p2l_cli.model.neighbours import MAX_VOTES as NEIGHBOUR_MAX_VOTES
 from p2l_cli.model.neighbours import cross_validate as cross_validate_neighbours
+from p2l_cli.model.smoothing import CANDIDATES as SMOOTHING_CANDIDATES
+from p2l_cli.model.smoothing import Smoothing, choose_anchors, neighbourhood_size
 from p2l_cli.reporting import INFO, NOTICE, SILENT, WARNING, Reporter
 from p2l_cli.stats.aggregate import aggregate
 from p2l_cli.stats.families import labels_nll, with_style_offset
@@ -688,7 +690,7 @@ class Trainer:
     def _forward(self, split: str, idx: np.ndarray, module: torch.nn.Module):
         if self.features is not None:
             x = self.features[split][torch.from_numpy(idx).to(self.features[split].device)]
-            coefs, eta = module(x.to(self.device))
+            coefs, eta = module(self.model.head_input(x.to(self.device)))
             coefs = self.model.refine(x, coefs)
         else:
             ids = self.token_ids[split]
@@ -764,18 +766,36 @@ class Trainer:
         # the few prompt descriptors may be penalised less than the many embedding dimensions:
         # their weight is chosen by the same cross-validation
         weights = DESCRIPTOR_WEIGHTS if features.shape[1] > hidden else (1.0,)
-        fits = []
-        for weight in weights:
-            scale = np.ones(features.shape[1])
+
+        def fit(x: np.ndarray, weight: float):
+            scale = np.ones(x.shape[1])
             scale[hidden:] = weight
-            fits.append(fit_linear_head(
-                features, train.labels, self.family, bias=self.marginal.theta,
-                eta=self.marginal.eta, weights=train.weights, groups=groups,
-                folds=self.config.cv_folds, seed=self.config.seed, feature_weights=scale,
+            return fit_linear_head(
+                x, train.labels, self.family, bias=self.marginal.theta, eta=self.marginal.eta,
+                weights=train.weights, groups=groups, folds=self.config.cv_folds,
+                seed=self.config.seed, feature_weights=scale,
                 offset=None if self.offsets is None else self.offsets["train"],
-            ))  # fmt: skip
-        best = min(range(len(fits)), key=lambda i: fits[i][1].best_cv_nll)
+            )  # fmt: skip
+
+        fits = {(None, weight): fit(features, weight) for weight in weights}
+        weight = min(weights, key=lambda w: fits[(None, w)][1].best_cv_nll)
+        smoothers: dict = {None: None}
+        if self.config.smoothing:
+            # smoothing at the descriptor weight the raw embedding chose (each fit costs)
+            for smoother in self._smoothing_candidates(features[:, :hidden], groups):
+                key = (smoother.k, smoother.steps)
+                smoothers[key] = smoother
+                smoothed = smoother(torch.as_tensor(features[:, :hidden])).numpy()
+                fits[(key, weight)] = fit(
+                    np.concatenate([smoothed, features[:, hidden:]], axis=1), weight
+                )
+        best = min(fits, key=lambda key: fits[key][1].best_cv_nll)
         head, report = fits[best]
+        smoothing, weight = best
+        if smoothing is not None:
+            chosen = smoothers[smoothing]
+            module = self.model.attach_smoothing(*smoothing, anchors=len(chosen.anchors))
+            module.load_state_dict(chosen.state_dict())
         layer = self.model.head.output_layer
         with torch.no_grad():
             layer.weight.copy_(torch.as_tensor(head.weight, dtype=layer.weight.dtype))
@@ -789,9 +809,17 @@ class Trainer:
                 self.model.head.gamma_head.bias.zero_()
         self.head_fit = report.to_dict()
         if len(weights) > 1:
-            self.head_fit["descriptor_weight"] = weights[best]
+            self.head_fit["descriptor_weight"] = weight
             self.head_fit["cv_nll_by_descriptor_weight"] = {
-                f"{w:g}": fit.best_cv_nll for w, (_, fit) in zip(weights, fits)
+                f"{w:g}": fits[(None, w)][1].best_cv_nll for w in weights
+            }
+        if self.config.smoothing:
+            self.head_fit["smoothing"] = None if smoothing is None else dict(
+                zip(("k", "steps"), smoothing)
+            )
+            self.head_fit["cv_nll_by_smoothing"] = {
+                "none" if key is None else f"{key[0]}/{key[1]}": fit.best_cv_nll
+                for (key, w), (_, fit) in fits.items() if key is not None or w == weight
             }
         if report.fell_back:
             self.reporter.event(
@@ -804,7 +832,9 @@ class Trainer:
             self.reporter.event(
                 INFO,
                 f"cross-validation: penalty {report.penalty:.3g}"
-                + (f", descriptor weight {weights[best]:g}" if len(weights) > 1 else "")
+                + (f", descriptor weight {weight:g}" if len(weights) > 1 else "")
+                + ("" if smoothing is None else
+                   f", embedding smoothed over {smoothing[0]} neighbours x {smoothing[1]} hops")
                 + ", held-out NLL "
                 f"{report.cv_nll[report.penalty]:.4f} vs marginal {report.cv_nll_marginal:.4f} "
                 f"({report.gain:+.4f} ± {report.gain_se:.4f} per vote)",
@@ -819,6 +849,19 @@ class Trainer:
                 k: v.detach().cpu().clone() for k, v in self.model.head.state_dict().items()
             }
         return self._finish()
+
+    def _smoothing_candidates(self, embeddings: np.ndarray, groups: np.ndarray) -> list[Smoothing]:
+        """One filled :class:`Smoothing` per candidate (k, steps), anchored on the training
+        prompts (at most ``MAX_ANCHORS``)."""
+        rows = choose_anchors(embeddings, groups, self.config.seed)
+        anchors = torch.as_tensor(embeddings[rows])
+        out = []
+        for k, steps in SMOOTHING_CANDIDATES:
+            smoother = Smoothing(len(rows), embeddings.shape[1],
+                                 neighbourhood_size(k, len(rows)), steps)  # fmt: skip
+            smoother.fill(anchors)
+            out.append(smoother)
+        return out
 
     def _fit_neighbours(self, report, groups: np.ndarray) -> None:
         """Cross-validate neighbourhood leaderboards around the fitted head (bt, bt-tie and

@@ -29,6 +29,11 @@ POOLINGS = ("cls", "first", "mean")
 HEAD_SOLVERS = ("adamw", "ridge-cv")
 AUTO_LOSS = "auto"
 DEFAULT_RECIPE = "minilm-cpu"
+# Settings that only the exact ridge-cv head uses (the cross-validation chooses them).
+RIDGE_ONLY = {
+    "neighbours": "neighbourhood leaderboards",
+    "smoothing": "graph-smoothed embeddings",
+}
 
 ALIASES = {
     "learning_rate": "lr",
@@ -112,6 +117,7 @@ class TrainConfig:
     head_solver: str = "adamw"  # ridge-cv: exact linear head, penalty by cross-validation
     cv_folds: int = 5
     neighbours: bool = False  # ridge-cv: refine by the votes of similar prompts, if CV says so
+    smoothing: bool = False  # ridge-cv: smooth the embedding over similar prompts, if CV says so
     normalize: bool = False
     prompt_features: bool = False
     weighted: bool = False
@@ -273,13 +279,13 @@ def resolve_config(
         if key not in FIELDS:
             raise UserError(f"unknown training setting {key!r}")
         settings[key] = coerce(key, value, f"--{key.replace('_', '-')}")
-    if settings.get("neighbours") and "neighbours" not in given and settings.get(
-        "head_solver", "ridge-cv"
-    ) != "ridge-cv":
-        # the recipe's neighbourhoods belong to its ridge-cv head, which a flag replaced
-        settings["neighbours"] = False
-        warnings.append(f"neighbourhood leaderboards (from the recipe) need --head-solver "
-                        f"ridge-cv; off with --head-solver {settings['head_solver']}")
+    solver = settings.get("head_solver", "ridge-cv")
+    for key, what in RIDGE_ONLY.items():
+        if settings.get(key) and key not in given and solver != "ridge-cv":
+            # the recipe's setting belongs to its ridge-cv head, which a flag replaced
+            settings[key] = False
+            warnings.append(f"{what} (from the recipe) need --head-solver ridge-cv; off with "
+                            f"--head-solver {solver}")
     config = TrainConfig(**settings)
     validate(config)
     return config, set(settings), warnings
@@ -326,11 +332,9 @@ def validate(config: TrainConfig) -> None:
             "ridge-cv fits a linear head; drop --head-rank / --head-hidden (or use adamw)",
         )
     _check(config.cv_folds >= 2, "cv_folds", "must be at least 2")
-    _check(
-        not config.neighbours or config.head_solver == "ridge-cv",
-        "neighbours",
-        "neighbourhood leaderboards are chosen with --head-solver ridge-cv",
-    )
+    for key, what in RIDGE_ONLY.items():
+        _check(not getattr(config, key) or config.head_solver == "ridge-cv", key,
+               f"{what} are chosen with --head-solver ridge-cv")
     _check(config.head in (None, *HEAD_TYPES), "head",
            f"{config.head!r}: expected one of {', '.join(HEAD_TYPES)}")
     tie_model = config.loss != AUTO_LOSS and has_eta(config.loss)

@@ -226,6 +226,7 @@ def test_default_recipe_end_to_end_and_the_leakage_warning(tmp_path):
     assert "loss: bt-tie" in trained.stderr.decode() and "cross-validation" in trained.stderr.decode()
     head_fit = json.loads((model / "metrics.json").read_text())["head_fit"]
     assert head_fit["method"] == "ridge-cv" and "neighbours" in head_fit
+    assert "none" in head_fit["cv_nll_by_smoothing"] and "smoothing" in head_fit
     preds = tmp_path / "preds.parquet"
     run_p2l("predict", model, data / "val.parquet", "-o", preds, check=True)
     clean = run_p2l("evaluate", preds, data / "val.parquet", "--truth",

@@ -151,6 +151,13 @@ def train(
                      "when cross-validation says it helps (bt, bt-tie).",
                      rich_help_panel=MODEL, show_default=False),
     ] = None,
+    smoothing: Annotated[
+        bool | None,
+        typer.Option("--smoothing/--no-smoothing", help="With ridge-cv: average each "
+                     "prompt's embedding over its nearest training prompts (a few hops on "
+                     "their similarity graph) before the head, when cross-validation says it "
+                     "helps.", rich_help_panel=MODEL, show_default=False),
+    ] = None,
     normalize: Annotated[
         bool | None,
         typer.Option("--normalize/--no-normalize", help="L2-normalise the pooled state "

@@ -40,7 +40,7 @@ WEIGHTS_INDEX = "model.safetensors.index.json"
 TOKENIZER = "tokenizer.json"
 CONFIG_KEYS = {"head_type", "loss_type", "pooling", "max_length", "backbone", "model_type",
                "head_rank", "head_hidden", "head_activation", "chat_template",
-               "encoder", "normalize", "prompt_features", "neighbours", "head_rank_bias",
+               "encoder", "normalize", "prompt_features", "neighbours", "smoothing", "head_rank_bias",
                "head_eta_downsize"}  # fmt: skip
 
 
@@ -236,6 +236,7 @@ def read_info(model_dir: Path) -> P2LInfo:
         normalize=bool(config.get("normalize", False)),
         prompt_features=bool(config.get("prompt_features", False)),
         neighbours=config.get("neighbours") or None,
+        smoothing=config.get("smoothing") or None,
         extra={k: v for k, v in config.items() if k not in CONFIG_KEYS},
     )
 

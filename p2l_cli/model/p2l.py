@@ -19,6 +19,7 @@ from torch import nn
 from p2l_cli.model import prompt_features as pf
 from p2l_cli.model.heads import P2LHead
 from p2l_cli.model.neighbours import Neighbours
+from p2l_cli.model.smoothing import Smoothing
 from p2l_cli.stats.families import canonical_family
 
 
@@ -43,6 +44,7 @@ class P2LInfo:
     normalize: bool = False  # L2-normalise the pooled state (sentence-embedding style)
     prompt_features: bool = False  # append prompt_features.NAMES to the pooled state
     neighbours: dict | None = None  # {"k", "penalty", "anchors"}: see model/neighbours.py
+    smoothing: dict | None = None  # {"k", "steps", "anchors"}: see model/smoothing.py
     extra: dict = field(default_factory=dict)
 
     @property
@@ -88,6 +90,9 @@ class P2LModel(nn.Module):
         self.neighbours = None
         if info.neighbours:
             self.attach_neighbours(**info.neighbours)
+        self.smoothing = None
+        if info.smoothing:
+            self.attach_smoothing(**info.smoothing)
         self.head = P2LHead(
             self.pooled_size,
             len(info.model_list),
@@ -109,6 +114,19 @@ class P2LModel(nn.Module):
         self.neighbours = Neighbours(anchors, hidden, k, penalty, self.info.family)
         self.info.neighbours = {"k": k, "penalty": penalty, "anchors": anchors}
         return self.neighbours
+
+    def attach_smoothing(self, k: int, steps: int, anchors: int) -> Smoothing:
+        """Add (empty) graph smoothing of the embedding over ``anchors`` training prompts."""
+        self.smoothing = Smoothing(anchors, self.model.config.hidden_size, k, steps)
+        self.info.smoothing = {"k": k, "steps": steps, "anchors": anchors}
+        return self.smoothing
+
+    def head_input(self, pooled: torch.Tensor) -> torch.Tensor:
+        """What the head reads: the pooled state, its embedding part smoothed if any."""
+        if self.smoothing is None:
+            return pooled
+        hidden = self.model.config.hidden_size
+        return torch.cat([self.smoothing(pooled[:, :hidden]), pooled[:, hidden:]], dim=-1)
 
     def refine(self, pooled: torch.Tensor, coefs: torch.Tensor) -> torch.Tensor:
         """The head's coefficients, refined by the neighbourhood leaderboards if any."""
@@ -135,7 +153,7 @@ class P2LModel(nn.Module):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, return_pooled: bool = False
     ) -> P2LOutput:
         pooled = self.pool(input_ids, attention_mask)
-        coefs, eta = self.head(pooled.to(self.head.output_layer.weight.dtype))
+        coefs, eta = self.head(self.head_input(pooled).to(self.head.output_layer.weight.dtype))
         coefs = self.refine(pooled, coefs)
         return P2LOutput(
             coefs=coefs.float(),

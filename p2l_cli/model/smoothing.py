@@ -1,0 +1,91 @@
+"""Graph smoothing of prompt embeddings before the linear head.
+
+A linear head on raw sentence embeddings has to find the few directions that matter for the
+leaderboard among hundreds that describe how a prompt is worded; with a few thousand votes
+the ridge penalty that keeps it stable also shrinks the signal away. Smoothing replaces each
+prompt's embedding by an average over similar training prompts, repeated ``steps`` times: a
+random walk of ``steps`` hops on the graph that links every training prompt (an *anchor*) to
+its ``k`` nearest anchors by cosine similarity, itself included. Variation within a group
+of similar prompts fades, differences between groups stay, so the head sees few, strong
+directions and needs a far weaker penalty.
+
+    values = P^(steps-1) anchors        (P: row-normalised k-nearest-neighbour graph)
+    smooth(z) = mean of values over the k anchors nearest to z
+
+A training prompt's nearest anchor is itself, so ``smooth`` of a training prompt is
+``P^steps`` of its embedding; a new prompt takes the same average over its own
+neighbourhood. Anchors and values are stored with the model (``smoothing.anchors``,
+``smoothing.values``), so a model folder predicts alone. At most ``MAX_ANCHORS`` training
+prompts become anchors (a random subset beyond that): the graph costs O(anchors^2) once at
+training, a prediction one similarity search.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from p2l_cli.model.neighbours import nearest_votes
+
+MAX_ANCHORS = 20_000
+CHUNK = 1024
+# Candidate (k, steps), each scored by the cross-validation of the ridge head.
+CANDIDATES = ((60, 8), (60, 32))
+
+
+def neighbourhood_size(k: int, anchors: int) -> int:
+    """``k``, at most an eighth of the anchors (small training sets)."""
+    return max(1, min(k, anchors // 8))
+
+
+def _averaged(values: torch.Tensor, near: torch.Tensor) -> torch.Tensor:
+    """Row i: the mean of ``values`` over the indices ``near[i]``."""
+    out = values.new_empty((near.shape[0], values.shape[1]))
+    for start in range(0, near.shape[0], CHUNK):
+        out[start : start + CHUNK] = values[near[start : start + CHUNK]].mean(dim=1)
+    return out
+
+
+def diffuse(anchors: torch.Tensor, k: int, steps: int) -> torch.Tensor:
+    """``P^(steps-1) anchors`` for unit-normalised ``anchors [n, d]`` (see the module doc)."""
+    near = nearest_votes(anchors, anchors, k)
+    values = anchors.float()
+    for _ in range(steps - 1):
+        values = _averaged(values, near)
+    return values
+
+
+def choose_anchors(embeddings: np.ndarray, groups: np.ndarray, seed: int) -> np.ndarray:
+    """Row indices of ``embeddings`` to use as anchors: one per prompt (``groups``), at most
+    ``MAX_ANCHORS`` of them."""
+    _, first = np.unique(groups, return_index=True)
+    if len(first) > MAX_ANCHORS:
+        first = np.random.default_rng(seed).choice(first, MAX_ANCHORS, replace=False)
+    return np.sort(first)
+
+
+class Smoothing(nn.Module):
+    """Stored anchors (normalised embeddings of training prompts) and their smoothed values."""
+
+    def __init__(self, anchors: int, width: int, k: int, steps: int):
+        super().__init__()
+        self.k, self.steps = k, steps
+        self.register_buffer("anchors", torch.zeros(anchors, width, dtype=torch.float16))
+        self.register_buffer("values", torch.zeros(anchors, width, dtype=torch.float16))
+
+    @torch.no_grad()
+    def fill(self, anchors: torch.Tensor) -> None:
+        """Store ``anchors`` (embeddings, normalised here) and their values after
+        ``steps - 1`` hops."""
+        unit = nn.functional.normalize(anchors.float(), dim=-1)
+        self.anchors.copy_(unit.half())
+        self.values.copy_(diffuse(self.anchors.float(), self.k, self.steps).half())
+
+    @torch.no_grad()
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        device = self.anchors.device
+        queries = nn.functional.normalize(embedding.float(), dim=-1).to(device)
+        near = nearest_votes(queries, self.anchors, self.k)
+        smoothed = _averaged(self.values.float(), near)
+        return smoothed.to(embedding.device, embedding.dtype)
