@@ -21,6 +21,7 @@ Each stage runs as a subprocess, as a user runs it.
     python benchmarks/bench_quality.py                      # 3 worlds x 3 seeds, ~25 min on 2 cores
     python benchmarks/bench_quality.py --worlds mixed --seeds 0
     python benchmarks/bench_quality.py --train-args "--head-solver adamw --epochs 40"
+    python benchmarks/bench_quality.py --summarise run1/results.json run2/results.json
 """
 
 from __future__ import annotations
@@ -174,7 +175,13 @@ def main() -> None:
     parser.add_argument("--val-fraction", type=float, default=0.25)
     parser.add_argument("--out", default="/tmp/p2l-bench-quality")
     parser.add_argument("--train-args", default="", help="extra `p2l train` flags")
+    parser.add_argument("--summarise", nargs="+", metavar="RESULTS_JSON",
+                        help="only summarise these results files (e.g. of runs split over "
+                        "several processes)")  # fmt: skip
     args = parser.parse_args()
+    if args.summarise:
+        summarise([r for path in args.summarise for r in json.loads(Path(path).read_text())])
+        return
     out = Path(args.out)
     results = []
     for world in args.worlds.split(","):

@@ -33,7 +33,8 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -231,6 +232,15 @@ STEP_SETTINGS = (
     "weight_decay", "max_grad_norm", "adam_eps", "adam_betas", "eval_every", "patience",
     "head_init", "chrono", "group_by_length", "save_every",
 )  # fmt: skip
+
+
+def fit_side_by_side(fit: Callable, jobs: dict) -> dict:
+    """``{key: fit(*args)}`` for ``jobs = {key: args}``, one thread per available core (the
+    fits are independent and each runs on one core, so the result is the same)."""
+    workers = max(1, min(len(jobs), os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {key: pool.submit(fit, *args) for key, args in jobs.items()}
+        return {key: future.result() for key, future in futures.items()}
 
 
 def ineffective_settings(config: TrainConfig, overrides: dict[str, Any]) -> list[str]:
@@ -768,6 +778,7 @@ class Trainer:
         weights = DESCRIPTOR_WEIGHTS if features.shape[1] > hidden else (1.0,)
 
         def fit(x: np.ndarray, weight: float):
+            torch.set_num_threads(1)  # one core per fit: the fits run side by side
             scale = np.ones(x.shape[1])
             scale[hidden:] = weight
             return fit_linear_head(
@@ -777,18 +788,18 @@ class Trainer:
                 offset=None if self.offsets is None else self.offsets["train"],
             )  # fmt: skip
 
-        fits = {(None, weight): fit(features, weight) for weight in weights}
+        fits = fit_side_by_side(fit, {(None, w): (features, w) for w in weights})
         weight = min(weights, key=lambda w: fits[(None, w)][1].best_cv_nll)
         smoothers: dict = {None: None}
         if self.config.smoothing:
             # smoothing at the descriptor weight the raw embedding chose (each fit costs)
+            jobs = {}
             for smoother in self._smoothing_candidates(features[:, :hidden], groups):
                 key = (smoother.k, smoother.steps)
                 smoothers[key] = smoother
                 smoothed = smoother(torch.as_tensor(features[:, :hidden])).numpy()
-                fits[(key, weight)] = fit(
-                    np.concatenate([smoothed, features[:, hidden:]], axis=1), weight
-                )
+                jobs[(key, weight)] = (np.concatenate([smoothed, features[:, hidden:]], 1), weight)
+            fits.update(fit_side_by_side(fit, jobs))
         best = min(fits, key=lambda key: fits[key][1].best_cv_nll)
         head, report = fits[best]
         smoothing, weight = best

@@ -162,3 +162,24 @@ def test_a_model_folder_stores_and_reapplies_its_smoothing(tmp_path):
     with torch.no_grad():
         after = loaded(ids["input_ids"], ids["attention_mask"])
     np.testing.assert_allclose(after.coefs.numpy(), before.coefs.numpy(), atol=1e-6)
+
+
+def test_fits_side_by_side_equal_the_fits_one_after_another():
+    from p2l_cli.train import fit_side_by_side
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(400, 4))
+    labels = np.column_stack([rng.integers(0, 2, 400), np.full(400, 2), np.zeros(400, int)])
+    labels[::3, :2] = labels[::3, 1::-1]
+
+    def fit(scale):
+        head, report = fit_linear_head(x * scale, labels, "bt-tie", bias=np.zeros(3),
+                                       min_gain_se=-np.inf)  # fmt: skip
+        return head.weight, report.best_cv_nll
+
+    jobs = {s: (s,) for s in (0.5, 1.0, 3.0)}
+    together = fit_side_by_side(fit, jobs)
+    for scale in jobs:
+        alone = fit(scale)
+        np.testing.assert_array_equal(together[scale][0], alone[0])
+        assert together[scale][1] == alone[1]
