@@ -790,7 +790,7 @@ class Trainer:
 
         fits = fit_side_by_side(fit, {(None, w): (features, w) for w in weights})
         weight = min(weights, key=lambda w: fits[(None, w)][1].best_cv_nll)
-        smoothers: dict = {None: None}
+        smoothers: dict[tuple[int, int], Smoothing] = {}
         if self.config.smoothing:
             # smoothing at the descriptor weight the raw embedding chose (each fit costs)
             jobs = {}
