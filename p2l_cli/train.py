@@ -794,10 +794,9 @@ class Trainer:
         if self.config.smoothing:
             # smoothing at the descriptor weight the raw embedding chose (each fit costs)
             jobs = {}
-            for smoother in self._smoothing_candidates(features[:, :hidden], groups):
+            for smoother, smoothed in self._smoothing_candidates(features[:, :hidden], groups):
                 key = (smoother.k, smoother.steps)
                 smoothers[key] = smoother
-                smoothed = smoother(torch.as_tensor(features[:, :hidden])).numpy()
                 jobs[(key, weight)] = (np.concatenate([smoothed, features[:, hidden:]], 1), weight)
             fits.update(fit_side_by_side(fit, jobs))
         best = min(fits, key=lambda key: fits[key][1].best_cv_nll)
@@ -861,17 +860,24 @@ class Trainer:
             }
         return self._finish()
 
-    def _smoothing_candidates(self, embeddings: np.ndarray, groups: np.ndarray) -> list[Smoothing]:
+    def _smoothing_candidates(
+        self, embeddings: np.ndarray, groups: np.ndarray
+    ) -> list[tuple[Smoothing, np.ndarray]]:
         """One filled :class:`Smoothing` per candidate (k, steps), anchored on the training
-        prompts (at most ``MAX_ANCHORS``)."""
+        prompts (at most ``MAX_ANCHORS``), with the training rows' smoothed embeddings. The
+        neighbour searches (anchor graph, each row's nearest anchors) run once per ``k``."""
         rows = choose_anchors(embeddings, groups, self.config.seed)
-        anchors = torch.as_tensor(embeddings[rows])
+        anchors, queries = torch.as_tensor(embeddings[rows]), torch.as_tensor(embeddings)
+        graphs: dict[int, torch.Tensor] = {}
+        nearest: dict[int, torch.Tensor] = {}
         out = []
         for k, steps in SMOOTHING_CANDIDATES:
             smoother = Smoothing(len(rows), embeddings.shape[1],
                                  neighbourhood_size(k, len(rows)), steps)  # fmt: skip
-            smoother.fill(anchors)
-            out.append(smoother)
+            graphs[smoother.k] = smoother.fill(anchors, graphs.get(smoother.k))
+            if smoother.k not in nearest:
+                nearest[smoother.k] = smoother.nearest(queries)
+            out.append((smoother, smoother.average(nearest[smoother.k]).numpy()))
         return out
 
     def _fit_neighbours(self, report, groups: np.ndarray) -> None:

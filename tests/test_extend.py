@@ -14,10 +14,10 @@ import torch
 from conftest import run_p2l
 from scipy.optimize import minimize
 from tiny import make_backbone
-from train_helpers import MODELS, planted_battles
+from train_helpers import CODE, MODELS, OTHER, WRITING, planted_battles
 from transformers import AutoModel
 
-from p2l_cli.model import load_p2l
+from p2l_cli.model import load_p2l, save_p2l
 from p2l_cli.stats.headfit import fit_new_rows
 from p2l_cli.train import RunOptions, train_p2l
 
@@ -197,6 +197,81 @@ def test_extend_end_to_end(trained, tmp_path):
     predicted = run_p2l("predict", out, "--prompt", "compose a short poem about the sea")
     assert predicted.returncode == 0, predicted.stderr.decode()[-2000:]
     assert b"writer" in predicted.stdout + predicted.stderr
+
+
+@pytest.mark.slow
+def test_extend_fits_a_smoothed_model_on_its_smoothed_embedding(trained, tmp_path):
+    """A base model whose head reads a graph-smoothed embedding: the new row is fitted on
+    that smoothed embedding (computed here from the stored anchors and values), the known
+    models keep their coefficients and the extended folder keeps the smoothing."""
+    base, tokenizer = load_p2l(trained / "model")
+    # 40 variants of each prompt: enough distinct prompts for the prompt-split folds
+    frame = planted_battles(600, 7).with_row_index("row").with_columns(
+        pl.concat_list(pl.col("prompt").list.first() + " #" + (pl.col("row") % 40).cast(pl.String))
+        .alias("prompt")
+    ).drop("row")  # fmt: skip
+    frame.write_parquet(tmp_path / "new.parquet")
+    backbone = AutoModel.from_pretrained(trained / "bert").eval()
+
+    def states(prompts):
+        with torch.no_grad():
+            return np.array([
+                backbone(**tokenizer("\n\n".join(turns), return_tensors="pt"))
+                .last_hidden_state[0].mean(0).double().numpy()
+                for turns in prompts
+            ])  # fmt: skip
+
+    pool = [[f"{text} #{i}"] for text in CODE + WRITING + OTHER for i in range(40)]
+    anchors = states(pool)
+    module = base.attach_smoothing(1, 1, anchors=len(anchors))
+    module.fill(torch.as_tensor(anchors, dtype=torch.float32))
+    # each prompt is its own nearest anchor (k = 1); its value marks the prompt's kind, so
+    # the new row has a signal that does not depend on the random backbone, and a fit on
+    # the raw embedding cannot pass for the fit on the smoothed one
+    rng = np.random.default_rng(4)
+    values = rng.normal(scale=0.1, size=tuple(module.values.shape))
+    values[: 40 * len(CODE), 0] += 1.0
+    values[40 * len(CODE) : 40 * (len(CODE) + len(WRITING)), 1] += 1.0
+    module.values.copy_(torch.as_tensor(values))
+    with torch.no_grad():  # the known models: their marginal ratings on every prompt
+        base.head.output_layer.weight.zero_()
+    save_p2l(base, tokenizer, tmp_path / "smoothed")
+    out = tmp_path / "plus"
+    proc = run_p2l("extend", tmp_path / "smoothed", tmp_path / "new.parquet", "-o", out)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    new, _ = load_p2l(out)
+    assert new.info.smoothing == base.info.smoothing
+    assert torch.equal(new.smoothing.values, module.values)
+
+    stored = module.anchors.double().numpy()
+    values = module.values.double().numpy()
+
+    def smoothed(x):  # the value of the nearest anchor by cosine
+        unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+        return values[np.argmax(unit @ stored.T, axis=1)]
+
+    frame = frame.filter((pl.col("model_a") == "writer") | (pl.col("model_b") == "writer"))
+    prompts = frame["prompt"].to_list()
+    with torch.no_grad():
+        fixed, got = [], []
+        for turns in prompts:
+            ids = tokenizer("\n\n".join(turns), return_tensors="pt")
+            fixed.append(base(ids["input_ids"], ids["attention_mask"]).coefs[0].double().numpy())
+            got.append(new(ids["input_ids"], ids["attention_mask"]).coefs[0].double().numpy())
+    fixed, got = np.array(fixed), np.array(got)
+    np.testing.assert_allclose(got[:, [0, 1]], fixed, rtol=0, atol=0)
+    labels = np.array([[MODELS.index(w), MODELS.index(lo), t] for w, lo, t in
+                       _labels_by_name(frame)])  # fmt: skip
+    fixed3 = np.zeros((len(prompts), 3))
+    fixed3[:, [0, 1]] = fixed
+    penalty = json.loads((out / "training_config.json").read_text())["extensions"][-1][
+        "head_fit"]["penalty"]  # fmt: skip
+    assert penalty is not None, proc.stderr.decode()  # the new row reads the prompt
+    want = _direct_fit(smoothed(states(prompts)), labels, fixed3, np.array([2]), penalty,
+                       float(np.mean(fixed)))  # fmt: skip
+    np.testing.assert_allclose(got[:20, 2], want[:20, 2], atol=2e-3)
+    writing = np.array([turns[0].rsplit(" #", 1)[0] in WRITING for turns in prompts])
+    assert got[writing, 2].mean() > got[~writing, 2].mean() + 0.5  # planted: writer writes
 
 
 def _labels_by_name(frame: pl.DataFrame):

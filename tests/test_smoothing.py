@@ -11,6 +11,7 @@ import torch
 from tiny import make_backbone
 
 from p2l_cli.model.checkpoint import build_p2l, load_p2l, save_p2l
+from p2l_cli.model.neighbours import nearest_votes
 from p2l_cli.model.smoothing import Smoothing, choose_anchors, diffuse, neighbourhood_size
 from p2l_cli.stats.headfit import fit_linear_head
 from p2l_cli.train_config import resolve_config
@@ -35,7 +36,8 @@ def test_diffusion_is_a_power_of_the_neighbour_graph():
     p = _knn_matrix(anchors.astype(np.float64), 7)
     for steps in (1, 2, 5):
         expected = np.linalg.matrix_power(p, steps - 1) @ anchors
-        got = diffuse(torch.as_tensor(anchors), 7, steps).numpy()
+        graph = nearest_votes(torch.as_tensor(anchors), torch.as_tensor(anchors), 7)
+        got = diffuse(torch.as_tensor(anchors), graph, steps).numpy()
         np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
@@ -91,6 +93,21 @@ def _cluster_world(rng, n_prompts, centres, boards, votes_per_prompt=1):
     won = rng.random(n) < 1 / (1 + np.exp(-(theta[np.arange(n), a] - theta[np.arange(n), b])))
     labels = np.where(won[:, None], np.stack([a, b], 1), np.stack([b, a], 1))
     return emb, np.column_stack([labels, np.zeros(n, dtype=int)]), idx, theta
+
+
+def test_a_shared_graph_gives_the_walk_a_fresh_search_gives():
+    """Training searches the anchor graph once per k and hands it to every candidate."""
+    rng = np.random.default_rng(2)
+    raw = torch.as_tensor(rng.normal(size=(200, 8)), dtype=torch.float32)
+    short, long = Smoothing(200, 8, k=9, steps=2), Smoothing(200, 8, k=9, steps=6)
+    graph = short.fill(raw)
+    assert graph.shape == (200, 9)
+    long.fill(raw, graph)
+    fresh = Smoothing(200, 8, k=9, steps=6)
+    fresh.fill(raw)
+    assert torch.equal(long.values, fresh.values)
+    queries = torch.as_tensor(rng.normal(size=(30, 8)), dtype=torch.float32)
+    assert torch.equal(long.average(short.nearest(queries)), fresh(queries))
 
 
 @pytest.mark.slow

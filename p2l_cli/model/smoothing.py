@@ -47,12 +47,12 @@ def _averaged(values: torch.Tensor, near: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def diffuse(anchors: torch.Tensor, k: int, steps: int) -> torch.Tensor:
-    """``P^(steps-1) anchors`` for unit-normalised ``anchors [n, d]`` (see the module doc)."""
-    near = nearest_votes(anchors, anchors, k)
+def diffuse(anchors: torch.Tensor, graph: torch.Tensor, steps: int) -> torch.Tensor:
+    """``P^(steps-1) anchors``, ``P`` averaging over ``graph[i]`` (each anchor's nearest
+    anchors, see :meth:`Smoothing.fill`)."""
     values = anchors.float()
     for _ in range(steps - 1):
-        values = _averaged(values, near)
+        values = _averaged(values, graph)
     return values
 
 
@@ -75,17 +75,28 @@ class Smoothing(nn.Module):
         self.register_buffer("values", torch.zeros(anchors, width, dtype=torch.float16))
 
     @torch.no_grad()
-    def fill(self, anchors: torch.Tensor) -> None:
+    def fill(self, anchors: torch.Tensor, graph: torch.Tensor | None = None) -> torch.Tensor:
         """Store ``anchors`` (embeddings, normalised here) and their values after
-        ``steps - 1`` hops."""
+        ``steps - 1`` hops; returns the graph (each anchor's ``k`` nearest anchors), which
+        a smoothing with the same anchors and ``k`` may be given instead of searching it."""
         unit = nn.functional.normalize(anchors.float(), dim=-1)
         self.anchors.copy_(unit.half())
-        self.values.copy_(diffuse(self.anchors.float(), self.k, self.steps).half())
+        if graph is None:
+            graph = nearest_votes(self.anchors.float(), self.anchors, self.k)
+        self.values.copy_(diffuse(self.anchors.float(), graph, self.steps).half())
+        return graph
 
     @torch.no_grad()
+    def nearest(self, embedding: torch.Tensor) -> torch.Tensor:
+        """``[B, k]`` indices of the anchors nearest to each embedding."""
+        queries = nn.functional.normalize(embedding.float(), dim=-1).to(self.anchors.device)
+        return nearest_votes(queries, self.anchors, self.k)
+
+    @torch.no_grad()
+    def average(self, near: torch.Tensor) -> torch.Tensor:
+        """Row i: the mean of the values over the anchors ``near[i]``."""
+        return _averaged(self.values.float(), near)
+
     def forward(self, embedding: torch.Tensor) -> torch.Tensor:
-        device = self.anchors.device
-        queries = nn.functional.normalize(embedding.float(), dim=-1).to(device)
-        near = nearest_votes(queries, self.anchors, self.k)
-        smoothed = _averaged(self.values.float(), near)
+        smoothed = self.average(self.nearest(embedding))
         return smoothed.to(embedding.device, embedding.dtype)
