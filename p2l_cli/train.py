@@ -225,7 +225,7 @@ def output_lock(out: Path, accelerator: Accelerator) -> Iterator[None]:
 
 
 # Relative weights of the prompt descriptors against the embedding in ridge-cv (chosen by CV).
-DESCRIPTOR_WEIGHTS = (1.0, 3.0, 10.0)
+DESCRIPTOR_WEIGHTS = (3.0, 10.0)
 # Settings of the step-wise optimiser, which an exact ridge-cv fit does not use.
 STEP_SETTINGS = (
     "epochs", "max_steps", "lr", "head_lr", "batch_size", "grad_accum", "warmup", "scheduler",
