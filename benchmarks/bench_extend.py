@@ -42,6 +42,7 @@ SIZES = (100, 300, 1000)
 # The documented runs predate graph smoothing; without it the default fits are unchanged.
 TRAIN_FLAGS = ["--no-smoothing"]
 
+
 def relabel(frame: pl.DataFrame, models: list[str]) -> pl.DataFrame:
     index = {name: i for i, name in enumerate(models)}
     labels = []

@@ -801,7 +801,7 @@ class Trainer:
             fits.update(fit_side_by_side(fit, jobs))
         best = min(fits, key=lambda key: fits[key][1].best_cv_nll)
         head, report = fits[best]
-        smoothing, weight = best
+        smoothing = best[0]  # smoothed fits use the raw fit's descriptor weight
         if smoothing is not None:
             chosen = smoothers[smoothing]
             module = self.model.attach_smoothing(*smoothing, anchors=len(chosen.anchors))
