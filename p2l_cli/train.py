@@ -49,6 +49,7 @@ from p2l_cli.environment import versions
 from p2l_cli.errors import UserError
 from p2l_cli.io import write_json
 from p2l_cli.model import build_p2l, collate, save_p2l
+from p2l_cli.model import prompt_features as pf
 from p2l_cli.model.checkpoint import state_dict_for_saving
 from p2l_cli.model.neighbours import FAMILIES as NEIGHBOUR_FAMILIES
 from p2l_cli.model.neighbours import MAX_VOTES as NEIGHBOUR_MAX_VOTES
@@ -226,6 +227,7 @@ def output_lock(out: Path, accelerator: Accelerator) -> Iterator[None]:
 
 # Relative weights of the prompt descriptors against the embedding in ridge-cv (chosen by CV).
 DESCRIPTOR_WEIGHTS = (3.0, 10.0)
+
 # Settings of the step-wise optimiser, which an exact ridge-cv fit does not use.
 STEP_SETTINGS = (
     "epochs", "max_steps", "lr", "head_lr", "batch_size", "grad_accum", "warmup", "scheduler",
@@ -788,20 +790,31 @@ class Trainer:
                 offset=None if self.offsets is None else self.offsets["train"],
             )  # fmt: skip
 
-        fits = fit_side_by_side(fit, {(None, w): (features, w) for w in weights})
-        weight = min(weights, key=lambda w: fits[(None, w)][1].best_cv_nll)
+        fits = fit_side_by_side(fit, {(None, w, True): (features, w) for w in weights})
+        weight = min(weights, key=lambda w: fits[(None, w, True)][1].best_cv_nll)
+        # at that weight: the embedding smoothed, the length steps read or left out (their
+        # columns zeroed, so the head puts no weight on them)
+        steps = len(self.model.feature_names) - pf.SIZE if self.model.info.prompt_features else 0
+        without_steps = features
+        if steps:
+            without_steps = features.copy()
+            without_steps[:, -steps:] = 0.0
+        variants = (True, False) if steps else (True,)
         smoothers: dict[tuple[int, int], Smoothing] = {}
+        jobs = {}
         if self.config.smoothing:
-            # smoothing at the descriptor weight the raw embedding chose (each fit costs)
-            jobs = {}
             for smoother, smoothed in self._smoothing_candidates(features[:, :hidden], groups):
                 key = (smoother.k, smoother.steps)
                 smoothers[key] = smoother
-                jobs[(key, weight)] = (np.concatenate([smoothed, features[:, hidden:]], 1), weight)
-            fits.update(fit_side_by_side(fit, jobs))
+                for on in variants:
+                    rest = (features if on else without_steps)[:, hidden:]
+                    jobs[(key, weight, on)] = (np.concatenate([smoothed, rest], 1), weight)
+        elif steps:
+            jobs[(None, weight, False)] = (without_steps, weight)
+        fits.update(fit_side_by_side(fit, jobs))
         best = min(fits, key=lambda key: fits[key][1].best_cv_nll)
         head, report = fits[best]
-        smoothing = best[0]  # smoothed fits use the raw fit's descriptor weight
+        smoothing, _, steps_read = best
         if smoothing is not None:
             chosen = smoothers[smoothing]
             module = self.model.attach_smoothing(*smoothing, anchors=len(chosen.anchors))
@@ -821,16 +834,18 @@ class Trainer:
         if len(weights) > 1:
             self.head_fit["descriptor_weight"] = weight
             self.head_fit["cv_nll_by_descriptor_weight"] = {
-                f"{w:g}": fits[(None, w)][1].best_cv_nll for w in weights
+                f"{w:g}": fits[(None, w, True)][1].best_cv_nll for w in weights
             }
         if self.config.smoothing:
             self.head_fit["smoothing"] = None if smoothing is None else dict(
                 zip(("k", "steps"), smoothing)
             )
-            self.head_fit["cv_nll_by_smoothing"] = {
-                "none" if key is None else f"{key[0]}/{key[1]}": fit.best_cv_nll
-                for (key, w), (_, fit) in fits.items() if key is not None or w == weight
-            }
+        if steps and not report.fell_back:
+            self.head_fit["length_steps"] = steps_read
+        self.head_fit["cv_nll_by_candidate"] = {
+            _candidate_name(key, on, steps): fit.best_cv_nll
+            for (key, w, on), (_, fit) in fits.items() if w == weight
+        }
         if report.fell_back:
             self.reporter.event(
                 INFO,
@@ -845,6 +860,8 @@ class Trainer:
                 + (f", descriptor weight {weight:g}" if len(weights) > 1 else "")
                 + ("" if smoothing is None else
                    f", embedding smoothed over {smoothing[0]} neighbours x {smoothing[1]} hops")
+                + ("" if not steps else
+                   ", length steps " + ("read" if steps_read else "left out"))
                 + ", held-out NLL "
                 f"{report.cv_nll[report.penalty]:.4f} vs marginal {report.cv_nll_marginal:.4f} "
                 f"({report.gain:+.4f} ± {report.gain_se:.4f} per vote)",
@@ -1385,3 +1402,8 @@ class _Window:
             parts.append(f"{rate:,.1f} ex/s")
         return " · ".join(parts)
 
+
+def _candidate_name(smoothing: tuple[int, int] | None, steps_read: bool, steps: int) -> str:
+    """How ``head_fit.cv_nll_by_candidate`` names a ridge candidate."""
+    name = "raw" if smoothing is None else f"smoothed {smoothing[0]}/{smoothing[1]}"
+    return name + ("" if steps_read or not steps else ", no length steps")

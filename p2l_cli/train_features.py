@@ -23,7 +23,6 @@ from safetensors.torch import load_file, save_file
 
 from p2l_cli.io import atomic_path
 from p2l_cli.model import P2LModel, collate
-from p2l_cli.model.prompt_features import NAMES as PROMPT_FEATURES
 from p2l_cli.reporting import SILENT, Reporter
 
 FEATURES_VERSION = 1
@@ -66,7 +65,7 @@ def cache_key(
         "special_rows": special_rows_fingerprint(model, special_ids),
         "pooling": model.info.pooling,
         "normalize": model.info.normalize,
-        "prompt_features": list(PROMPT_FEATURES) if model.info.prompt_features else None,
+        "prompt_features": model.feature_names or None,
         "max_length": model.info.max_length,
         "precision": precision,
         "data": data_fingerprints,

@@ -14,11 +14,13 @@ import pytest
 import torch
 from conftest import run_p2l
 from scipy.optimize import minimize
+from tiny import CORPUS as tiny_corpus
 from tiny import make_backbone
 from train_helpers import write_data_dir
 
 from p2l_cli.contracts.predictions import predictions_from_frame
 from p2l_cli.evaluate import TruthTable, evaluate_predictions
+from p2l_cli.model import load_p2l
 from p2l_cli.model import prompt_features as pf
 from p2l_cli.model.backbone import load_tokenizer
 from p2l_cli.stats.headfit import fit_linear_head
@@ -134,6 +136,30 @@ def test_prompt_features_count_what_a_reader_counts():
     assert out[3, names.index("log_turns")] == pytest.approx(math.log(2))
 
 
+def test_length_steps_mark_prompts_longer_than_each_count():
+    assert pf.length_steps(256) == [8, 16, 32, 64, 128]
+    assert pf.length_steps(512) == [8, 16, 32, 64, 128, 256]
+    assert pf.length_steps(8) == []
+    tokenizer = load_tokenizer("minilm", True)
+    classes = pf.token_classes(tokenizer, True, len(tokenizer))
+    steps = [2, 4, 8]
+    module = pf.PromptFeatures(len(tokenizer), classes, steps)
+    words = ["one", "one two three", "one two three four five", "a b c d e f g h i j"]
+    rows = [tokenizer(t)["input_ids"] for t in words]
+    width = max(map(len, rows))
+    ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    out = module(ids, mask).numpy()
+    names = pf.feature_names(steps)
+    assert out.shape == (4, len(names)) and names[-3:] == ["over_2_tokens", "over_4_tokens",
+                                                           "over_8_tokens"]  # fmt: skip
+    for i, row in enumerate(rows):  # words of one piece each, between [CLS] and [SEP]
+        text = len(row) - 2
+        assert text == len(words[i].split())
+        assert out[i, -3:].tolist() == [float(text > n) for n in steps]
+    # without steps, the eight descriptors of earlier models
+    assert pf.PromptFeatures(len(tokenizer), classes)(ids, mask).shape == (4, pf.SIZE)
+
 def test_the_loss_follows_the_votes_and_ineffective_flags_are_named():
     assert resolve_loss("auto", [0, 0, 1]) == "bt-tie"
     assert resolve_loss("auto", [0, 0, 0]) == "bt"
@@ -155,10 +181,73 @@ def test_training_picks_bt_tie_for_votes_with_ties(tmp_path):
         train_p2l(data, out, None, settings, RunOptions())
         saved = json.loads((out / "training_config.json").read_text())
         assert saved["loss_type"] == expected and saved["prompt_features"] is True
+        assert saved["length_steps"] == [8, 16]  # below max_length 32
         metrics = json.loads((out / "metrics.json").read_text())
         assert metrics["selected_on"] == "train (cross-validation)"
         assert metrics["head_fit"]["method"] == "ridge-cv"
 
+
+def _length_battles(n: int, seed: int) -> pl.DataFrame:
+    """Battles whose winner depends on the prompt's length only, and not monotonically:
+    ``writer`` wins short and long prompts, ``coder`` medium ones."""
+    words = " ".join(tiny_corpus[:9]).replace(":", "").split()
+    models = ["coder", "generalist", "writer"]
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        size = int(rng.choice([rng.integers(3, 6), rng.integers(10, 14), rng.integers(26, 40)]))
+        favourite = 0 if 10 <= size < 14 else 2
+        a, b = (int(m) for m in rng.choice(3, size=2, replace=False))
+        p_a = 0.9 if a == favourite else 0.1 if b == favourite else 0.5
+        winner, loser = (a, b) if rng.random() < p_a else (b, a)
+        rows.append({"id": f"l{seed}-{i}", "prompt": [" ".join(rng.choice(words, size))],
+                     "model_a": models[a], "model_b": models[b],
+                     "winner": "model_a" if winner == a else "model_b",
+                     "labels": [winner, loser, 0], "tstamp": float(i)})  # fmt: skip
+    return pl.DataFrame(rows)
+
+
+@pytest.mark.slow
+def test_length_steps_are_read_when_the_length_acts_in_steps(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    _length_battles(900, 0).write_parquet(data / "train.parquet")
+    _length_battles(200, 1).write_parquet(data / "val.parquet")
+    (data / "models.json").write_text(json.dumps(["coder", "generalist", "writer"]))
+    backbone = make_backbone("bert", tmp_path / "bert")
+    settings = {"backbone": str(backbone), "freeze_backbone": True, "head_solver": "ridge-cv",
+                "prompt_features": True, "normalize": True, "max_length": 64,
+                "smoothing": True}  # fmt: skip
+    out = tmp_path / "model"
+    train_p2l(data, out, None, settings, RunOptions())
+    head_fit = json.loads((out / "metrics.json").read_text())["head_fit"]
+    assert head_fit["length_steps"] is True
+    # a log length read linearly cannot favour coder in the middle only; steps can
+    assert head_fit["cv_nll_by_candidate"]["smoothed 60/32, no length steps"] > (
+        head_fit["cv_nll_by_candidate"]["smoothed 60/32"]
+    )
+    model, _ = load_p2l(out)
+    names = model.feature_names
+    weight = model.head.output_layer.weight.detach().numpy()
+    column = {name: model.config.hidden_size + i for i, name in enumerate(names)}
+    coder_minus_writer = weight[0] - weight[2]
+    assert coder_minus_writer[column["over_8_tokens"]] > 0  # medium: coder gains
+    assert coder_minus_writer[column["over_16_tokens"]] < 0  # long: writer again
+
+
+def test_a_column_left_out_gets_no_weight():
+    """Training leaves the length steps out by zeroing their columns: the ridge head must
+    then put exactly zero weight on them."""
+    rng = np.random.default_rng(0)
+    n, m = 600, 3
+    x = rng.normal(size=(n, 4))
+    x[:, 3] = 0.0
+    theta = np.zeros((n, m))
+    theta[:, 0] = 1.5 * x[:, 0]
+    labels = _votes(theta, rng, n)
+    head, report = fit_linear_head(x, labels, "bt-tie", bias=np.zeros(m))
+    assert not report.fell_back and np.abs(head.weight[:, 0]).max() > 0.1
+    assert np.all(head.weight[:, 3] == 0.0)
 
 def _frame(ids, labels, models):
     winner = ["tie" if lab[2] else "model_a" for lab in labels]
@@ -226,7 +315,8 @@ def test_default_recipe_end_to_end_and_the_leakage_warning(tmp_path):
     assert "loss: bt-tie" in trained.stderr.decode() and "cross-validation" in trained.stderr.decode()
     head_fit = json.loads((model / "metrics.json").read_text())["head_fit"]
     assert head_fit["method"] == "ridge-cv" and "neighbours" in head_fit
-    assert "none" in head_fit["cv_nll_by_smoothing"] and "smoothing" in head_fit
+    assert "raw" in head_fit["cv_nll_by_candidate"] and "smoothing" in head_fit
+    assert isinstance(head_fit["length_steps"], bool)  # read or left out, by the same CV
     preds = tmp_path / "preds.parquet"
     run_p2l("predict", model, data / "val.parquet", "-o", preds, check=True)
     clean = run_p2l("evaluate", preds, data / "val.parquet", "--truth",

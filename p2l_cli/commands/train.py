@@ -165,9 +165,11 @@ def train(
     ] = None,
     prompt_features: Annotated[
         bool | None,
-        typer.Option("--prompt-features/--no-prompt-features", help="Append eight prompt "
+        typer.Option("--prompt-features/--no-prompt-features", help="Append prompt "
                      "descriptors (length, turns, shares of digits, code and math symbols, CJK "
-                     "and other scripts, tokens unknown to the vocabulary) to the pooled state.", rich_help_panel=MODEL,
+                     "and other scripts, tokens unknown to the vocabulary, and length steps: "
+                     "more than 8, 16, 32, ... tokens) to the pooled state; ridge-cv reads the "
+                     "steps when cross-validation says they help.", rich_help_panel=MODEL,
                      show_default=False),
     ] = None,
     gradient_checkpointing: Annotated[

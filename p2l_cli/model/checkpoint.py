@@ -31,7 +31,7 @@ from p2l_cli.model.backbone import (
 )
 from p2l_cli.model.heads import head_for_family
 from p2l_cli.model.p2l import P2LInfo, P2LModel
-from p2l_cli.model.prompt_features import token_classes
+from p2l_cli.model.prompt_features import length_steps, token_classes
 from p2l_cli.stats.families import canonical_family, has_eta
 
 WEIGHTS = "model.safetensors"
@@ -40,8 +40,8 @@ WEIGHTS_INDEX = "model.safetensors.index.json"
 TOKENIZER = "tokenizer.json"
 CONFIG_KEYS = {"head_type", "loss_type", "pooling", "max_length", "backbone", "model_type",
                "head_rank", "head_hidden", "head_activation", "chat_template",
-               "encoder", "normalize", "prompt_features", "neighbours", "smoothing", "head_rank_bias",
-               "head_eta_downsize"}  # fmt: skip
+               "encoder", "normalize", "prompt_features", "length_steps", "neighbours",
+               "smoothing", "head_rank_bias", "head_eta_downsize"}  # fmt: skip
 
 
 def build_p2l(
@@ -95,6 +95,8 @@ def build_p2l(
         prompt_features=prompt_features,
         extra=dict(extra or {}),
     )
+    if prompt_features:
+        info.length_steps = length_steps(info.max_length)
     classes = None
     if prompt_features:
         vocab = network.get_input_embeddings().weight.shape[0]
@@ -235,6 +237,7 @@ def read_info(model_dir: Path) -> P2LInfo:
         encoder=encoder,
         normalize=bool(config.get("normalize", False)),
         prompt_features=bool(config.get("prompt_features", False)),
+        length_steps=[int(count) for count in config.get("length_steps") or []] or None,
         neighbours=config.get("neighbours") or None,
         smoothing=config.get("smoothing") or None,
         extra={k: v for k, v in config.items() if k not in CONFIG_KEYS},

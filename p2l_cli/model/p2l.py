@@ -43,6 +43,7 @@ class P2LInfo:
     encoder: bool = False
     normalize: bool = False  # L2-normalise the pooled state (sentence-embedding style)
     prompt_features: bool = False  # append prompt_features.NAMES to the pooled state
+    length_steps: list[int] | None = None  # and steps at these token counts (feature_names)
     neighbours: dict | None = None  # {"k", "penalty", "anchors"}: see model/neighbours.py
     smoothing: dict | None = None  # {"k", "steps", "anchors"}: see model/smoothing.py
     extra: dict = field(default_factory=dict)
@@ -86,7 +87,7 @@ class P2LModel(nn.Module):
         self.features = None
         if info.prompt_features:
             vocab = backbone.get_input_embeddings().weight.shape[0]
-            self.features = pf.PromptFeatures(vocab, token_classes)
+            self.features = pf.PromptFeatures(vocab, token_classes, info.length_steps or ())
         self.neighbours = None
         if info.neighbours:
             self.attach_neighbours(**info.neighbours)
@@ -137,7 +138,12 @@ class P2LModel(nn.Module):
     @property
     def pooled_size(self) -> int:
         """The width of what the head reads: the hidden size, plus the prompt features."""
-        return self.model.config.hidden_size + (pf.SIZE if self.info.prompt_features else 0)
+        return self.model.config.hidden_size + len(self.feature_names)
+
+    @property
+    def feature_names(self) -> list[str]:
+        """The names of the descriptors after the hidden state (none without features)."""
+        return pf.feature_names(self.info.length_steps or ()) if self.info.prompt_features else []
 
     def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state

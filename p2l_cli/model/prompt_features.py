@@ -1,10 +1,17 @@
 """Prompt descriptors read off the token ids: length, turns, and the share of digits, code
-symbols, math symbols, CJK, other non-Latin script and tokens unknown to the vocabulary.
+symbols, math symbols, CJK, other non-Latin script and tokens unknown to the vocabulary;
+optionally, length steps: whether the prompt is longer than each of a few token counts.
 
 Mean-pooled sentence embeddings say what a prompt is about, but hardly how long it is, how
 many turns it has or whether it is mostly code: exactly the prompt properties behind the
 Arena's own category views (long queries, multi-turn, code, math, languages). A P2L model
 with ``prompt_features`` appends these descriptors to the pooled state before the head.
+
+A linear head reads the log length as one straight line, but a prompt's length acts in
+steps: a pasted document or a long query changes which models win, a few more words do not.
+Step descriptors at doubling token counts (``length_steps``: 8, 16, 32, ... below the
+model's ``max_length``) let a linear head fit any monotone step profile of the length.
+Lengths are counted after truncation, so a step at or above ``max_length`` would never fire.
 
 Each vocabulary entry gets one class, computed once from the tokenizer and saved with the
 weights (``features.token_class``), so a model folder computes the same descriptors
@@ -22,6 +29,21 @@ SHARE_CLASSES = (DIGIT, CODE, MATH, CJK, NON_LATIN, UNKNOWN)
 NAMES = ("log_tokens", "log_turns", "digits", "code_symbols", "math_symbols", "cjk", "non_latin",
          "unknown")  # fmt: skip
 SIZE = len(NAMES)
+FIRST_LENGTH_STEP = 8
+
+
+def length_steps(max_length: int) -> list[int]:
+    """The token counts of the length steps for a model reading ``max_length`` tokens."""
+    steps, count = [], FIRST_LENGTH_STEP
+    while count < max_length - 2:  # room for the special tokens around the text
+        steps.append(count)
+        count *= 2
+    return steps
+
+
+def feature_names(steps: list[int] | tuple[int, ...] = ()) -> list[str]:
+    """The descriptors' names, in the order they are appended to the pooled state."""
+    return [*NAMES, *(f"over_{count}_tokens" for count in steps)]
 
 CODE_CHARS = set("{}[]();<>_|&\\`#@")
 MATH_CHARS = set("+-*/^=%∑∫√π≤≥≠±×÷∞")
@@ -105,12 +127,18 @@ def token_classes(tokenizer, encoder: bool, vocab_size: int) -> torch.Tensor:
 
 
 class PromptFeatures(nn.Module):
-    """``[B, 8]`` descriptors of a batch of token ids (see ``NAMES``)."""
+    """``[B, 8 + len(steps)]`` descriptors of a batch of token ids (see ``feature_names``)."""
 
-    def __init__(self, vocab_size: int, classes: torch.Tensor | None = None):
+    def __init__(
+        self,
+        vocab_size: int,
+        classes: torch.Tensor | None = None,
+        steps: list[int] | tuple[int, ...] = (),
+    ):
         super().__init__()
         table = classes if classes is not None else torch.zeros(vocab_size, dtype=torch.int8)
         self.register_buffer("token_class", table.to(torch.int8))
+        self.steps = tuple(int(count) for count in steps)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         ids = input_ids.clamp(0, self.token_class.shape[0] - 1)
@@ -122,4 +150,7 @@ class PromptFeatures(nn.Module):
         text = counts.sum(dim=1) - counts[:, SPECIAL] - counts[:, TURN]
         turns = counts[:, TURN].clamp_min(1.0)
         shares = counts[:, list(SHARE_CLASSES)] / text.clamp_min(1.0).unsqueeze(1)
-        return torch.cat([torch.log1p(text).unsqueeze(1), torch.log(turns).unsqueeze(1), shares], 1)
+        over = [(text > count).to(torch.float32).unsqueeze(1) for count in self.steps]
+        return torch.cat(
+            [torch.log1p(text).unsqueeze(1), torch.log(turns).unsqueeze(1), shares, *over], 1
+        )

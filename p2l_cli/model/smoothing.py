@@ -31,7 +31,7 @@ from p2l_cli.model.neighbours import nearest_votes
 MAX_ANCHORS = 20_000
 CHUNK = 1024
 # Candidate (k, steps), each scored by the cross-validation of the ridge head.
-CANDIDATES = ((60, 8), (60, 32))
+CANDIDATES = ((60, 32),)
 
 
 def neighbourhood_size(k: int, anchors: int) -> int:
