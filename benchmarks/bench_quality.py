@@ -18,7 +18,7 @@ Reported per run and as mean ± sd:
 
 Each stage runs as a subprocess, as a user runs it.
 
-    python benchmarks/bench_quality.py                      # 3 worlds x 3 seeds, ~50 min on 2 cores
+    python benchmarks/bench_quality.py                      # 3 worlds x 3 seeds, ~1 h on 2 cores
     python benchmarks/bench_quality.py --worlds mixed --seeds 0
     python benchmarks/bench_quality.py --train-args "--head-solver adamw --epochs 40"
     python benchmarks/bench_quality.py --summarise run1/results.json run2/results.json
