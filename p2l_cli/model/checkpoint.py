@@ -95,10 +95,9 @@ def build_p2l(
         prompt_features=prompt_features,
         extra=dict(extra or {}),
     )
-    if prompt_features:
-        info.length_steps = length_steps(info.max_length)
     classes = None
     if prompt_features:
+        info.length_steps = length_steps(info.max_length)
         vocab = network.get_input_embeddings().weight.shape[0]
         classes = token_classes(tokenizer, encoder, vocab)
     model = P2LModel(network, info, tokenizer.cls_token_id, classes)

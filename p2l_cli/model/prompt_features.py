@@ -10,7 +10,7 @@ with ``prompt_features`` appends these descriptors to the pooled state before th
 A linear head reads the log length as one straight line, but a prompt's length acts in
 steps: a pasted document or a long query changes which models win, a few more words do not.
 Step descriptors at doubling token counts (``length_steps``: 8, 16, 32, ... below the
-model's ``max_length``) let a linear head fit any monotone step profile of the length.
+model's ``max_length``) let a linear head fit a level per band of lengths, in any order.
 Lengths are counted after truncation, so a step at or above ``max_length`` would never fire.
 
 Each vocabulary entry gets one class, computed once from the tokenizer and saved with the
@@ -44,6 +44,7 @@ def length_steps(max_length: int) -> list[int]:
 def feature_names(steps: list[int] | tuple[int, ...] = ()) -> list[str]:
     """The descriptors' names, in the order they are appended to the pooled state."""
     return [*NAMES, *(f"over_{count}_tokens" for count in steps)]
+
 
 CODE_CHARS = set("{}[]();<>_|&\\`#@")
 MATH_CHARS = set("+-*/^=%∑∫√π≤≥≠±×÷∞")
