@@ -49,7 +49,6 @@ from p2l_cli.environment import versions
 from p2l_cli.errors import UserError
 from p2l_cli.io import write_json
 from p2l_cli.model import build_p2l, collate, save_p2l
-from p2l_cli.model import prompt_features as pf
 from p2l_cli.model.checkpoint import state_dict_for_saving
 from p2l_cli.model.neighbours import FAMILIES as NEIGHBOUR_FAMILIES
 from p2l_cli.model.neighbours import MAX_VOTES as NEIGHBOUR_MAX_VOTES
@@ -227,7 +226,6 @@ def output_lock(out: Path, accelerator: Accelerator) -> Iterator[None]:
 
 # Relative weights of the prompt descriptors against the embedding in ridge-cv (chosen by CV).
 DESCRIPTOR_WEIGHTS = (3.0, 10.0)
-
 # Settings of the step-wise optimiser, which an exact ridge-cv fit does not use.
 STEP_SETTINGS = (
     "epochs", "max_steps", "lr", "head_lr", "batch_size", "grad_accum", "warmup", "scheduler",
@@ -794,23 +792,22 @@ class Trainer:
         weight = min(weights, key=lambda w: fits[(None, w, True)][1].best_cv_nll)
         # at that weight: the embedding smoothed, the length steps read or left out (their
         # columns zeroed, so the head puts no weight on them)
-        steps = len(self.model.feature_names) - pf.SIZE if self.model.info.prompt_features else 0
-        without_steps = features
-        if steps:
-            without_steps = features.copy()
-            without_steps[:, -steps:] = 0.0
-        variants = (True, False) if steps else (True,)
+        steps = len(self.model.features.steps) if self.model.features is not None else 0
+        descriptors = {True: features[:, hidden:]}  # steps read -> the descriptor columns
+        if steps:  # a copy of the few descriptor columns only, not of the embedding
+            descriptors[False] = features[:, hidden:].copy()
+            descriptors[False][:, -steps:] = 0.0
         smoothers: dict[tuple[int, int], Smoothing] = {}
         jobs = {}
         if self.config.smoothing:
             for smoother, smoothed in self._smoothing_candidates(features[:, :hidden], groups):
                 key = (smoother.k, smoother.steps)
                 smoothers[key] = smoother
-                for on in variants:
-                    rest = (features if on else without_steps)[:, hidden:]
+                for on, rest in descriptors.items():
                     jobs[(key, weight, on)] = (np.concatenate([smoothed, rest], 1), weight)
         elif steps:
-            jobs[(None, weight, False)] = (without_steps, weight)
+            raw = np.concatenate([features[:, :hidden], descriptors[False]], 1)
+            jobs[(None, weight, False)] = (raw, weight)
         fits.update(fit_side_by_side(fit, jobs))
         best = min(fits, key=lambda key: fits[key][1].best_cv_nll)
         head, report = fits[best]

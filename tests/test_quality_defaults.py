@@ -160,6 +160,7 @@ def test_length_steps_mark_prompts_longer_than_each_count():
     # without steps, the eight descriptors of earlier models
     assert pf.PromptFeatures(len(tokenizer), classes)(ids, mask).shape == (4, pf.SIZE)
 
+
 def test_the_loss_follows_the_votes_and_ineffective_flags_are_named():
     assert resolve_loss("auto", [0, 0, 1]) == "bt-tie"
     assert resolve_loss("auto", [0, 0, 0]) == "bt"
