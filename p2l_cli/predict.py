@@ -218,16 +218,19 @@ def predict_ids(
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     device: torch.device | str | None = None,
     on_batch: Callable[[int], None] | None = None,
+    max_length: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Coefficients ``[N, M]`` (float32) and raw ``eta`` ``[N]`` (rk heads) for token ids,
-    in the order of ``ids``."""
+    in the order of ``ids``; the backbone reads ``max_length`` tokens of each (default:
+    the model's own; rows are whole when the model's descriptors read whole prompts)."""
     device = torch.device(device) if device is not None else model_device(model)
     batch_tokens = batch_tokens or default_batch_tokens(device)
+    limit = max_length or model.info.max_length
     coefs = np.empty((len(ids), len(model.info.model_list)), dtype=np.float32)
     eta = np.empty(len(ids), dtype=np.float32) if model.head.eta_head is not None else None
-    for batch in plan_batches([len(row) for row in ids], batch_tokens, max_batch_size):
+    for batch in plan_batches([min(len(row), limit) for row in ids], batch_tokens, max_batch_size):
         input_ids, attention_mask = _collate([ids[i] for i in batch], pad_token_id, device)
-        output = model(input_ids, attention_mask)
+        output = model(input_ids, attention_mask, max_length=limit)
         coefs[batch] = output.coefs.float().cpu().numpy()
         if eta is not None:
             eta[batch] = output.eta.float().cpu().numpy()
@@ -246,7 +249,8 @@ def _collate(rows: list[list[int]], pad_token_id: int, device: torch.device):
 
 
 def encode(model, tokenizer, prompts: list[list[str]], max_length: int | None = None):
-    """Token ids per prompt, truncated to :func:`token_limit`."""
+    """Token ids per prompt, truncated to :func:`token_limit` (whole, when the model's
+    descriptors read whole prompts: pass the limit to :func:`predict_ids`)."""
     if not prompts:
         return []
     limit = token_limit(model, tokenizer, max_length)
@@ -273,7 +277,8 @@ def predict_prompts(
     prompts = [[p] if isinstance(p, str) else list(p) for p in prompts]
     ids = encode(model, tokenizer, prompts, max_length)
     return predict_ids(
-        model, ids, tokenizer.pad_token_id, batch_tokens, max_batch_size, device, on_batch
+        model, ids, tokenizer.pad_token_id, batch_tokens, max_batch_size, device, on_batch,
+        max_length=token_limit(model, tokenizer, max_length),
     )
 
 
@@ -722,6 +727,7 @@ def predict_chunks(
             options.max_batch_size,
             device,
             on_rows,
+            max_length=token_limit(model, tokenizer, options.max_length),
         )
         summary.rows += frame.height
         summary.tokens += sum(len(row) for row in ids)

@@ -591,8 +591,9 @@ class Trainer:
                 f"{len(data.train)} training votes"
             )
         self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
-        self.lengths = np.fromiter(
-            (len(r) for r in self.token_ids["train"]), np.int64, len(self.token_ids["train"])
+        self.lengths = np.fromiter(  # what the backbone reads: rows may be whole prompts
+            (min(len(r), info.max_length) for r in self.token_ids["train"]), np.int64,
+            len(self.token_ids["train"]),
         )
 
     def _setup_features(self) -> None:
@@ -1040,7 +1041,7 @@ class Trainer:
             return result
         world, rank = self.accelerator.num_processes, self.accelerator.process_index
         batch = self.config.eval_batch_size or 2 * self.config.batch_size
-        lengths = np.array([len(r) for r in self.token_ids["val"]])
+        lengths = np.array([min(len(r), self.model.info.max_length) for r in self.token_ids["val"]])
         by_length = np.argsort(-lengths, kind="stable")
         shard = by_length[rank::world]
         rounds = math.ceil(math.ceil(n / world) / batch)

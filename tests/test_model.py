@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -12,6 +13,8 @@ from transformers import AutoModel, AutoTokenizer
 
 from p2l_cli.errors import UserError
 from p2l_cli.model import P2LHead, build_p2l, collate, encode_prompts, load_p2l, save_p2l
+from p2l_cli.model.p2l import backbone_window, prompt_text
+from p2l_cli.model.prompt_features import turn_marker_id
 
 MODELS = ["model-b", "model-a", "model-c", "model-d"]  # build_p2l sorts them
 PROMPTS = [
@@ -301,3 +304,59 @@ def test_a_head_is_linear_low_rank_or_hidden_never_two_at_once():
     assert set(P2LHead(8, 3).state_dict()) == {"head.weight", "head.bias"}
     assert set(P2LHead(8, 3, rank=2).state_dict()) == {"head.0.weight", "head.1.weight",
                                                       "head.1.bias"}
+
+
+@pytest.mark.parametrize("kind", ["bert", "qwen2"])
+def test_the_backbone_reads_what_truncating_at_tokenisation_gives(backbones, kind):
+    """Rows of whole prompts, cut by ``backbone_window`` inside the model, give the backbone
+    exactly the ids (and so the pooled state) that truncating from the left at tokenisation
+    gives, in a batch mixing rows that fit and rows that do not."""
+    model, tokenizer = build_p2l(str(backbones[kind]), MODELS, max_length=32,
+                                 prompt_features=True)  # fmt: skip
+    assert model.info.untruncated_features
+    prompts = [["alpha"], ["alpha beta gamma delta"], [" ".join(["alpha beta gamma delta"] * 6)]]
+    whole = encode_prompts(tokenizer, prompts, model.info)
+    assert [len(row) > 32 for row in whole] == [False, False, True]
+    texts = [prompt_text(tokenizer, p, model.info) for p in prompts]
+    if kind == "bert":  # the tokenizer truncates from the left, inside its special tokens
+        cut = tokenizer(texts, truncation=True, max_length=32)["input_ids"]
+    else:  # the chat template's end, then the cls token
+        body = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        cut = [row[-31:] + [tokenizer.cls_token_id] for row in body]
+    ids, mask = collate(whole, tokenizer.pad_token_id)
+    window, window_mask = backbone_window(ids, mask, 32, model.info.encoder)
+    for i, row in enumerate(cut):
+        assert window[i, : len(row)].tolist() == row
+        assert window_mask[i].tolist() == [1] * len(row) + [0] * (window.shape[1] - len(row))
+    model.eval()
+    with torch.no_grad():
+        from_whole = model.pool(ids, mask)
+        from_cut = model.pool(*collate(cut, tokenizer.pad_token_id))
+    hidden = model.config.hidden_size
+    torch.testing.assert_close(from_whole[:, :hidden], from_cut[:, :hidden])
+    # the descriptors count every token of the whole prompt, not the backbone's 32
+    marks = {*tokenizer.all_special_ids, turn_marker_id(tokenizer, model.info.encoder)}
+    text = [sum(token not in marks for token in row) for row in whole]
+    assert text[0] < 16 < text[1] and text[2] > 32  # more than the backbone reads
+    names = model.feature_names
+    for i, count in enumerate(text):
+        assert from_whole[i, hidden].item() == pytest.approx(math.log1p(count))
+        assert from_whole[i, hidden + names.index("over_16_tokens")].item() == float(count > 16)
+
+
+def test_models_saved_before_count_after_truncation(backbones, tmp_path):
+    model, tokenizer = build_p2l(str(backbones["bert"]), MODELS, max_length=12,
+                                 prompt_features=True)  # fmt: skip
+    save_p2l(model, tokenizer, tmp_path / "m")
+    config_path = tmp_path / "m" / "training_config.json"
+    config = json.loads(config_path.read_text())
+    del config["untruncated_features"]  # as written before the descriptors read whole prompts
+    config_path.write_text(json.dumps(config))
+    old, tokenizer = load_p2l(tmp_path / "m")
+    assert not old.info.untruncated_features
+    prompt = [" ".join(["alpha beta gamma delta"] * 6)]
+    ids = encode_prompts(tokenizer, [prompt], old.info)
+    assert len(ids[0]) == 12  # truncated at tokenisation, as before
+    with torch.no_grad():
+        pooled = old.pool(*collate(ids, tokenizer.pad_token_id))
+    assert pooled[0, old.config.hidden_size].item() == pytest.approx(math.log1p(10))

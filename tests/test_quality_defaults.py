@@ -23,6 +23,7 @@ from p2l_cli.evaluate import TruthTable, evaluate_predictions
 from p2l_cli.model import load_p2l
 from p2l_cli.model import prompt_features as pf
 from p2l_cli.model.backbone import load_tokenizer
+from p2l_cli.predict import predict_prompts
 from p2l_cli.stats.headfit import fit_linear_head
 from p2l_cli.train import RunOptions, ineffective_settings, train_p2l
 from p2l_cli.train_config import resolve_config, resolve_loss
@@ -137,9 +138,6 @@ def test_prompt_features_count_what_a_reader_counts():
 
 
 def test_length_steps_mark_prompts_longer_than_each_count():
-    assert pf.length_steps(256) == [8, 16, 32, 64, 128]
-    assert pf.length_steps(512) == [8, 16, 32, 64, 128, 256]
-    assert pf.length_steps(8) == []
     tokenizer = load_tokenizer("minilm", True)
     classes = pf.token_classes(tokenizer, True, len(tokenizer))
     steps = [2, 4, 8]
@@ -182,7 +180,9 @@ def test_training_picks_bt_tie_for_votes_with_ties(tmp_path):
         train_p2l(data, out, None, settings, RunOptions())
         saved = json.loads((out / "training_config.json").read_text())
         assert saved["loss_type"] == expected and saved["prompt_features"] is True
-        assert saved["length_steps"] == [8, 16]  # below max_length 32
+        # the descriptors read whole prompts, so the steps reach past max_length 32
+        assert saved["length_steps"] == [8, 16, 32, 64, 128, 256, 512, 1024, 2048]
+        assert saved["untruncated_features"] is True
         metrics = json.loads((out / "metrics.json").read_text())
         assert metrics["selected_on"] == "train (cross-validation)"
         assert metrics["head_fit"]["method"] == "ridge-cv"
@@ -234,6 +234,52 @@ def test_length_steps_are_read_when_the_length_acts_in_steps(tmp_path):
     coder_minus_writer = weight[0] - weight[2]
     assert coder_minus_writer[column["over_8_tokens"]] > 0  # medium: coder gains
     assert coder_minus_writer[column["over_16_tokens"]] < 0  # long: writer again
+
+
+def _window_battles(n: int, seed: int) -> pl.DataFrame:
+    """Battles where ``writer`` wins prompts of 20-30 words and ``coder`` prompts of 80-120
+    words: a backbone reading 16 tokens sees a full window of the same words in both."""
+    words = " ".join(tiny_corpus[:9]).replace(":", "").split()
+    models = ["coder", "generalist", "writer"]
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        long = bool(rng.random() < 0.5)
+        size = int(rng.integers(80, 121) if long else rng.integers(20, 31))
+        favourite = 0 if long else 2
+        a, b = (int(m) for m in rng.choice(3, size=2, replace=False))
+        p_a = 0.9 if a == favourite else 0.1 if b == favourite else 0.5
+        winner, loser = (a, b) if rng.random() < p_a else (b, a)
+        rows.append({"id": f"w{seed}-{i}", "prompt": [" ".join(rng.choice(words, size))],
+                     "model_a": models[a], "model_b": models[b],
+                     "winner": "model_a" if winner == a else "model_b",
+                     "labels": [winner, loser, 0], "tstamp": float(i)})  # fmt: skip
+    return pl.DataFrame(rows)
+
+
+@pytest.mark.slow
+def test_lengths_past_the_backbones_window_are_read(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    _window_battles(600, 0).write_parquet(data / "train.parquet")
+    _window_battles(100, 1).write_parquet(data / "val.parquet")
+    (data / "models.json").write_text(json.dumps(["coder", "generalist", "writer"]))
+    backbone = make_backbone("bert", tmp_path / "bert")
+    settings = {"backbone": str(backbone), "freeze_backbone": True, "head_solver": "ridge-cv",
+                "prompt_features": True, "normalize": True, "max_length": 16}  # fmt: skip
+    out = tmp_path / "model"
+    train_p2l(data, out, None, settings, RunOptions())
+    assert json.loads((out / "metrics.json").read_text())["head_fit"]["fell_back_to_marginal"] is False
+    model, tokenizer = load_p2l(out)
+    fresh = _window_battles(40, 2)["prompt"].to_list()
+    sizes = np.array([len(turns[0].split()) for turns in fresh])
+    coefs, _ = predict_prompts(model, tokenizer, fresh)
+    coder_minus_writer = coefs[:, 0] - coefs[:, 2]
+    assert np.all(coder_minus_writer[sizes >= 80] > 0.5)
+    assert np.all(coder_minus_writer[sizes <= 30] < -0.5)
+    # a shorter window at prediction time still counts the whole prompt
+    narrow, _ = predict_prompts(model, tokenizer, fresh, max_length=8)
+    assert np.all((narrow[:, 0] - narrow[:, 2] > 0) == (sizes >= 80))
 
 
 def test_a_column_left_out_gets_no_weight():

@@ -44,6 +44,7 @@ class P2LInfo:
     normalize: bool = False  # L2-normalise the pooled state (sentence-embedding style)
     prompt_features: bool = False  # append prompt_features.NAMES to the pooled state
     length_steps: list[int] | None = None  # and steps at these token counts (feature_names)
+    untruncated_features: bool = False  # the descriptors read the whole prompt, not max_length
     neighbours: dict | None = None  # {"k", "penalty", "anchors"}: see model/neighbours.py
     smoothing: dict | None = None  # {"k", "steps", "anchors"}: see model/smoothing.py
     extra: dict = field(default_factory=dict)
@@ -145,20 +146,33 @@ class P2LModel(nn.Module):
         """The names of the descriptors after the hidden state (none without features)."""
         return pf.feature_names(self.info.length_steps or ()) if self.info.prompt_features else []
 
-    def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        pooled = pool_hidden(hidden, attention_mask, self.info.pooling)
+    def pool(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_length: int | None = None
+    ) -> torch.Tensor:
+        """The pooled state (plus descriptors) of whole prompts; the backbone reads each
+        prompt's ``max_length`` (default: the model's) tokens (see ``backbone_window``)."""
+        ids, mask = backbone_window(
+            input_ids, attention_mask, max_length or self.info.max_length, self.info.encoder
+        )
+        hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        pooled = pool_hidden(hidden, mask, self.info.pooling)
         if self.info.normalize:
             pooled = F.normalize(pooled.float(), dim=-1).to(pooled.dtype)
         if self.features is not None:
+            if not self.info.untruncated_features:
+                input_ids, attention_mask = ids, mask
             extra = self.features(input_ids, attention_mask).to(pooled.dtype)
             pooled = torch.cat([pooled, extra], dim=-1)
         return pooled
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, return_pooled: bool = False
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        return_pooled: bool = False,
+        max_length: int | None = None,
     ) -> P2LOutput:
-        pooled = self.pool(input_ids, attention_mask)
+        pooled = self.pool(input_ids, attention_mask, max_length)
         coefs, eta = self.head(self.head_input(pooled).to(self.head.output_layer.weight.dtype))
         coefs = self.refine(pooled, coefs)
         return P2LOutput(
@@ -181,6 +195,24 @@ def pool_hidden(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str
     raise ValueError(f"unknown pooling {pooling!r}")
 
 
+def backbone_window(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, max_length: int, encoder: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tokens a backbone reading ``max_length`` tokens sees of each right-padded row:
+    its last ``max_length`` (a decoder's end with the cls token), and an encoder its opening
+    special token in place of the first of them: exactly what truncating from the left at
+    tokenisation gives. Rows that fit are left as they are."""
+    if input_ids.shape[1] <= max_length:
+        return input_ids, attention_mask
+    lengths = attention_mask.long().sum(dim=1, keepdim=True)
+    width = min(int(lengths.max()), max_length)
+    positions = torch.arange(width, device=input_ids.device).expand(input_ids.shape[0], -1)
+    shifted = positions + (lengths - max_length).clamp_min(0)
+    if encoder:
+        shifted[:, 0] = 0
+    return input_ids.gather(1, shifted), attention_mask.gather(1, shifted)
+
+
 # ----------------------------------------------------------------------- prompts -> tokens
 
 
@@ -196,15 +228,19 @@ def prompt_text(tokenizer, turns: list[str], info: P2LInfo) -> str:
 
 
 def encode_prompts(tokenizer, prompts: list[list[str]], info: P2LInfo) -> list[list[int]]:
-    """Token ids per prompt, truncated from the left to ``info.max_length`` and ending with
-    the cls token (decoders) or wrapped in the encoder's special tokens."""
+    """Token ids per prompt, ending with the cls token (decoders) or wrapped in the
+    encoder's special tokens; truncated from the left to ``info.max_length``, unless the model's descriptors read the whole prompt: then the rows are whole and
+    ``P2LModel`` cuts the backbone's window itself (``backbone_window``)."""
     texts = [prompt_text(tokenizer, turns, info) for turns in prompts]
+    whole = info.prompt_features and info.untruncated_features
     if info.encoder:
-        encoded = tokenizer(texts, truncation=True, max_length=info.max_length)
+        encoded = tokenizer(texts, truncation=not whole, max_length=None if whole else info.max_length)
         return [list(row) for row in encoded["input_ids"]]
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     room = info.max_length - 1
     cls = tokenizer.cls_token_id
+    if whole:
+        return [list(row) + [cls] for row in ids]
     return [(row[-room:] if room > 0 else []) + [cls] for row in ids]
 
 

@@ -9,9 +9,13 @@ with ``prompt_features`` appends these descriptors to the pooled state before th
 
 A linear head reads the log length as one straight line, but a prompt's length acts in
 steps: a pasted document or a long query changes which models win, a few more words do not.
-Step descriptors at doubling token counts (``length_steps``: 8, 16, 32, ... below the
-model's ``max_length``) let a linear head fit a level per band of lengths, in any order.
-Lengths are counted after truncation, so a step at or above ``max_length`` would never fire.
+Step descriptors at doubling token counts (``length_steps``) let a linear head fit a level
+per band of lengths, in any order.
+
+The backbone reads at most ``max_length`` tokens, but the descriptors of a model built today
+read the whole prompt (``P2LInfo.untruncated_features``), so its steps run from 8 to 2,048
+tokens (``LENGTH_STEPS``): a 3,000-token document is not a 256-token question. Models saved
+before counted after truncation, with steps below their ``max_length``; they keep both.
 
 Each vocabulary entry gets one class, computed once from the tokenizer and saved with the
 weights (``features.token_class``), so a model folder computes the same descriptors
@@ -29,16 +33,7 @@ SHARE_CLASSES = (DIGIT, CODE, MATH, CJK, NON_LATIN, UNKNOWN)
 NAMES = ("log_tokens", "log_turns", "digits", "code_symbols", "math_symbols", "cjk", "non_latin",
          "unknown")  # fmt: skip
 SIZE = len(NAMES)
-FIRST_LENGTH_STEP = 8
-
-
-def length_steps(max_length: int) -> list[int]:
-    """The token counts of the length steps for a model reading ``max_length`` tokens."""
-    steps, count = [], FIRST_LENGTH_STEP
-    while count < max_length - 2:  # room for the special tokens around the text
-        steps.append(count)
-        count *= 2
-    return steps
+LENGTH_STEPS = tuple(8 * 2**i for i in range(9))  # 8, 16, ..., 2048 tokens
 
 
 def feature_names(steps: list[int] | tuple[int, ...] = ()) -> list[str]:
