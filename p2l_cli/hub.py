@@ -442,7 +442,10 @@ def _summary_section(facts: ModelFacts) -> str:
     if tc.get("pooling"):
         rows.append(["Pooling", md(tc["pooling"])])
     if tc.get("max_length"):
-        rows.append(["Max length", md(f"{tc['max_length']} tokens (truncated from the left)")])
+        cut = "truncated from the left"
+        if tc.get("untruncated_features"):
+            cut += "; the prompt descriptors count every token"
+        rows.append(["Max length", md(f"{tc['max_length']} tokens ({cut})")])
     if tc.get("p2l_version"):
         rows.append(["Trained with", md(f"p2l {tc['p2l_version']}")])
     return "## Model\n\n" + md_table(["Property", "Value"], rows)

@@ -271,10 +271,23 @@ def test_model_card_metadata_tables_and_numbers(model_dir):
 
     config = {row[0]: row[1] for row in tables["Parameter"][1:]}
     assert config["learning_rate"] == "0.001" and config["loss_type"] == "bt"
+    facts = {row[0]: row[1] for row in tables["Property"][1:]}
+    assert facts["Max length"] == "64 tokens (truncated from the left)"
     assert "![The aggregated leaderboard](leaderboard.png)" in body
     assert "p2l predict alice/p2l-minilm" in body and "p2l route" in body
     png = next(f for f in upload.files if f.path_in_repo == "leaderboard.png")
     assert png.content.startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_card_says_when_the_descriptors_count_the_whole_prompt(model_dir):
+    config = json.loads((model_dir / "training_config.json").read_text())
+    _write_json(model_dir / "training_config.json", {**config, "prompt_features": True,
+                                                     "untruncated_features": True})  # fmt: skip
+    card = hub.build_model_upload(model_dir, "alice/p2l-minilm").card
+    facts = {row[0]: row[1] for row in _tables(card)["Property"][1:]}
+    assert facts["Max length"] == (
+        "64 tokens (truncated from the left; the prompt descriptors count every token)"
+    )
 
 
 def test_card_for_a_published_p2l_checkpoint(tmp_path):

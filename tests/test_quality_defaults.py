@@ -269,7 +269,8 @@ def test_lengths_past_the_backbones_window_are_read(tmp_path):
                 "prompt_features": True, "normalize": True, "max_length": 16}  # fmt: skip
     out = tmp_path / "model"
     train_p2l(data, out, None, settings, RunOptions())
-    assert json.loads((out / "metrics.json").read_text())["head_fit"]["fell_back_to_marginal"] is False
+    head_fit = json.loads((out / "metrics.json").read_text())["head_fit"]
+    assert head_fit["fell_back_to_marginal"] is False
     model, tokenizer = load_p2l(out)
     fresh = _window_battles(40, 2)["prompt"].to_list()
     sizes = np.array([len(turns[0].split()) for turns in fresh])

@@ -168,8 +168,9 @@ def train(
         typer.Option("--prompt-features/--no-prompt-features", help="Append prompt "
                      "descriptors (length, turns, shares of digits, code and math symbols, CJK "
                      "and other scripts, tokens unknown to the vocabulary, and length steps: "
-                     "more than 8, 16, 32, ... tokens) to the pooled state; ridge-cv reads the "
-                     "steps when cross-validation says they help.", rich_help_panel=MODEL,
+                     "more than 8, 16, ..., 2048 tokens), counted over the whole prompt, to the "
+                     "pooled state; ridge-cv reads the steps when cross-validation says they "
+                     "help.", rich_help_panel=MODEL,
                      show_default=False),
     ] = None,
     gradient_checkpointing: Annotated[

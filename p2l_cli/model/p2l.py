@@ -88,7 +88,8 @@ class P2LModel(nn.Module):
         self.features = None
         if info.prompt_features:
             vocab = backbone.get_input_embeddings().weight.shape[0]
-            self.features = pf.PromptFeatures(vocab, token_classes, info.length_steps or ())
+            cap = info.max_length if info.untruncated_features else None
+            self.features = pf.PromptFeatures(vocab, token_classes, info.length_steps or (), cap)
         self.neighbours = None
         if info.neighbours:
             self.attach_neighbours(**info.neighbours)
@@ -229,12 +230,15 @@ def prompt_text(tokenizer, turns: list[str], info: P2LInfo) -> str:
 
 def encode_prompts(tokenizer, prompts: list[list[str]], info: P2LInfo) -> list[list[int]]:
     """Token ids per prompt, ending with the cls token (decoders) or wrapped in the
-    encoder's special tokens; truncated from the left to ``info.max_length``, unless the model's descriptors read the whole prompt: then the rows are whole and
-    ``P2LModel`` cuts the backbone's window itself (``backbone_window``)."""
+    encoder's special tokens; truncated from the left to ``info.max_length``, unless the
+    model's descriptors read the whole prompt: then the rows are whole and ``P2LModel``
+    cuts the backbone's window itself (``backbone_window``)."""
     texts = [prompt_text(tokenizer, turns, info) for turns in prompts]
     whole = info.prompt_features and info.untruncated_features
     if info.encoder:
-        encoded = tokenizer(texts, truncation=not whole, max_length=None if whole else info.max_length)
+        if whole:
+            return [list(row) for row in tokenizer(texts)["input_ids"]]
+        encoded = tokenizer(texts, truncation=True, max_length=info.max_length)
         return [list(row) for row in encoded["input_ids"]]
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     room = info.max_length - 1

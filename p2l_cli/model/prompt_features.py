@@ -14,8 +14,10 @@ per band of lengths, in any order.
 
 The backbone reads at most ``max_length`` tokens, but the descriptors of a model built today
 read the whole prompt (``P2LInfo.untruncated_features``), so its steps run from 8 to 2,048
-tokens (``LENGTH_STEPS``): a 3,000-token document is not a 256-token question. Models saved
-before counted after truncation, with steps below their ``max_length``; they keep both.
+tokens (``LENGTH_STEPS``): a 3,000-token document is not a 256-token question. The log
+length alone stops at ``max_length`` (``length_cap``): past it the steps tell the length,
+and a linear term cannot extrapolate from 256 tokens to 30,000. Models saved before counted
+after truncation, with steps below their ``max_length``; they keep both.
 
 Each vocabulary entry gets one class, computed once from the tokenizer and saved with the
 weights (``features.token_class``), so a model folder computes the same descriptors
@@ -130,11 +132,13 @@ class PromptFeatures(nn.Module):
         vocab_size: int,
         classes: torch.Tensor | None = None,
         steps: list[int] | tuple[int, ...] = (),
+        length_cap: int | None = None,
     ):
         super().__init__()
         table = classes if classes is not None else torch.zeros(vocab_size, dtype=torch.int8)
         self.register_buffer("token_class", table.to(torch.int8))
         self.steps = tuple(int(count) for count in steps)
+        self.length_cap = length_cap
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         ids = input_ids.clamp(0, self.token_class.shape[0] - 1)
@@ -147,6 +151,7 @@ class PromptFeatures(nn.Module):
         turns = counts[:, TURN].clamp_min(1.0)
         shares = counts[:, list(SHARE_CLASSES)] / text.clamp_min(1.0).unsqueeze(1)
         over = [(text > count).to(torch.float32).unsqueeze(1) for count in self.steps]
+        length = text if self.length_cap is None else text.clamp_max(float(self.length_cap))
         return torch.cat(
-            [torch.log1p(text).unsqueeze(1), torch.log(turns).unsqueeze(1), shares, *over], 1
+            [torch.log1p(length).unsqueeze(1), torch.log(turns).unsqueeze(1), shares, *over], 1
         )
