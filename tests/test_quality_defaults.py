@@ -188,16 +188,18 @@ def test_training_picks_bt_tie_for_votes_with_ties(tmp_path):
         assert metrics["head_fit"]["method"] == "ridge-cv"
 
 
-def _length_battles(n: int, seed: int) -> pl.DataFrame:
-    """Battles whose winner depends on the prompt's length only, and not monotonically:
-    ``writer`` wins short and long prompts, ``coder`` medium ones."""
+def _length_battles(n: int, seed: int, bands=((3, 6, 2), (10, 14, 0), (26, 40, 2))):
+    """Battles whose winner depends on the prompt's length only: each prompt's word count is
+    drawn from one of ``bands`` (low, high, favourite), and the band's favourite wins 90% of
+    its battles. By default not monotonically: ``writer`` (2) wins short and long prompts,
+    ``coder`` (0) medium ones."""
     words = " ".join(tiny_corpus[:9]).replace(":", "").split()
     models = ["coder", "generalist", "writer"]
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(n):
-        size = int(rng.choice([rng.integers(3, 6), rng.integers(10, 14), rng.integers(26, 40)]))
-        favourite = 0 if 10 <= size < 14 else 2
+        low, high, favourite = bands[int(rng.integers(len(bands)))]
+        size = int(rng.integers(low, high))
         a, b = (int(m) for m in rng.choice(3, size=2, replace=False))
         p_a = 0.9 if a == favourite else 0.1 if b == favourite else 0.5
         winner, loser = (a, b) if rng.random() < p_a else (b, a)
@@ -236,33 +238,17 @@ def test_length_steps_are_read_when_the_length_acts_in_steps(tmp_path):
     assert coder_minus_writer[column["over_16_tokens"]] < 0  # long: writer again
 
 
-def _window_battles(n: int, seed: int) -> pl.DataFrame:
-    """Battles where ``writer`` wins prompts of 20-30 words and ``coder`` prompts of 80-120
-    words: a backbone reading 16 tokens sees a full window of the same words in both."""
-    words = " ".join(tiny_corpus[:9]).replace(":", "").split()
-    models = ["coder", "generalist", "writer"]
-    rng = np.random.default_rng(seed)
-    rows = []
-    for i in range(n):
-        long = bool(rng.random() < 0.5)
-        size = int(rng.integers(80, 121) if long else rng.integers(20, 31))
-        favourite = 0 if long else 2
-        a, b = (int(m) for m in rng.choice(3, size=2, replace=False))
-        p_a = 0.9 if a == favourite else 0.1 if b == favourite else 0.5
-        winner, loser = (a, b) if rng.random() < p_a else (b, a)
-        rows.append({"id": f"w{seed}-{i}", "prompt": [" ".join(rng.choice(words, size))],
-                     "model_a": models[a], "model_b": models[b],
-                     "winner": "model_a" if winner == a else "model_b",
-                     "labels": [winner, loser, 0], "tstamp": float(i)})  # fmt: skip
-    return pl.DataFrame(rows)
+# writer wins prompts of 20-30 words, coder prompts of 80-120 words: a backbone reading 16
+# tokens sees a full window of the same words in both
+WINDOW_BANDS = ((20, 31, 2), (80, 121, 0))
 
 
 @pytest.mark.slow
 def test_lengths_past_the_backbones_window_are_read(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
-    _window_battles(600, 0).write_parquet(data / "train.parquet")
-    _window_battles(100, 1).write_parquet(data / "val.parquet")
+    _length_battles(600, 0, WINDOW_BANDS).write_parquet(data / "train.parquet")
+    _length_battles(100, 1, WINDOW_BANDS).write_parquet(data / "val.parquet")
     (data / "models.json").write_text(json.dumps(["coder", "generalist", "writer"]))
     backbone = make_backbone("bert", tmp_path / "bert")
     settings = {"backbone": str(backbone), "freeze_backbone": True, "head_solver": "ridge-cv",
@@ -272,7 +258,7 @@ def test_lengths_past_the_backbones_window_are_read(tmp_path):
     head_fit = json.loads((out / "metrics.json").read_text())["head_fit"]
     assert head_fit["fell_back_to_marginal"] is False
     model, tokenizer = load_p2l(out)
-    fresh = _window_battles(40, 2)["prompt"].to_list()
+    fresh = _length_battles(40, 2, WINDOW_BANDS)["prompt"].to_list()
     sizes = np.array([len(turns[0].split()) for turns in fresh])
     coefs, _ = predict_prompts(model, tokenizer, fresh)
     coder_minus_writer = coefs[:, 0] - coefs[:, 2]
