@@ -275,10 +275,11 @@ def predict_prompts(
     """``(coefs [N, M] float32, eta [N] float32 or None)`` for prompts given as user turns
     (a plain string counts as one turn), in input order."""
     prompts = [[p] if isinstance(p, str) else list(p) for p in prompts]
-    ids = encode(model, tokenizer, prompts, max_length)
+    limit = token_limit(model, tokenizer, max_length)
+    ids = encode(model, tokenizer, prompts, limit)
     return predict_ids(
         model, ids, tokenizer.pad_token_id, batch_tokens, max_batch_size, device, on_batch,
-        max_length=token_limit(model, tokenizer, max_length),
+        max_length=limit,
     )
 
 
@@ -702,6 +703,7 @@ def predict_chunks(
     summary = PredictSummary()
     device = model_device(model)
     column = None
+    limit = token_limit(model, tokenizer, options.max_length)
     for raw in table.chunks:
         if not workers.owns(raw.index):
             continue
@@ -718,7 +720,7 @@ def predict_chunks(
             summary.first_bad = summary.first_bad or f"{table.unit} {bad[0][0]}: {bad[0][1]}"
             if on_rows is not None:
                 on_rows(len(bad))
-        ids = encode(model, tokenizer, turns, options.max_length)
+        ids = encode(model, tokenizer, turns, limit)
         coefs, eta = predict_ids(
             model,
             ids,
@@ -727,7 +729,7 @@ def predict_chunks(
             options.max_batch_size,
             device,
             on_rows,
-            max_length=token_limit(model, tokenizer, options.max_length),
+            max_length=limit,
         )
         summary.rows += frame.height
         summary.tokens += sum(len(row) for row in ids)

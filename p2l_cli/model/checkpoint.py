@@ -40,9 +40,8 @@ WEIGHTS_INDEX = "model.safetensors.index.json"
 TOKENIZER = "tokenizer.json"
 CONFIG_KEYS = {"head_type", "loss_type", "pooling", "max_length", "backbone", "model_type",
                "head_rank", "head_hidden", "head_activation", "chat_template",
-               "encoder", "normalize", "prompt_features", "length_steps",
-               "untruncated_features", "neighbours",
-               "smoothing", "head_rank_bias", "head_eta_downsize"}  # fmt: skip
+               "encoder", "normalize", "prompt_features", "length_steps", "untruncated_features",
+               "neighbours", "smoothing", "head_rank_bias", "head_eta_downsize"}  # fmt: skip
 
 
 def build_p2l(
