@@ -36,6 +36,11 @@ DEFAULT_PENALTIES = tuple(float(10.0**e) for e in np.arange(1.0, -5.01, -0.25))
 DEFAULT_FOLDS = 5
 # The held-out gain over the marginal leaderboard must exceed this many standard errors.
 MIN_GAIN_SE = 2.0
+# L-BFGS stops once no gradient entry of the mean penalised NLL exceeds GRAD_TOLERANCE or a
+# step moves the loss by less than CHANGE_TOLERANCE. Tighter (1e-9, 1e-12) took 2-3x as many
+# steps to move coefficients by under 1e-4 and cross-validated NLLs by about 1e-6.
+GRAD_TOLERANCE = 1e-7
+CHANGE_TOLERANCE = 1e-11
 
 
 @dataclass
@@ -150,8 +155,8 @@ def _fit(
             params[i] = params[i].detach().zero_()
     trainable = [p for p in params if p.requires_grad]
     optimizer = torch.optim.LBFGS(
-        trainable, lr=1.0, max_iter=max_iter, tolerance_grad=1e-9, tolerance_change=1e-12,
-        history_size=20, line_search_fn="strong_wolfe",
+        trainable, lr=1.0, max_iter=max_iter, tolerance_grad=GRAD_TOLERANCE,
+        tolerance_change=CHANGE_TOLERANCE, history_size=20, line_search_fn="strong_wolfe",
     )  # fmt: skip
 
     def closure():
