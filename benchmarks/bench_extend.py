@@ -16,8 +16,9 @@ categories, the mean absolute difference between its rank by mean predicted coef
 by mean true coefficient. Each stage runs as a subprocess (one rating is
 `p2l extend --rating-only`). Times are wall seconds, encoding included.
 
-    python benchmarks/bench_extend.py                 # seeds 0 1 2, ~40 min on 2 cores
+    python benchmarks/bench_extend.py                 # seeds 0 1 2, ~45 min on 2 cores
     python benchmarks/bench_extend.py --seeds 0
+    python benchmarks/bench_extend.py --train-args "--no-smoothing"   # other `p2l train` flags
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +39,6 @@ from p2l_cli.io import read_table_meta
 from p2l_cli.stats.families import half_tie_nll
 
 SIZES = (100, 300, 1000)
-
-
-# The documented runs predate graph smoothing; without it the default fits are unchanged.
-TRAIN_FLAGS = ["--no-smoothing"]
 
 
 def relabel(frame: pl.DataFrame, models: list[str]) -> pl.DataFrame:
@@ -92,7 +90,7 @@ def vote_nll_half(coefs, eta, votes: pl.DataFrame, models: list[str], family: st
     return float(half_tie_nll(a, b, labels[:, 2], eta, family).mean())
 
 
-def one_seed(root: Path, seed: int) -> dict:
+def one_seed(root: Path, seed: int, train_flags: list[str]) -> dict:
     root.mkdir(parents=True, exist_ok=True)
     log = root / "bench.log"
     arena, data = root / "arena", root / "data"
@@ -121,7 +119,7 @@ def one_seed(root: Path, seed: int) -> dict:
               "newcomer_train_votes": train.filter(involves(train, newcomer)).height}
     base = root / "model-without"
     result["train_without_seconds"] = run_p2l(["train", str(base_data), "-o", str(base),
-                                               "--overwrite", *TRAIN_FLAGS], log)  # fmt: skip
+                                               "--overwrite", *train_flags], log)  # fmt: skip
     rng = np.random.default_rng(seed)
     theirs = train.filter(involves(train, newcomer))
     for size in SIZES:
@@ -140,7 +138,7 @@ def one_seed(root: Path, seed: int) -> dict:
                 "seconds": seconds, "fell_back": fit["head_fit"]["fell_back_to_marginal"],
             }  # fmt: skip
     full = root / "model-all"
-    seconds = run_p2l(["train", str(data), "-o", str(full), "--overwrite", *TRAIN_FLAGS], log)
+    seconds = run_p2l(["train", str(data), "-o", str(full), "--overwrite", *train_flags], log)
     preds = root / "retrain.parquet"
     run_p2l(["predict", str(full), str(prompts), "-o", str(preds)], log)
     result["retrain"] = {**scores(preds, held_out, truth, truth_meta, newcomer),
@@ -152,11 +150,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=Path("/tmp/p2l-bench-extend"))
+    parser.add_argument("--train-args", default="", help="extra `p2l train` flags")
     args = parser.parse_args()
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
+    train_flags = shlex.split(args.train_args)
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; "
+          f"p2l train {args.train_args or '(defaults)'}")
     runs = []
     for seed in args.seeds:
-        run = one_seed(args.out / f"seed-{seed}", seed)
+        run = one_seed(args.out / f"seed-{seed}", seed, train_flags)
         runs.append(run)
         print(json.dumps(run, indent=1), flush=True)
     (args.out / "results.json").write_text(json.dumps(runs, indent=1))
