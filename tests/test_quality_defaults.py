@@ -15,7 +15,7 @@ import torch
 from conftest import run_p2l
 from scipy.optimize import minimize
 from tiny import CORPUS as tiny_corpus
-from tiny import make_backbone
+from tiny import make_backbone, train_bpe_tokenizer
 from train_helpers import write_data_dir
 
 from p2l_cli.contracts.predictions import predictions_from_frame
@@ -135,6 +135,39 @@ def test_prompt_features_count_what_a_reader_counts():
     assert out[2, names.index("cjk")] == 0 and out[2, names.index("code_symbols")] == 0
     assert out[:3, names.index("log_turns")] == pytest.approx(0.0)
     assert out[3, names.index("log_turns")] == pytest.approx(math.log(2))
+
+
+def test_word_pieces_count_the_tokens_that_continue_a_word():
+    tokenizer = load_tokenizer("minilm", True)
+    vocab = len(tokenizer)
+    classes = pf.token_classes(tokenizer, True, vocab)
+    module = pf.PromptFeatures(vocab, classes, (8,), None, True, pf.continues_word(tokenizer, vocab))
+    texts = ["How do I sort a list in Python?", "Wie schreibe ich eine Funktion in Python?",
+             "Erzähl mir einen Witz über die Bahn."]  # fmt: skip
+    rows = [tokenizer(t)["input_ids"] for t in texts]
+    width = max(map(len, rows))
+    ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    out = module(ids, mask).numpy()
+    names = pf.feature_names((8,), word_pieces=True)
+    assert names[pf.SIZE :] == ["word_pieces", "over_8_tokens"] and out.shape == (3, len(names))
+    shares = []
+    for row in rows:  # by hand: pieces glued to the one before, among the text's pieces
+        text = tokenizer.convert_ids_to_tokens(row)[1:-1]
+        glued = [p for p in text if p.startswith("##") and p[2:].isalpha()]
+        shares.append(len(glued) / len(text))
+    assert out[:, names.index("word_pieces")] == pytest.approx(shares)
+    assert shares[0] == 0 and min(shares[1:]) > 0.25  # English whole, German in pieces
+    # a byte-level BPE vocabulary marks word starts instead (Ġ): an unseen word's first
+    # piece starts it, the pieces after continue it
+    bpe = train_bpe_tokenizer()
+    table = pf.continues_word(bpe, len(bpe))
+    pieces = bpe.tokenize(" the zyxwvutsrq")
+    ids = bpe.convert_tokens_to_ids(pieces)
+    assert pieces[0].startswith("Ġ") and table[ids[0]] == 0
+    rest = [i for p, i in zip(pieces[1:], ids[1:]) if not p.startswith("Ġ") and p.isalpha()]
+    assert len(rest) >= 3 and all(table[i] == 1 for i in rest)
+    assert table[[bpe.convert_tokens_to_ids(t) for t in bpe.all_special_tokens]].sum() == 0
 
 
 def test_length_steps_mark_prompts_longer_than_each_count():

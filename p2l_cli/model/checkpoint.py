@@ -31,7 +31,7 @@ from p2l_cli.model.backbone import (
 )
 from p2l_cli.model.heads import head_for_family
 from p2l_cli.model.p2l import P2LInfo, P2LModel
-from p2l_cli.model.prompt_features import LENGTH_STEPS, token_classes
+from p2l_cli.model.prompt_features import LENGTH_STEPS, continues_word, token_classes
 from p2l_cli.stats.families import canonical_family, has_eta
 
 WEIGHTS = "model.safetensors"
@@ -41,6 +41,7 @@ TOKENIZER = "tokenizer.json"
 CONFIG_KEYS = {"head_type", "loss_type", "pooling", "max_length", "backbone", "model_type",
                "head_rank", "head_hidden", "head_activation", "chat_template",
                "encoder", "normalize", "prompt_features", "length_steps", "untruncated_features",
+               "word_pieces",
                "neighbours", "smoothing", "head_rank_bias", "head_eta_downsize"}  # fmt: skip
 
 
@@ -95,13 +96,15 @@ def build_p2l(
         prompt_features=prompt_features,
         extra=dict(extra or {}),
     )
-    classes = None
+    classes = continuations = None
     if prompt_features:
         info.length_steps = list(LENGTH_STEPS)
         info.untruncated_features = True
+        info.word_pieces = True
         vocab = network.get_input_embeddings().weight.shape[0]
         classes = token_classes(tokenizer, encoder, vocab)
-    model = P2LModel(network, info, tokenizer.cls_token_id, classes)
+        continuations = continues_word(tokenizer, vocab)
+    model = P2LModel(network, info, tokenizer.cls_token_id, classes, continuations)
     model.head.to(dtype=dtype or torch.float32)
     return model, tokenizer
 
@@ -239,6 +242,7 @@ def read_info(model_dir: Path) -> P2LInfo:
         prompt_features=bool(config.get("prompt_features", False)),
         length_steps=[int(count) for count in config.get("length_steps") or []] or None,
         untruncated_features=bool(config.get("untruncated_features", False)),
+        word_pieces=bool(config.get("word_pieces", False)),
         neighbours=config.get("neighbours") or None,
         smoothing=config.get("smoothing") or None,
         extra={k: v for k, v in config.items() if k not in CONFIG_KEYS},

@@ -45,6 +45,7 @@ class P2LInfo:
     prompt_features: bool = False  # append prompt_features.NAMES to the pooled state
     length_steps: list[int] | None = None  # and steps at these token counts (feature_names)
     untruncated_features: bool = False  # the descriptors read the whole prompt, not max_length
+    word_pieces: bool = False  # a descriptor: the share of tokens that continue a word
     neighbours: dict | None = None  # {"k", "penalty", "anchors"}: see model/neighbours.py
     smoothing: dict | None = None  # {"k", "steps", "anchors"}: see model/smoothing.py
     extra: dict = field(default_factory=dict)
@@ -80,6 +81,7 @@ class P2LModel(nn.Module):
         info: P2LInfo,
         cls_token_id: int | None,
         token_classes: torch.Tensor | None = None,
+        continuations: torch.Tensor | None = None,
     ):
         super().__init__()
         self.model = backbone
@@ -89,7 +91,8 @@ class P2LModel(nn.Module):
         if info.prompt_features:
             vocab = backbone.get_input_embeddings().weight.shape[0]
             cap = info.max_length if info.untruncated_features else None
-            self.features = pf.PromptFeatures(vocab, token_classes, info.length_steps or (), cap)
+            self.features = pf.PromptFeatures(vocab, token_classes, info.length_steps or (), cap,
+                                              info.word_pieces, continuations)  # fmt: skip
         self.neighbours = None
         if info.neighbours:
             self.attach_neighbours(**info.neighbours)
@@ -145,7 +148,9 @@ class P2LModel(nn.Module):
     @property
     def feature_names(self) -> list[str]:
         """The names of the descriptors after the hidden state (none without features)."""
-        return pf.feature_names(self.info.length_steps or ()) if self.info.prompt_features else []
+        if not self.info.prompt_features:
+            return []
+        return pf.feature_names(self.info.length_steps or (), self.info.word_pieces)
 
     def pool(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_length: int | None = None

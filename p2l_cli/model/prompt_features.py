@@ -19,6 +19,13 @@ length alone stops at ``max_length`` (``length_cap``): past it the steps tell th
 and a linear term cannot extrapolate from 256 tokens to 30,000. Models saved before counted
 after truncation, with steps below their ``max_length``; they keep both.
 
+A prompt in a language the backbone's vocabulary was not built for falls apart into word
+pieces: MiniLM's English vocabulary reads "Wie schreibe ich" as "wi ##e sc ##hre ##ibe ich",
+an English prompt rarely splits a word. The share of tokens that continue a word
+(``word_pieces``; also high for long identifiers and rare terms) lets a linear head tell the
+two apart. Models built today carry it, between the eight descriptors and the steps, with a
+table of which vocabulary entries continue a word (``features.continues_word``).
+
 Each vocabulary entry gets one class, computed once from the tokenizer and saved with the
 weights (``features.token_class``), so a model folder computes the same descriptors
 anywhere. A turn is marked by the encoder's separator token (turns are joined by it) or by
@@ -38,9 +45,10 @@ SIZE = len(NAMES)
 LENGTH_STEPS = tuple(8 * 2**i for i in range(9))  # 8, 16, ..., 2048 tokens
 
 
-def feature_names(steps: list[int] | tuple[int, ...] = ()) -> list[str]:
+def feature_names(steps: list[int] | tuple[int, ...] = (), word_pieces: bool = False) -> list[str]:
     """The descriptors' names, in the order they are appended to the pooled state."""
-    return [*NAMES, *(f"over_{count}_tokens" for count in steps)]
+    return [*NAMES, *(["word_pieces"] if word_pieces else []),
+            *(f"over_{count}_tokens" for count in steps)]  # fmt: skip
 
 
 CODE_CHARS = set("{}[]();<>_|&\\`#@")
@@ -124,8 +132,28 @@ def token_classes(tokenizer, encoder: bool, vocab_size: int) -> torch.Tensor:
     return classes
 
 
+def continues_word(tokenizer, vocab_size: int) -> torch.Tensor:
+    """``[vocab_size]`` int8: 1 for the entries that continue a word. WordPiece marks the
+    continuations (``##``); byte-level BPE and SentencePiece mark the word starts (``Ġ``,
+    ``▁``), so there a piece with letters and no start mark continues a word."""
+    table = torch.zeros(vocab_size, dtype=torch.int8)
+    pieces = [p or "" for p in tokenizer.convert_ids_to_tokens(
+        list(range(min(vocab_size, len(tokenizer)))))]  # fmt: skip
+    marks_continuations = any(p.startswith("##") for p in pieces)
+    for i, piece in enumerate(pieces):
+        if marks_continuations:
+            table[i] = piece.startswith("##") and any(ch.isalpha() for ch in piece[2:])
+        else:
+            table[i] = not piece.startswith(("Ġ", "▁")) and any(ch.isalpha() for ch in piece)
+    for i in tokenizer.all_special_ids:
+        if 0 <= i < vocab_size:
+            table[i] = 0
+    return table
+
+
 class PromptFeatures(nn.Module):
-    """``[B, 8 + len(steps)]`` descriptors of a batch of token ids (see ``feature_names``)."""
+    """``[B, 8 (+1) + len(steps)]`` descriptors of a batch of token ids (see
+    ``feature_names``); ``word_pieces`` adds the share of tokens that continue a word."""
 
     def __init__(
         self,
@@ -133,10 +161,16 @@ class PromptFeatures(nn.Module):
         classes: torch.Tensor | None = None,
         steps: list[int] | tuple[int, ...] = (),
         length_cap: int | None = None,
+        word_pieces: bool = False,
+        continuations: torch.Tensor | None = None,
     ):
         super().__init__()
         table = classes if classes is not None else torch.zeros(vocab_size, dtype=torch.int8)
         self.register_buffer("token_class", table.to(torch.int8))
+        self.word_pieces = word_pieces
+        if word_pieces:
+            glued = continuations if continuations is not None else torch.zeros_like(table)
+            self.register_buffer("continues_word", glued.to(torch.int8))
         self.steps = tuple(int(count) for count in steps)
         self.length_cap = length_cap
 
@@ -150,8 +184,13 @@ class PromptFeatures(nn.Module):
         text = counts.sum(dim=1) - counts[:, SPECIAL] - counts[:, TURN]
         turns = counts[:, TURN].clamp_min(1.0)
         shares = counts[:, list(SHARE_CLASSES)] / text.clamp_min(1.0).unsqueeze(1)
+        pieces = []
+        if self.word_pieces:
+            glued = (self.continues_word.float()[ids] * mask).sum(dim=1)
+            pieces = [(glued / text.clamp_min(1.0)).unsqueeze(1)]
         over = [(text > count).to(torch.float32).unsqueeze(1) for count in self.steps]
         length = text if self.length_cap is None else text.clamp_max(float(self.length_cap))
         return torch.cat(
-            [torch.log1p(length).unsqueeze(1), torch.log(turns).unsqueeze(1), shares, *over], 1
-        )
+            [torch.log1p(length).unsqueeze(1), torch.log(turns).unsqueeze(1), shares, *pieces,
+             *over], 1,
+        )  # fmt: skip
