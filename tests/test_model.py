@@ -361,3 +361,35 @@ def test_models_saved_before_count_after_truncation(backbones, tmp_path):
     with torch.no_grad():
         pooled = old.pool(*collate(ids, tokenizer.pad_token_id))
     assert pooled[0, old.config.hidden_size].item() == pytest.approx(math.log1p(10))
+
+
+def test_word_pieces_table_is_saved_and_models_saved_before_lack_it(backbones, tmp_path):
+    from safetensors.torch import load_file
+
+    model, tokenizer = build_p2l(str(backbones["bert"]), MODELS, max_length=12,
+                                 prompt_features=True)  # fmt: skip
+    glued = model.features.continues_word
+    assert model.info.word_pieces and 0 < int(glued.sum()) < len(glued)
+    save_p2l(model, tokenizer, tmp_path / "m")
+    loaded, _ = load_p2l(tmp_path / "m")
+    assert torch.equal(loaded.features.continues_word, glued)
+    assert loaded.feature_names == model.feature_names and "word_pieces" in model.feature_names
+    # as saved before the descriptor: no flag in the config, no table in the weights
+    config_path = tmp_path / "m" / "training_config.json"
+    config = json.loads(config_path.read_text())
+    del config["word_pieces"]
+    config_path.write_text(json.dumps(config))
+    weights = load_file(str(tmp_path / "m" / "model.safetensors"))
+    del weights["features.continues_word"]
+    column = model.config.hidden_size + model.feature_names.index("word_pieces")
+    for key, tensor in weights.items():  # the head read one descriptor fewer
+        if key.startswith("head.") and tensor.ndim == 2 and tensor.shape[1] == model.pooled_size:
+            weights[key] = torch.cat([tensor[:, :column], tensor[:, column + 1 :]], 1)
+    save_file(weights, str(tmp_path / "m" / "model.safetensors"))
+    old, _ = load_p2l(tmp_path / "m")
+    assert "word_pieces" not in old.feature_names
+    assert len(old.feature_names) == len(model.feature_names) - 1
+    ids = encode_prompts(tokenizer, [["alpha beta gamma"]], old.info)
+    with torch.no_grad():
+        pooled = old.pool(*collate(ids, tokenizer.pad_token_id))
+    assert pooled.shape[1] == old.config.hidden_size + len(old.feature_names)
