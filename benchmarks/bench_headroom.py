@@ -39,8 +39,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from p2l_cli.stats.families import half_tie_nll
-from p2l_cli.stats.headfit import fit_linear_head
+from p2l_cli.stats.headfit import fit_linear_head, prompt_groups
+from p2l_cli.stats.metrics import vote_metrics
 from p2l_cli.train import RunOptions, Trainer, fit_side_by_side, make_accelerator
 from p2l_cli.train_config import resolve_config
 
@@ -92,13 +92,6 @@ def model_features(
     return train, val, float(head_fit.get("descriptor_weight", 1.0))
 
 
-def half_nll(coefs: np.ndarray, labels: np.ndarray, family: str) -> float:
-    rows = np.arange(len(labels))
-    a = torch.as_tensor(coefs[rows, labels[:, 0]])
-    b = torch.as_tensor(coefs[rows, labels[:, 1]])
-    return float(half_tie_nll(a, b, torch.as_tensor(labels[:, 2]), None, family).mean())
-
-
 def one_run(run: Path) -> dict:
     head_fit = json.loads((run / "model" / "metrics.json").read_text())["head_fit"]
     evaluation = json.loads((run / "evaluation.json").read_text())
@@ -117,8 +110,7 @@ def one_run(run: Path) -> dict:
         raise SystemExit(f"{run}: the prepared files and the loaded votes differ in length")
     true_train = truth_blocks(truth, ids["train"], categories)
     true_val = truth_blocks(truth, ids["val"], categories)
-    texts = ["\x1e".join(turns) for turns in train.prompts]  # one group per prompt, as in training
-    groups = np.unique(np.array(texts, dtype=object), return_inverse=True)[1].reshape(-1)
+    groups = prompt_groups(train.prompts)
     x_train, x_val, weight = model_features(trainer, head_fit, groups)
     hidden = trainer.model.config.hidden_size
 
@@ -156,7 +148,8 @@ def one_run(run: Path) -> dict:
     rows = {}
     for name, (head, report, xv) in fits.items():
         coefs = xv @ np.asarray(head.weight).T + np.asarray(head.bias)
-        nll = half_nll(coefs, val.labels, family)
+        eta = None if head.eta_weight is None else xv @ np.asarray(head.eta_weight) + head.eta_bias
+        nll = vote_metrics(coefs, val.labels, eta, family)["nll_half"]
         rows[name] = {
             "nll_half": nll,
             "share": (marginal - nll) / (marginal - oracle),

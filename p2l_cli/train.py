@@ -58,7 +58,7 @@ from p2l_cli.model.smoothing import Smoothing, choose_anchors, neighbourhood_siz
 from p2l_cli.reporting import INFO, NOTICE, SILENT, WARNING, Reporter
 from p2l_cli.stats.aggregate import aggregate
 from p2l_cli.stats.families import labels_nll, with_style_offset
-from p2l_cli.stats.headfit import fit_linear_head
+from p2l_cli.stats.headfit import fit_linear_head, prompt_groups
 from p2l_cli.stats.marginal import MarginalFit, arena_scale, fit_marginal
 from p2l_cli.stats.metrics import vote_metrics
 from p2l_cli.train_config import (
@@ -765,8 +765,7 @@ class Trainer:
         self._announce()
         started = time.perf_counter()
         train = self.data.train
-        texts = ["\x1e".join(turns) for turns in train.prompts]
-        groups = np.unique(np.array(texts, dtype=object), return_inverse=True)[1].reshape(-1)
+        groups = prompt_groups(train.prompts)
         self.reporter.event(
             INFO,
             f"fitting a linear head: {self.config.cv_folds}-fold cross-validation of the "

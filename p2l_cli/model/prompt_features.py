@@ -113,15 +113,29 @@ def _as_ids(value) -> list[int]:
     return [int(v) for v in value]
 
 
+def _vocabulary_pieces(tokenizer, vocab_size: int) -> list[str]:
+    """The text of every vocabulary entry below ``vocab_size`` (embedding rows past the
+    tokenizer's vocabulary have none)."""
+    ids = list(range(min(vocab_size, len(tokenizer))))
+    return [piece or "" for piece in tokenizer.convert_ids_to_tokens(ids)]
+
+
+def _vocabulary_table(values: list[int], vocab_size: int) -> torch.Tensor:
+    """``[vocab_size]`` int8 holding ``values`` (one per vocabulary entry), 0 past them."""
+    table = torch.zeros(vocab_size, dtype=torch.int8)
+    table[: len(values)] = torch.tensor(values, dtype=torch.int8)
+    return table
+
+
+def _special_ids(tokenizer, vocab_size: int) -> list[int]:
+    return [i for i in tokenizer.all_special_ids if 0 <= i < vocab_size]
+
+
 def token_classes(tokenizer, encoder: bool, vocab_size: int) -> torch.Tensor:
     """``[vocab_size]`` int8: the class of every token id."""
-    classes = torch.zeros(vocab_size, dtype=torch.int8)
-    pieces = tokenizer.convert_ids_to_tokens(list(range(min(vocab_size, len(tokenizer)))))
-    for i, piece in enumerate(pieces):
-        classes[i] = classify_piece(piece or "")
-    for i in tokenizer.all_special_ids:
-        if 0 <= i < vocab_size:
-            classes[i] = SPECIAL
+    pieces = _vocabulary_pieces(tokenizer, vocab_size)
+    classes = _vocabulary_table([classify_piece(piece) for piece in pieces], vocab_size)
+    classes[_special_ids(tokenizer, vocab_size)] = SPECIAL
     # a vocabulary without a script (MiniLM reads most Chinese as [UNK]) still shows it
     unknown = tokenizer.unk_token_id
     if unknown is not None and 0 <= unknown < vocab_size:
@@ -136,18 +150,13 @@ def continues_word(tokenizer, vocab_size: int) -> torch.Tensor:
     """``[vocab_size]`` int8: 1 for the entries that continue a word. WordPiece marks the
     continuations (``##``); byte-level BPE and SentencePiece mark the word starts (``Ġ``,
     ``▁``), so there a piece with letters and no start mark continues a word."""
-    table = torch.zeros(vocab_size, dtype=torch.int8)
-    pieces = [p or "" for p in tokenizer.convert_ids_to_tokens(
-        list(range(min(vocab_size, len(tokenizer)))))]  # fmt: skip
-    marks_continuations = any(p.startswith("##") for p in pieces)
-    for i, piece in enumerate(pieces):
-        if marks_continuations:
-            table[i] = piece.startswith("##") and any(ch.isalpha() for ch in piece[2:])
-        else:
-            table[i] = not piece.startswith(("Ġ", "▁")) and any(ch.isalpha() for ch in piece)
-    for i in tokenizer.all_special_ids:
-        if 0 <= i < vocab_size:
-            table[i] = 0
+    pieces = _vocabulary_pieces(tokenizer, vocab_size)
+    if any(piece.startswith("##") for piece in pieces):
+        glued = [p.startswith("##") and any(ch.isalpha() for ch in p[2:]) for p in pieces]
+    else:
+        glued = [not p.startswith(("Ġ", "▁")) and any(ch.isalpha() for ch in p) for p in pieces]
+    table = _vocabulary_table([int(g) for g in glued], vocab_size)
+    table[_special_ids(tokenizer, vocab_size)] = 0
     return table
 
 

@@ -87,6 +87,12 @@ class HeadFitReport:
         }
 
 
+def prompt_groups(prompts: list[list[str]]) -> np.ndarray:
+    """One integer key per vote: the votes on one prompt (the same turns) share it."""
+    texts = np.array(["\x1e".join(turns) for turns in prompts], dtype=object)
+    return np.unique(texts, return_inverse=True)[1].reshape(-1)
+
+
 def prompt_folds(groups: np.ndarray, folds: int, seed: int) -> np.ndarray:
     """Fold index per vote; all votes of a group (prompt) share a fold."""
     unique, inverse = np.unique(groups, return_inverse=True)
