@@ -131,22 +131,22 @@ def one_run(run: Path) -> dict:
     variants["truth only"] = with_truth(*empty, properties)
     family = trainer.family
 
-    def fit(xs, xv, feature_weights):
+    def fit(xs, feature_weights):
         torch.set_num_threads(1)
-        head, report = fit_linear_head(
+        return fit_linear_head(
             xs, train.labels, family, bias=trainer.marginal.theta, eta=trainer.marginal.eta,
             weights=train.weights, groups=groups, folds=config.cv_folds, seed=config.seed,
             feature_weights=feature_weights,
         )  # fmt: skip
-        return head, report, xv
 
     started = time.perf_counter()
-    fits = fit_side_by_side(fit, variants)
+    fits = fit_side_by_side(fit, {name: (xs, w) for name, (xs, _, w) in variants.items()})
     fit_seconds = time.perf_counter() - started
     marginal = evaluation["marginal"]["nll_half"]
     oracle = evaluation["oracle"]["nll_half"]
     rows = {}
-    for name, (head, report, xv) in fits.items():
+    for name, (head, report) in fits.items():
+        xv = variants[name][1]
         coefs = xv @ np.asarray(head.weight).T + np.asarray(head.bias)
         eta = None if head.eta_weight is None else xv @ np.asarray(head.eta_weight) + head.eta_bias
         nll = vote_metrics(coefs, val.labels, eta, family)["nll_half"]
