@@ -11,6 +11,15 @@ refits the cross-validated ridge head with the simulator's true prompt propertie
 - ``all``: every one of them together; ``truth only``: the true properties without the
   model's features.
 
+Two more rows fit no head: ``true coefficients`` scores the simulator's true coefficients
+themselves as the head's family reads coefficients (``bt-tie``: a tie is half a win, no tie
+parameter), and ``true coefficients, scaled`` the same times one factor fitted on the
+training votes by maximum likelihood. The truth is a sum of per-property effects, so a
+linear head on the true properties has the right form; the gap from ``truth only`` to the
+scaled truth is what estimating it from this many votes costs, the gap from the scaled truth
+to 100% what the family cannot express (the truth's votes are Rao-Kupper, with ties whose
+width varies by category).
+
 Each head is scored as `p2l evaluate` scores a model: the share of the achievable NLL gain
 (ties as half a win) on the held-out votes, against the marginal and the truth that the
 run's ``evaluation.json`` reports. The first row refits the model's own features: it must
@@ -39,6 +48,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from scipy.optimize import minimize_scalar
+
 from p2l_cli.stats.headfit import fit_linear_head, prompt_groups
 from p2l_cli.stats.metrics import vote_metrics
 from p2l_cli.train import RunOptions, Trainer, fit_side_by_side, make_accelerator
@@ -63,6 +74,32 @@ def truth_blocks(truth: pl.DataFrame, ids: list[str], categories: list[str]) -> 
         "multi-turn": column(rows["turns"].to_numpy() > 1),
         "long": column(rows["long"].to_numpy()),
         "not English": column(rows["language"].to_numpy() != "English"),
+    }
+
+
+def true_coefficients(truth: pl.DataFrame, ids: list[str]) -> np.ndarray:
+    """The simulator's true coefficients of the votes ``ids``, ``[N, M]``."""
+    rows = pl.DataFrame({"id": ids}).join(truth, on="id", how="left", maintain_order="left")
+    return np.array(rows["true_coefs"].to_list(), dtype=np.float64)
+
+
+def truth_rows(truth: pl.DataFrame, ids: dict, train, val, family: str) -> dict:
+    """The held-out NLL of the true coefficients read as ``family``'s, as they are and times
+    the factor that fits the training votes best (families without a tie parameter only)."""
+    if family not in ("bt", "bt-tie"):
+        return {}
+    true_train = true_coefficients(truth, ids["train"])
+    true_val = true_coefficients(truth, ids["val"])
+
+    def train_nll(scale: float) -> float:
+        return vote_metrics(scale * true_train, train.labels, None, family, train.weights)["nll"]
+
+    scale = float(minimize_scalar(train_nll, bounds=(0.05, 5.0), method="bounded").x)
+    return {
+        "true coefficients": (vote_metrics(true_val, val.labels, None, family)["nll_half"], 1.0),
+        "true coefficients, scaled": (
+            vote_metrics(scale * true_val, val.labels, None, family)["nll_half"], scale
+        ),
     }
 
 
@@ -156,6 +193,9 @@ def one_run(run: Path) -> dict:
             "penalty": report.penalty,
             "cv_nll": report.best_cv_nll,
         }
+    for name, (nll, scale) in truth_rows(truth, ids, train, val, family).items():
+        rows[name] = {"nll_half": nll, "share": (marginal - nll) / (marginal - oracle),
+                      "scale": scale}  # fmt: skip
     return {
         "run": str(run),
         "world": run.name.rsplit("-", 1)[0],
