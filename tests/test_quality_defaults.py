@@ -16,6 +16,7 @@ from conftest import run_p2l
 from scipy.optimize import minimize
 from tiny import CORPUS as tiny_corpus
 from tiny import make_backbone, train_bpe_tokenizer
+from tokenizers import decoders
 from train_helpers import write_data_dir
 
 from p2l_cli.contracts.predictions import predictions_from_frame
@@ -158,16 +159,44 @@ def test_word_pieces_count_the_tokens_that_continue_a_word():
         shares.append(len(glued) / len(text))
     assert out[:, names.index("word_pieces")] == pytest.approx(shares)
     assert shares[0] == 0 and min(shares[1:]) > 0.25  # English whole, German in pieces
-    # a byte-level BPE vocabulary marks word starts instead (Ġ): an unseen word's first
-    # piece starts it, the pieces after continue it
+    # byte-level BPE marks word starts instead (a leading space, Ġ): a piece continues a
+    # word only after a piece that ends in a letter, so the first word of a chat turn (after
+    # the role and a newline) and a word after a lone space piece start afresh
     bpe = train_bpe_tokenizer()
-    table = pf.continues_word(bpe, len(bpe))
-    pieces = bpe.tokenize(" the zyxwvutsrq")
-    ids = bpe.convert_tokens_to_ids(pieces)
-    assert pieces[0].startswith("Ġ") and table[ids[0]] == 0
-    rest = [i for p, i in zip(pieces[1:], ids[1:]) if not p.startswith("Ġ") and p.isalpha()]
-    assert len(rest) >= 3 and all(table[i] == 1 for i in rest)
-    assert table[[bpe.convert_tokens_to_ids(t) for t in bpe.all_special_tokens]].sum() == 0
+    vocab = len(bpe)
+    module = pf.PromptFeatures(vocab, pf.token_classes(bpe, False, vocab), (), None, True,
+                               pf.continues_word(bpe, vocab))  # fmt: skip
+    turns = ["Hello zyxwvutsrq\nthe cat sat", "Wiederholungsaufgabe bitte"]
+    text = bpe.apply_chat_template([{"role": "user", "content": t} for t in turns], tokenize=False)
+    ids = bpe(text)["input_ids"]
+    out = module(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))[0]
+    special = set(bpe.all_special_ids)
+    decode = decoders.ByteLevel().decode  # the tokenizers library's own byte mapping
+    words = [None if i in special else decode([bpe.convert_ids_to_tokens(i)]) for i in ids]
+    glued = [
+        w is not None and w[:1].strip() != "" and any(ch.isalpha() for ch in w)
+        and before is not None and before[-1:].isalpha()
+        for before, w in zip([None, *words[:-1]], words)
+    ]  # fmt: skip
+    text_tokens = sum(w is not None for w in words)
+    assert out[pf.SIZE].item() == pytest.approx(sum(glued) / text_tokens)
+    assert 3 <= sum(glued) < text_tokens - 8
+    first = [i for i, w in enumerate(words) if w is not None and w[:1].isalpha()]
+    assert words[first[0] - 1] is None and not glued[first[0]]  # "us" of "user" after <|im_start|>
+    assert pf.continues_word(bpe, vocab)[sorted(special)].sum() == 0
+
+
+def test_word_piece_tables_of_models_saved_before_count_continuations_anywhere():
+    # tables saved before marked a continuation with 1 wherever it stood; they still do,
+    # while a BPE piece of today's tables needs a letter-ending piece before it
+    ids, mask = torch.tensor([[3, 3, 4, 3]]), torch.ones(1, 4, dtype=torch.long)
+    old = torch.tensor([0, 0, 0, pf.GLUED, 0], dtype=torch.int8)
+    new = torch.tensor([0, 0, 0, pf.GLUED_AFTER_LETTER, pf.ENDS_IN_LETTER], dtype=torch.int8)
+    share = {}
+    for name, table in (("old", old), ("new", new)):
+        module = pf.PromptFeatures(5, None, (), None, True, table)
+        share[name] = module(ids, mask)[0, pf.SIZE].item()
+    assert share == {"old": pytest.approx(3 / 4), "new": pytest.approx(1 / 4)}
 
 
 def test_length_steps_mark_prompts_longer_than_each_count():

@@ -24,7 +24,11 @@ pieces: MiniLM's English vocabulary reads "Wie schreibe ich" as "wi ##e sc ##hre
 an English prompt rarely splits a word. The share of tokens that continue a word
 (``word_pieces``; also high for long identifiers and rare terms) lets a linear head tell the
 two apart. Models built today carry it, between the eight descriptors and the steps, with a
-table of which vocabulary entries continue a word (``features.continues_word``).
+table of which vocabulary entries continue a word (``features.continues_word``). Byte-level
+BPE and SentencePiece vocabularies mark word starts, not continuations: a piece without the
+mark continues a word only where the token before it ends in a letter, so the first word of
+a text or of a chat turn (after a newline or a special token) does not count (tables of
+models saved before count it unconditionally; they keep doing so).
 
 Each vocabulary entry gets one class, computed once from the tokenizer and saved with the
 weights (``features.token_class``), so a model folder computes the same descriptors
@@ -34,6 +38,8 @@ the token that opens each user message in a decoder's chat template.
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import nn
 
@@ -42,6 +48,10 @@ SHARE_CLASSES = (DIGIT, CODE, MATH, CJK, NON_LATIN, UNKNOWN)
 NAMES = ("log_tokens", "log_turns", "digits", "code_symbols", "math_symbols", "cjk", "non_latin",
          "unknown")  # fmt: skip
 SIZE = len(NAMES)
+# bits of the continues_word table: a continuation wherever it stands (WordPiece's ``##``),
+# a continuation after a token that ends in a letter (BPE pieces without a start mark), and
+# "this token ends in a letter"
+GLUED, GLUED_AFTER_LETTER, ENDS_IN_LETTER = 1, 2, 4
 LENGTH_STEPS = tuple(8 * 2**i for i in range(9))  # 8, 16, ..., 2048 tokens
 
 
@@ -127,6 +137,30 @@ def _vocabulary_table(values: list[int], vocab_size: int) -> torch.Tensor:
     return table
 
 
+def _byte_chars() -> dict[str, int]:
+    """Byte-level BPE's printable stand-in for each byte (``Ġ`` for a space, ``Ċ`` for a
+    newline) -> the byte: printable Latin-1 bytes stand for themselves, the other bytes
+    take the characters from U+0100 on, in byte order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    others = [b for b in range(256) if b not in printable]
+    chars = {chr(b): b for b in printable}
+    chars.update({chr(0x100 + i): b for i, b in enumerate(others)})
+    return chars
+
+
+_BYTE_CHARS = _byte_chars()
+_BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+def _piece_text(piece: str, byte_level: bool) -> str:
+    """The text a BPE or SentencePiece vocabulary entry stands for (a leading space marks a
+    word start); bytes that are part of a longer character read as U+FFFD."""
+    if byte_level and piece and all(ch in _BYTE_CHARS for ch in piece):
+        return bytes(_BYTE_CHARS[ch] for ch in piece).decode("utf-8", errors="replace")
+    byte = _BYTE_PIECE.fullmatch(piece)  # SentencePiece's byte fallback
+    return chr(int(byte.group(1), 16)) if byte else piece.replace("▁", " ")
+
+
 def _special_ids(tokenizer, vocab_size: int) -> list[int]:
     return [i for i in tokenizer.all_special_ids if 0 <= i < vocab_size]
 
@@ -147,15 +181,23 @@ def token_classes(tokenizer, encoder: bool, vocab_size: int) -> torch.Tensor:
 
 
 def continues_word(tokenizer, vocab_size: int) -> torch.Tensor:
-    """``[vocab_size]`` int8: 1 for the entries that continue a word. WordPiece marks the
-    continuations (``##``); byte-level BPE and SentencePiece mark the word starts (``Ġ``,
-    ``▁``), so there a piece with letters and no start mark continues a word."""
+    """``[vocab_size]`` int8 of ``GLUED`` / ``GLUED_AFTER_LETTER`` / ``ENDS_IN_LETTER`` bits.
+    WordPiece marks the continuations (``##``): those are ``GLUED``. Byte-level BPE and
+    SentencePiece mark the word starts (a leading space, ``Ġ`` / ``▁``): a piece with letters
+    that does not start with a space continues a word when the token before it ends in a
+    letter."""
     pieces = _vocabulary_pieces(tokenizer, vocab_size)
     if any(piece.startswith("##") for piece in pieces):
-        glued = [p.startswith("##") and any(ch.isalpha() for ch in p[2:]) for p in pieces]
+        bits = [GLUED * (p.startswith("##") and any(ch.isalpha() for ch in p[2:])) for p in pieces]
     else:
-        glued = [not p.startswith(("Ġ", "▁")) and any(ch.isalpha() for ch in p) for p in pieces]
-    table = _vocabulary_table([int(g) for g in glued], vocab_size)
+        byte_level = any(p.startswith("Ġ") for p in pieces) and not any(
+            p.startswith("▁") for p in pieces
+        )
+        bits = []
+        for text in (_piece_text(piece, byte_level) for piece in pieces):
+            glued = bool(text) and not text[0].isspace() and any(ch.isalpha() for ch in text)
+            bits.append(GLUED_AFTER_LETTER * glued + ENDS_IN_LETTER * text[-1:].isalpha())
+    table = _vocabulary_table(bits, vocab_size)
     table[_special_ids(tokenizer, vocab_size)] = 0
     return table
 
@@ -195,7 +237,7 @@ class PromptFeatures(nn.Module):
         shares = counts[:, list(SHARE_CLASSES)] / text.clamp_min(1.0).unsqueeze(1)
         pieces = []
         if self.word_pieces:
-            glued = (self.continues_word.float()[ids] * mask).sum(dim=1)
+            glued = (self._continuations(ids).float() * mask).sum(dim=1)
             pieces = [(glued / text.clamp_min(1.0)).unsqueeze(1)]
         over = [(text > count).to(torch.float32).unsqueeze(1) for count in self.steps]
         length = text if self.length_cap is None else text.clamp_max(float(self.length_cap))
@@ -203,3 +245,11 @@ class PromptFeatures(nn.Module):
             [torch.log1p(length).unsqueeze(1), torch.log(turns).unsqueeze(1), shares, *pieces,
              *over], 1,
         )  # fmt: skip
+
+    def _continuations(self, ids: torch.Tensor) -> torch.Tensor:
+        """``[B, T]`` bool: the tokens that continue a word (see ``continues_word``)."""
+        bits = self.continues_word.long()[ids]
+        before = torch.zeros_like(bits)
+        before[:, 1:] = bits[:, :-1]
+        after_letter = (before & ENDS_IN_LETTER) > 0
+        return ((bits & GLUED) > 0) | (((bits & GLUED_AFTER_LETTER) > 0) & after_letter)
