@@ -58,11 +58,16 @@ from p2l_cli.train_config import resolve_config
 TRUTH_WEIGHT = 10.0  # the few true-property columns are penalised like the descriptors at 10
 
 
-def truth_blocks(truth: pl.DataFrame, ids: list[str], categories: list[str]) -> dict:
-    """The true prompt properties of the votes ``ids``, one block of columns per property."""
+def truth_of_votes(truth: pl.DataFrame, ids: list[str]) -> pl.DataFrame:
+    """The rows of ``truth.parquet`` for the votes ``ids``, in their order."""
     rows = pl.DataFrame({"id": ids}).join(truth, on="id", how="left", maintain_order="left")
     if rows["category"].null_count():
         raise SystemExit("votes without a row in truth.parquet")
+    return rows
+
+
+def truth_blocks(rows: pl.DataFrame, categories: list[str]) -> dict:
+    """The true prompt properties of the votes' ``rows``, one block of columns per property."""
     category = np.array([[c == k for k in categories] for c in rows["category"]], np.float64)
 
     def column(values) -> np.ndarray:
@@ -77,19 +82,13 @@ def truth_blocks(truth: pl.DataFrame, ids: list[str], categories: list[str]) -> 
     }
 
 
-def true_coefficients(truth: pl.DataFrame, ids: list[str]) -> np.ndarray:
-    """The simulator's true coefficients of the votes ``ids``, ``[N, M]``."""
-    rows = pl.DataFrame({"id": ids}).join(truth, on="id", how="left", maintain_order="left")
-    return np.array(rows["true_coefs"].to_list(), dtype=np.float64)
-
-
-def truth_rows(truth: pl.DataFrame, ids: dict, train, val, family: str) -> dict:
-    """The held-out NLL of the true coefficients read as ``family``'s, as they are and times
-    the factor that fits the training votes best (families without a tie parameter only)."""
+def truth_rows(rows: dict, train, val, family: str) -> dict:
+    """The held-out NLL of the true coefficients (of the truth ``rows`` per split) read as
+    ``family``'s, as they are and times the factor that fits the training votes best
+    (families without a tie parameter only)."""
     if family not in ("bt", "bt-tie"):
         return {}
-    true_train = true_coefficients(truth, ids["train"])
-    true_val = true_coefficients(truth, ids["val"])
+    true_train, true_val = (np.array(rows[s]["true_coefs"].to_list()) for s in ("train", "val"))
 
     def train_nll(scale: float) -> float:
         return vote_metrics(scale * true_train, train.labels, None, family, train.weights)["nll"]
@@ -145,8 +144,9 @@ def one_run(run: Path) -> dict:
            for s in ("train", "val")}  # fmt: skip
     if (len(ids["train"]), len(ids["val"])) != (len(train.labels), len(val.labels)):
         raise SystemExit(f"{run}: the prepared files and the loaded votes differ in length")
-    true_train = truth_blocks(truth, ids["train"], categories)
-    true_val = truth_blocks(truth, ids["val"], categories)
+    rows_of_truth = {split: truth_of_votes(truth, ids[split]) for split in ids}
+    true_train = truth_blocks(rows_of_truth["train"], categories)
+    true_val = truth_blocks(rows_of_truth["val"], categories)
     groups = prompt_groups(train.prompts)
     x_train, x_val, weight = model_features(trainer, head_fit, groups)
     hidden = trainer.model.config.hidden_size
@@ -193,7 +193,7 @@ def one_run(run: Path) -> dict:
             "penalty": report.penalty,
             "cv_nll": report.best_cv_nll,
         }
-    for name, (nll, scale) in truth_rows(truth, ids, train, val, family).items():
+    for name, (nll, scale) in truth_rows(rows_of_truth, train, val, family).items():
         rows[name] = {"nll_half": nll, "share": (marginal - nll) / (marginal - oracle),
                       "scale": scale}  # fmt: skip
     return {
