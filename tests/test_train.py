@@ -503,7 +503,22 @@ def test_simulate_prepare_train_end_to_end(backbones, tmp_path):
     metrics = json.loads((tmp_path / "model/metrics.json").read_text())
     models = json.loads((tmp_path / "data/models.json").read_text())
     assert metrics["train_votes"] + metrics["val_votes"] == 400
-    assert metrics["val"]["p2l"]["nll"] <= metrics["val"]["marginal"]["nll"] + 1e-9
+    # 300 training votes on a random tiny backbone: whether the cross-validation finds a gain
+    # clear enough to keep the head (or the neighbourhoods) is a close call that float
+    # rounding can tip either way, and 100 validation votes may then disagree with it. What
+    # holds either way is the rule: keep a part only when its held-out gain is clear.
+    fit = metrics["head_fit"]
+    assert metrics["selected_on"] == "train (cross-validation)"
+    neighbours = fit["neighbours"]
+    head_kept, neighbours_kept = not fit["fell_back_to_marginal"], neighbours["k"] is not None
+    assert head_kept == (fit["cv_gain"] > 2.0 * fit["cv_gain_se"])
+    assert neighbours_kept == (neighbours["cv_gain"] > 2.0 * neighbours["cv_gain_se"])
+    if head_kept:
+        assert min(fit["cv_nll"].values()) < fit["cv_nll_marginal"]
+    else:
+        assert fit["penalty"] is None
+    if not head_kept and not neighbours_kept:  # the model is the marginal leaderboard
+        assert metrics["val"]["p2l"]["nll"] == pytest.approx(metrics["val"]["marginal"]["nll"])
     model, _ = load_p2l(tmp_path / "model")
     # the recipe's full linear head
     assert model.info.model_list == models and model.info.head_rank is None
