@@ -3,6 +3,7 @@ tokenizer trained here on a small corpus. Nothing is downloaded."""
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
@@ -53,15 +54,56 @@ def train_bpe_tokenizer(vocab_size: int = 300) -> PreTrainedTokenizerFast:
     return fast
 
 
+def learn_wordpiece_vocab(corpus: list[str], size: int, specials: list[str]) -> list[str]:
+    """A WordPiece vocabulary learnt from ``corpus`` by greedy pair merges (the most frequent
+    adjacent pair first; ties go to the first pair in sorted order). Unlike ``tokenizers``'
+    trainers, whose tie-breaking varies from process to process, it is the same in every
+    process, so a test's tiny backbone is too."""
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    splitter = pre_tokenizers.BertPreTokenizer()
+    counts: dict[tuple[str, ...], int] = {}
+    for text in corpus:
+        for word, _ in splitter.pre_tokenize_str(normalizer.normalize_str(text)):
+            pieces = (word[0], *(f"##{c}" for c in word[1:]))
+            counts[pieces] = counts.get(pieces, 0) + 1
+    # every character seen stands alone too, as in ``tokenizers``' trainers
+    alphabet = {piece for pieces in counts for piece in pieces}
+    alphabet |= {piece.removeprefix("##") for piece in alphabet}
+    vocab = [*specials, *sorted(alphabet)]
+    while len(vocab) < size:
+        pairs: dict[tuple[str, str], int] = {}
+        for pieces, n in counts.items():
+            for pair in pairwise(pieces):
+                pairs[pair] = pairs.get(pair, 0) + n
+        if not pairs:
+            break
+        first, second = min(pairs, key=lambda pair: (-pairs[pair], pair))
+        merged = first + second.removeprefix("##")
+        if merged not in vocab:  # the same text can be reached by two merges
+            vocab.append(merged)
+        joined = {}
+        for pieces, n in counts.items():
+            out, i = [], 0
+            while i < len(pieces):
+                if pieces[i : i + 2] == (first, second):
+                    out.append(merged)
+                    i += 2
+                else:
+                    out.append(pieces[i])
+                    i += 1
+            joined[tuple(out)] = joined.get(tuple(out), 0) + n
+        counts = joined
+    return vocab
+
+
 def train_wordpiece_tokenizer(vocab_size: int = 300) -> PreTrainedTokenizerFast:
     """A BERT-style WordPiece tokenizer with [CLS]/[SEP]/[PAD]."""
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = learn_wordpiece_vocab(CORPUS, vocab_size, specials)
+    ids = {piece: i for i, piece in enumerate(vocab)}
+    tok = Tokenizer(models.WordPiece(ids, unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    )
-    tok.train_from_iterator(CORPUS, trainer=trainer)
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
