@@ -117,11 +117,13 @@ def model_features(
     smoothing = head_fit.get("smoothing")
     if smoothing:
         embeddings = raw_train[:, :hidden].numpy()
-        for smoother, smoothed in trainer._smoothing_candidates(embeddings, groups):
+        words = {s: trainer._prompt_words(s) for s in ("train", "val")} if smoothing.get(
+            "lexical") else {"train": None, "val": None}  # fmt: skip
+        for smoother, smoothed in trainer._smoothing_candidates(embeddings, groups, words["train"]):
             if (smoother.k, smoother.steps) == (smoothing["k"], smoothing["steps"]):
                 queries = torch.as_tensor(val[:, :hidden], dtype=torch.float32)
                 train[:, :hidden] = smoothed
-                val[:, :hidden] = smoother(queries).numpy()
+                val[:, :hidden] = smoother(queries, words["val"]).numpy()
                 break
         else:
             raise SystemExit(f"smoothing {smoothing} is not among the candidates")

@@ -54,7 +54,12 @@ from p2l_cli.model.neighbours import FAMILIES as NEIGHBOUR_FAMILIES
 from p2l_cli.model.neighbours import MAX_VOTES as NEIGHBOUR_MAX_VOTES
 from p2l_cli.model.neighbours import cross_validate as cross_validate_neighbours
 from p2l_cli.model.smoothing import CANDIDATES as SMOOTHING_CANDIDATES
-from p2l_cli.model.smoothing import Smoothing, choose_anchors, neighbourhood_size
+from p2l_cli.model.smoothing import (
+    LEXICAL_WEIGHT,
+    Smoothing,
+    choose_anchors,
+    neighbourhood_size,
+)
 from p2l_cli.reporting import INFO, NOTICE, SILENT, WARNING, Reporter
 from p2l_cli.stats.aggregate import aggregate
 from p2l_cli.stats.families import labels_nll, with_style_offset
@@ -462,6 +467,7 @@ class Trainer:
         self.window = _Window()
         self.head_fit: dict | None = None
         self.features: dict[str, torch.Tensor] | None = None
+        self.words: dict[str, torch.Tensor] = {}  # see _prompt_words
         self.style: dict | None = None  # the style fit, with --style-control
         self.offsets: dict[str, np.ndarray] | None = None  # each vote's style term
 
@@ -701,7 +707,10 @@ class Trainer:
     def _forward(self, split: str, idx: np.ndarray, module: torch.nn.Module):
         if self.features is not None:
             x = self.features[split][torch.from_numpy(idx).to(self.features[split].device)]
-            coefs, eta = module(self.model.head_input(x.to(self.device)))
+            words = self._words(split)
+            if words is not None:
+                words = words[torch.from_numpy(idx)].to(self.device)
+            coefs, eta = module(self.model.head_input(x.to(self.device), words))
             coefs = self.model.refine(x, coefs)
         else:
             ids = self.token_ids[split]
@@ -709,6 +718,24 @@ class Trainer:
             output = module(input_ids, mask)
             coefs, eta = output.coefs, output.eta
         return coefs.float(), None if eta is None else eta.float()
+
+    def _words(self, split: str) -> torch.Tensor | None:
+        """The mean input token embedding of each row's prompt, where the model's smoothing
+        searches with it (computed once per split)."""
+        smoothing = self.model.smoothing
+        if smoothing is None or not smoothing.lexical:
+            return None
+        return self._prompt_words(split)
+
+    def _prompt_words(self, split: str) -> torch.Tensor:
+        if split not in self.words:
+            ids, pad, rows = self.token_ids[split], self.tokenizer.pad_token_id, []
+            table = self.model.model.get_input_embeddings().weight.detach().cpu()
+            for start in range(0, len(ids), 256):
+                input_ids, mask = collate(ids[start : start + 256], pad)
+                rows.append(self.model.features.mean_text_embedding(input_ids, mask, table))
+            self.words[split] = torch.cat(rows) if rows else torch.zeros((0, table.shape[1]))
+        return self.words[split]
 
     def _votes(self, split: str, idx: np.ndarray):
         votes = getattr(self.data, split)
@@ -800,7 +827,9 @@ class Trainer:
         smoothers: dict[tuple[int, int], Smoothing] = {}
         jobs = {}
         if self.config.smoothing:
-            for smoother, smoothed in self._smoothing_candidates(features[:, :hidden], groups):
+            words = None if self.model.features is None else self._prompt_words("train")
+            for smoother, smoothed in self._smoothing_candidates(features[:, :hidden], groups,
+                                                                 words):  # fmt: skip
                 key = (smoother.k, smoother.steps)
                 smoothers[key] = smoother
                 for on, rest in descriptors.items():
@@ -814,7 +843,8 @@ class Trainer:
         smoothing, _, steps_read = best
         if smoothing is not None:
             chosen = smoothers[smoothing]
-            module = self.model.attach_smoothing(*smoothing, anchors=len(chosen.anchors))
+            module = self.model.attach_smoothing(*smoothing, anchors=len(chosen.anchors),
+                                                 lexical=chosen.lexical)  # fmt: skip
             module.load_state_dict(chosen.state_dict())
         layer = self.model.head.output_layer
         with torch.no_grad():
@@ -835,7 +865,7 @@ class Trainer:
             }
         if self.config.smoothing:
             self.head_fit["smoothing"] = None if smoothing is None else dict(
-                zip(("k", "steps"), smoothing)
+                zip(("k", "steps"), smoothing), lexical=smoothers[smoothing].lexical
             )
         if steps and not report.fell_back:
             self.head_fit["length_steps"] = steps_read
@@ -856,7 +886,9 @@ class Trainer:
                 f"cross-validation: penalty {report.penalty:.3g}"
                 + (f", descriptor weight {weight:g}" if len(weights) > 1 else "")
                 + ("" if smoothing is None else
-                   f", embedding smoothed over {smoothing[0]} neighbours x {smoothing[1]} hops")
+                   f", embedding smoothed over {smoothing[0]} neighbours x {smoothing[1]} hops"
+                   + (" (searched with the prompts' words too)"
+                      if smoothers[smoothing].lexical else ""))
                 + ("" if not steps else
                    ", length steps " + ("read" if steps_read else "left out"))
                 + ", held-out NLL "
@@ -875,22 +907,26 @@ class Trainer:
         return self._finish()
 
     def _smoothing_candidates(
-        self, embeddings: np.ndarray, groups: np.ndarray
+        self, embeddings: np.ndarray, groups: np.ndarray, words: torch.Tensor | None = None
     ) -> list[tuple[Smoothing, np.ndarray]]:
         """One filled :class:`Smoothing` per candidate (k, steps), anchored on the training
-        prompts (at most ``MAX_ANCHORS``), with the training rows' smoothed embeddings. The
-        neighbour searches (anchor graph, each row's nearest anchors) run once per ``k``."""
+        prompts (at most ``MAX_ANCHORS``), with the training rows' smoothed embeddings;
+        given the rows' ``words`` (mean token embeddings), neighbours are searched with them
+        too (``LEXICAL_WEIGHT``). The neighbour searches (anchor graph, each row's nearest
+        anchors) run once per ``k``."""
         rows = choose_anchors(embeddings, groups, self.config.seed)
         anchors, queries = torch.as_tensor(embeddings[rows]), torch.as_tensor(embeddings)
+        anchor_words = None if words is None else words[torch.from_numpy(rows)]
+        lexical = 0.0 if words is None else LEXICAL_WEIGHT
         graphs: dict[int, torch.Tensor] = {}
         nearest: dict[int, torch.Tensor] = {}
         out = []
         for k, steps in SMOOTHING_CANDIDATES:
-            smoother = Smoothing(len(rows), embeddings.shape[1],
-                                 neighbourhood_size(k, len(rows)), steps)  # fmt: skip
-            graphs[smoother.k] = smoother.fill(anchors, graphs.get(smoother.k))
+            smoother = Smoothing(len(rows), embeddings.shape[1], neighbourhood_size(k, len(rows)),
+                                 steps, lexical, None if words is None else words.shape[1])
+            graphs[smoother.k] = smoother.fill(anchors, anchor_words, graphs.get(smoother.k))
             if smoother.k not in nearest:
-                nearest[smoother.k] = smoother.nearest(queries)
+                nearest[smoother.k] = smoother.nearest(queries, words)
             out.append((smoother, smoother.average(nearest[smoother.k]).numpy()))
         return out
 

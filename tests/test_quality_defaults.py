@@ -24,6 +24,7 @@ from p2l_cli.evaluate import TruthTable, evaluate_predictions
 from p2l_cli.model import load_p2l
 from p2l_cli.model import prompt_features as pf
 from p2l_cli.model.backbone import load_tokenizer
+from p2l_cli.model.smoothing import LEXICAL_WEIGHT
 from p2l_cli.predict import predict_prompts
 from p2l_cli.stats.headfit import fit_linear_head
 from p2l_cli.train import RunOptions, ineffective_settings, train_p2l
@@ -412,6 +413,8 @@ def test_default_recipe_end_to_end_and_the_leakage_warning(tmp_path):
     head_fit = json.loads((model / "metrics.json").read_text())["head_fit"]
     assert head_fit["method"] == "ridge-cv" and "neighbours" in head_fit
     assert "raw" in head_fit["cv_nll_by_candidate"] and "smoothing" in head_fit
+    if head_fit["smoothing"]:  # neighbours are searched with the prompts' words too
+        assert head_fit["smoothing"]["lexical"] == LEXICAL_WEIGHT
     assert isinstance(head_fit["length_steps"], bool)  # read or left out, by the same CV
     preds = tmp_path / "preds.parquet"
     run_p2l("predict", model, data / "val.parquet", "-o", preds, check=True)

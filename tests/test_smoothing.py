@@ -1,7 +1,8 @@
 """Graph smoothing of the embedding before the ridge head: the diffusion against an explicit
-k-nearest-neighbour matrix built here, new prompts against a brute-force neighbour mean, its
-value on clustered prompts that a raw linear head cannot use, the settings' rules, and a
-model folder that stores and reapplies it."""
+k-nearest-neighbour matrix built here, new prompts against a brute-force neighbour mean, the
+search that reads the prompts' words against one written here, its value on clustered
+prompts that a raw linear head cannot use, the settings' rules, and a model folder that
+stores and reapplies it."""
 
 from __future__ import annotations
 
@@ -102,12 +103,41 @@ def test_a_shared_graph_gives_the_walk_a_fresh_search_gives():
     short, long = Smoothing(200, 8, k=9, steps=2), Smoothing(200, 8, k=9, steps=6)
     graph = short.fill(raw)
     assert graph.shape == (200, 9)
-    long.fill(raw, graph)
+    long.fill(raw, graph=graph)
     fresh = Smoothing(200, 8, k=9, steps=6)
     fresh.fill(raw)
     assert torch.equal(long.values, fresh.values)
     queries = torch.as_tensor(rng.normal(size=(30, 8)), dtype=torch.float32)
     assert torch.equal(long.average(short.nearest(queries)), fresh(queries))
+
+
+def test_a_search_with_words_joins_both_unit_rows_and_averages_the_embedding_only():
+    """Neighbours are searched on [unit embedding, weight x unit(words - their mean over the
+    anchors)] (unit length again), the values are the embeddings' walk on that graph, and
+    the words move the neighbours (else this test could not tell the two searches apart)."""
+    rng = np.random.default_rng(6)
+    emb, words = rng.normal(size=(80, 5)), rng.normal(size=(80, 7)) + 2.0
+    module = Smoothing(80, 5, k=6, steps=3, lexical=0.7, words_width=7)
+    module.fill(torch.as_tensor(emb, dtype=torch.float32),
+                torch.as_tensor(words, dtype=torch.float32))  # fmt: skip
+
+    def search_rows(e, w):
+        return _unit(np.hstack([_unit(e), 0.7 * _unit(w - words.mean(axis=0))]))
+
+    np.testing.assert_allclose(module.centre.numpy(), words.mean(axis=0), atol=1e-6)
+    rows = search_rows(emb, words)
+    np.testing.assert_allclose(module.anchors.double().numpy(), rows, atol=1e-3)
+    p = _knn_matrix(module.anchors.double().numpy(), 6)
+    values = module.values.double().numpy()
+    np.testing.assert_allclose(values, np.linalg.matrix_power(p, 2) @ _unit(emb), atol=2e-3)
+    queries, query_words = rng.normal(size=(12, 5)), rng.normal(size=(12, 7)) + 2.0
+    near = np.argsort(-(search_rows(queries, query_words) @ rows.T), axis=1)[:, :6]
+    got = module(torch.as_tensor(queries), torch.as_tensor(query_words)).double().numpy()
+    np.testing.assert_allclose(got, values[near].mean(axis=1), atol=1e-5)
+    without_words = np.argsort(-(_unit(queries) @ _unit(emb).T), axis=1)[:, :6]
+    assert any(set(a) != set(b) for a, b in zip(near, without_words))
+    with pytest.raises(ValueError, match="words"):
+        module(torch.as_tensor(queries))
 
 
 @pytest.mark.slow
@@ -200,3 +230,45 @@ def test_fits_side_by_side_equal_the_fits_one_after_another():
         alone = fit(scale)
         np.testing.assert_array_equal(together[scale][0], alone[0])
         assert together[scale][1] == alone[1]
+
+
+def test_a_model_folder_stores_and_reapplies_a_search_with_words(tmp_path):
+    """The model reads each prompt's words as the mean input embedding of its text tokens
+    (computed here from the ids, special tokens left out), searches with them, and a saved
+    folder does the same after loading."""
+    backbone = make_backbone("bert", tmp_path / "bert")
+    model, tokenizer = build_p2l(str(backbone), ["a", "b", "c"], pooling="mean",
+                                 normalize=True, prompt_features=True)  # fmt: skip
+    hidden = model.config.hidden_size
+    rng = np.random.default_rng(7)
+    module = model.attach_smoothing(4, 3, anchors=30, lexical=0.7)
+    module.fill(torch.as_tensor(rng.normal(size=(30, hidden)), dtype=torch.float32),
+                torch.as_tensor(rng.normal(size=(30, hidden)), dtype=torch.float32))  # fmt: skip
+    torch.nn.init.normal_(model.head.output_layer.weight)
+    ids = tokenizer(["hello there", "a longer prompt about code"], padding=True,
+                    return_tensors="pt")  # fmt: skip
+    table = model.model.get_input_embeddings().weight.detach().double().numpy()
+    special = set(tokenizer.all_special_ids)
+    by_hand = np.array([
+        table[[t for t in row.tolist() if t not in special]].mean(axis=0)
+        for row in ids["input_ids"]
+    ])  # fmt: skip
+    model.eval()
+    with torch.no_grad():
+        words = model.words(ids["input_ids"], ids["attention_mask"])
+        before = model(ids["input_ids"], ids["attention_mask"], return_pooled=True)
+        read = torch.cat([module(before.pooled[:, :hidden], torch.as_tensor(by_hand)),
+                          before.pooled[:, hidden:]], 1)  # fmt: skip
+    np.testing.assert_allclose(words.double().numpy(), by_hand, atol=1e-5)
+    layer = model.head.output_layer
+    expected = (read @ layer.weight.T + layer.bias).detach().numpy()
+    np.testing.assert_allclose(before.coefs.numpy(), expected, atol=1e-5)
+    save_p2l(model, tokenizer, tmp_path / "model")
+    loaded, _ = load_p2l(tmp_path / "model")
+    assert loaded.info.smoothing == {"k": 4, "steps": 3, "anchors": 30, "lexical": 0.7}
+    with torch.no_grad():
+        after = loaded(ids["input_ids"], ids["attention_mask"])
+    np.testing.assert_allclose(after.coefs.numpy(), before.coefs.numpy(), atol=1e-6)
+    without, _ = build_p2l(str(backbone), ["a", "b", "c"], pooling="mean", normalize=True)
+    with pytest.raises(ValueError, match="prompt_features"):
+        without.attach_smoothing(4, 3, anchors=30, lexical=0.7)

@@ -47,7 +47,7 @@ class P2LInfo:
     untruncated_features: bool = False  # the descriptors read the whole prompt, not max_length
     word_pieces: bool = False  # a descriptor: the share of tokens that continue a word
     neighbours: dict | None = None  # {"k", "penalty", "anchors"}: see model/neighbours.py
-    smoothing: dict | None = None  # {"k", "steps", "anchors"}: see model/smoothing.py
+    smoothing: dict | None = None  # {"k", "steps", "anchors"[, "lexical"]}: model/smoothing.py
     extra: dict = field(default_factory=dict)
 
     @property
@@ -121,18 +121,38 @@ class P2LModel(nn.Module):
         self.info.neighbours = {"k": k, "penalty": penalty, "anchors": anchors}
         return self.neighbours
 
-    def attach_smoothing(self, k: int, steps: int, anchors: int) -> Smoothing:
-        """Add (empty) graph smoothing of the embedding over ``anchors`` training prompts."""
-        self.smoothing = Smoothing(anchors, self.model.config.hidden_size, k, steps)
+    def attach_smoothing(
+        self, k: int, steps: int, anchors: int, lexical: float = 0.0
+    ) -> Smoothing:
+        """Add (empty) graph smoothing of the embedding over ``anchors`` training prompts;
+        with ``lexical``, similar prompts are searched by their words too (this needs the
+        prompt descriptors, which know the special tokens)."""
+        if lexical and self.features is None:
+            raise ValueError("smoothing that reads the prompts' words needs prompt_features")
+        words_width = self.model.get_input_embeddings().weight.shape[1]
+        self.smoothing = Smoothing(anchors, self.model.config.hidden_size, k, steps, lexical,
+                                   words_width)  # fmt: skip
         self.info.smoothing = {"k": k, "steps": steps, "anchors": anchors}
+        if lexical:
+            self.info.smoothing["lexical"] = float(lexical)
         return self.smoothing
 
-    def head_input(self, pooled: torch.Tensor) -> torch.Tensor:
-        """What the head reads: the pooled state, its embedding part smoothed if any."""
+    def words(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor | None:
+        """The prompts' mean input token embedding where the smoothing searches with it
+        (``None`` elsewhere)."""
+        if self.smoothing is None or not self.smoothing.lexical:
+            return None
+        table = self.model.get_input_embeddings().weight.detach()
+        return self.features.mean_text_embedding(input_ids, attention_mask, table)
+
+    def head_input(self, pooled: torch.Tensor, words: torch.Tensor | None = None) -> torch.Tensor:
+        """What the head reads: the pooled state, its embedding part smoothed if any (over
+        neighbours found with the prompts' ``words`` where the smoothing reads them)."""
         if self.smoothing is None:
             return pooled
         hidden = self.model.config.hidden_size
-        return torch.cat([self.smoothing(pooled[:, :hidden]), pooled[:, hidden:]], dim=-1)
+        smoothed = self.smoothing(pooled[:, :hidden], words)
+        return torch.cat([smoothed, pooled[:, hidden:]], dim=-1)
 
     def refine(self, pooled: torch.Tensor, coefs: torch.Tensor) -> torch.Tensor:
         """The head's coefficients, refined by the neighbourhood leaderboards if any."""
@@ -179,7 +199,8 @@ class P2LModel(nn.Module):
         max_length: int | None = None,
     ) -> P2LOutput:
         pooled = self.pool(input_ids, attention_mask, max_length)
-        coefs, eta = self.head(self.head_input(pooled).to(self.head.output_layer.weight.dtype))
+        read = self.head_input(pooled, self.words(input_ids, attention_mask))
+        coefs, eta = self.head(read.to(self.head.output_layer.weight.dtype))
         coefs = self.refine(pooled, coefs)
         return P2LOutput(
             coefs=coefs.float(),

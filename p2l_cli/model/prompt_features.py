@@ -246,6 +246,19 @@ class PromptFeatures(nn.Module):
              *over], 1,
         )  # fmt: skip
 
+    def mean_text_embedding(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, table: torch.Tensor
+    ) -> torch.Tensor:
+        """``[B, width]``: the mean of ``table``'s rows (the backbone's input embeddings) over
+        each prompt's text tokens (not special tokens or turn markers); zero for a prompt
+        without text."""
+        ids = input_ids.clamp(0, self.token_class.shape[0] - 1)
+        cls = self.token_class.long()[ids]
+        text = attention_mask.to(torch.float32) * ((cls != SPECIAL) & (cls != TURN)).float()
+        total = nn.functional.embedding_bag(ids.to(table.device), table.float(), mode="sum",
+                                            per_sample_weights=text.to(table.device))  # fmt: skip
+        return total / text.sum(dim=1, keepdim=True).clamp_min(1.0).to(total.device)
+
     def _continuations(self, ids: torch.Tensor) -> torch.Tensor:
         """``[B, T]`` bool: the tokens that continue a word (see ``continues_word``)."""
         bits = self.continues_word.long()[ids]
