@@ -292,13 +292,24 @@ def test_length_steps_are_read_when_the_length_acts_in_steps(tmp_path):
     assert head_fit["cv_nll_by_candidate"]["smoothed 60/32, no length steps"] > (
         head_fit["cv_nll_by_candidate"]["smoothed 60/32"]
     )
-    model, _ = load_p2l(out)
+    model, tokenizer = load_p2l(out)
     names = model.feature_names
     weight = model.head.output_layer.weight.detach().numpy()
     column = {name: model.config.hidden_size + i for i, name in enumerate(names)}
     coder_minus_writer = weight[0] - weight[2]
     assert coder_minus_writer[column["over_8_tokens"]] > 0  # medium: coder gains
     assert coder_minus_writer[column["over_16_tokens"]] < 0  # long: writer again
+    # the smoothing searches with the words; training scored its validation votes on its
+    # cached features and the words it computed, the saved model reads the text: the same
+    # NLL (written here; these votes hold no ties)
+    assert head_fit["smoothing"] == {"k": 60, "steps": 32, "lexical": LEXICAL_WEIGHT}
+    val = pl.read_parquet(data / "val.parquet")
+    coefs, _ = predict_prompts(model, tokenizer, val["prompt"].to_list())
+    labels = np.array(val["labels"].to_list())
+    rows = np.arange(len(labels))
+    margin = (coefs[rows, labels[:, 0]] - coefs[rows, labels[:, 1]]).astype(np.float64)
+    trained_val = json.loads((out / "metrics.json").read_text())["val"]["p2l"]["nll"]
+    assert np.logaddexp(0.0, -margin).mean() == pytest.approx(trained_val, abs=1e-5)
 
 
 # writer wins prompts of 20-30 words, coder prompts of 80-120 words: a backbone reading 16
@@ -423,6 +434,10 @@ def test_default_recipe_end_to_end_and_the_leakage_warning(tmp_path):
     assert b"warning" not in clean.stderr
     report = json.loads((tmp_path / "e.json").read_text())
     assert report["leakage"] == [] and report["p2l"]["nll_half"] > 0
+    # training scored the validation votes on its cached features (and, where it smooths
+    # with words, the words it computed itself); predict reads the text: the same NLL
+    trained_val = json.loads((model / "metrics.json").read_text())["val"]["p2l"]["nll"]
+    assert report["p2l"]["nll"] == pytest.approx(trained_val, abs=1e-6)
     assert report["gain_half"]["nll"] >= -1e-9 or report["gain_half"]["low"] < 0
     train_preds = tmp_path / "train-preds.parquet"
     run_p2l("predict", model, data / "train.parquet", "-o", train_preds, check=True)

@@ -20,10 +20,10 @@ Which prompts count as similar can also read their words (``lexical``, a weight)
 then runs on the sentence embedding joined by the prompt's mean input token embedding
 (centred on the anchors' mean, unit length, times ``lexical``), and only the sentence
 embedding is averaged. The mean token embedding is a bag of words: it keeps what a prompt
-names (a language, a library, a kind of task) that the sentence embedding blends with how
-it is phrased, so neighbourhoods follow the topic more closely. Anchors and values are stored with the model (``smoothing.anchors``,
-``smoothing.values``, with ``lexical`` also ``smoothing.centre``), so a model folder
-predicts alone. At most ``MAX_ANCHORS`` training
+names (a language, a library, a kind of task) that the sentence embedding blends with how it
+is phrased, so neighbourhoods follow the topic more closely. Anchors and values are stored
+with the model (``smoothing.anchors``, ``smoothing.values``, with ``lexical`` also
+``smoothing.centre``), so a model folder predicts alone. At most ``MAX_ANCHORS`` training
 prompts become anchors (a random subset beyond that): the graph costs O(anchors^2) once at
 training, a prediction one similarity search.
 """
