@@ -117,8 +117,9 @@ def model_features(
     smoothing = head_fit.get("smoothing")
     if smoothing:
         embeddings = raw_train[:, :hidden].numpy()
-        words = {s: trainer._prompt_words(s) for s in ("train", "val")} if smoothing.get(
-            "lexical") else {"train": None, "val": None}  # fmt: skip
+        words = {"train": None, "val": None}
+        if smoothing.get("lexical"):  # the neighbours were searched with the words too
+            words = {split: trainer._prompt_words(split) for split in words}
         for smoother, smoothed in trainer._smoothing_candidates(embeddings, groups, words["train"]):
             if (smoother.k, smoother.steps) == (smoothing["k"], smoothing["steps"]):
                 queries = torch.as_tensor(val[:, :hidden], dtype=torch.float32)
