@@ -32,8 +32,8 @@ import numpy as np
 import polars as pl
 import torch
 
+from p2l_cli.evaluate.scoring import fit_leaderboard
 from p2l_cli.stats.families import win_probability
-from p2l_cli.stats.marginal import fit_marginal
 from p2l_cli.train_data import load_data_dir
 
 
@@ -51,9 +51,8 @@ def pair_values(coefs: np.ndarray, first: np.ndarray, second: np.ndarray) -> tup
 
 def one_run(run: Path) -> dict:
     data = load_data_dir(run / "data")
-    train, val = data.train.labels, data.val.labels
-    marginal = fit_marginal(train[:, 0], train[:, 1], train[:, 2], len(data.models),
-                            family="bt-tie").theta  # fmt: skip
+    val = data.val.labels
+    marginal, _ = fit_leaderboard(data.train, len(data.models), "bt-tie")
     simulation = json.loads((run / "arena" / "simulation.json").read_text())
     ids = pl.read_parquet(run / "data" / "val.parquet", columns=["id"])
     truth = pl.read_parquet(run / "arena" / "truth.parquet")

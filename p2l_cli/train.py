@@ -722,19 +722,17 @@ class Trainer:
     def _words(self, split: str) -> torch.Tensor | None:
         """The mean input token embedding of each row's prompt, where the model's smoothing
         searches with it (computed once per split)."""
-        smoothing = self.model.smoothing
-        if smoothing is None or not smoothing.lexical:
-            return None
-        return self._prompt_words(split)
+        return self._prompt_words(split) if self.model.reads_words else None
 
     def _prompt_words(self, split: str) -> torch.Tensor:
         if split not in self.words:
             ids, pad, rows = self.token_ids[split], self.tokenizer.pad_token_id, []
-            table = self.model.model.get_input_embeddings().weight.detach().cpu()
+            device = self.model.model.get_input_embeddings().weight.device
             for start in range(0, len(ids), 256):
-                input_ids, mask = collate(ids[start : start + 256], pad)
-                rows.append(self.model.features.mean_text_embedding(input_ids, mask, table))
-            self.words[split] = torch.cat(rows) if rows else torch.zeros((0, table.shape[1]))
+                input_ids, mask = collate(ids[start : start + 256], pad, device)
+                rows.append(self.model.text_embedding(input_ids, mask).cpu())
+            width = self.model.model.get_input_embeddings().weight.shape[1]
+            self.words[split] = torch.cat(rows) if rows else torch.zeros((0, width))
         return self.words[split]
 
     def _votes(self, split: str, idx: np.ndarray):

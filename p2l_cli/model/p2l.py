@@ -137,13 +137,19 @@ class P2LModel(nn.Module):
             self.info.smoothing["lexical"] = float(lexical)
         return self.smoothing
 
-    def words(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor | None:
-        """The prompts' mean input token embedding where the smoothing searches with it
-        (``None`` elsewhere)."""
-        if self.smoothing is None or not self.smoothing.lexical:
-            return None
+    @property
+    def reads_words(self) -> bool:
+        """Whether the smoothing searches neighbours with the prompts' words."""
+        return self.smoothing is not None and bool(self.smoothing.lexical)
+
+    def text_embedding(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The prompts' words: their mean input token embedding (needs prompt_features)."""
         table = self.model.get_input_embeddings().weight.detach()
         return self.features.mean_text_embedding(input_ids, attention_mask, table)
+
+    def words(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor | None:
+        """The prompts' words where the smoothing searches with them (``None`` elsewhere)."""
+        return self.text_embedding(input_ids, attention_mask) if self.reads_words else None
 
     def head_input(self, pooled: torch.Tensor, words: torch.Tensor | None = None) -> torch.Tensor:
         """What the head reads: the pooled state, its embedding part smoothed if any (over
