@@ -346,7 +346,20 @@ def labels_nll(
     """Weighted mean NLL of votes ``labels [B, 3]`` under per-vote coefficients ``coefs [B, M]``
     (and ``eta [B]`` or ``[B, 1]``): the P2L training loss. Dropped votes do not count."""
     labels = labels.long()
-    nll = labels_vote_nll(coefs, labels, eta, family)
+    return pairs_nll(coefs.gather(-1, labels[:, :2]), labels, eta, family, weights)
+
+
+def pairs_nll(
+    pairs: torch.Tensor,
+    labels: torch.Tensor,
+    eta: torch.Tensor | None = None,
+    family: str = "bt",
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """:func:`labels_nll` from each vote's two coefficients ``pairs [B, 2]`` (its first and
+    second model's), for callers that compute only those."""
+    eta = None if eta is None else eta.reshape(-1)
+    nll = vote_nll(pairs[:, 0], pairs[:, 1], labels[:, 2], eta, family)
     mask = vote_mask(labels[:, 2], family).to(nll.dtype)
     if weights is not None:
         mask = mask * weights.to(nll.dtype)

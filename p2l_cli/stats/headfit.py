@@ -26,8 +26,8 @@ import torch
 
 from p2l_cli.stats.families import (
     has_eta,
-    labels_nll,
     labels_vote_nll,
+    pairs_nll,
     vote_mask,
     with_style_offset,
 )
@@ -129,17 +129,64 @@ def _standardise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class _Problem:
     """What a cross-validated fit varies: how parameters map rows of ``x`` to coefficients
     (and eta), which parameters the ridge penalty shrinks (and ``penalty=None`` zeroes), and
-    an optional prior on the others."""
+    an optional prior on the others. ``pairs_of`` (optional) computes only the two
+    coefficients each vote needs; without it they are picked from ``coefs_of``."""
 
     coefs_of: Callable[[torch.Tensor, list[torch.Tensor]], tuple[torch.Tensor, torch.Tensor | None]]
     penalised: tuple[int, ...]
     prior: Callable[[list[torch.Tensor]], torch.Tensor] | None = None
+    pairs_of: Callable[[torch.Tensor, torch.Tensor, int], Callable] | None = None
+
+    def vote_pairs(self, x: torch.Tensor, labels: torch.Tensor, models: int) -> Callable:
+        """For these rows and votes: parameters -> (``[N, 2]`` coefficients of each vote's
+        first and second model, eta or None)."""
+        if self.pairs_of is not None:
+            return self.pairs_of(x, labels, models)
+        index = labels[:, :2].long()
+
+        def pairs(params):
+            coefs, eta = self.coefs_of(x, params)
+            return coefs.gather(-1, index), eta
+
+        return pairs
 
 
 def _linear_coefs(x: torch.Tensor, params: list[torch.Tensor]):
     coefs = x @ params[0] + params[1]
     eta = x @ params[2] + params[3] if len(params) > 2 else None
     return coefs, eta
+
+
+def _linear_pairs(x: torch.Tensor, labels: torch.Tensor, models: int) -> Callable:
+    """:func:`_linear_coefs` for each vote's two models only. Every vote's row is laid out
+    twice (for its first and its second model) in blocks by model, so model k's coefficient
+    is one matrix-vector product over the rows of its votes: 2 N d multiplications instead of
+    N d M for all M models (6x fewer with 12 models, 65x with 130)."""
+    n = len(x)
+    slots = labels[:, :2].long().T.reshape(-1)  # every first model, then every second
+    order = torch.argsort(slots, stable=True)
+    rows, model = x[order % n], slots[order]
+    blocks = rows.split(torch.bincount(slots, minlength=models).tolist())
+    place = torch.empty_like(order)
+    place[order] = torch.arange(2 * n)
+
+    def pairs(params):
+        weight, bias = params[0], params[1]
+        by_model = torch.cat([block @ weight[:, k] for k, block in enumerate(blocks)])
+        values = (by_model + bias[model])[place].view(2, n).T
+        eta = x @ params[2] + params[3] if len(params) > 2 else None
+        return values, eta
+
+    return pairs
+
+
+def _with_style_offset(pairs: torch.Tensor, offset: torch.Tensor | None) -> torch.Tensor:
+    """Each vote's style offset split between its two models (see
+    :func:`p2l_cli.stats.families.with_style_offset`), on ``[N, 2]`` pairs."""
+    if offset is None:
+        return pairs
+    half = offset.to(pairs.dtype)[:, None] / 2
+    return pairs + torch.cat([half, -half], dim=1)
 
 
 def _fit(
@@ -164,11 +211,12 @@ def _fit(
         trainable, lr=1.0, max_iter=max_iter, tolerance_grad=GRAD_TOLERANCE,
         tolerance_change=CHANGE_TOLERANCE, history_size=20, line_search_fn="strong_wolfe",
     )  # fmt: skip
+    pairs_of = problem.vote_pairs(x, labels, len(start[1]))
 
     def closure():
         optimizer.zero_grad()
-        coefs, eta = problem.coefs_of(x, params)
-        loss = labels_nll(with_style_offset(coefs, labels, offset), labels, eta, family, weights)
+        pairs, eta = pairs_of(params)
+        loss = pairs_nll(_with_style_offset(pairs, offset), labels, eta, family, weights)
         if penalty:
             loss = loss + penalty * sum(params[i].square().sum() for i in problem.penalised)
         if problem.prior is not None:
@@ -323,7 +371,8 @@ def fit_linear_head(
             torch.zeros(d, dtype=torch.float64),
             torch.tensor(float(eta or 0.0), dtype=torch.float64),
         ]
-    problem = _Problem(_linear_coefs, penalised=(0, 2) if has_eta(family) else (0,))
+    problem = _Problem(_linear_coefs, penalised=(0, 2) if has_eta(family) else (0,),
+                       pairs_of=_linear_pairs)  # fmt: skip
     o = None if offset is None else torch.as_tensor(np.asarray(offset), dtype=torch.float64)
     params, report = _cross_validated(
         z, y, w, family, start, problem, groups, penalties, folds, seed, min_gain_se, d, o

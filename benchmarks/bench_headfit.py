@@ -1,0 +1,124 @@
+"""Speed of the exact linear head (`p2l train`'s default `ridge-cv` solver) as votes and models
+grow (run by hand).
+
+A fit computes, at every L-BFGS step, the coefficients its votes need. The head reads each
+vote's two models only, so `p2l` computes those two per vote (one matrix-vector product per
+model over the rows of its votes) instead of all M coefficients of every vote and picking
+two. Both give the same loss; this script times one fit each way on the same votes and
+checks that they reach the same head, then times the whole cross-validated fit
+(`fit_linear_head`: 5 folds, the penalty path, the refit) the way `p2l train` runs it.
+
+Votes are synthetic: standard normal features (d = 400, about MiniLM's 384 dimensions and
+the descriptors), a planted linear truth over M models, pairs drawn uniformly, Bradley-Terry
+outcomes with a fifth of the votes turned into ties, scored as `bt-tie`. One thread, as each
+of `p2l train`'s side-by-side fits.
+
+    python benchmarks/bench_headfit.py
+    python benchmarks/bench_headfit.py --sizes 6000x12,30000x30 --whole
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from unittest import mock
+
+import numpy as np
+import torch
+
+from p2l_cli.stats.families import DECISIVE, TIE_CODE, pairs_nll
+from p2l_cli.stats.headfit import (
+    _linear_coefs,
+    _linear_pairs,
+    _Problem,
+    _standardised,
+    fit_linear_head,
+)
+
+
+def votes(n: int, m: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Correlated features (like embeddings: a few strong directions), a planted truth."""
+    rng = np.random.default_rng(seed)
+    mixing = rng.standard_normal((d, d)) * (0.9 ** np.arange(d))[:, None]
+    x = rng.standard_normal((n, d)) @ mixing
+    truth = rng.standard_normal((d, m)) * 0.05
+    first = rng.integers(0, m, n)
+    second = (first + rng.integers(1, m, n)) % m
+    theta = x @ truth
+    rows = np.arange(n)
+    p_first = 1 / (1 + np.exp(-(theta[rows, first] - theta[rows, second])))
+    first_wins = rng.random(n) < p_first
+    winner, loser = np.where(first_wins, first, second), np.where(first_wins, second, first)
+    tie = np.where(rng.random(n) < 0.2, TIE_CODE, DECISIVE)
+    return x, np.stack([winner, loser, tie], axis=1)
+
+
+def evaluation_seconds(x: np.ndarray, labels: np.ndarray, m: int, pairs: bool, repeats: int):
+    """Seconds per loss-and-gradient evaluation of the head at a random point, the loss and
+    the gradient."""
+    z, _, _ = _standardised(x, None)
+    y = torch.as_tensor(labels, dtype=torch.long)
+    generator = torch.Generator().manual_seed(0)
+    weight = (torch.randn(z.shape[1], m, generator=generator, dtype=torch.float64) * 0.01)
+    params = [weight.requires_grad_(True), torch.zeros(m, dtype=torch.float64, requires_grad=True)]
+    problem = _Problem(_linear_coefs, penalised=(0,), pairs_of=_linear_pairs if pairs else None)
+    pairs_of = problem.vote_pairs(z, y, m)
+
+    def evaluate():
+        params[0].grad = None
+        loss = pairs_nll(pairs_of(params)[0], y, None, "bt-tie")
+        loss.backward()
+        return loss.detach(), params[0].grad.clone()
+
+    evaluate()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        loss, grad = evaluate()
+    return (time.perf_counter() - started) / repeats, loss, grad
+
+
+def whole_fit_seconds(x: np.ndarray, labels: np.ndarray, m: int, pairs: bool) -> float:
+    started = time.perf_counter()
+    if pairs:
+        fit_linear_head(x, labels, "bt-tie", bias=np.zeros(m))
+    else:  # the same fit with every vote's M coefficients computed
+        with mock.patch("p2l_cli.stats.headfit._linear_pairs", None):
+            fit_linear_head(x, labels, "bt-tie", bias=np.zeros(m))
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="6000x12,30000x30,30000x130",
+                        help="comma-separated VOTESxMODELS")  # fmt: skip
+    parser.add_argument("--dims", type=int, default=400)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--whole", default="6000x12",
+                        help="sizes whose whole cross-validated fit is timed both ways")  # fmt: skip
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    whole = set(args.whole.split(",")) if args.whole else set()
+    print("| votes | models | one evaluation, all M coefficients (ms) | two per vote (ms) | "
+          "speed-up | loss, gradient: max abs difference | whole CV fit: all M / two per vote "
+          "(s) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+    for size in args.sizes.split(","):
+        n, m = (int(v) for v in size.split("x"))
+        x, labels = votes(n, m, args.dims, seed=n + m)
+        full_s, full_loss, full_grad = evaluation_seconds(x, labels, m, False, args.repeats)
+        pair_s, pair_loss, pair_grad = evaluation_seconds(x, labels, m, True, args.repeats)
+        diff = max(float((full_loss - pair_loss).abs()), float((full_grad - pair_grad).abs().max()))
+        fits = "—"
+        if size in whole:
+            fits = (f"{whole_fit_seconds(x, labels, m, False):.1f} / "
+                    f"{whole_fit_seconds(x, labels, m, True):.1f}")  # fmt: skip
+        print(f"| {n:,} | {m} | {full_s * 1e3:.1f} | {pair_s * 1e3:.1f} | {full_s / pair_s:.1f}x "
+              f"| {diff:.1e} | {fits} |", flush=True)  # fmt: skip
+    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} CPU cores, one thread, torch "
+          f"{torch.__version__}, load average {os.getloadavg()[0]:.1f} at the end")
+
+
+if __name__ == "__main__":
+    main()
