@@ -119,7 +119,7 @@ def one_seed(root: Path, seed: int, train_flags: list[str]) -> dict:
               "newcomer_train_votes": train.filter(involves(train, newcomer)).height}
     base = root / "model-without"
     result["train_without_seconds"] = run_p2l(["train", str(base_data), "-o", str(base),
-                                               "--overwrite", *train_flags], log)  # fmt: skip
+                                               "--overwrite", *train_flags], log).seconds  # fmt: skip
     rng = np.random.default_rng(seed)
     theirs = train.filter(involves(train, newcomer))
     for size in SIZES:
@@ -129,7 +129,7 @@ def one_seed(root: Path, seed: int, train_flags: list[str]) -> dict:
         for name, flags in (("extend", []), ("one_rating", ["--rating-only"])):
             out = root / f"{name}-{size}"
             seconds = run_p2l(["extend", str(base), str(votes), "-o", str(out), "--overwrite",
-                               *flags], log)  # fmt: skip
+                               *flags], log).seconds  # fmt: skip
             preds = root / f"{name}-{size}.parquet"
             run_p2l(["predict", str(out), str(prompts), "-o", str(preds)], log)
             fit = json.loads((out / "training_config.json").read_text())["extensions"][-1]
@@ -138,7 +138,8 @@ def one_seed(root: Path, seed: int, train_flags: list[str]) -> dict:
                 "seconds": seconds, "fell_back": fit["head_fit"]["fell_back_to_marginal"],
             }  # fmt: skip
     full = root / "model-all"
-    seconds = run_p2l(["train", str(data), "-o", str(full), "--overwrite", *train_flags], log)
+    seconds = run_p2l(["train", str(data), "-o", str(full), "--overwrite", *train_flags],
+                      log).seconds
     preds = root / "retrain.parquet"
     run_p2l(["predict", str(full), str(prompts), "-o", str(preds)], log)
     result["retrain"] = {**scores(preds, held_out, truth, truth_meta, newcomer),

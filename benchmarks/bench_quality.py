@@ -9,17 +9,20 @@ Reported per run and as mean ± sd:
 
 1. share of the achievable NLL gain: (NLL marginal - NLL P2L) / (NLL marginal - NLL truth),
    every NLL with ties counted as half a win (the Arena's convention), on the held-out votes;
+   and its expected counterpart (``bench_expected.py``: the same share scored with the
+   truth's outcome probabilities of each held-out battle instead of its one sampled vote);
 2. router share: on the fresh prompts, the true expected win rate (against uniform
    opponents) of the model P2L ranks first, as a share of the way from the best single
    model to the oracle router (which picks with the true coefficients);
 3. the held-out gain over the marginal leaderboard with its 95% bootstrap interval (the
    ``flat`` world has nothing to learn: there the gain must not be negative);
-4. training time (feature encoding included) and prediction speed.
+4. training time (feature encoding included), its peak memory, and prediction speed.
 
 Each stage runs as a subprocess, as a user runs it.
 
     python benchmarks/bench_quality.py                      # 3 worlds x 3 seeds, ~1 h on 2 cores
     python benchmarks/bench_quality.py --worlds mixed --seeds 0
+    python benchmarks/bench_quality.py --worlds mixed --seeds 0 --battles 40000 --models 30
     python benchmarks/bench_quality.py --train-args "--head-solver adamw --epochs 40"
     python benchmarks/bench_quality.py --summarise run1/results.json run2/results.json
 """
@@ -35,7 +38,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
+import bench_expected as expected  # this folder is on sys.path
 import numpy as np
 import polars as pl
 
@@ -43,20 +48,27 @@ from p2l_cli.io import read_table_meta
 from p2l_cli.stats.winrates import win_rates_vs_opponents
 
 
-def run_p2l(argv: list[str], log: Path) -> float:
-    """``p2l ARGV`` as a subprocess (stderr appended to ``log``); returns its seconds."""
+class Finished(NamedTuple):
+    seconds: float
+    peak_mib: float  # the process's peak resident memory
+
+
+def run_p2l(argv: list[str], log: Path) -> Finished:
+    """``p2l ARGV`` as a subprocess (stderr appended to ``log``)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
     started = time.perf_counter()
     with log.open("a") as fh:
         fh.write(f"\n$ p2l {shlex.join(argv)}\n")
         fh.flush()
-        proc = subprocess.run(
-            [sys.executable, "-m", "p2l_cli", *argv], stdout=fh, stderr=fh, env=env, check=False
-        )
-    if proc.returncode != 0:
-        raise SystemExit(f"p2l {argv[0]} failed (exit {proc.returncode}); see {log}")
-    return time.perf_counter() - started
+        proc = subprocess.Popen([sys.executable, "-m", "p2l_cli", *argv], stdout=fh, stderr=fh,
+                                env=env)  # fmt: skip
+        _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"p2l {argv[0]} failed (exit {os.waitstatus_to_exitcode(status)}); "
+                         f"see {log}")  # fmt: skip
+    return Finished(seconds, usage.ru_maxrss / 1024)  # Linux reports KiB
 
 
 def router_share(predictions: Path, fresh: Path, truth_family: str) -> dict:
@@ -98,12 +110,10 @@ def one_run(root: Path, world: str, seed: int, args, train_args: list[str]) -> d
             log)  # fmt: skip
     run_p2l(["prepare", str(arena / "battles.parquet"), "-o", str(data), "--val-fraction",
              str(args.val_fraction), "--seed", str(seed), "--overwrite"], log)  # fmt: skip
-    train_seconds = run_p2l(
-        ["train", str(data), "-o", str(model), "--overwrite", *train_args], log
-    )
+    train = run_p2l(["train", str(data), "-o", str(model), "--overwrite", *train_args], log)
     val_prompts = pl.scan_parquet(data / "val.parquet").select(pl.len()).collect().item()
-    predict_seconds = run_p2l(["predict", str(model), str(data / "val.parquet"), "-o",
-                               str(val_preds)], log)  # fmt: skip
+    predict = run_p2l(["predict", str(model), str(data / "val.parquet"), "-o", str(val_preds)],
+                      log)  # fmt: skip
     run_p2l(["predict", str(model), str(arena / "prompts.jsonl"), "-o", str(fresh_preds)], log)
     report_path = root / "evaluation.json"
     run_p2l(["evaluate", str(val_preds), str(data / "val.parquet"), "--truth",
@@ -124,9 +134,11 @@ def one_run(root: Path, world: str, seed: int, args, train_args: list[str]) -> d
         "gain": gain["nll"],
         "gain_low": gain.get("low"),
         "gain_high": gain.get("high"),
+        "expected_share": expected.one_run(root)["expected_share"],
         "router": router_share(fresh_preds, arena / "prompts.jsonl", truth_family),
-        "train_seconds": train_seconds,
-        "predict_prompts_per_s": val_prompts / predict_seconds,
+        "train_seconds": train.seconds,
+        "train_peak_mib": train.peak_mib,
+        "predict_prompts_per_s": val_prompts / predict.seconds,
         "head_fit": metrics.get("head_fit"),
         "leakage": report.get("leakage"),
     }
@@ -145,17 +157,21 @@ def summarise(results: list[dict]) -> None:
     for r in results:
         fit = r["head_fit"] or {}
         print(
-            f"  {r['world']:9s} seed {r['seed']}: share {r['share']:.3f}, gain "
+            f"  {r['world']:9s} seed {r['seed']}: share {r['share']:.3f} (expected "
+            f"{r.get('expected_share', float('nan')):.3f}), gain "
             f"{r['gain']:+.4f} [{r['gain_low']:+.4f}, {r['gain_high']:+.4f}] nats/vote, router "
             f"share {r['router']['share'] if r['router']['share'] is None else round(r['router']['share'], 3)} "
             f"({r['router']['router']:.3f} vs best single {r['router']['best_single']:.3f}, "
             f"oracle {r['router']['oracle']:.3f}), penalty {fit.get('penalty')}, train "
-            f"{r['train_seconds']:.0f} s, predict {r['predict_prompts_per_s']:.0f} prompts/s"
+            f"{r['train_seconds']:.0f} s (peak {r.get('train_peak_mib', float('nan')):.0f} MiB), "
+            f"predict {r['predict_prompts_per_s']:.0f} prompts/s"
         )
     for world in dict.fromkeys(r["world"] for r in results):
         rows = [r for r in results if r["world"] == world]
         print(f"\n{world} ({len(rows)} seeds): mean ± sd")
         print(f"  share of the achievable NLL gain (ties half): {spread([r['share'] for r in rows])}")
+        print(f"  expected share (the truth's vote probabilities): "
+              f"{spread([r.get('expected_share') for r in rows])}")
         print(f"  router share of the oracle router's gain:     "
               f"{spread([r['router']['share'] for r in rows])}")
         print(f"  gain over the marginal (nats/vote):           {spread([r['gain'] for r in rows])}")
@@ -164,6 +180,7 @@ def summarise(results: list[dict]) -> None:
         print(f"  runs below the marginal: {below}, router below the best single model: "
               f"{router_below}")
         print(f"  train seconds: {spread([r['train_seconds'] for r in rows])}")
+        print(f"  train peak memory (MiB): {spread([r.get('train_peak_mib') for r in rows])}")
 
 
 def main() -> None:
