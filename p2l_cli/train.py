@@ -52,6 +52,7 @@ from p2l_cli.model import build_p2l, collate, save_p2l
 from p2l_cli.model.checkpoint import state_dict_for_saving
 from p2l_cli.model.neighbours import FAMILIES as NEIGHBOUR_FAMILIES
 from p2l_cli.model.neighbours import MAX_VOTES as NEIGHBOUR_MAX_VOTES
+from p2l_cli.model.neighbours import MAX_WORK as NEIGHBOUR_MAX_WORK
 from p2l_cli.model.neighbours import cross_validate as cross_validate_neighbours
 from p2l_cli.model.smoothing import CANDIDATES as SMOOTHING_CANDIDATES
 from p2l_cli.model.smoothing import (
@@ -947,6 +948,15 @@ class Trainer:
                 INFO,
                 f"neighbourhoods: skipped above {NEIGHBOUR_MAX_VOTES:,} training votes (the "
                 "linear head has the data; stored votes and their search would grow with it)",
+            )
+            return
+        models = len(self.data.models)
+        if len(train) * models**2 > NEIGHBOUR_MAX_WORK:
+            self.reporter.event(
+                INFO,
+                f"neighbourhoods: skipped for {len(train):,} training votes among {models} "
+                f"models (their cross-validation grows with votes x models^2, here past "
+                f"{NEIGHBOUR_MAX_WORK:,}; the linear head has the data)",
             )
             return
         hidden = self.model.config.hidden_size

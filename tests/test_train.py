@@ -604,3 +604,27 @@ def test_a_hidden_layer_head_learns_a_signal_a_linear_head_cannot(backbones, tmp
     config = json.loads((tmp_path / "hidden" / "training_config.json").read_text())
     assert config["head_hidden"] == 16 and config["head_activation"] == "gelu"
     assert "head.head.3.weight" in _weights(tmp_path / "hidden")
+
+
+# ------------------------------------------------------------- neighbourhoods at scale
+
+
+def test_neighbourhoods_are_skipped_past_their_cost_cap(backbones, data, tmp_path, monkeypatch):
+    """The neighbourhoods' cross-validation costs about votes x models^2: at the cap it runs,
+    one past it the linear head is kept alone and the run says why."""
+    from p2l_cli.reporting import Recorder
+
+    votes = pl.read_parquet(data / "train.parquet").height
+    work = votes * len(json.loads((data / "models.json").read_text())) ** 2
+    settings = {"freeze_backbone": True, "head_solver": "ridge-cv", "neighbours": True,
+                "cv_folds": 3}  # fmt: skip
+    for cap, runs in ((work, True), (work - 1, False)):
+        monkeypatch.setattr(train_module, "NEIGHBOUR_MAX_WORK", cap)
+        recorder = Recorder()
+        result = _train(data, tmp_path / f"model-{cap}", backbones["bert"],
+                        RunOptions(reporter=recorder), **settings)  # fmt: skip
+        assert ("neighbours" in result.metrics["head_fit"]) == runs
+        skipped = [m for m in recorder.messages() if m.startswith("neighbourhoods: skipped")]
+        assert bool(skipped) != runs
+        if skipped:
+            assert f"{votes:,} training votes among {len(MODELS)} models" in skipped[0]
