@@ -168,7 +168,7 @@ def _linear_pairs(x: torch.Tensor, labels: torch.Tensor, models: int) -> Callabl
     rows, model = x[order % n], slots[order]
     blocks = rows.split(torch.bincount(slots, minlength=models).tolist())
     place = torch.empty_like(order)
-    place[order] = torch.arange(2 * n)
+    place[order] = torch.arange(2 * n, device=order.device)
 
     def pairs(params):
         weight, bias = params[0], params[1]
@@ -211,7 +211,7 @@ def _fit(
         trainable, lr=1.0, max_iter=max_iter, tolerance_grad=GRAD_TOLERANCE,
         tolerance_change=CHANGE_TOLERANCE, history_size=20, line_search_fn="strong_wolfe",
     )  # fmt: skip
-    pairs_of = problem.vote_pairs(x, labels, len(start[1]))
+    pairs_of = problem.vote_pairs(x, labels, models=start[1].numel())  # start[1]: the biases
 
     def closure():
         optimizer.zero_grad()
