@@ -316,9 +316,19 @@ def labels_vote_nll(
     """Each vote's NLL (:func:`vote_nll`) for labels ``[B, 3]`` under per-vote coefficients
     ``coefs [B, M]`` (and ``eta [B]`` or ``[B, 1]``)."""
     labels = labels.long()
-    pair = coefs.gather(-1, labels[:, :2])
+    return pairs_vote_nll(coefs.gather(-1, labels[:, :2]), labels, eta, family)
+
+
+def pairs_vote_nll(
+    pairs: torch.Tensor,
+    labels: torch.Tensor,
+    eta: torch.Tensor | None = None,
+    family: str = "bt",
+) -> torch.Tensor:
+    """:func:`labels_vote_nll` from each vote's two coefficients ``pairs [B, 2]`` (its first
+    and second model's), for callers that compute only those."""
     eta = None if eta is None else eta.reshape(-1)
-    return vote_nll(pair[:, 0], pair[:, 1], labels[:, 2], eta, family)
+    return vote_nll(pairs[:, 0], pairs[:, 1], labels[:, 2], eta, family)
 
 
 def with_style_offset(coefs: torch.Tensor, labels: torch.Tensor,
@@ -356,10 +366,8 @@ def pairs_nll(
     family: str = "bt",
     weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """:func:`labels_nll` from each vote's two coefficients ``pairs [B, 2]`` (its first and
-    second model's), for callers that compute only those."""
-    eta = None if eta is None else eta.reshape(-1)
-    nll = vote_nll(pairs[:, 0], pairs[:, 1], labels[:, 2], eta, family)
+    """:func:`labels_nll` from each vote's two coefficients ``pairs [B, 2]``."""
+    nll = pairs_vote_nll(pairs, labels, eta, family)
     mask = vote_mask(labels[:, 2], family).to(nll.dtype)
     if weights is not None:
         mask = mask * weights.to(nll.dtype)

@@ -26,10 +26,9 @@ import torch
 
 from p2l_cli.stats.families import (
     has_eta,
-    labels_vote_nll,
     pairs_nll,
+    pairs_vote_nll,
     vote_mask,
-    with_style_offset,
 )
 
 DEFAULT_PENALTIES = tuple(float(10.0**e) for e in np.arange(1.0, -5.01, -0.25))
@@ -182,7 +181,8 @@ def _linear_pairs(x: torch.Tensor, labels: torch.Tensor, models: int) -> Callabl
 
 def _with_style_offset(pairs: torch.Tensor, offset: torch.Tensor | None) -> torch.Tensor:
     """Each vote's style offset split between its two models (see
-    :func:`p2l_cli.stats.families.with_style_offset`), on ``[N, 2]`` pairs."""
+    :func:`p2l_cli.stats.families.with_style_offset`), on ``[N, 2]`` pairs: the training
+    loss and the held-out losses alike."""
     if offset is None:
         return pairs
     half = offset.to(pairs.dtype)[:, None] / 2
@@ -229,8 +229,8 @@ def _fit(
 
 
 def _vote_losses(x, labels, family, params, problem: _Problem, offset=None) -> torch.Tensor:
-    coefs, eta = problem.coefs_of(x, params)
-    return labels_vote_nll(with_style_offset(coefs, labels, offset), labels, eta, family)
+    pairs, eta = problem.vote_pairs(x, labels, models=params[1].numel())(params)
+    return pairs_vote_nll(_with_style_offset(pairs, offset), labels, eta, family)
 
 
 def _cross_validated(
@@ -250,7 +250,7 @@ def _cross_validated(
 ) -> tuple[list[torch.Tensor], HeadFitReport]:
     """Choose the penalty by held-out NLL over folds split by ``groups``, fall back to the
     unpenalised-part-only fit without a clear gain, and refit on every vote. ``offset``
-    (one style offset per vote, see :func:`with_style_offset`) enters every likelihood."""
+    (one style offset per vote, see :func:`_with_style_offset`) enters every likelihood."""
     n = len(y)
     groups = np.arange(n) if groups is None else np.asarray(groups)
     folds = max(2, min(folds, len(np.unique(groups))))
