@@ -728,12 +728,11 @@ class Trainer:
     def _prompt_words(self, split: str) -> torch.Tensor:
         if split not in self.words:
             ids, pad, rows = self.token_ids[split], self.tokenizer.pad_token_id, []
-            device = self.model.model.get_input_embeddings().weight.device
+            table = self.model.model.get_input_embeddings().weight
             for start in range(0, len(ids), 256):
-                input_ids, mask = collate(ids[start : start + 256], pad, device)
+                input_ids, mask = collate(ids[start : start + 256], pad, table.device)
                 rows.append(self.model.text_embedding(input_ids, mask).cpu())
-            width = self.model.model.get_input_embeddings().weight.shape[1]
-            self.words[split] = torch.cat(rows) if rows else torch.zeros((0, width))
+            self.words[split] = torch.cat(rows) if rows else torch.zeros((0, table.shape[1]))
         return self.words[split]
 
     def _votes(self, split: str, idx: np.ndarray):
