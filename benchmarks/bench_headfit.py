@@ -8,13 +8,20 @@ two. Both give the same loss; this script times one fit each way on the same vot
 checks that they reach the same head, then times the whole cross-validated fit
 (`fit_linear_head`: 5 folds, the penalty path, the refit) the way `p2l train` runs it.
 
+The folds of that fit (and its refit on every vote) are independent chains down the penalty
+path: `--workers` times the whole fit with its folds on 1, 2, ... threads (one core each) and
+checks that every thread count gives the same head, bit for bit. `p2l train` gives each of
+its side-by-side fits the cores left over (`threads_per_fit`), so this is what a machine
+with more cores than candidate fits gains.
+
 Votes are synthetic: standard normal features (d = 400, about MiniLM's 384 dimensions and
 the descriptors), a planted linear truth over M models, pairs drawn uniformly, Bradley-Terry
 outcomes with a fifth of the votes turned into ties, scored as `bt-tie`. One thread, as each
-of `p2l train`'s side-by-side fits.
+of `p2l train`'s side-by-side fits on a machine with no more cores than fits.
 
     python benchmarks/bench_headfit.py
-    python benchmarks/bench_headfit.py --sizes 6000x12,30000x30 --whole
+    python benchmarks/bench_headfit.py --sizes 6000x12,30000x30 --whole 30000x30
+    python benchmarks/bench_headfit.py --sizes 6000x12 --whole "" --workers 1,2
 """
 
 from __future__ import annotations
@@ -79,6 +86,22 @@ def evaluation_seconds(x: np.ndarray, labels: np.ndarray, m: int, pairs: bool, r
     return (time.perf_counter() - started) / repeats, loss, grad
 
 
+def fold_threads_seconds(x: np.ndarray, labels: np.ndarray, m: int, workers: list[int]) -> tuple:
+    """Seconds of the whole cross-validated fit per fold-thread count, and whether every
+    count gave the first one's head and held-out NLLs exactly."""
+    seconds, heads = [], []
+    for count in workers:
+        started = time.perf_counter()
+        heads.append(fit_linear_head(x, labels, "bt-tie", bias=np.zeros(m), workers=count))
+        seconds.append(time.perf_counter() - started)
+    (first, first_report), *rest = heads
+    same = all(
+        np.array_equal(head.weight, first.weight) and np.array_equal(head.bias, first.bias)
+        and report.cv_nll == first_report.cv_nll for head, report in rest
+    )
+    return seconds, same
+
+
 def whole_fit_seconds(x: np.ndarray, labels: np.ndarray, m: int, pairs: bool) -> float:
     started = time.perf_counter()
     if pairs:
@@ -97,9 +120,26 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--whole", default="6000x12",
                         help="sizes whose whole cross-validated fit is timed both ways")  # fmt: skip
+    parser.add_argument("--workers", default="",
+                        help="comma-separated fold-thread counts to time the whole fit at, "
+                        "e.g. 1,2 (each size of --sizes)")  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(1)
     whole = set(args.whole.split(",")) if args.whole else set()
+    if args.workers:
+        counts = [int(v) for v in args.workers.split(",")]
+        print("| votes | models | " + " | ".join(f"whole CV fit, {c} fold thread(s) (s)" for c in counts)
+              + " | same head |")  # fmt: skip
+        print("|---|---|" + "---|" * len(counts) + "---|")
+        for size in args.sizes.split(","):
+            n, m = (int(v) for v in size.split("x"))
+            x, labels = votes(n, m, args.dims, seed=n + m)
+            seconds, same = fold_threads_seconds(x, labels, m, counts)
+            print(f"| {n:,} | {m} | " + " | ".join(f"{s:.1f}" for s in seconds)
+                  + f" | {'yes' if same else 'NO'} |", flush=True)  # fmt: skip
+        print(f"\nmachine: {platform.machine()}, {os.cpu_count()} CPU cores, torch "
+              f"{torch.__version__}, load average {os.getloadavg()[0]:.1f} at the end")
+        return
     print("| votes | models | one evaluation, all M coefficients (ms) | two per vote (ms) | "
           "speed-up | loss, gradient: max abs difference | whole CV fit: all M / two per vote "
           "(s) |")  # fmt: skip

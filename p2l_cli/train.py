@@ -240,13 +240,36 @@ STEP_SETTINGS = (
 )  # fmt: skip
 
 
+def available_cores() -> int:
+    """The cores this process may run on (a container or ``taskset`` may allow fewer than
+    the machine has)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def fit_side_by_side(fit: Callable, jobs: dict) -> dict:
     """``{key: fit(*args)}`` for ``jobs = {key: args}``, one thread per available core (the
     fits are independent and each runs on one core, so the result is the same)."""
-    workers = max(1, min(len(jobs), os.cpu_count() or 1))
+    workers = max(1, min(len(jobs), available_cores()))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {key: pool.submit(fit, *args) for key, args in jobs.items()}
         return {key: future.result() for key, future in futures.items()}
+
+
+def threads_per_fit(fits: int, rows: int, width: int) -> int:
+    """How many threads each of ``fits`` cross-validated head fits running side by side may
+    give its folds (:func:`p2l_cli.stats.headfit.fit_linear_head`'s ``workers``): the cores
+    left over, as far as half the machine's memory allows, each running fold fit holding
+    about three float64 copies of its ``rows x width`` features (its rows, and those rows
+    laid out by model)."""
+    per_fit = available_cores() // max(fits, 1)
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # no sysconf: let the cores decide
+        return max(1, per_fit)
+    fit_copies = memory // 2 // max(1, 3 * 8 * rows * width)
+    return max(1, min(per_fit, fit_copies // max(fits, 1)))
 
 
 def ineffective_settings(config: TrainConfig, overrides: dict[str, Any]) -> list[str]:
@@ -802,18 +825,19 @@ class Trainer:
         # their weight is chosen by the same cross-validation
         weights = DESCRIPTOR_WEIGHTS if features.shape[1] > hidden else (1.0,)
 
-        def fit(x: np.ndarray, weight: float):
-            torch.set_num_threads(1)  # one core per fit: the fits run side by side
+        def fit(x: np.ndarray, weight: float, workers: int):
+            torch.set_num_threads(1)  # one core per fold fit: the fits run side by side
             scale = np.ones(x.shape[1])
             scale[hidden:] = weight
             return fit_linear_head(
                 x, train.labels, self.family, bias=self.marginal.theta, eta=self.marginal.eta,
                 weights=train.weights, groups=groups, folds=self.config.cv_folds,
                 seed=self.config.seed, feature_weights=scale,
-                offset=None if self.offsets is None else self.offsets["train"],
+                offset=None if self.offsets is None else self.offsets["train"], workers=workers,
             )  # fmt: skip
 
-        fits = fit_side_by_side(fit, {(None, w, True): (features, w) for w in weights})
+        workers = threads_per_fit(len(weights), *features.shape)
+        fits = fit_side_by_side(fit, {(None, w, True): (features, w, workers) for w in weights})
         weight = min(weights, key=lambda w: fits[(None, w, True)][1].best_cv_nll)
         # at that weight: the embedding smoothed, the length steps read or left out (their
         # columns zeroed, so the head puts no weight on them)
@@ -835,7 +859,8 @@ class Trainer:
         elif steps:
             raw = np.concatenate([features[:, :hidden], descriptors[False]], 1)
             jobs[(None, weight, False)] = (raw, weight)
-        fits.update(fit_side_by_side(fit, jobs))
+        workers = threads_per_fit(len(jobs), *features.shape)
+        fits.update(fit_side_by_side(fit, {key: (*args, workers) for key, args in jobs.items()}))
         best = min(fits, key=lambda key: fits[key][1].best_cv_nll)
         head, report = fits[best]
         smoothing, _, steps_read = best

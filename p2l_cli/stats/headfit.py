@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -247,70 +248,87 @@ def _cross_validated(
     min_gain_se: float,
     width: int,
     offset: torch.Tensor | None = None,
+    workers: int = 1,
 ) -> tuple[list[torch.Tensor], HeadFitReport]:
     """Choose the penalty by held-out NLL over folds split by ``groups``, fall back to the
     unpenalised-part-only fit without a clear gain, and refit on every vote. ``offset``
-    (one style offset per vote, see :func:`_with_style_offset`) enters every likelihood."""
+    (one style offset per vote, see :func:`_with_style_offset`) enters every likelihood.
+
+    Each fold, and the refit on every vote, is a chain of fits down the penalty path, each
+    starting from the one before. The chains are independent: ``workers`` threads run them
+    side by side, the refit too when that adds no round (it then walks past the chosen
+    penalty as far as the folds do). The fits, and so the result, do not depend on it."""
     n = len(y)
     groups = np.arange(n) if groups is None else np.asarray(groups)
     folds = max(2, min(folds, len(np.unique(groups))))
     fold = torch.as_tensor(prompt_folds(groups, folds, seed))
     counted = vote_mask(y[:, 2], family).to(torch.float64) * (w if w is not None else 1.0)
+    workers = max(1, workers)
+    refit_alongside = -(-(folds + 1) // workers) == -(-folds // workers)
+    trains = [fold != k for k in range(folds)] + [None]  # None: every vote (the refit)
+    last = [start] * (folds + 1)
+    refits: dict = {}  # penalty -> the refit's parameters
 
-    def part(mask):
-        return None if offset is None else offset[mask]
+    def advance(chain: int, penalty: float | None) -> list[torch.Tensor]:
+        train = trains[chain]
+        if train is None:
+            return _fit(x, y, w, family, penalty, last[chain], problem, offset=offset)
+        return _fit(x[train], y[train], None if w is None else w[train], family, penalty,
+                    last[chain], problem, offset=None if offset is None else offset[train])
 
-    def coefs(rows, params):
-        return problem.coefs_of(rows, params)[0]
+    held_out: dict = {}
+    oof: dict = {}
+    with ThreadPoolExecutor(max_workers=workers) as pool:
 
-    fold_fits: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, list]] = []
-    held_out = {None: torch.zeros(n, dtype=torch.float64)}  # None: no penalised part
-    oof: dict = {None: None}
-    for k in range(folds):
-        train, test = fold != k, fold == k
-        wk = None if w is None else w[train]
-        params = _fit(x[train], y[train], wk, family, None, start, problem,
-                      offset=part(train))
-        held_out[None][test] = _vote_losses(x[test], y[test], family, params, problem,
-                                            part(test))
-        test_coefs = coefs(x[test], params)
-        if oof[None] is None:
-            oof[None] = torch.zeros(n, test_coefs.shape[1], dtype=torch.float64)
-        oof[None][test] = test_coefs
-        fold_fits.append((train, test, wk, params))
-    total = counted.sum()
+        def stage(penalty: float | None, chains: list[int]) -> None:
+            """Every chain in ``chains`` one fit further, at ``penalty`` (None: the
+            penalised part held at 0, which is the marginal leaderboard for the full head)."""
+            for chain, params in zip(chains, pool.map(lambda c: advance(c, penalty), chains)):
+                last[chain] = params
+            if folds in chains:
+                refits[penalty] = last[folds]
 
-    def cv_nll(key) -> float:
-        return float((held_out[key] * counted).sum() / total)
+        def score(penalty: float | None) -> None:
+            """Each vote's loss and coefficients under the fold fit that did not see it."""
+            held_out[penalty] = torch.zeros(n, dtype=torch.float64)
+            for k in range(folds):
+                test = fold == k
+                held_out[penalty][test] = _vote_losses(
+                    x[test], y[test], family, last[k], problem,
+                    None if offset is None else offset[test],
+                )
+                test_coefs = problem.coefs_of(x[test], last[k])[0]
+                if penalty not in oof:
+                    oof[penalty] = torch.zeros(n, test_coefs.shape[1], dtype=torch.float64)
+                oof[penalty][test] = test_coefs
 
-    tried = []
-    worse_in_a_row = 0
-    for penalty in penalties:  # strongest first: each fold's fit starts from its previous one
-        held_out[penalty] = torch.zeros(n, dtype=torch.float64)
-        oof[penalty] = torch.zeros_like(oof[None])
-        for k, (train, test, wk, params) in enumerate(fold_fits):
-            params = _fit(x[train], y[train], wk, family, penalty, params, problem,
-                          offset=part(train))
-            held_out[penalty][test] = _vote_losses(x[test], y[test], family, params, problem,
-                                                   part(test))
-            oof[penalty][test] = coefs(x[test], params)
-            fold_fits[k] = (train, test, wk, params)
-        tried.append(penalty)
-        # weaker penalties only overfit more once the held-out NLL has turned upwards
-        worse_in_a_row = worse_in_a_row + 1 if cv_nll(penalty) > min(map(cv_nll, tried)) else 0
-        if worse_in_a_row >= 2:
-            break
-    cv = {p: cv_nll(p) for p in held_out}
-    best = min(tried, key=lambda p: cv[p])
-    gain, se = clustered_gain(held_out[None], held_out[best], counted, groups)
-    fell_back = not gain > min_gain_se * se
-    chosen = None if fell_back else best
-    params = _fit(x, y, w, family, None, start, problem, offset=offset)
-    if chosen is not None:
-        for penalty in penalties:
-            params = _fit(x, y, w, family, penalty, params, problem, offset=offset)
-            if penalty == chosen:
+        chains = list(range(folds + 1 if refit_alongside else folds))
+        stage(None, chains)
+        score(None)
+        total = counted.sum()
+
+        def cv_nll(key) -> float:
+            return float((held_out[key] * counted).sum() / total)
+
+        tried = []
+        worse_in_a_row = 0
+        for penalty in penalties:  # strongest first
+            stage(penalty, chains)
+            score(penalty)
+            tried.append(penalty)
+            # weaker penalties only overfit more once the held-out NLL has turned upwards
+            worse_in_a_row = worse_in_a_row + 1 if cv_nll(penalty) > min(map(cv_nll, tried)) else 0
+            if worse_in_a_row >= 2:
                 break
+        cv = {p: cv_nll(p) for p in held_out}
+        best = min(tried, key=lambda p: cv[p])
+        gain, se = clustered_gain(held_out[None], held_out[best], counted, groups)
+        fell_back = not gain > min_gain_se * se
+        chosen = None if fell_back else best
+        if not refit_alongside:
+            path = [] if chosen is None else tried[: tried.index(chosen) + 1]
+            for penalty in [None, *path]:
+                stage(penalty, [folds])
     report = HeadFitReport(
         penalty=chosen,
         cv_nll={p: cv[p] for p in tried},
@@ -324,7 +342,7 @@ def _cross_validated(
         held_out_coefs=oof[chosen].numpy(),
         folds_of_votes=fold.numpy(),
     )
-    return params, report
+    return refits[chosen], report
 
 
 def _standardised(features, feature_weights) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -349,6 +367,7 @@ def fit_linear_head(
     min_gain_se: float = MIN_GAIN_SE,
     feature_weights: np.ndarray | None = None,
     offset: np.ndarray | None = None,
+    workers: int = 1,
 ) -> tuple[LinearHead, HeadFitReport]:
     """The cross-validated ridge head for per-vote ``features [N, d]`` and ``labels [N, 3]``
     (and, with style control, each vote's style ``offset``).
@@ -357,6 +376,7 @@ def fit_linear_head(
     (one key per vote, e.g. a hash of its prompt) keeps a prompt's votes in one fold.
     ``feature_weights`` multiply the standardised features: the penalty on feature j is
     then ``penalty / weight_j^2`` (a block of few, strong features can be penalised less).
+    ``workers`` threads fit the folds side by side (the same head for any number).
     """
     z, mean, sd = _standardised(features, feature_weights)
     y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
@@ -375,7 +395,8 @@ def fit_linear_head(
                        pairs_of=_linear_pairs)  # fmt: skip
     o = None if offset is None else torch.as_tensor(np.asarray(offset), dtype=torch.float64)
     params, report = _cross_validated(
-        z, y, w, family, start, problem, groups, penalties, folds, seed, min_gain_se, d, o
+        z, y, w, family, start, problem, groups, penalties, folds, seed, min_gain_se, d, o,
+        workers,
     )
     return _unstandardise(params, mean, sd), report
 
