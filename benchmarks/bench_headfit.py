@@ -9,10 +9,10 @@ checks that they reach the same head, then times the whole cross-validated fit
 (`fit_linear_head`: 5 folds, the penalty path, the refit) the way `p2l train` runs it.
 
 The folds of that fit (and its refit on every vote) are independent chains down the penalty
-path: `--workers` times the whole fit with its folds on 1, 2, ... threads (one core each) and
-checks that every thread count gives the same head, bit for bit. `p2l train` gives each of
-its side-by-side fits the cores left over (`threads_per_fit`), so this is what a machine
-with more cores than candidate fits gains.
+path: `--workers` times the whole fit with its folds one after another (1) and on a pool of
+2, 3, ... threads (one core each), and checks that every count gives the same head, bit for
+bit. `p2l train` runs its candidate fits side by side on one such pool with a thread per
+core (`head_fit_threads`), so this is what one fit gains from cores the others leave idle.
 
 Votes are synthetic: standard normal features (d = 400, about MiniLM's 384 dimensions and
 the descriptors), a planted linear truth over M models, pairs drawn uniformly, Bradley-Terry
@@ -30,6 +30,7 @@ import argparse
 import os
 import platform
 import time
+from concurrent.futures import ThreadPoolExecutor
 from unittest import mock
 
 import numpy as np
@@ -92,7 +93,11 @@ def fold_threads_seconds(x: np.ndarray, labels: np.ndarray, m: int, workers: lis
     seconds, heads = [], []
     for count in workers:
         started = time.perf_counter()
-        heads.append(fit_linear_head(x, labels, "bt-tie", bias=np.zeros(m), workers=count))
+        if count == 1:
+            heads.append(fit_linear_head(x, labels, "bt-tie", bias=np.zeros(m)))
+        else:
+            with ThreadPoolExecutor(count) as pool:
+                heads.append(fit_linear_head(x, labels, "bt-tie", bias=np.zeros(m), pool=pool))
         seconds.append(time.perf_counter() - started)
     (first, first_report), *rest = heads
     same = all(

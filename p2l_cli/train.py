@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -257,19 +257,17 @@ def fit_side_by_side(fit: Callable, jobs: dict) -> dict:
         return {key: future.result() for key, future in futures.items()}
 
 
-def threads_per_fit(fits: int, rows: int, width: int) -> int:
-    """How many threads each of ``fits`` cross-validated head fits running side by side may
-    give its folds (:func:`p2l_cli.stats.headfit.fit_linear_head`'s ``workers``): the cores
-    left over, as far as half the machine's memory allows, each running fold fit holding
-    about three float64 copies of its ``rows x width`` features (its rows, and those rows
-    laid out by model)."""
-    per_fit = available_cores() // max(fits, 1)
+def head_fit_threads(rows: int, width: int) -> int:
+    """How many threads the cross-validated head fits may share for their folds' fits
+    (:func:`p2l_cli.stats.headfit.fit_linear_head`'s ``pool``): one per core, as many as
+    half the machine's memory allows, each running fold fit holding about three float64
+    copies of its ``rows x width`` features (its rows, and those rows laid out by model)."""
+    cores = available_cores()
     try:
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # no sysconf: let the cores decide
-        return max(1, per_fit)
-    fit_copies = memory // 2 // max(1, 3 * 8 * rows * width)
-    return max(1, min(per_fit, fit_copies // max(fits, 1)))
+        return cores
+    return max(1, min(cores, memory // 2 // max(1, 3 * 8 * rows * width)))
 
 
 def ineffective_settings(config: TrainConfig, overrides: dict[str, Any]) -> list[str]:
@@ -825,42 +823,43 @@ class Trainer:
         # their weight is chosen by the same cross-validation
         weights = DESCRIPTOR_WEIGHTS if features.shape[1] > hidden else (1.0,)
 
-        def fit(x: np.ndarray, weight: float, workers: int):
-            torch.set_num_threads(1)  # one core per fold fit: the fits run side by side
-            scale = np.ones(x.shape[1])
-            scale[hidden:] = weight
-            return fit_linear_head(
-                x, train.labels, self.family, bias=self.marginal.theta, eta=self.marginal.eta,
-                weights=train.weights, groups=groups, folds=self.config.cv_folds,
-                seed=self.config.seed, feature_weights=scale,
-                offset=None if self.offsets is None else self.offsets["train"], workers=workers,
-            )  # fmt: skip
+        threads = head_fit_threads(*features.shape)
+        # the fits side by side share one thread per core for their folds' fits
+        with ThreadPoolExecutor(threads) if threads > 1 else nullcontext() as pool:
+            def fit(x: np.ndarray, weight: float):
+                torch.set_num_threads(1)  # one core per fold fit: the fits run side by side
+                scale = np.ones(x.shape[1])
+                scale[hidden:] = weight
+                return fit_linear_head(
+                    x, train.labels, self.family, bias=self.marginal.theta, eta=self.marginal.eta,
+                    weights=train.weights, groups=groups, folds=self.config.cv_folds,
+                    seed=self.config.seed, feature_weights=scale,
+                    offset=None if self.offsets is None else self.offsets["train"], pool=pool,
+                )  # fmt: skip
 
-        workers = threads_per_fit(len(weights), *features.shape)
-        fits = fit_side_by_side(fit, {(None, w, True): (features, w, workers) for w in weights})
-        weight = min(weights, key=lambda w: fits[(None, w, True)][1].best_cv_nll)
-        # at that weight: the embedding smoothed, the length steps read or left out (their
-        # columns zeroed, so the head puts no weight on them)
-        steps = len(self.model.features.steps) if self.model.features is not None else 0
-        descriptors = {True: features[:, hidden:]}  # steps read -> the descriptor columns
-        if steps:  # a copy of the few descriptor columns only, not of the embedding
-            descriptors[False] = features[:, hidden:].copy()
-            descriptors[False][:, -steps:] = 0.0
-        smoothers: dict[tuple[int, int], Smoothing] = {}
-        jobs = {}
-        if self.config.smoothing:
-            words = None if self.model.features is None else self._prompt_words("train")
-            for smoother, smoothed in self._smoothing_candidates(features[:, :hidden], groups,
-                                                                 words):  # fmt: skip
-                key = (smoother.k, smoother.steps)
-                smoothers[key] = smoother
-                for on, rest in descriptors.items():
-                    jobs[(key, weight, on)] = (np.concatenate([smoothed, rest], 1), weight)
-        elif steps:
-            raw = np.concatenate([features[:, :hidden], descriptors[False]], 1)
-            jobs[(None, weight, False)] = (raw, weight)
-        workers = threads_per_fit(len(jobs), *features.shape)
-        fits.update(fit_side_by_side(fit, {key: (*args, workers) for key, args in jobs.items()}))
+            fits = fit_side_by_side(fit, {(None, w, True): (features, w) for w in weights})
+            weight = min(weights, key=lambda w: fits[(None, w, True)][1].best_cv_nll)
+            # at that weight: the embedding smoothed, the length steps read or left out (their
+            # columns zeroed, so the head puts no weight on them)
+            steps = len(self.model.features.steps) if self.model.features is not None else 0
+            descriptors = {True: features[:, hidden:]}  # steps read -> the descriptor columns
+            if steps:  # a copy of the few descriptor columns only, not of the embedding
+                descriptors[False] = features[:, hidden:].copy()
+                descriptors[False][:, -steps:] = 0.0
+            smoothers: dict[tuple[int, int], Smoothing] = {}
+            jobs = {}
+            if self.config.smoothing:
+                words = None if self.model.features is None else self._prompt_words("train")
+                for smoother, smoothed in self._smoothing_candidates(features[:, :hidden], groups,
+                                                                     words):  # fmt: skip
+                    key = (smoother.k, smoother.steps)
+                    smoothers[key] = smoother
+                    for on, rest in descriptors.items():
+                        jobs[(key, weight, on)] = (np.concatenate([smoothed, rest], 1), weight)
+            elif steps:
+                raw = np.concatenate([features[:, :hidden], descriptors[False]], 1)
+                jobs[(None, weight, False)] = (raw, weight)
+            fits.update(fit_side_by_side(fit, jobs))
         best = min(fits, key=lambda key: fits[key][1].best_cv_nll)
         head, report = fits[best]
         smoothing, _, steps_read = best

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -34,12 +35,12 @@ def planted_votes(n: int, d: int, m: int, seed: int, strength: float = 0.6):
 @pytest.mark.parametrize("strength", [0.6, 0.0])  # a real head; the fallback (no signal)
 def test_the_head_is_the_same_for_any_number_of_threads(strength: float) -> None:
     x, labels, groups = planted_votes(1200, 6, 5, seed=3, strength=strength)
-    fits = {
-        workers: fit_linear_head(x, labels, "bt-tie", bias=np.zeros(5), groups=groups,
-                                 workers=workers)
-        for workers in (1, 2, 3, 5, 6, 8)
-    }
-    one, one_report = fits[1]
+    fits = {None: fit_linear_head(x, labels, "bt-tie", bias=np.zeros(5), groups=groups)}
+    for threads in (1, 2, 3, 6):
+        with ThreadPoolExecutor(threads) as pool:
+            fits[threads] = fit_linear_head(x, labels, "bt-tie", bias=np.zeros(5), groups=groups,
+                                            pool=pool)  # fmt: skip
+    one, one_report = fits[None]
     assert (one_report.penalty is None) == (strength == 0.0)
     for head, report in fits.values():
         np.testing.assert_array_equal(head.weight, one.weight)
@@ -64,8 +65,26 @@ def test_fold_fits_run_on_several_threads(monkeypatch) -> None:
         return fit(*args, **kwargs)
 
     monkeypatch.setattr(headfit, "_fit", together)
-    fit_linear_head(x, labels, "bt-tie", bias=np.zeros(4), groups=groups, workers=3)
+    with ThreadPoolExecutor(3) as pool:
+        fit_linear_head(x, labels, "bt-tie", bias=np.zeros(4), groups=groups, pool=pool)
     assert len(threads) == 3
+
+
+def test_fits_sharing_one_pool_get_their_own_heads() -> None:
+    """Two fits side by side on one pool of threads (as `p2l train` runs its candidates)
+    each get the head they get alone."""
+    data = [planted_votes(900, 5, 4, seed=seed) for seed in (17, 19)]
+    alone = [fit_linear_head(x, labels, "bt-tie", bias=np.zeros(4), groups=groups)
+             for x, labels, groups in data]  # fmt: skip
+    with ThreadPoolExecutor(2) as pool, ThreadPoolExecutor(2) as side_by_side:
+        shared = list(side_by_side.map(
+            lambda xs: fit_linear_head(xs[0], xs[1], "bt-tie", bias=np.zeros(4), groups=xs[2],
+                                       pool=pool),
+            data,
+        ))  # fmt: skip
+    for (head, report), (own, own_report) in zip(shared, alone, strict=True):
+        np.testing.assert_array_equal(head.weight, own.weight)
+        assert report.cv_nll == own_report.cv_nll
 
 
 def test_the_threaded_refit_minimises_the_penalised_loss() -> None:
@@ -73,8 +92,9 @@ def test_the_threaded_refit_minimises_the_penalised_loss() -> None:
     the chosen penalty on the standardised weights: its gradient there is zero."""
     n, d, m = 1500, 5, 4
     x, labels, groups = planted_votes(n, d, m, seed=11)
-    head, report = fit_linear_head(x, labels, "bt-tie", bias=np.zeros(m), groups=groups,
-                                   workers=3)  # fmt: skip
+    with ThreadPoolExecutor(3) as pool:
+        head, report = fit_linear_head(x, labels, "bt-tie", bias=np.zeros(m), groups=groups,
+                                       pool=pool)  # fmt: skip
     assert report.penalty is not None
     mean, sd = x.mean(0), x.std(0, ddof=1)
     z = torch.as_tensor((x - mean) / sd)
@@ -92,28 +112,27 @@ def test_new_rows_are_the_same_with_threads() -> None:
     x, labels, groups = planted_votes(900, 4, 5, seed=13)
     fixed = np.zeros((len(labels), 5))
     one = fit_new_rows(x, labels, "bt-tie", fixed, np.array([4]), groups=groups)
-    threaded = headfit._cross_validated  # the same function with workers=3
-    with pytest.MonkeyPatch.context() as patch:
+    threaded = headfit._cross_validated
+    with pytest.MonkeyPatch.context() as patch, ThreadPoolExecutor(3) as pool:
         patch.setattr(headfit, "_cross_validated",
-                      lambda *a, **k: threaded(*a, **{**k, "workers": 3}))  # fmt: skip
+                      lambda *a, **k: threaded(*a, **{**k, "pool": pool}))  # fmt: skip
         three = fit_new_rows(x, labels, "bt-tie", fixed, np.array([4]), groups=groups)
     np.testing.assert_array_equal(one[0].weight, three[0].weight)
     assert one[1].cv_nll == three[1].cv_nll
 
 
 @pytest.mark.parametrize(
-    ("cores", "fits", "memory_gib", "rows", "width", "expected"),
+    ("cores", "memory_gib", "rows", "width", "expected"),
     [
-        (16, 2, 128, 30_000, 400, 8),  # the cores left over
-        (16, 4, 128, 30_000, 400, 4),
-        (2, 2, 24, 6_000, 400, 1),  # no more cores than fits: one each
-        (2, 4, 24, 6_000, 400, 1),  # fewer cores than fits: still one
-        (64, 1, 16, 1_000_000, 400, 0),  # half of 16 GiB holds no 9.6 GB chain: one anyway
-        (64, 2, 128, 1_000_000, 400, 3),  # 64 GiB holds 6 chains of 9.6 GB: 3 per fit
+        (16, 128, 30_000, 400, 16),  # one per core
+        (2, 24, 6_000, 400, 2),
+        (1, 24, 6_000, 400, 1),
+        (64, 16, 1_000_000, 400, 1),  # half of 16 GiB holds no 9.6 GB fold fit: one anyway
+        (64, 128, 1_000_000, 400, 7),  # half of 128 GiB holds 7 of them
     ],
 )
-def test_threads_per_fit(monkeypatch, cores, fits, memory_gib, rows, width, expected) -> None:
+def test_head_fit_threads(monkeypatch, cores, memory_gib, rows, width, expected) -> None:
     monkeypatch.setattr(train_module, "available_cores", lambda: cores)
     pages = {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": memory_gib * 2**30 // 4096}
     monkeypatch.setattr(train_module.os, "sysconf", lambda name: pages[name])
-    assert train_module.threads_per_fit(fits, rows, width) == max(1, expected)
+    assert train_module.head_fit_threads(rows, width) == expected

@@ -633,27 +633,31 @@ def test_neighbourhoods_are_skipped_past_their_cost_cap(backbones, data, tmp_pat
 # ------------------------------------------------------------- head fit threads
 
 
-def test_ridge_fits_get_the_cores_left_over(backbones, data, tmp_path, monkeypatch):
-    """`p2l train` runs its candidate head fits side by side and gives each the cores left
-    over for its folds: with 6 cores, the two descriptor weights' fits get 3 threads each,
-    then the one fit with the length steps left out gets all 6; the trained head is the one
-    a single thread per fit gives."""
+def test_ridge_fits_share_one_thread_per_core(backbones, data, tmp_path, monkeypatch):
+    """`p2l train` runs its candidate head fits side by side on one shared pool of threads
+    (one per core) for their folds; on one core there is no pool. The trained head is the
+    same either way."""
     settings = {"freeze_backbone": True, "head_solver": "ridge-cv", "cv_folds": 3,
                 "prompt_features": True}  # fmt: skip
     fit = train_module.fit_linear_head
-    workers = []
+    pools = []
 
     def spy(*args, **kwargs):
-        workers.append(kwargs["workers"])
+        pools.append(kwargs["pool"])
         return fit(*args, **kwargs)
 
     monkeypatch.setattr(train_module, "fit_linear_head", spy)
     heads = {}
     for cores in (6, 1):
         monkeypatch.setattr(train_module, "available_cores", lambda cores=cores: cores)
-        workers.clear()
+        pools.clear()
         _train(data, tmp_path / f"cores-{cores}", backbones["bert"], RunOptions(), **settings)
-        assert workers == ([3, 3, 6] if cores == 6 else [1, 1, 1])
+        assert len(pools) == 3  # two descriptor weights, then the length steps left out
+        if cores == 1:
+            assert pools == [None, None, None]
+        else:
+            assert pools[0] is not None and all(pool is pools[0] for pool in pools)
+            assert pools[0]._max_workers == 6
         heads[cores] = _weights(tmp_path / f"cores-{cores}")
     for name, value in heads[6].items():
         assert torch.equal(value, heads[1][name]), name

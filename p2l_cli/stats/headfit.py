@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -248,23 +248,24 @@ def _cross_validated(
     min_gain_se: float,
     width: int,
     offset: torch.Tensor | None = None,
-    workers: int = 1,
+    pool: Executor | None = None,
 ) -> tuple[list[torch.Tensor], HeadFitReport]:
     """Choose the penalty by held-out NLL over folds split by ``groups``, fall back to the
     unpenalised-part-only fit without a clear gain, and refit on every vote. ``offset``
     (one style offset per vote, see :func:`_with_style_offset`) enters every likelihood.
 
     Each fold, and the refit on every vote, is a chain of fits down the penalty path, each
-    starting from the one before. The chains are independent: ``workers`` threads run them
-    side by side, the refit too when that adds no round (it then walks past the chosen
-    penalty as far as the folds do). The fits, and so the result, do not depend on it."""
+    starting from the one before. The chains are independent: given a ``pool`` of threads
+    (which other fits may share), it runs each stage of them side by side, the refit's too
+    (which then walks past the chosen penalty as far as the folds do); without one they run
+    one after another and the refit comes last. The fits, and so the result, are the same."""
     n = len(y)
     groups = np.arange(n) if groups is None else np.asarray(groups)
     folds = max(2, min(folds, len(np.unique(groups))))
     fold = torch.as_tensor(prompt_folds(groups, folds, seed))
     counted = vote_mask(y[:, 2], family).to(torch.float64) * (w if w is not None else 1.0)
-    workers = max(1, workers)
-    refit_alongside = -(-(folds + 1) // workers) == -(-folds // workers)
+    refit_alongside = pool is not None
+    run = map if pool is None else pool.map
     trains = [fold != k for k in range(folds)] + [None]  # None: every vote (the refit)
     last = [start] * (folds + 1)
     refits: dict = {}  # penalty -> the refit's parameters
@@ -278,57 +279,56 @@ def _cross_validated(
 
     held_out: dict = {}
     oof: dict = {}
-    with ThreadPoolExecutor(max_workers=workers) as pool:
 
-        def stage(penalty: float | None, chains: list[int]) -> None:
-            """Every chain in ``chains`` one fit further, at ``penalty`` (None: the
-            penalised part held at 0, which is the marginal leaderboard for the full head)."""
-            for chain, params in zip(chains, pool.map(lambda c: advance(c, penalty), chains)):
-                last[chain] = params
-            if folds in chains:
-                refits[penalty] = last[folds]
+    def stage(penalty: float | None, chains: list[int]) -> None:
+        """Every chain in ``chains`` one fit further, at ``penalty`` (None: the
+        penalised part held at 0, which is the marginal leaderboard for the full head)."""
+        for chain, params in zip(chains, run(lambda c: advance(c, penalty), chains)):
+            last[chain] = params
+        if folds in chains:
+            refits[penalty] = last[folds]
 
-        def score(penalty: float | None) -> None:
-            """Each vote's loss and coefficients under the fold fit that did not see it."""
-            held_out[penalty] = torch.zeros(n, dtype=torch.float64)
-            for k in range(folds):
-                test = fold == k
-                held_out[penalty][test] = _vote_losses(
-                    x[test], y[test], family, last[k], problem,
-                    None if offset is None else offset[test],
-                )
-                test_coefs = problem.coefs_of(x[test], last[k])[0]
-                if penalty not in oof:
-                    oof[penalty] = torch.zeros(n, test_coefs.shape[1], dtype=torch.float64)
-                oof[penalty][test] = test_coefs
+    def score(penalty: float | None) -> None:
+        """Each vote's loss and coefficients under the fold fit that did not see it."""
+        held_out[penalty] = torch.zeros(n, dtype=torch.float64)
+        for k in range(folds):
+            test = fold == k
+            held_out[penalty][test] = _vote_losses(
+                x[test], y[test], family, last[k], problem,
+                None if offset is None else offset[test],
+            )
+            test_coefs = problem.coefs_of(x[test], last[k])[0]
+            if penalty not in oof:
+                oof[penalty] = torch.zeros(n, test_coefs.shape[1], dtype=torch.float64)
+            oof[penalty][test] = test_coefs
 
-        chains = list(range(folds + 1 if refit_alongside else folds))
-        stage(None, chains)
-        score(None)
-        total = counted.sum()
+    chains = list(range(folds + 1 if refit_alongside else folds))
+    stage(None, chains)
+    score(None)
+    total = counted.sum()
 
-        def cv_nll(key) -> float:
-            return float((held_out[key] * counted).sum() / total)
+    def cv_nll(key) -> float:
+        return float((held_out[key] * counted).sum() / total)
 
-        tried = []
-        worse_in_a_row = 0
-        for penalty in penalties:  # strongest first
-            stage(penalty, chains)
-            score(penalty)
-            tried.append(penalty)
-            # weaker penalties only overfit more once the held-out NLL has turned upwards
-            worse_in_a_row = worse_in_a_row + 1 if cv_nll(penalty) > min(map(cv_nll, tried)) else 0
-            if worse_in_a_row >= 2:
-                break
-        cv = {p: cv_nll(p) for p in held_out}
-        best = min(tried, key=lambda p: cv[p])
-        gain, se = clustered_gain(held_out[None], held_out[best], counted, groups)
-        fell_back = not gain > min_gain_se * se
-        chosen = None if fell_back else best
-        if not refit_alongside:
-            path = [] if chosen is None else tried[: tried.index(chosen) + 1]
-            for penalty in [None, *path]:
-                stage(penalty, [folds])
+    tried = []
+    worse_in_a_row = 0
+    for penalty in penalties:  # strongest first
+        stage(penalty, chains)
+        score(penalty)
+        tried.append(penalty)
+        # weaker penalties only overfit more once the held-out NLL has turned upwards
+        worse_in_a_row = worse_in_a_row + 1 if cv_nll(penalty) > min(map(cv_nll, tried)) else 0
+        if worse_in_a_row >= 2:
+            break
+    cv = {p: cv_nll(p) for p in held_out}
+    best = min(tried, key=lambda p: cv[p])
+    gain, se = clustered_gain(held_out[None], held_out[best], counted, groups)
+    fell_back = not gain > min_gain_se * se
+    chosen = None if fell_back else best
+    if not refit_alongside:
+        path = [] if chosen is None else tried[: tried.index(chosen) + 1]
+        for penalty in [None, *path]:
+            stage(penalty, [folds])
     report = HeadFitReport(
         penalty=chosen,
         cv_nll={p: cv[p] for p in tried},
@@ -367,7 +367,7 @@ def fit_linear_head(
     min_gain_se: float = MIN_GAIN_SE,
     feature_weights: np.ndarray | None = None,
     offset: np.ndarray | None = None,
-    workers: int = 1,
+    pool: Executor | None = None,
 ) -> tuple[LinearHead, HeadFitReport]:
     """The cross-validated ridge head for per-vote ``features [N, d]`` and ``labels [N, 3]``
     (and, with style control, each vote's style ``offset``).
@@ -376,7 +376,8 @@ def fit_linear_head(
     (one key per vote, e.g. a hash of its prompt) keeps a prompt's votes in one fold.
     ``feature_weights`` multiply the standardised features: the penalty on feature j is
     then ``penalty / weight_j^2`` (a block of few, strong features can be penalised less).
-    ``workers`` threads fit the folds side by side (the same head for any number).
+    Given a ``pool`` of threads (one core each), the folds are fitted side by side on it
+    (the same head as without one).
     """
     z, mean, sd = _standardised(features, feature_weights)
     y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
@@ -395,8 +396,7 @@ def fit_linear_head(
                        pairs_of=_linear_pairs)  # fmt: skip
     o = None if offset is None else torch.as_tensor(np.asarray(offset), dtype=torch.float64)
     params, report = _cross_validated(
-        z, y, w, family, start, problem, groups, penalties, folds, seed, min_gain_se, d, o,
-        workers,
+        z, y, w, family, start, problem, groups, penalties, folds, seed, min_gain_se, d, o, pool
     )
     return _unstandardise(params, mean, sd), report
 
