@@ -823,25 +823,35 @@ class Trainer:
         # their weight is chosen by the same cross-validation
         weights = DESCRIPTOR_WEIGHTS if features.shape[1] > hidden else (1.0,)
 
+        steps = len(self.model.features.steps) if self.model.features is not None else 0
         threads = head_fit_threads(*features.shape)
         # the fits side by side share one thread per core for their folds' fits
         with ThreadPoolExecutor(threads) if threads > 1 else nullcontext() as pool:
-            def fit(x: np.ndarray, weight: float):
+
+            def fit(key: tuple, x: np.ndarray):
+                """The candidate ``key`` = (smoothing, descriptor weight, steps read)."""
                 torch.set_num_threads(1)  # one core per fold fit: the fits run side by side
+                started = time.perf_counter()
                 scale = np.ones(x.shape[1])
-                scale[hidden:] = weight
-                return fit_linear_head(
+                scale[hidden:] = key[1]
+                head, report = fit_linear_head(
                     x, train.labels, self.family, bias=self.marginal.theta, eta=self.marginal.eta,
                     weights=train.weights, groups=groups, folds=self.config.cv_folds,
                     seed=self.config.seed, feature_weights=scale,
                     offset=None if self.offsets is None else self.offsets["train"], pool=pool,
                 )  # fmt: skip
+                name = _candidate_name(key[0], key[2], steps) + (
+                    f", descriptor weight {key[1]:g}" if len(weights) > 1 else ""
+                )
+                self.reporter.event(INFO, f"  candidate {name}: {_cv_summary(report)} "
+                                          f"({time.perf_counter() - started:.0f} s)")  # fmt: skip
+                return head, report
 
-            fits = fit_side_by_side(fit, {(None, w, True): (features, w) for w in weights})
+            raw_candidates = [(None, w, True) for w in weights]
+            fits = fit_side_by_side(fit, {key: (key, features) for key in raw_candidates})
             weight = min(weights, key=lambda w: fits[(None, w, True)][1].best_cv_nll)
             # at that weight: the embedding smoothed, the length steps read or left out (their
             # columns zeroed, so the head puts no weight on them)
-            steps = len(self.model.features.steps) if self.model.features is not None else 0
             descriptors = {True: features[:, hidden:]}  # steps read -> the descriptor columns
             if steps:  # a copy of the few descriptor columns only, not of the embedding
                 descriptors[False] = features[:, hidden:].copy()
@@ -855,11 +865,11 @@ class Trainer:
                     key = (smoother.k, smoother.steps)
                     smoothers[key] = smoother
                     for on, rest in descriptors.items():
-                        jobs[(key, weight, on)] = (np.concatenate([smoothed, rest], 1), weight)
+                        jobs[(key, weight, on)] = np.concatenate([smoothed, rest], 1)
             elif steps:
                 raw = np.concatenate([features[:, :hidden], descriptors[False]], 1)
-                jobs[(None, weight, False)] = (raw, weight)
-            fits.update(fit_side_by_side(fit, jobs))
+                jobs[(None, weight, False)] = raw
+            fits.update(fit_side_by_side(fit, {key: (key, x) for key, x in jobs.items()}))
         best = min(fits, key=lambda key: fits[key][1].best_cv_nll)
         head, report = fits[best]
         smoothing, _, steps_read = best
@@ -1465,6 +1475,15 @@ class _Window:
         if rate is not None:
             parts.append(f"{rate:,.1f} ex/s")
         return " · ".join(parts)
+
+
+def _cv_summary(report) -> str:
+    """One ridge candidate's cross-validation result, for its progress line."""
+    if report.penalty is None:
+        return (f"no clear gain over the marginal leaderboard (held-out NLL "
+                f"{min(report.cv_nll.values()):.4f} at best vs {report.cv_nll_marginal:.4f})")  # fmt: skip
+    return (f"held-out NLL {report.best_cv_nll:.4f} vs marginal {report.cv_nll_marginal:.4f} "
+            f"at penalty {report.penalty:.3g}")  # fmt: skip
 
 
 def _candidate_name(smoothing: tuple[int, int] | None, steps_read: bool, steps: int) -> str:

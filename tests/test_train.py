@@ -636,7 +636,9 @@ def test_neighbourhoods_are_skipped_past_their_cost_cap(backbones, data, tmp_pat
 def test_ridge_fits_share_one_thread_per_core(backbones, data, tmp_path, monkeypatch):
     """`p2l train` runs its candidate head fits side by side on one shared pool of threads
     (one per core) for their folds; on one core there is no pool. The trained head is the
-    same either way."""
+    same either way, and each candidate reports its result as it finishes."""
+    from p2l_cli.reporting import Recorder
+
     settings = {"freeze_backbone": True, "head_solver": "ridge-cv", "cv_folds": 3,
                 "prompt_features": True}  # fmt: skip
     fit = train_module.fit_linear_head
@@ -651,8 +653,18 @@ def test_ridge_fits_share_one_thread_per_core(backbones, data, tmp_path, monkeyp
     for cores in (6, 1):
         monkeypatch.setattr(train_module, "available_cores", lambda cores=cores: cores)
         pools.clear()
-        _train(data, tmp_path / f"cores-{cores}", backbones["bert"], RunOptions(), **settings)
+        recorder = Recorder()
+        result = _train(data, tmp_path / f"cores-{cores}", backbones["bert"],
+                        RunOptions(reporter=recorder), **settings)  # fmt: skip
         assert len(pools) == 3  # two descriptor weights, then the length steps left out
+        # one progress line per candidate, with the held-out NLL metrics.json records
+        lines = [m for m in recorder.messages() if m.startswith("  candidate ")]
+        assert len(lines) == 3
+        head_fit = result.metrics["head_fit"]
+        for weight, nll in head_fit["cv_nll_by_descriptor_weight"].items():
+            line = [m for m in lines if f"descriptor weight {weight}:" in m and "no length" not in m]
+            assert len(line) == 1 and f"{nll:.4f}" in line[0]  # its best held-out NLL
+        assert sum("no length steps" in m for m in lines) == 1
         if cores == 1:
             assert pools == [None, None, None]
         else:
