@@ -832,16 +832,17 @@ class Trainer:
                 """The candidate ``key`` = (smoothing, descriptor weight, steps read)."""
                 torch.set_num_threads(1)  # one core per fold fit: the fits run side by side
                 started = time.perf_counter()
+                smoothing, descriptor_weight, steps_read = key
                 scale = np.ones(x.shape[1])
-                scale[hidden:] = key[1]
+                scale[hidden:] = descriptor_weight
                 head, report = fit_linear_head(
                     x, train.labels, self.family, bias=self.marginal.theta, eta=self.marginal.eta,
                     weights=train.weights, groups=groups, folds=self.config.cv_folds,
                     seed=self.config.seed, feature_weights=scale,
                     offset=None if self.offsets is None else self.offsets["train"], pool=pool,
                 )  # fmt: skip
-                name = _candidate_name(key[0], key[2], steps) + (
-                    f", descriptor weight {key[1]:g}" if len(weights) > 1 else ""
+                name = _candidate_name(smoothing, steps_read, steps) + (
+                    f", descriptor weight {descriptor_weight:g}" if len(weights) > 1 else ""
                 )
                 self.reporter.event(INFO, f"  candidate {name}: {_cv_summary(report)} "
                                           f"({time.perf_counter() - started:.0f} s)")  # fmt: skip
@@ -849,7 +850,7 @@ class Trainer:
 
             raw_candidates = [(None, w, True) for w in weights]
             fits = fit_side_by_side(fit, {key: (key, features) for key in raw_candidates})
-            weight = min(weights, key=lambda w: fits[(None, w, True)][1].best_cv_nll)
+            weight = min(raw_candidates, key=lambda key: fits[key][1].best_cv_nll)[1]
             # at that weight: the embedding smoothed, the length steps read or left out (their
             # columns zeroed, so the head puts no weight on them)
             descriptors = {True: features[:, hidden:]}  # steps read -> the descriptor columns

@@ -266,14 +266,12 @@ def _cross_validated(
     counted = vote_mask(y[:, 2], family).to(torch.float64) * (w if w is not None else 1.0)
     refit_alongside = pool is not None
     run = map if pool is None else pool.map
-    trains = [fold != k for k in range(folds)] + [None]  # None: every vote (the refit)
+    trains = [fold != k for k in range(folds)] + [slice(None)]  # the refit: every vote
     last = [start] * (folds + 1)
     refits: dict = {}  # penalty -> the refit's parameters
 
     def advance(chain: int, penalty: float | None) -> list[torch.Tensor]:
         train = trains[chain]
-        if train is None:
-            return _fit(x, y, w, family, penalty, last[chain], problem, offset=offset)
         return _fit(x[train], y[train], None if w is None else w[train], family, penalty,
                     last[chain], problem, offset=None if offset is None else offset[train])
 
