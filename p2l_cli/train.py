@@ -64,7 +64,7 @@ from p2l_cli.model.smoothing import (
 from p2l_cli.reporting import INFO, NOTICE, SILENT, WARNING, Reporter
 from p2l_cli.stats.aggregate import aggregate
 from p2l_cli.stats.families import labels_nll, with_style_offset
-from p2l_cli.stats.headfit import fit_linear_head, prompt_groups
+from p2l_cli.stats.headfit import HeadFitReport, fit_linear_head, prompt_groups
 from p2l_cli.stats.marginal import MarginalFit, arena_scale, fit_marginal
 from p2l_cli.stats.metrics import vote_metrics
 from p2l_cli.train_config import (
@@ -828,8 +828,9 @@ class Trainer:
         # the fits side by side share one thread per core for their folds' fits
         with ThreadPoolExecutor(threads) if threads > 1 else nullcontext() as pool:
 
-            def fit(key: tuple, x: np.ndarray):
-                """The candidate ``key`` = (smoothing, descriptor weight, steps read)."""
+            def fit(key: tuple, x: np.ndarray, directions: HeadFitReport | None = None):
+                """The candidate ``key`` = (smoothing, descriptor weight, steps read); with
+                ``directions`` (its first fit), under the model-covariance prior."""
                 torch.set_num_threads(1)  # one core per fold fit: the fits run side by side
                 started = time.perf_counter()
                 smoothing, descriptor_weight, steps_read = key
@@ -840,10 +841,11 @@ class Trainer:
                     weights=train.weights, groups=groups, folds=self.config.cv_folds,
                     seed=self.config.seed, feature_weights=scale,
                     offset=None if self.offsets is None else self.offsets["train"], pool=pool,
+                    directions=directions,
                 )  # fmt: skip
                 name = _candidate_name(smoothing, steps_read, steps) + (
                     f", descriptor weight {descriptor_weight:g}" if len(weights) > 1 else ""
-                )
+                ) + (", model-covariance prior" if directions is not None else "")
                 self.reporter.event(INFO, f"  candidate {name}: {_cv_summary(report)} "
                                           f"({time.perf_counter() - started:.0f} s)")  # fmt: skip
                 return head, report
@@ -871,8 +873,14 @@ class Trainer:
                 raw = np.concatenate([features[:, :hidden], descriptors[False]], 1)
                 jobs[(None, weight, False)] = raw
             fits.update(fit_side_by_side(fit, {key: (key, x) for key, x in jobs.items()}))
-        best = min(fits, key=lambda key: fits[key][1].best_cv_nll)
-        head, report = fits[best]
+            best = min(fits, key=lambda key: fits[key][1].best_cv_nll)
+            head, report = first = fits[best]
+            first_report = first[1]
+            if self.config.model_covariance and not first_report.fell_back:
+                inputs = {**{key: features for key in raw_candidates}, **jobs}
+                refined = fit(best, inputs[best], first_report)
+                if not refined[1].fell_back:
+                    head, report = refined
         smoothing, _, steps_read = best
         if smoothing is not None:
             chosen = smoothers[smoothing]
@@ -902,6 +910,12 @@ class Trainer:
             )
         if steps and not report.fell_back:
             self.head_fit["length_steps"] = steps_read
+        if self.config.model_covariance and not first_report.fell_back:
+            # the first fit's held-out NLL, and whether the prior's refit replaced it
+            self.head_fit["model_covariance"] = {
+                "cv_nll_first_fit": first_report.best_cv_nll,
+                "used": report is not first_report,
+            }
         self.head_fit["cv_nll_by_candidate"] = {
             _candidate_name(key, on, steps): fit.best_cv_nll
             for (key, w, on), (_, fit) in fits.items() if w == weight

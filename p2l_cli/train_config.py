@@ -33,6 +33,7 @@ DEFAULT_RECIPE = "minilm-cpu"
 RIDGE_ONLY = {
     "neighbours": "neighbourhood leaderboards",
     "smoothing": "graph-smoothed embeddings",
+    "model_covariance": "model-covariance refits",
 }
 
 ALIASES = {
@@ -118,6 +119,7 @@ class TrainConfig:
     cv_folds: int = 5
     neighbours: bool = False  # ridge-cv: refine by the votes of similar prompts, if CV says so
     smoothing: bool = False  # ridge-cv: smooth the embedding over similar prompts, if CV says so
+    model_covariance: bool = False  # ridge-cv: refit the chosen head under a prior across models
     normalize: bool = False
     prompt_features: bool = False
     weighted: bool = False
@@ -334,7 +336,7 @@ def validate(config: TrainConfig) -> None:
     _check(config.cv_folds >= 2, "cv_folds", "must be at least 2")
     for key, what in RIDGE_ONLY.items():
         _check(not getattr(config, key) or config.head_solver == "ridge-cv", key,
-               f"{what} are chosen with --head-solver ridge-cv")
+               f"{what} need --head-solver ridge-cv")
     _check(config.head in (None, *HEAD_TYPES), "head",
            f"{config.head!r}: expected one of {', '.join(HEAD_TYPES)}")
     tie_model = config.loss != AUTO_LOSS and has_eta(config.loss)

@@ -41,6 +41,7 @@ COMPANIONS = {
     "head_solver": ["--freeze-backbone"],
     "neighbours": ["--freeze-backbone", "--head-solver", "ridge-cv"],
     "smoothing": ["--freeze-backbone", "--head-solver", "ridge-cv"],
+    "model_covariance": ["--freeze-backbone", "--head-solver", "ridge-cv"],
     "head_rank_bias": ["--head-rank", "2"],
     "head_eta_downsize": ["--head-rank", "2", "--loss", "rk"],
 }

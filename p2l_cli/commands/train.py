@@ -158,6 +158,14 @@ def train(
                      "their similarity graph) before the head, when cross-validation says it "
                      "helps.", rich_help_panel=MODEL, show_default=False),
     ] = None,
+    model_covariance: Annotated[
+        bool | None,
+        typer.Option("--model-covariance/--no-model-covariance", help="With ridge-cv: refit "
+                     "the chosen head with a penalty that lets each prompt feature move models "
+                     "together along the directions across models that the first fit found "
+                     "(from each fold's own first fit).", rich_help_panel=MODEL,
+                     show_default=False),
+    ] = None,
     normalize: Annotated[
         bool | None,
         typer.Option("--normalize/--no-normalize", help="L2-normalise the pooled state "
