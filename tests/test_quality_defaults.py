@@ -13,6 +13,7 @@ import polars as pl
 import pytest
 import torch
 from conftest import run_p2l
+from safetensors.torch import load_file
 from scipy.optimize import minimize
 from tiny import CORPUS as tiny_corpus
 from tiny import make_backbone, train_bpe_tokenizer
@@ -558,3 +559,41 @@ def test_adamw_on_the_default_recipe_turns_its_neighbourhoods_off():
     assert kept.neighbours is True and kept.head_solver == "ridge-cv"
     with pytest.raises(UserError, match="--neighbours"):
         resolve_config(None, {"head_solver": "adamw", "neighbours": True})
+
+
+# ----------------------------------------------------------- model-covariance prior
+
+
+def test_the_chosen_head_is_refitted_under_the_model_covariance_prior(tmp_path):
+    """With ``model_covariance`` the chosen candidate is fitted a second time, directions
+    across models from its first fit; metrics.json keeps the first fit's held-out NLL. The
+    second fit is the head fit with those directions, and without the setting nothing is
+    refitted."""
+    from p2l_cli.reporting import Recorder
+
+    data = tmp_path / "data"
+    data.mkdir()
+    _length_battles(500, 0).write_parquet(data / "train.parquet")
+    _length_battles(100, 1).write_parquet(data / "val.parquet")
+    (data / "models.json").write_text(json.dumps(["coder", "generalist", "writer"]))
+    settings = {"backbone": str(make_backbone("bert", tmp_path / "bert")), "freeze_backbone": True,
+                "head_solver": "ridge-cv", "prompt_features": True, "cv_folds": 3}  # fmt: skip
+    runs = {}
+    for on in (True, False):
+        recorder = Recorder()
+        out = tmp_path / str(on)
+        result = train_p2l(data, out, None, {**settings, "model_covariance": on},
+                           RunOptions(reporter=recorder))  # fmt: skip
+        lines = [m for m in recorder.messages() if m.startswith("  candidate ")]
+        weights = load_file(str(out / "model.safetensors"))
+        runs[on] = result.metrics["head_fit"], lines, weights
+    (fit_on, lines_on, weights_on), (fit_off, lines_off, weights_off) = runs[True], runs[False]
+    assert not fit_off["fell_back_to_marginal"]  # the planted signal is found
+    assert "model_covariance" not in fit_off and len(lines_on) == len(lines_off) + 1
+    def best_cv_nll(fit: dict) -> float:
+        return fit["cv_nll"][format(fit["penalty"], ".3g")]
+
+    assert fit_on["model_covariance"] == {"cv_nll_first_fit": best_cv_nll(fit_off), "used": True}
+    assert "model-covariance prior" in lines_on[-1] and f"{best_cv_nll(fit_on):.4f}" in lines_on[-1]
+    assert not any("model-covariance" in line for line in lines_on[:-1] + lines_off)
+    assert (weights_on["head.head.weight"] - weights_off["head.head.weight"]).abs().max() > 1e-4
