@@ -22,8 +22,10 @@ width varies by category).
 
 Each head is scored as `p2l evaluate` scores a model: the share of the achievable NLL gain
 (ties as half a win) on the held-out votes, against the marginal and the truth that the
-run's ``evaluation.json`` reports. The first row refits the model's own features: it must
-reproduce the run's share (a check of this script, printed next to it). The gap between a
+run's ``evaluation.json`` reports. Every head is fitted as the run's `p2l train` fitted
+its own (refitted under the model-covariance prior when that run's was). The first row
+refits the model's own features: it must reproduce the run's share (a check of this script,
+printed next to it). The gap between a
 row and that one is what recognising the property perfectly would be worth to a linear
 head at this many votes; nothing here is available to `p2l train`.
 
@@ -171,13 +173,21 @@ def one_run(run: Path) -> dict:
     variants["truth only"] = with_truth(*empty, properties)
     family = trainer.family
 
+    refitted = bool(head_fit.get("model_covariance", {}).get("used"))
+
     def fit(xs, feature_weights):
+        """The head as the run's `p2l train` fitted it: refitted under the model-covariance
+        prior when the run's was."""
         torch.set_num_threads(1)
-        return fit_linear_head(
-            xs, train.labels, family, bias=trainer.marginal.theta, eta=trainer.marginal.eta,
-            weights=train.weights, groups=groups, folds=config.cv_folds, seed=config.seed,
-            feature_weights=feature_weights,
-        )  # fmt: skip
+        common = {"bias": trainer.marginal.theta, "eta": trainer.marginal.eta,
+                  "weights": train.weights, "groups": groups, "folds": config.cv_folds,
+                  "seed": config.seed, "feature_weights": feature_weights}  # fmt: skip
+        head, report = fit_linear_head(xs, train.labels, family, **common)
+        if refitted and not report.fell_back:
+            prior = fit_linear_head(xs, train.labels, family, directions=report, **common)
+            if not prior[1].fell_back:
+                return prior
+        return head, report
 
     started = time.perf_counter()
     fits = fit_side_by_side(fit, {name: (xs, w) for name, (xs, _, w) in variants.items()})

@@ -874,8 +874,8 @@ class Trainer:
                 jobs[(None, weight, False)] = raw
             fits.update(fit_side_by_side(fit, {key: (key, x) for key, x in jobs.items()}))
             best = min(fits, key=lambda key: fits[key][1].best_cv_nll)
-            head, report = first = fits[best]
-            first_report = first[1]
+            head, report = fits[best]
+            first_report = report
             if self.config.model_covariance and not first_report.fell_back:
                 inputs = {**{key: features for key in raw_candidates}, **jobs}
                 refined = fit(best, inputs[best], first_report)
