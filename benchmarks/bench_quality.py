@@ -24,6 +24,7 @@ Each stage runs as a subprocess, as a user runs it.
     python benchmarks/bench_quality.py --worlds mixed --seeds 0
     python benchmarks/bench_quality.py --worlds mixed --seeds 0 --battles 40000 --models 30
     python benchmarks/bench_quality.py --train-args "--head-solver adamw --epochs 40"
+    python benchmarks/bench_quality.py --simulate-args "--family grk" --battles 2000
     python benchmarks/bench_quality.py --summarise run1/results.json run2/results.json
 """
 
@@ -106,8 +107,8 @@ def one_run(root: Path, world: str, seed: int, args, train_args: list[str]) -> d
     arena, data, model = root / "arena", root / "data", root / "model"
     val_preds, fresh_preds = root / "val_predictions.parquet", root / "fresh_predictions.parquet"
     run_p2l(["simulate", str(arena), "--battles", str(args.battles), "--models",
-             str(args.models), "--world", world, "--seed", str(seed), "--prompts", "500", "--overwrite"],
-            log)  # fmt: skip
+             str(args.models), "--world", world, "--seed", str(seed), "--prompts", "500", "--overwrite",
+             *shlex.split(args.simulate_args)], log)  # fmt: skip
     run_p2l(["prepare", str(arena / "battles.parquet"), "-o", str(data), "--val-fraction",
              str(args.val_fraction), "--seed", str(seed), "--overwrite"], log)  # fmt: skip
     train = run_p2l(["train", str(data), "-o", str(model), "--overwrite", *train_args], log)
@@ -152,15 +153,21 @@ def spread(values) -> str:
     return f"{np.mean(values):.3f} ± {sd:.3f} (min {min(values):.3f}, max {max(values):.3f})"
 
 
+def _number(value) -> str:
+    """``value`` to three decimals; a share without a denominator (the truth no better
+    than the marginal on the scored votes) as a dash."""
+    return "—" if value is None else f"{value:.3f}"
+
+
 def summarise(results: list[dict]) -> None:
     print("\nper run:")
     for r in results:
         fit = r["head_fit"] or {}
         print(
-            f"  {r['world']:9s} seed {r['seed']}: share {r['share']:.3f} (expected "
-            f"{r.get('expected_share', float('nan')):.3f}), gain "
+            f"  {r['world']:9s} seed {r['seed']}: share {_number(r['share'])} (expected "
+            f"{_number(r.get('expected_share'))}), gain "
             f"{r['gain']:+.4f} [{r['gain_low']:+.4f}, {r['gain_high']:+.4f}] nats/vote, router "
-            f"share {r['router']['share'] if r['router']['share'] is None else round(r['router']['share'], 3)} "
+            f"share {_number(r['router']['share'])} "
             f"({r['router']['router']:.3f} vs best single {r['router']['best_single']:.3f}, "
             f"oracle {r['router']['oracle']:.3f}), penalty {fit.get('penalty')}, train "
             f"{r['train_seconds']:.0f} s (peak {r.get('train_peak_mib', float('nan')):.0f} MiB), "
@@ -192,6 +199,8 @@ def main() -> None:
     parser.add_argument("--val-fraction", type=float, default=0.25)
     parser.add_argument("--out", default="/tmp/p2l-bench-quality")
     parser.add_argument("--train-args", default="", help="extra `p2l train` flags")
+    parser.add_argument("--simulate-args", default="",
+                        help='extra `p2l simulate` flags, e.g. "--family grk"')  # fmt: skip
     parser.add_argument("--summarise", nargs="+", metavar="RESULTS_JSON",
                         help="only summarise these results files (e.g. of runs split over "
                         "several processes)")  # fmt: skip
