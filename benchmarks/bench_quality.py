@@ -72,13 +72,16 @@ def run_p2l(argv: list[str], log: Path) -> Finished:
     return Finished(seconds, usage.ru_maxrss / 1024)  # Linux reports KiB
 
 
-def router_share(predictions: Path, fresh: Path, truth_family: str) -> dict:
-    """The P2L router on fresh prompts, valued with their true coefficients."""
+def fresh_picks(
+    predictions: Path, fresh: Path, truth_family: str
+) -> tuple[pl.DataFrame, np.ndarray, np.ndarray, dict]:
+    """The fresh prompts with their truth, the model P2L ranks first for each (expected win
+    rate against uniform opponents), every model's true expected win rate ``[P, M]``, and
+    the predictions' metadata."""
     frame, meta = read_table_meta(predictions)
     truth = pl.read_ndjson(fresh)
     joined = frame.select("id", "coefs", *(["eta"] if "eta" in frame.columns else [])).join(
-        truth.select("id", "true_coefs", *(["true_eta"] if "true_eta" in truth.columns else [])),
-        on="id",
+        truth, on="id"
     )
     m = len(meta["models"])
     q = np.full(m, 1.0 / m)
@@ -88,6 +91,12 @@ def router_share(predictions: Path, fresh: Path, truth_family: str) -> dict:
     true_eta = joined["true_eta"].to_numpy() if "true_eta" in joined.columns else None
     chosen = win_rates_vs_opponents(predicted, q, eta, meta["loss"]).argmax(axis=1)
     value = win_rates_vs_opponents(true, q, true_eta, truth_family)
+    return joined, chosen, value, meta
+
+
+def router_share(predictions: Path, fresh: Path, truth_family: str) -> dict:
+    """The P2L router on fresh prompts, valued with their true coefficients."""
+    _, chosen, value, _ = fresh_picks(predictions, fresh, truth_family)
     router = float(value[np.arange(len(chosen)), chosen].mean())
     best_single = float(value.mean(axis=0).max())
     oracle = float(value.max(axis=1).mean())

@@ -30,31 +30,21 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+from bench_quality import fresh_picks  # this folder is on sys.path
 
-from p2l_cli.io import read_table_meta
 from p2l_cli.stats.marginal import fit_marginal
-from p2l_cli.stats.winrates import win_rates_vs_opponents
 
 PROPERTIES = ("category", "difficulty", "long")
 
 
 def fresh_values(run: Path) -> tuple[pl.DataFrame, np.ndarray, list[str], str]:
-    """The fresh prompts with their properties, each prompt's true win rate of every model
-    ``[P, M]`` (uniform opponents) and P2L's pick, the models, and the model's family."""
-    predictions, meta = read_table_meta(run / "fresh_predictions.parquet")
-    truth = pl.read_ndjson(run / "arena" / "prompts.jsonl")
-    frame = predictions.select("id", "coefs", *(["eta"] if "eta" in predictions.columns else []))
-    joined = frame.join(truth, on="id")
-    models = meta["models"]
-    q = np.full(len(models), 1.0 / len(models))
+    """The fresh prompts with their properties and P2L's pick (``pick``), each prompt's true
+    win rate of every model ``[P, M]``, the models, and the model's family."""
     family = json.loads((run / "arena" / "simulation.json").read_text())["family"]
-    predicted = np.array(joined["coefs"].to_list(), dtype=np.float64)
-    eta = joined["eta"].to_numpy() if "eta" in joined.columns else None
-    true = np.array(joined["true_coefs"].to_list(), dtype=np.float64)
-    true_eta = joined["true_eta"].to_numpy() if "true_eta" in joined.columns else None
-    picks = win_rates_vs_opponents(predicted, q, eta, meta["loss"]).argmax(axis=1)
-    values = win_rates_vs_opponents(true, q, true_eta, family)
-    return joined.with_columns(pl.Series("pick", picks)), values, models, meta["loss"]
+    frame, picks, values, meta = fresh_picks(
+        run / "fresh_predictions.parquet", run / "arena" / "prompts.jsonl", family
+    )
+    return frame.with_columns(pl.Series("pick", picks)), values, meta["models"], meta["loss"]
 
 
 def training_votes(run: Path) -> pl.DataFrame:
