@@ -194,8 +194,27 @@ _register("env", env.env, "Getting started", no_args_is_help=False)
 
 
 def main() -> None:
+    """The ``p2l`` process (the console script and ``python -m p2l_cli``)."""
     try:
         app()
     except UserError as exc:  # raised outside a subcommand, e.g. while parsing
         error_console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
-        sys.exit(EXIT_USAGE)
+        _leave(EXIT_USAGE)
+    except SystemExit as exc:
+        _leave(exc.code)
+
+
+def _leave(code: Any) -> None:
+    """Exit with ``code``; a failed command skips the interpreter's teardown.
+
+    By the time a command has failed, its message is printed and its temporary files are
+    removed (both happen while the error unwinds). What is left is the teardown of native
+    thread pools (torch, Arrow), and their destructors, racing at exit, now and then abort
+    the process ("terminate called without an active exception", a SIGABRT) after the error
+    line: exit 2 would turn into a crash. A successful command exits normally."""
+    if isinstance(code, int) and code != 0:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                stream.flush()
+        os._exit(code)
+    sys.exit(code)

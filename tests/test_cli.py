@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 from conftest import run_cli, run_p2l
 
 from p2l_cli import __version__
@@ -44,3 +48,38 @@ def test_user_error_is_one_line_on_stderr_and_exit_2(tmp_path):
     err = proc.stderr.decode()
     assert "Traceback" not in err
     assert str(missing.name) in err
+
+
+# ``main`` with an exit handler that says when the interpreter's teardown runs
+WITH_TEARDOWN_MARK = """
+import atexit, sys
+from p2l_cli.cli import main
+atexit.register(lambda: print("teardown ran", file=sys.stderr, flush=True))
+sys.argv = ["p2l", *sys.argv[1:]]
+main()
+"""
+
+
+def _main_with_mark(*args) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-c", WITH_TEARDOWN_MARK, *map(str, args)],
+                          capture_output=True, env=env, timeout=120, check=False)  # fmt: skip
+
+
+def test_a_failed_command_skips_the_interpreters_teardown(tmp_path):
+    # native thread pools racing at teardown once turned an exit-2 error into a SIGABRT
+    missing = tmp_path / "missing.parquet"
+    failed = _main_with_mark("leaderboard", missing)
+    err = failed.stderr.decode()
+    assert failed.returncode == 2, err
+    assert err.startswith("error:") and missing.name in err and len(err.splitlines()) == 1, err
+    assert "teardown ran" not in err
+    assert not list(tmp_path.iterdir())  # nothing left behind
+
+    usage = _main_with_mark("leaderboard", "--no-such-option")
+    assert usage.returncode == 2 and "teardown ran" not in usage.stderr.decode()
+
+    ok = _main_with_mark("--version")
+    assert ok.returncode == 0 and __version__ in ok.stdout.decode()
+    assert "teardown ran" in ok.stderr.decode()
+
