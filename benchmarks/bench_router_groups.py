@@ -37,21 +37,11 @@ from p2l_cli.stats.marginal import fit_marginal
 PROPERTIES = ("category", "difficulty", "long")
 
 
-def fresh_values(run: Path) -> tuple[pl.DataFrame, np.ndarray, list[str], str]:
-    """The fresh prompts with their properties and P2L's pick (``pick``), each prompt's true
-    win rate of every model ``[P, M]``, the models, and the model's family."""
-    family = json.loads((run / "arena" / "simulation.json").read_text())["family"]
-    frame, picks, values, meta = fresh_picks(
-        run / "fresh_predictions.parquet", run / "arena" / "prompts.jsonl", family
-    )
-    return frame.with_columns(pl.Series("pick", picks)), values, meta["models"], meta["loss"]
-
-
 def training_votes(run: Path) -> pl.DataFrame:
     """The run's training votes with the true properties of their battles."""
     votes = pl.read_parquet(run / "data" / "train.parquet", columns=["id", "labels"])
     truth = pl.read_parquet(run / "arena" / "truth.parquet", columns=["id", *PROPERTIES])
-    return votes.join(truth, on="id", suffix="_truth")
+    return votes.join(truth, on="id")
 
 
 def votes_leader(votes: pl.DataFrame, num_models: int, family: str) -> int | None:
@@ -64,18 +54,21 @@ def votes_leader(votes: pl.DataFrame, num_models: int, family: str) -> int | Non
 
 
 def run_groups(run: Path) -> list[dict]:
-    frame, values, models, family = fresh_values(run)
+    truth_family = json.loads((run / "arena" / "simulation.json").read_text())["family"]
+    frame, picks, values, meta = fresh_picks(
+        run / "fresh_predictions.parquet", run / "arena" / "prompts.jsonl", truth_family
+    )
+    models, family = meta["models"], meta["loss"]
     votes = training_votes(run)
     best_single = int(values.mean(axis=0).argmax())
-    rows = np.arange(len(frame))
-    router_gain = values[rows, frame["pick"].to_numpy()] - values[:, best_single]
+    router_gain = values[np.arange(len(picks)), picks] - values[:, best_single]
     oracle_gain = values.max(axis=1) - values[:, best_single]
     out = []
     for prop in PROPERTIES:
         keys = frame[prop].to_numpy()
         for key in sorted(set(keys.tolist())):
             members = keys == key
-            picks = np.bincount(frame["pick"].to_numpy()[members], minlength=len(models))
+            picked = np.bincount(picks[members], minlength=len(models))
             group_votes = votes.filter(pl.col(prop) == key)
             leader = votes_leader(group_votes, len(models), family)
             out.append({
@@ -84,8 +77,8 @@ def run_groups(run: Path) -> list[dict]:
                 "prompts": int(members.sum()),
                 "router_points": 100 * float(router_gain[members].mean()),
                 "oracle_points": 100 * float(oracle_gain[members].mean()),
-                "p2l_picks": models[int(picks.argmax())],
-                "p2l_picks_share": float(picks.max() / members.sum()),
+                "p2l_picks": models[int(picked.argmax())],
+                "p2l_picks_share": float(picked.max() / members.sum()),
                 "truth_best": models[int(values[members].mean(axis=0).argmax())],
                 "votes_say": None if leader is None else models[leader],
                 "votes": group_votes.height,

@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.markup import escape
@@ -204,7 +204,7 @@ def main() -> None:
         _leave(exc.code)
 
 
-def _leave(code: Any) -> None:
+def _leave(code: Any) -> NoReturn:
     """Exit with ``code``; a failed command skips the interpreter's teardown.
 
     By the time a command has failed, its message is printed and its temporary files are
