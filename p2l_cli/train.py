@@ -64,7 +64,7 @@ from p2l_cli.model.smoothing import (
 from p2l_cli.reporting import INFO, NOTICE, SILENT, WARNING, Reporter
 from p2l_cli.stats.aggregate import aggregate
 from p2l_cli.stats.families import labels_nll, with_style_offset
-from p2l_cli.stats.headfit import HeadFitReport, fit_linear_head, prompt_groups
+from p2l_cli.stats.headfit import HeadFitReport, fit_linear_head, prompt_groups, prompt_subsample
 from p2l_cli.stats.marginal import MarginalFit, arena_scale, fit_marginal
 from p2l_cli.stats.metrics import vote_metrics
 from p2l_cli.train_config import (
@@ -277,6 +277,9 @@ def ineffective_settings(config: TrainConfig, overrides: dict[str, Any]) -> list
     if config.head_solver == "ridge-cv":
         unused = [k for k in given if k in STEP_SETTINGS]
         why = "the head is fitted exactly (--head-solver ridge-cv); use --head-solver adamw"
+    elif "selection_votes" in given:
+        unused = ["selection_votes"]
+        why = "it chooses among ridge-cv heads; this run trains with --head-solver adamw"
     elif config.freeze_backbone and "lr" in given and config.head_lr is not None:
         unused = ["lr"]
         why = "--lr is the backbone's learning rate and the backbone is frozen; see --head-lr"
@@ -824,34 +827,43 @@ class Trainer:
         weights = DESCRIPTOR_WEIGHTS if features.shape[1] > hidden else (1.0,)
 
         steps = len(self.model.features.steps) if self.model.features is not None else 0
+        subsample = self._selection_subsample(groups)
         threads = head_fit_threads(*features.shape)
         # the fits side by side share one thread per core for their folds' fits
         with ThreadPoolExecutor(threads) if threads > 1 else nullcontext() as pool:
 
-            def fit(key: tuple, x: np.ndarray, directions: HeadFitReport | None = None):
-                """The candidate ``key`` = (smoothing, descriptor weight, steps read); with
-                ``directions`` (its first fit), under the model-covariance prior."""
+            def fit(key: tuple, x: np.ndarray, rows: np.ndarray | None = None,
+                    directions: HeadFitReport | None = None, near: float | None = None):  # fmt: skip
+                """The candidate ``key`` = (smoothing, descriptor weight, steps read) on the
+                training votes ``rows`` (all: None); with ``directions`` (its first fit),
+                under the model-covariance prior; ``near``: where its penalty should land."""
                 torch.set_num_threads(1)  # one core per fold fit: the fits run side by side
                 started = time.perf_counter()
                 smoothing, descriptor_weight, steps_read = key
                 scale = np.ones(x.shape[1])
                 scale[hidden:] = descriptor_weight
+                pick = slice(None) if rows is None else rows
                 head, report = fit_linear_head(
-                    x, train.labels, self.family, bias=self.marginal.theta, eta=self.marginal.eta,
-                    weights=train.weights, groups=groups, folds=self.config.cv_folds,
-                    seed=self.config.seed, feature_weights=scale,
-                    offset=None if self.offsets is None else self.offsets["train"], pool=pool,
-                    directions=directions,
+                    x[pick], train.labels[pick], self.family, bias=self.marginal.theta,
+                    eta=self.marginal.eta,
+                    weights=None if train.weights is None else train.weights[pick],
+                    groups=groups[pick], folds=self.config.cv_folds, seed=self.config.seed,
+                    feature_weights=scale,
+                    offset=None if self.offsets is None else self.offsets["train"][pick],
+                    pool=pool, directions=directions, near=near,
                 )  # fmt: skip
                 name = _candidate_name(smoothing, steps_read, steps) + (
                     f", descriptor weight {descriptor_weight:g}" if len(weights) > 1 else ""
-                ) + (", model-covariance prior" if directions is not None else "")
+                ) + (", model-covariance prior" if directions is not None else "") + (
+                    "" if subsample is None else
+                    " (the subsample)" if rows is not None else f" (all {len(train):,} votes)"
+                )  # fmt: skip
                 self.reporter.event(INFO, f"  candidate {name}: {_cv_summary(report)} "
                                           f"({time.perf_counter() - started:.0f} s)")  # fmt: skip
                 return head, report
 
             raw_candidates = [(None, w, True) for w in weights]
-            fits = fit_side_by_side(fit, {key: (key, features) for key in raw_candidates})
+            fits = fit_side_by_side(fit, {key: (key, features, subsample) for key in raw_candidates})
             weight = min(raw_candidates, key=lambda key: fits[key][1].best_cv_nll)[1]
             # at that weight: the embedding smoothed, the length steps read or left out (their
             # columns zeroed, so the head puts no weight on them)
@@ -872,13 +884,18 @@ class Trainer:
             elif steps:
                 raw = np.concatenate([features[:, :hidden], descriptors[False]], 1)
                 jobs[(None, weight, False)] = raw
-            fits.update(fit_side_by_side(fit, {key: (key, x) for key, x in jobs.items()}))
+            fits.update(fit_side_by_side(fit, {key: (key, x, subsample) for key, x in jobs.items()}))
             best = min(fits, key=lambda key: fits[key][1].best_cv_nll)
             head, report = fits[best]
+            inputs = {**{key: features for key in raw_candidates}, **jobs}
+            if subsample is not None:  # the winner on every vote, its penalty near the
+                # subsample's scaled to these votes (a penalty on the mean NLL)
+                near = None if report.fell_back else report.penalty * len(subsample) / len(train)
+                head, report = fit(best, inputs[best], near=near)
             first_report = report
             if self.config.model_covariance and not first_report.fell_back:
-                inputs = {**{key: features for key in raw_candidates}, **jobs}
-                refined = fit(best, inputs[best], first_report)
+                refined = fit(best, inputs[best], directions=first_report,
+                              near=first_report.penalty)  # fmt: skip
                 if not refined[1].fell_back:
                     head, report = refined
         smoothing, _, steps_read = best
@@ -899,6 +916,9 @@ class Trainer:
                 self.model.head.gamma_head.weight.zero_()
                 self.model.head.gamma_head.bias.zero_()
         self.head_fit = report.to_dict()
+        if subsample is not None:  # where the candidates were compared
+            self.head_fit["candidates_compared_on"] = {
+                "votes": len(subsample), "prompts": len(np.unique(groups[subsample]))}
         if len(weights) > 1:
             self.head_fit["descriptor_weight"] = weight
             self.head_fit["cv_nll_by_descriptor_weight"] = {
@@ -952,6 +972,22 @@ class Trainer:
                 k: v.detach().cpu().clone() for k, v in self.model.head.state_dict().items()
             }
         return self._finish()
+
+    def _selection_subsample(self, groups: np.ndarray) -> np.ndarray | None:
+        """The training rows on which the ridge candidates are compared: whole prompts
+        holding about ``selection_votes`` votes, once there are more than twice as many
+        votes (None: compared on every vote)."""
+        wanted, votes = self.config.selection_votes, len(groups)
+        if wanted is None or votes <= 2 * wanted:
+            return None
+        rows = prompt_subsample(groups, wanted, self.config.seed)
+        self.reporter.event(
+            INFO,
+            f"comparing the candidates on {len(rows):,} of the {votes:,} training votes "
+            f"({len(np.unique(groups[rows])):,} prompts drawn at random); the winner alone is "
+            "then fitted on every vote",
+        )
+        return rows
 
     def _smoothing_candidates(
         self, embeddings: np.ndarray, groups: np.ndarray, words: torch.Tensor | None = None

@@ -120,6 +120,9 @@ class TrainConfig:
     neighbours: bool = False  # ridge-cv: refine by the votes of similar prompts, if CV says so
     smoothing: bool = False  # ridge-cv: smooth the embedding over similar prompts, if CV says so
     model_covariance: bool = False  # ridge-cv: refit the chosen head under a prior across models
+    # ridge-cv: above twice this many training votes, compare the candidate heads on a
+    # subsample of whole prompts holding about this many, and fit only the winner on all
+    selection_votes: int | None = None
     normalize: bool = False
     prompt_features: bool = False
     weighted: bool = False
@@ -334,6 +337,8 @@ def validate(config: TrainConfig) -> None:
             "ridge-cv fits a linear head; drop --head-rank / --head-hidden (or use adamw)",
         )
     _check(config.cv_folds >= 2, "cv_folds", "must be at least 2")
+    _check(config.selection_votes is None or config.selection_votes >= 1, "selection_votes",
+           "must be at least 1")
     for key, what in RIDGE_ONLY.items():
         _check(not getattr(config, key) or config.head_solver == "ridge-cv", key,
                f"{what} need --head-solver ridge-cv")

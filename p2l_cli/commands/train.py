@@ -166,6 +166,13 @@ def train(
                      "(from each fold's own first fit).", rich_help_panel=MODEL,
                      show_default=False),
     ] = None,
+    selection_votes: Annotated[
+        int | None,
+        typer.Option(help="With ridge-cv: above twice this many training votes, compare the "
+                     "candidate heads on a random subsample of whole prompts holding about "
+                     "this many votes, then fit only the winner on every vote.",
+                     rich_help_panel=MODEL, show_default=False),
+    ] = None,
     normalize: Annotated[
         bool | None,
         typer.Option("--normalize/--no-normalize", help="L2-normalise the pooled state "

@@ -53,6 +53,11 @@ CHANGE_TOLERANCE = 1e-11
 # fit. 0.2 and 0.05 did alike on development worlds; a share of 0 would forbid directions
 # the first fit did not find.
 COVARIANCE_IDENTITY_SHARE = 0.2
+# A fit told where its penalty should land (``near``: e.g. the penalty of a first fit of the
+# same features, or one chosen on a subsample, scaled to these votes) starts the penalty path
+# this factor above it instead of at the path's top: the fits far above the best penalty are
+# skipped, and they are the ones the cross-validation never picks.
+NEAR_MARGIN = 30.0
 
 
 @dataclass
@@ -116,6 +121,17 @@ def prompt_folds(groups: np.ndarray, folds: int, seed: int) -> np.ndarray:
     return fold_of_group[inverse.reshape(-1)]
 
 
+def prompt_subsample(groups: np.ndarray, votes: int, seed: int) -> np.ndarray:
+    """Sorted row indices of whole groups (prompts), drawn at random until they hold at
+    least ``votes`` rows (all rows when there are fewer)."""
+    _, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    order = np.random.default_rng(seed).permutation(len(counts))
+    taken = np.searchsorted(np.cumsum(counts[order]), votes) + 1
+    keep = np.zeros(len(counts), dtype=bool)
+    keep[order[:taken]] = True
+    return np.flatnonzero(keep[inverse.reshape(-1)])
+
+
 def clustered_gain(
     base: torch.Tensor, new: torch.Tensor, counted: torch.Tensor, groups: np.ndarray
 ) -> tuple[float, float]:
@@ -131,6 +147,14 @@ def clustered_gain(
     g = len(per_group)
     resid = per_group - gain * per_group_w
     return gain, float(math.sqrt(g / max(g - 1, 1) * np.sum(resid**2)) / total)
+
+
+def penalties_near(near: float, penalties: tuple[float, ...] = DEFAULT_PENALTIES
+                   ) -> tuple[float, ...]:  # fmt: skip
+    """The tail of the (strongest-first) ``penalties`` that starts at most ``NEAR_MARGIN``
+    times above ``near``."""
+    top = near * NEAR_MARGIN * (1 + 1e-9)
+    return tuple(p for p in penalties if p <= top) or penalties[-1:]
 
 
 def _standardise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -428,6 +452,7 @@ def fit_linear_head(
     offset: np.ndarray | None = None,
     pool: Executor | None = None,
     directions: HeadFitReport | None = None,
+    near: float | None = None,
 ) -> tuple[LinearHead, HeadFitReport]:
     """The cross-validated ridge head for per-vote ``features [N, d]`` and ``labels [N, 3]``
     (and, with style control, each vote's style ``offset``).
@@ -439,7 +464,10 @@ def fit_linear_head(
     Given a ``pool`` of threads (one core each), the folds are fitted side by side on it
     (the same head as without one). ``directions``, the report of a fit of these same
     features, votes and folds, turns on the model-covariance prior (see the module's notes),
-    each fold's and the refit's from the matching fit of that one.
+    each fold's and the refit's from the matching fit of that one. ``near``, a penalty the
+    best one is expected close to, shortens the path (see :func:`penalties_near`); should
+    the cross-validation then prefer the shortened path's strongest penalty, the whole path
+    is tried, so the head is the one the whole path would give.
     """
     z, mean, sd = _standardised(features, feature_weights)
     y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
@@ -460,11 +488,16 @@ def fit_linear_head(
     maps = None
     if directions is not None and directions.chain_weights is not None:
         maps = [model_covariance_map(torch.as_tensor(w)) for w in directions.chain_weights]
-    params, report = _cross_validated(
-        z, y, w, family, start, problem, groups, penalties, folds, seed, min_gain_se, d, o, pool,
-        maps,
-    )
-    return _unstandardise(params, mean, sd), report
+    path = penalties if near is None else penalties_near(near, penalties)
+    while True:
+        params, report = _cross_validated(
+            z, y, w, family, start, problem, groups, path, folds, seed, min_gain_se, d, o, pool,
+            maps,
+        )
+        best = min(report.cv_nll, key=report.cv_nll.get)
+        if len(path) == len(penalties) or best != path[0]:
+            return _unstandardise(params, mean, sd), report
+        path = penalties
 
 
 def fit_new_rows(
