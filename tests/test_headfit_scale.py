@@ -75,13 +75,9 @@ def test_candidates_are_compared_on_a_subsample_and_the_winner_fitted_on_every_v
     fit on the subsample, the winner is fitted once more on every vote (and refitted under
     the model-covariance prior, also on every vote), and metrics.json says where the
     candidates were compared; at or below that size nothing changes."""
-    from tests.test_quality_defaults import _length_battles
+    from tests.test_quality_defaults import _length_data_dir
 
-    data = tmp_path / "data"
-    data.mkdir()
-    _length_battles(600, 0).write_parquet(data / "train.parquet")
-    _length_battles(100, 1).write_parquet(data / "val.parquet")
-    (data / "models.json").write_text(json.dumps(["coder", "generalist", "writer"]))
+    data = _length_data_dir(tmp_path / "data", 600, 100)
     settings = {"backbone": str(make_backbone("bert", tmp_path / "bert")), "freeze_backbone": True,
                 "head_solver": "ridge-cv", "prompt_features": True, "cv_folds": 3,
                 "model_covariance": True}  # fmt: skip
@@ -112,3 +108,20 @@ def test_candidates_are_compared_on_a_subsample_and_the_winner_fitted_on_every_v
     fit_all, messages_all, _ = runs[300]
     assert "candidates_compared_on" not in fit_all
     assert not any("subsample" in m or "all 600 votes" in m for m in messages_all)
+
+
+def test_the_selection_size_is_checked_and_named_when_it_cannot_act() -> None:
+    from p2l_cli.errors import UserError
+    from p2l_cli.train import ineffective_settings
+    from p2l_cli.train_config import resolve_config
+
+    assert resolve_config(None, {})[0].selection_votes == 25_000  # the default recipe's
+    with pytest.raises(UserError, match="--selection-votes: must be at least 1"):
+        resolve_config(None, {"selection_votes": 0})
+    overrides = {"head_solver": "adamw", "selection_votes": 1000}
+    config, _, _ = resolve_config(None, overrides)
+    expected = ("--selection-votes: no effect in this run (it chooses among ridge-cv heads; "
+                "this run trains with --head-solver adamw)")
+    assert ineffective_settings(config, overrides) == [expected]
+    ridge, _, _ = resolve_config(None, {"selection_votes": 1000})
+    assert ineffective_settings(ridge, {"selection_votes": 1000}) == []

@@ -274,13 +274,19 @@ def _length_battles(n: int, seed: int, bands=((3, 6, 2), (10, 14, 0), (26, 40, 2
     return pl.DataFrame(rows)
 
 
+def _length_data_dir(folder, train: int, val: int, bands=None):
+    """A data folder of :func:`_length_battles` (training seed 0, validation seed 1)."""
+    extra = () if bands is None else (bands,)
+    folder.mkdir()
+    _length_battles(train, 0, *extra).write_parquet(folder / "train.parquet")
+    _length_battles(val, 1, *extra).write_parquet(folder / "val.parquet")
+    (folder / "models.json").write_text(json.dumps(["coder", "generalist", "writer"]))
+    return folder
+
+
 @pytest.mark.slow
 def test_length_steps_are_read_when_the_length_acts_in_steps(tmp_path):
-    data = tmp_path / "data"
-    data.mkdir()
-    _length_battles(900, 0).write_parquet(data / "train.parquet")
-    _length_battles(200, 1).write_parquet(data / "val.parquet")
-    (data / "models.json").write_text(json.dumps(["coder", "generalist", "writer"]))
+    data = _length_data_dir(tmp_path / "data", 900, 200)
     backbone = make_backbone("bert", tmp_path / "bert")
     settings = {"backbone": str(backbone), "freeze_backbone": True, "head_solver": "ridge-cv",
                 "prompt_features": True, "normalize": True, "max_length": 64,
@@ -320,11 +326,7 @@ WINDOW_BANDS = ((20, 31, 2), (80, 121, 0))
 
 @pytest.mark.slow
 def test_lengths_past_the_backbones_window_are_read(tmp_path):
-    data = tmp_path / "data"
-    data.mkdir()
-    _length_battles(600, 0, WINDOW_BANDS).write_parquet(data / "train.parquet")
-    _length_battles(100, 1, WINDOW_BANDS).write_parquet(data / "val.parquet")
-    (data / "models.json").write_text(json.dumps(["coder", "generalist", "writer"]))
+    data = _length_data_dir(tmp_path / "data", 600, 100, WINDOW_BANDS)
     backbone = make_backbone("bert", tmp_path / "bert")
     settings = {"backbone": str(backbone), "freeze_backbone": True, "head_solver": "ridge-cv",
                 "prompt_features": True, "normalize": True, "max_length": 16}  # fmt: skip
@@ -571,11 +573,7 @@ def test_the_chosen_head_is_refitted_under_the_model_covariance_prior(tmp_path):
     refitted."""
     from p2l_cli.reporting import Recorder
 
-    data = tmp_path / "data"
-    data.mkdir()
-    _length_battles(500, 0).write_parquet(data / "train.parquet")
-    _length_battles(100, 1).write_parquet(data / "val.parquet")
-    (data / "models.json").write_text(json.dumps(["coder", "generalist", "writer"]))
+    data = _length_data_dir(tmp_path / "data", 500, 100)
     settings = {"backbone": str(make_backbone("bert", tmp_path / "bert")), "freeze_backbone": True,
                 "head_solver": "ridge-cv", "prompt_features": True, "cv_folds": 3}  # fmt: skip
     runs = {}
