@@ -273,20 +273,22 @@ def head_fit_threads(rows: int, width: int) -> int:
 def ineffective_settings(config: TrainConfig, overrides: dict[str, Any]) -> list[str]:
     """Warnings for flags given on the command line that change nothing in this run."""
     given = [k for k, v in overrides.items() if v is not None]
-    unused = []
+
+    def warning(unused: list[str], why: str) -> list[str]:
+        flags = ", ".join("--" + k.replace("_", "-") for k in unused)
+        return [f"{flags}: no effect in this run ({why})"] if unused else []
+
     if config.head_solver == "ridge-cv":
-        unused = [k for k in given if k in STEP_SETTINGS]
         why = "the head is fitted exactly (--head-solver ridge-cv); use --head-solver adamw"
-    elif "selection_votes" in given:
-        unused = ["selection_votes"]
+        return warning([k for k in given if k in STEP_SETTINGS], why)
+    warnings = []
+    if "selection_votes" in given:
         why = "it chooses among ridge-cv heads; this run trains with --head-solver adamw"
-    elif config.freeze_backbone and "lr" in given and config.head_lr is not None:
-        unused = ["lr"]
+        warnings += warning(["selection_votes"], why)
+    if config.freeze_backbone and "lr" in given and config.head_lr is not None:
         why = "--lr is the backbone's learning rate and the backbone is frozen; see --head-lr"
-    if not unused:
-        return []
-    flags = ", ".join("--" + k.replace("_", "-") for k in unused)
-    return [f"{flags}: no effect in this run ({why})"]
+        warnings += warning(["lr"], why)
+    return warnings
 
 
 def make_accelerator(config: TrainConfig) -> Accelerator:
@@ -827,7 +829,7 @@ class Trainer:
         weights = DESCRIPTOR_WEIGHTS if features.shape[1] > hidden else (1.0,)
 
         steps = len(self.model.features.steps) if self.model.features is not None else 0
-        subsample = self._selection_subsample(groups)
+        subsample, compared_on = self._selection_subsample(groups)
         threads = head_fit_threads(*features.shape)
         # the fits side by side share one thread per core for their folds' fits
         with ThreadPoolExecutor(threads) if threads > 1 else nullcontext() as pool:
@@ -916,9 +918,8 @@ class Trainer:
                 self.model.head.gamma_head.weight.zero_()
                 self.model.head.gamma_head.bias.zero_()
         self.head_fit = report.to_dict()
-        if subsample is not None:  # where the candidates were compared
-            self.head_fit["candidates_compared_on"] = {
-                "votes": len(subsample), "prompts": len(np.unique(groups[subsample]))}
+        if compared_on is not None:
+            self.head_fit["candidates_compared_on"] = compared_on
         if len(weights) > 1:
             self.head_fit["descriptor_weight"] = weight
             self.head_fit["cv_nll_by_descriptor_weight"] = {
@@ -973,21 +974,22 @@ class Trainer:
             }
         return self._finish()
 
-    def _selection_subsample(self, groups: np.ndarray) -> np.ndarray | None:
-        """The training rows on which the ridge candidates are compared: whole prompts
-        holding about ``selection_votes`` votes, once there are more than twice as many
-        votes (None: compared on every vote)."""
+    def _selection_subsample(self, groups: np.ndarray) -> tuple[np.ndarray | None, dict | None]:
+        """The training rows on which the ridge candidates are compared, whole prompts
+        holding about ``selection_votes`` votes once there are more than twice as many
+        votes, and their count of votes and prompts (None, None: compared on every vote)."""
         wanted, votes = self.config.selection_votes, len(groups)
         if wanted is None or votes <= 2 * wanted:
-            return None
+            return None, None
         rows = prompt_subsample(groups, wanted, self.config.seed)
+        counts = {"votes": len(rows), "prompts": len(np.unique(groups[rows]))}
         self.reporter.event(
             INFO,
-            f"comparing the candidates on {len(rows):,} of the {votes:,} training votes "
-            f"({len(np.unique(groups[rows])):,} prompts drawn at random); the winner alone is "
-            "then fitted on every vote",
+            f"comparing the candidates on {counts['votes']:,} of the {votes:,} training votes "
+            f"({counts['prompts']:,} prompts drawn at random); the winner alone is then fitted "
+            "on every vote",
         )
-        return rows
+        return rows, counts
 
     def _smoothing_candidates(
         self, embeddings: np.ndarray, groups: np.ndarray, words: torch.Tensor | None = None

@@ -125,3 +125,10 @@ def test_the_selection_size_is_checked_and_named_when_it_cannot_act() -> None:
     assert ineffective_settings(config, overrides) == [expected]
     ridge, _, _ = resolve_config(None, {"selection_votes": 1000})
     assert ineffective_settings(ridge, {"selection_votes": 1000}) == []
+    # each flag that changes nothing is named, not only the first
+    both = {**overrides, "lr": 0.5, "head_lr": 1e-3}
+    config, _, _ = resolve_config(None, both)
+    assert config.freeze_backbone
+    warnings = ineffective_settings(config, both)
+    assert warnings[0] == expected and len(warnings) == 2
+    assert warnings[1].startswith("--lr: no effect in this run (--lr is the backbone's")
