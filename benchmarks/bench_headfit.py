@@ -4,9 +4,12 @@ grow (run by hand).
 A fit computes, at every L-BFGS step, the coefficients its votes need. The head reads each
 vote's two models only, so `p2l` computes those two per vote (one matrix-vector product per
 model over the rows of its votes) instead of all M coefficients of every vote and picking
-two. Both give the same loss; this script times one fit each way on the same votes and
-checks that they reach the same head, then times the whole cross-validated fit
-(`fit_linear_head`: 5 folds, the penalty path, the refit) the way `p2l train` runs it.
+two. A family that reads only the difference of the two (`bt`, `bt-tie`, `rk`) gets that
+difference directly: one product per pair of models over the rows of its votes, each row
+read once instead of twice. This script times one loss-and-gradient evaluation each way on
+the same votes and checks that they give the same loss and gradient, then times the whole
+cross-validated fit (`fit_linear_head`: 5 folds, the penalty path, the refit) the way
+`p2l train` runs it, each way.
 
 The folds of that fit (and its refit on every vote) are independent chains down the penalty
 path: `--workers` times the whole fit with its folds one after another (1) and on a pool of
@@ -39,6 +42,7 @@ import torch
 from p2l_cli.stats.families import DECISIVE, TIE_CODE, pairs_nll
 from p2l_cli.stats.headfit import (
     _linear_coefs,
+    _linear_differences,
     _linear_pairs,
     _Problem,
     _standardised,
@@ -63,7 +67,11 @@ def votes(n: int, m: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return x, np.stack([winner, loser, tie], axis=1)
 
 
-def evaluation_seconds(x: np.ndarray, labels: np.ndarray, m: int, pairs: bool, repeats: int):
+# how each vote's coefficients are computed: all M picked, two per vote, one difference
+LAYOUTS = {"all M": None, "two per vote": _linear_pairs, "difference": _linear_differences}
+
+
+def evaluation_seconds(x: np.ndarray, labels: np.ndarray, m: int, layout: str, repeats: int):
     """Seconds per loss-and-gradient evaluation of the head at a random point, the loss and
     the gradient."""
     z, _, _ = _standardised(x, None)
@@ -71,7 +79,7 @@ def evaluation_seconds(x: np.ndarray, labels: np.ndarray, m: int, pairs: bool, r
     generator = torch.Generator().manual_seed(0)
     weight = (torch.randn(z.shape[1], m, generator=generator, dtype=torch.float64) * 0.01)
     params = [weight.requires_grad_(True), torch.zeros(m, dtype=torch.float64, requires_grad=True)]
-    problem = _Problem(_linear_coefs, penalised=(0,), pairs_of=_linear_pairs if pairs else None)
+    problem = _Problem(_linear_coefs, penalised=(0,), pairs_of=LAYOUTS[layout])
     pairs_of = problem.vote_pairs(z, y, m)
 
     def evaluate():
@@ -107,24 +115,22 @@ def fold_threads_seconds(x: np.ndarray, labels: np.ndarray, m: int, workers: lis
     return seconds, same
 
 
-def whole_fit_seconds(x: np.ndarray, labels: np.ndarray, m: int, pairs: bool) -> float:
+def whole_fit_seconds(x: np.ndarray, labels: np.ndarray, m: int, layout: str) -> float:
+    """Seconds of the whole fit with every vote's coefficients computed as ``layout`` says."""
     started = time.perf_counter()
-    if pairs:
+    with mock.patch("p2l_cli.stats.headfit._linear_differences", LAYOUTS[layout]):
         fit_linear_head(x, labels, "bt-tie", bias=np.zeros(m))
-    else:  # the same fit with every vote's M coefficients computed
-        with mock.patch("p2l_cli.stats.headfit._linear_pairs", None):
-            fit_linear_head(x, labels, "bt-tie", bias=np.zeros(m))
     return time.perf_counter() - started
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="6000x12,30000x30,30000x130",
+    parser.add_argument("--sizes", default="6000x12,30000x12,30000x30,30000x130,100000x30",
                         help="comma-separated VOTESxMODELS")  # fmt: skip
     parser.add_argument("--dims", type=int, default=400)
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--whole", default="6000x12",
-                        help="sizes whose whole cross-validated fit is timed both ways")  # fmt: skip
+    parser.add_argument("--whole", default="30000x12",
+                        help="sizes whose whole cross-validated fit is timed each way")  # fmt: skip
     parser.add_argument("--workers", default="",
                         help="comma-separated fold-thread counts to time the whole fit at, "
                         "e.g. 1,2 (each size of --sizes)")  # fmt: skip
@@ -145,22 +151,21 @@ def main() -> None:
         print(f"\nmachine: {platform.machine()}, {os.cpu_count()} CPU cores, torch "
               f"{torch.__version__}, load average {os.getloadavg()[0]:.1f} at the end")
         return
-    print("| votes | models | one evaluation, all M coefficients (ms) | two per vote (ms) | "
-          "speed-up | loss, gradient: max abs difference | whole CV fit: all M / two per vote "
-          "(s) |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|")
+    print("| votes | models | one evaluation (ms): " + " / ".join(LAYOUTS) + " | loss, gradient: "
+          "max abs difference from all M | whole CV fit (s): " + " / ".join(LAYOUTS) + " |")
+    print("|---|---|---|---|---|")
     for size in args.sizes.split(","):
         n, m = (int(v) for v in size.split("x"))
         x, labels = votes(n, m, args.dims, seed=n + m)
-        full_s, full_loss, full_grad = evaluation_seconds(x, labels, m, False, args.repeats)
-        pair_s, pair_loss, pair_grad = evaluation_seconds(x, labels, m, True, args.repeats)
-        diff = max(float((full_loss - pair_loss).abs()), float((full_grad - pair_grad).abs().max()))
+        results = [evaluation_seconds(x, labels, m, layout, args.repeats) for layout in LAYOUTS]
+        (_, full_loss, full_grad), *rest = results
+        diff = max(max(float((full_loss - loss).abs()), float((full_grad - grad).abs().max()))
+                   for _, loss, grad in rest)  # fmt: skip
         fits = "—"
         if size in whole:
-            fits = (f"{whole_fit_seconds(x, labels, m, False):.1f} / "
-                    f"{whole_fit_seconds(x, labels, m, True):.1f}")  # fmt: skip
-        print(f"| {n:,} | {m} | {full_s * 1e3:.1f} | {pair_s * 1e3:.1f} | {full_s / pair_s:.1f}x "
-              f"| {diff:.1e} | {fits} |", flush=True)  # fmt: skip
+            fits = " / ".join(f"{whole_fit_seconds(x, labels, m, layout):.1f}" for layout in LAYOUTS)
+        print(f"| {n:,} | {m} | " + " / ".join(f"{seconds * 1e3:.1f}" for seconds, _, _ in results)
+              + f" | {diff:.1e} | {fits} |", flush=True)  # fmt: skip
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} CPU cores, one thread, torch "
           f"{torch.__version__}, load average {os.getloadavg()[0]:.1f} at the end")
 

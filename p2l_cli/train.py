@@ -260,8 +260,9 @@ def fit_side_by_side(fit: Callable, jobs: dict) -> dict:
 def head_fit_threads(rows: int, width: int) -> int:
     """How many threads the cross-validated head fits may share for their folds' fits
     (:func:`p2l_cli.stats.headfit.fit_linear_head`'s ``pool``): one per core, as many as
-    half the machine's memory allows, each running fold fit holding about three float64
-    copies of its ``rows x width`` features (its rows, and those rows laid out by model)."""
+    half the machine's memory allows, each running fold fit holding up to three float64
+    copies of its ``rows x width`` features (its rows, and those rows laid out twice by
+    model, or once by pair of models)."""
     cores = available_cores()
     try:
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

@@ -1,5 +1,6 @@
-"""The linear head fit computes only each vote's two coefficients: checked against all M
-coefficients of every vote (a plain matrix product) picked by the vote's models."""
+"""The linear head fit computes only each vote's two coefficients (or, for a family that reads
+only their difference, that difference): checked against all M coefficients of every vote (a
+plain matrix product) picked by the vote's models."""
 
 from __future__ import annotations
 
@@ -12,10 +13,18 @@ import torch
 from p2l_cli.stats.families import DECISIVE, TIE_CODE, labels_nll, pairs_nll, with_style_offset
 from p2l_cli.stats.headfit import (
     _linear_coefs,
+    _linear_differences,
     _linear_pairs,
     _with_style_offset,
     fit_linear_head,
 )
+
+
+@pytest.fixture
+def per_pair():
+    """The difference layout whatever the block count (tests have few votes per pair)."""
+    with mock.patch("p2l_cli.stats.headfit.PAIR_BLOCK_COST", 0):
+        yield
 
 
 def random_votes(n: int, m: int, seed: int, unused: int = 0) -> torch.Tensor:
@@ -51,6 +60,75 @@ def test_pairs_equal_the_picked_full_coefficients(with_eta: bool, unused: int) -
         assert eta is None
 
 
+@pytest.mark.parametrize("with_eta", [False, True])
+@pytest.mark.parametrize("unused", [0, 3])
+def test_differences_equal_the_picked_full_coefficients(with_eta: bool, unused: int,
+                                                       per_pair) -> None:
+    n, d, m = 400, 6, 7
+    generator = torch.Generator().manual_seed(7)
+    x = torch.randn(n, d, generator=generator, dtype=torch.float64)
+    labels = random_votes(n, m, seed=8, unused=unused)
+    assert ((labels[:, 0] < labels[:, 1]).any() and (labels[:, 0] > labels[:, 1]).any())
+    params = [torch.randn(d, m, generator=generator, dtype=torch.float64),
+              torch.randn(m, generator=generator, dtype=torch.float64)]  # fmt: skip
+    if with_eta:
+        params += [torch.randn(d, generator=generator, dtype=torch.float64),
+                   torch.tensor(-0.3, dtype=torch.float64)]  # fmt: skip
+    pairs, eta = _linear_differences(x, labels, m)(params)
+    full = (x @ params[0] + params[1]).gather(1, labels[:, :2])
+    assert pairs.shape == (n, 2)
+    torch.testing.assert_close(pairs[:, 0], full[:, 0] - full[:, 1], rtol=0, atol=1e-12)
+    assert torch.equal(pairs[:, 1], torch.zeros(n, dtype=torch.float64))
+    if with_eta:
+        torch.testing.assert_close(eta, x @ params[2] + params[3], rtol=0, atol=1e-12)
+    else:
+        assert eta is None
+
+
+def test_differences_give_way_to_per_model_products_when_pairs_have_few_votes() -> None:
+    n, d, m = 2000, 20, 30  # 435 pairs: 4.6 votes and 92 row entries a pair
+    generator = torch.Generator().manual_seed(9)
+    x = torch.randn(n, d, generator=generator, dtype=torch.float64)
+    labels = random_votes(n, m, seed=10)
+    params = [torch.randn(d, m, generator=generator, dtype=torch.float64),
+              torch.randn(m, generator=generator, dtype=torch.float64)]  # fmt: skip
+    per_model = _linear_pairs(x, labels, m)(params)[0]
+    for cost, expected_second in [(100, per_model[:, 1]), (80, torch.zeros(n, dtype=torch.float64))]:
+        with mock.patch("p2l_cli.stats.headfit.PAIR_BLOCK_COST", cost):
+            pairs, _ = _linear_differences(x, labels, m)(params)
+        torch.testing.assert_close(pairs[:, 1], expected_second, rtol=0, atol=0)
+        torch.testing.assert_close(pairs[:, 0] - pairs[:, 1], per_model[:, 0] - per_model[:, 1],
+                                   rtol=0, atol=1e-12)  # fmt: skip
+
+
+@pytest.mark.parametrize("family", ["bt-tie", "rk"])
+def test_difference_losses_and_gradients_match_the_full_coefficients(family: str, per_pair) -> None:
+    n, d, m = 600, 5, 6
+    generator = torch.Generator().manual_seed(11)
+    x = torch.randn(n, d, generator=generator, dtype=torch.float64)
+    labels = random_votes(n, m, seed=12)
+    offset = torch.randn(n, generator=generator, dtype=torch.float64)
+    start = [torch.randn(d, m, generator=generator, dtype=torch.float64) * 0.3,
+             torch.randn(m, generator=generator, dtype=torch.float64)]  # fmt: skip
+    if family == "rk":
+        start += [torch.randn(d, generator=generator, dtype=torch.float64) * 0.1,
+                  torch.tensor(1.5, dtype=torch.float64)]  # fmt: skip
+
+    def loss_and_grads(differences: bool):
+        params = [p.clone().requires_grad_(True) for p in start]
+        if differences:
+            pairs, eta = _linear_differences(x, labels, m)(params)
+            loss = pairs_nll(_with_style_offset(pairs, offset), labels, eta, family)
+        else:
+            coefs, eta = _linear_coefs(x, params)
+            loss = labels_nll(with_style_offset(coefs, labels, offset), labels, eta, family)
+        loss.backward()
+        return [loss.detach(), *(p.grad for p in params)]
+
+    for fast, full in zip(loss_and_grads(True), loss_and_grads(False), strict=True):
+        torch.testing.assert_close(fast, full, rtol=0, atol=1e-12)
+
+
 def test_gradients_and_style_offset_match_the_full_coefficients() -> None:
     n, d, m = 300, 5, 7
     generator = torch.Generator().manual_seed(3)
@@ -75,7 +153,9 @@ def test_gradients_and_style_offset_match_the_full_coefficients() -> None:
         torch.testing.assert_close(fast, full, rtol=0, atol=1e-12)
 
 
-def test_fit_linear_head_is_the_same_either_way() -> None:
+@pytest.mark.parametrize("layout", ["per model", "per pair"])
+def test_fit_linear_head_is_the_same_either_way(layout: str) -> None:
+    family = "bt-tie"
     n, d, m = 1500, 8, 6
     rng = np.random.default_rng(5)
     x = rng.standard_normal((n, d))
@@ -86,12 +166,29 @@ def test_fit_linear_head_is_the_same_either_way() -> None:
     first_wins = rng.random(n) < 1 / (1 + np.exp(theta[rows, labels[:, 1]] - theta[rows, labels[:, 0]]))
     labels[:, :2] = np.where(first_wins[:, None], labels[:, :2], labels[:, 1::-1])
     groups = rng.integers(0, 500, n)
-    fast, fast_report = fit_linear_head(x, labels, "bt-tie", bias=np.zeros(m), groups=groups)
-    with mock.patch("p2l_cli.stats.headfit._linear_pairs", None):
-        full, full_report = fit_linear_head(x, labels, "bt-tie", bias=np.zeros(m), groups=groups)
+    with mock.patch("p2l_cli.stats.headfit.PAIR_BLOCK_COST", 0 if layout == "per pair" else 1e12):
+        fast, fast_report = fit_linear_head(x, labels, family, bias=np.zeros(m), groups=groups)
+    with (mock.patch("p2l_cli.stats.headfit._linear_pairs", None),
+          mock.patch("p2l_cli.stats.headfit._linear_differences", None)):
+        full, full_report = fit_linear_head(x, labels, family, bias=np.zeros(m), groups=groups)
     assert fast_report.penalty == full_report.penalty
     assert fast_report.penalty is not None  # a real head was fitted, not the fallback
     for penalty, nll in full_report.cv_nll.items():
         assert fast_report.cv_nll[penalty] == pytest.approx(nll, abs=1e-9)
     np.testing.assert_allclose(fast.weight, full.weight, atol=1e-6)
     np.testing.assert_allclose(fast.bias, full.bias, atol=1e-6)
+
+
+def test_grounded_families_keep_both_coefficients() -> None:
+    """A grounded family's likelihood reads each coefficient, not only their difference."""
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((300, 4))
+    labels = random_votes(300, 5, seed=14).numpy()
+
+    def refuse(*args):
+        raise AssertionError("a grounded family was given differences")
+
+    with mock.patch("p2l_cli.stats.headfit._linear_differences", refuse):
+        fit_linear_head(x, labels, "grk", bias=np.zeros(5), penalties=(1.0,), folds=2)
+        with pytest.raises(AssertionError, match="grounded"):
+            fit_linear_head(x, labels, "bt-tie", bias=np.zeros(5), penalties=(1.0,), folds=2)
