@@ -155,7 +155,6 @@ def test_gradients_and_style_offset_match_the_full_coefficients() -> None:
 
 @pytest.mark.parametrize("layout", ["per model", "per pair"])
 def test_fit_linear_head_is_the_same_either_way(layout: str) -> None:
-    family = "bt-tie"
     n, d, m = 1500, 8, 6
     rng = np.random.default_rng(5)
     x = rng.standard_normal((n, d))
@@ -167,10 +166,10 @@ def test_fit_linear_head_is_the_same_either_way(layout: str) -> None:
     labels[:, :2] = np.where(first_wins[:, None], labels[:, :2], labels[:, 1::-1])
     groups = rng.integers(0, 500, n)
     with mock.patch("p2l_cli.stats.headfit.PAIR_BLOCK_COST", 0 if layout == "per pair" else 1e12):
-        fast, fast_report = fit_linear_head(x, labels, family, bias=np.zeros(m), groups=groups)
+        fast, fast_report = fit_linear_head(x, labels, "bt-tie", bias=np.zeros(m), groups=groups)
     with (mock.patch("p2l_cli.stats.headfit._linear_pairs", None),
           mock.patch("p2l_cli.stats.headfit._linear_differences", None)):
-        full, full_report = fit_linear_head(x, labels, family, bias=np.zeros(m), groups=groups)
+        full, full_report = fit_linear_head(x, labels, "bt-tie", bias=np.zeros(m), groups=groups)
     assert fast_report.penalty == full_report.penalty
     assert fast_report.penalty is not None  # a real head was fitted, not the fallback
     for penalty, nll in full_report.cv_nll.items():

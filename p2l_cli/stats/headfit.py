@@ -258,7 +258,7 @@ def _linear_differences(x: torch.Tensor, labels: torch.Tensor, models: int) -> C
     key = low * models + high
     order = torch.argsort(key, stable=True)
     keys, counts = torch.unique_consecutive(key[order], return_counts=True)
-    if len(keys) * PAIR_BLOCK_COST >= x.numel():  # no votes at all included
+    if len(keys) * PAIR_BLOCK_COST >= x.numel():  # also where there are no votes at all
         return _linear_pairs(x, labels, models)
     blocks = tuple(x[order].split(counts.tolist()))
     low_of, high_of = keys // models, keys % models
