@@ -50,14 +50,21 @@ from p2l_cli.stats.headfit import (
 )
 
 
-def votes(n: int, m: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Correlated features (like embeddings: a few strong directions), a planted truth."""
+def votes(n: int, m: int, d: int, seed: int, skewed: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Correlated features (like embeddings: a few strong directions), a planted truth.
+    ``skewed``: each vote's models drawn with probability 1 / rank instead of uniformly."""
     rng = np.random.default_rng(seed)
     mixing = rng.standard_normal((d, d)) * (0.9 ** np.arange(d))[:, None]
     x = rng.standard_normal((n, d)) @ mixing
     truth = rng.standard_normal((d, m)) * 0.05
-    first = rng.integers(0, m, n)
-    second = (first + rng.integers(1, m, n)) % m
+    if skewed:
+        popularity = 1 / np.arange(1, m + 1)
+        first, second = rng.choice(m, (2, n), p=popularity / popularity.sum())
+        clash = first == second
+        second[clash] = (first[clash] + rng.integers(1, m, int(clash.sum()))) % m
+    else:
+        first = rng.integers(0, m, n)
+        second = (first + rng.integers(1, m, n)) % m
     theta = x @ truth
     rows = np.arange(n)
     p_first = 1 / (1 + np.exp(-(theta[rows, first] - theta[rows, second])))
@@ -128,6 +135,9 @@ def main() -> None:
     parser.add_argument("--sizes", default="6000x12,30000x12,30000x30,30000x130,100000x30",
                         help="comma-separated VOTESxMODELS")  # fmt: skip
     parser.add_argument("--dims", type=int, default=400)
+    parser.add_argument("--skewed", action="store_true",
+                        help="models drawn with probability 1 / rank, as in the Arena: a few "
+                        "pairs with many votes, a long tail of pairs with few")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--whole", default="30000x12",
                         help="sizes whose whole cross-validated fit is timed each way")  # fmt: skip
@@ -144,7 +154,7 @@ def main() -> None:
         print("|---|---|" + "---|" * len(counts) + "---|")
         for size in args.sizes.split(","):
             n, m = (int(v) for v in size.split("x"))
-            x, labels = votes(n, m, args.dims, seed=n + m)
+            x, labels = votes(n, m, args.dims, seed=n + m, skewed=args.skewed)
             seconds, same = fold_threads_seconds(x, labels, m, counts)
             print(f"| {n:,} | {m} | " + " | ".join(f"{s:.1f}" for s in seconds)
                   + f" | {'yes' if same else 'NO'} |", flush=True)  # fmt: skip
@@ -156,7 +166,7 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for size in args.sizes.split(","):
         n, m = (int(v) for v in size.split("x"))
-        x, labels = votes(n, m, args.dims, seed=n + m)
+        x, labels = votes(n, m, args.dims, seed=n + m, skewed=args.skewed)
         results = [evaluation_seconds(x, labels, m, layout, args.repeats) for layout in LAYOUTS]
         (_, full_loss, full_grad), *rest = results
         diff = max(max(float((full_loss - loss).abs()), float((full_grad - grad).abs().max()))

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from p2l_cli.stats import headfit
 from p2l_cli.stats.families import DECISIVE, TIE_CODE, labels_nll, pairs_nll, with_style_offset
 from p2l_cli.stats.headfit import (
     _linear_coefs,
@@ -85,20 +86,51 @@ def test_differences_equal_the_picked_full_coefficients(with_eta: bool, unused: 
         assert eta is None
 
 
-def test_differences_give_way_to_per_model_products_when_pairs_have_few_votes() -> None:
-    n, d, m = 2000, 20, 30  # 435 pairs: 4.6 votes and 92 row entries a pair
+def skewed_votes(n: int, m: int, seed: int) -> torch.Tensor:
+    """Votes whose models are drawn with probability 1 / rank (a few popular models, a long
+    tail, as in the Arena): a few pairs with many votes, many pairs with few."""
+    rng = np.random.default_rng(seed)
+    popularity = 1 / np.arange(1, m + 1)
+    popularity /= popularity.sum()
+    first = rng.choice(m, n, p=popularity)
+    second = rng.choice(m, n, p=popularity)
+    clash = first == second
+    second[clash] = (first[clash] + rng.integers(1, m, int(clash.sum()))) % m
+    tie = np.where(rng.random(n) < 0.3, TIE_CODE, DECISIVE)
+    return torch.as_tensor(np.stack([first, second, tie], axis=1), dtype=torch.long)
+
+
+def test_pairs_with_few_votes_keep_per_model_products() -> None:
+    n, d, m = 3000, 10, 12
     generator = torch.Generator().manual_seed(9)
     x = torch.randn(n, d, generator=generator, dtype=torch.float64)
-    labels = random_votes(n, m, seed=10)
+    labels = skewed_votes(n, m, seed=10)
     params = [torch.randn(d, m, generator=generator, dtype=torch.float64),
               torch.randn(m, generator=generator, dtype=torch.float64)]  # fmt: skip
-    per_model = _linear_pairs(x, labels, m)(params)[0]
-    for cost, expected_second in [(100, per_model[:, 1]), (80, torch.zeros(n, dtype=torch.float64))]:
-        with mock.patch("p2l_cli.stats.headfit.PAIR_BLOCK_COST", cost):
-            pairs, _ = _linear_differences(x, labels, m)(params)
-        torch.testing.assert_close(pairs[:, 1], expected_second, rtol=0, atol=0)
-        torch.testing.assert_close(pairs[:, 0] - pairs[:, 1], per_model[:, 0] - per_model[:, 1],
-                                   rtol=0, atol=1e-12)  # fmt: skip
+    low, high = labels[:, :2].min(dim=1).values, labels[:, :2].max(dim=1).values
+    votes_of_pair = torch.bincount(low * m + high, minlength=m * m)[low * m + high]
+    cost = 40 * d  # a pair of models with at least 40 votes gets a block of its own
+    light = votes_of_pair * d < cost
+    assert 0 < int(light.sum()) < n // 2  # most votes in heavy pairs, a tail of light ones
+    full = (x @ params[0] + params[1]).gather(1, labels[:, :2])
+    tails = []
+
+    def recording(x, votes, *args):
+        tails.append(votes)
+        return products(x, votes, *args)
+
+    products = headfit._model_products
+    with (mock.patch("p2l_cli.stats.headfit.PAIR_BLOCK_COST", cost),
+          mock.patch("p2l_cli.stats.headfit._model_products", recording)):
+        pairs, _ = _linear_differences(x, labels, m)(params)
+    assert len(tails) == 1 and torch.equal(tails[0].sort().values, light.nonzero()[:, 0])
+    torch.testing.assert_close(pairs[:, 0], full[:, 0] - full[:, 1], rtol=0, atol=1e-12)
+    assert torch.equal(pairs[:, 1], torch.zeros(n, dtype=torch.float64))
+
+    highest = int(votes_of_pair.max()) * d
+    with mock.patch("p2l_cli.stats.headfit.PAIR_BLOCK_COST", highest + 1):  # no heavy pair
+        per_model, _ = _linear_differences(x, labels, m)(params)
+    assert torch.equal(per_model, _linear_pairs(x, labels, m)(params)[0])
 
 
 @pytest.mark.parametrize("family", ["bt-tie", "rk"])
@@ -153,19 +185,20 @@ def test_gradients_and_style_offset_match_the_full_coefficients() -> None:
         torch.testing.assert_close(fast, full, rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("layout", ["per model", "per pair"])
+@pytest.mark.parametrize("layout", ["per model", "per pair", "heavy pairs per pair"])
 def test_fit_linear_head_is_the_same_either_way(layout: str) -> None:
     n, d, m = 1500, 8, 6
     rng = np.random.default_rng(5)
     x = rng.standard_normal((n, d))
     truth = rng.standard_normal((d, m)) * 0.6
-    labels = random_votes(n, m, seed=6).numpy()
+    labels = (skewed_votes if layout == "heavy pairs per pair" else random_votes)(n, m, seed=6).numpy()
     theta = x @ truth
     rows = np.arange(n)
     first_wins = rng.random(n) < 1 / (1 + np.exp(theta[rows, labels[:, 1]] - theta[rows, labels[:, 0]]))
     labels[:, :2] = np.where(first_wins[:, None], labels[:, :2], labels[:, 1::-1])
     groups = rng.integers(0, 500, n)
-    with mock.patch("p2l_cli.stats.headfit.PAIR_BLOCK_COST", 0 if layout == "per pair" else 1e12):
+    cost = {"per model": 1e12, "per pair": 0, "heavy pairs per pair": 50 * d}[layout]
+    with mock.patch("p2l_cli.stats.headfit.PAIR_BLOCK_COST", cost):
         fast, fast_report = fit_linear_head(x, labels, "bt-tie", bias=np.zeros(m), groups=groups)
     with (mock.patch("p2l_cli.stats.headfit._linear_pairs", None),
           mock.patch("p2l_cli.stats.headfit._linear_differences", None)):

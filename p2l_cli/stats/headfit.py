@@ -62,9 +62,9 @@ NEAR_MARGIN = 30.0
 # A product over one block of rows costs a fixed time (calls, bookkeeping), here about
 # 23 us: about 17,000 multiplications of a row entry (2-core x86_64, one thread). Per pair
 # of models instead of per model (see _linear_differences) saves N d multiplications and
-# adds a block per pair, so it breaks even at about 20,000 row entries (N d) per pair; it
-# is chosen from twice that, where it was 1.4x faster, to leave room for machines whose
-# memory is faster against their calls.
+# adds a block per pair, so it breaks even at about 20,000 row entries (N d) per pair; a
+# pair gets its own block from twice that (where it was 1.4x faster), to leave room for
+# machines whose memory is faster against their calls.
 PAIR_BLOCK_COST = 40_000
 
 
@@ -221,25 +221,38 @@ class _BlockProducts(torch.autograd.Function):
         return torch.stack([block.T @ g for block, g in zip(ctx.blocks, pieces, strict=True)]), None
 
 
-def _linear_pairs(x: torch.Tensor, labels: torch.Tensor, models: int) -> Callable:
-    """:func:`_linear_coefs` for each vote's two models only. Every vote's row is laid out
-    twice (for its first and its second model) in blocks by model, so model k's coefficient
-    is one matrix-vector product over the rows of its votes: 2 N d multiplications instead of
-    N d M for all M models (6x fewer with 12 models, 65x with 130)."""
-    n = len(x)
-    slots = labels[:, :2].long().T.reshape(-1)  # every first model, then every second
+def _model_products(x: torch.Tensor, votes: torch.Tensor, first: torch.Tensor,
+                    second: torch.Tensor, models: int) -> Callable:
+    """For the votes ``votes`` (indices into ``x``, ``first`` and ``second``): ``(weight,
+    bias)`` -> ``[len(votes), 2]``, each vote's first and second model's coefficient. Every
+    vote's row is laid out twice (for its first and its second model) in blocks by model,
+    so model k's coefficient is one matrix-vector product over the rows of its votes."""
+    k = len(votes)
+    slots = torch.cat([first[votes], second[votes]])
     order = torch.argsort(slots, stable=True)
-    rows, model = x[order % n], slots[order]
+    rows, model = x[votes[order % k]], slots[order]
     blocks = tuple(rows.split(torch.bincount(slots, minlength=models).tolist()))
     place = torch.empty_like(order)
-    place[order] = torch.arange(2 * n, device=order.device)
+    place[order] = torch.arange(2 * k, device=order.device)
+
+    def products(weight, bias):
+        by_model = _BlockProducts.apply(weight.T, blocks)
+        return (by_model + bias[model])[place].view(2, k).T
+
+    return products
+
+
+def _linear_pairs(x: torch.Tensor, labels: torch.Tensor, models: int) -> Callable:
+    """:func:`_linear_coefs` for each vote's two models only (:func:`_model_products`):
+    2 N d multiplications instead of N d M for all M models (6x fewer with 12 models, 65x
+    with 130)."""
+    labels = labels.long()
+    products = _model_products(x, torch.arange(len(x), device=x.device), labels[:, 0],
+                               labels[:, 1], models)  # fmt: skip
 
     def pairs(params):
-        weight, bias = params[0], params[1]
-        by_model = _BlockProducts.apply(weight.T, blocks)
-        values = (by_model + bias[model])[place].view(2, n).T
         eta = x @ params[2] + params[3] if len(params) > 2 else None
-        return values, eta
+        return products(params[0], params[1]), eta
 
     return pairs
 
@@ -247,31 +260,41 @@ def _linear_pairs(x: torch.Tensor, labels: torch.Tensor, models: int) -> Callabl
 def _linear_differences(x: torch.Tensor, labels: torch.Tensor, models: int) -> Callable:
     """:func:`_linear_pairs` for a family that reads only each vote's difference
     ``theta_first - theta_second`` (every family but the grounded ones): it returns
-    ``(difference, 0)``, the same loss. Votes are laid out once, in blocks by their unordered
-    pair of models, so each pair's differences are one matrix-vector product with
-    ``W[:, i] - W[:, j]``: N d multiplications instead of 2 N d, and one copy of the rows
-    instead of two. Pairs with few votes each cost more in products than they save in
-    multiplications (``PAIR_BLOCK_COST``); then it is :func:`_linear_pairs`."""
-    n = len(x)
+    ``(difference, 0)``, the same loss. The votes of each pair of models with many votes are
+    laid out once, in a block of their own, so the pair's differences are one
+    matrix-vector product with ``W[:, i] - W[:, j]``: N d multiplications instead of 2 N d,
+    and one copy of those rows instead of two. A pair with few votes costs more as a block
+    than it saves (``PAIR_BLOCK_COST``): those votes keep the per-model layout
+    (:func:`_model_products`), so an arena with a long tail of rare pairs gains on its heavy
+    pairs; with no heavy pair at all this is :func:`_linear_pairs`."""
+    n, d = x.shape
     first, second = labels[:, 0].long(), labels[:, 1].long()
     low, high = torch.minimum(first, second), torch.maximum(first, second)
-    key = low * models + high
-    order = torch.argsort(key, stable=True)
-    keys, counts = torch.unique_consecutive(key[order], return_counts=True)
-    if len(keys) * PAIR_BLOCK_COST >= x.numel():  # also where there are no votes at all
+    keys, pair_of_vote, counts = torch.unique(low * models + high, return_inverse=True,
+                                              return_counts=True)  # fmt: skip
+    heavy_pairs = counts * d >= PAIR_BLOCK_COST
+    if not heavy_pairs.any():  # also where there are no votes at all
         return _linear_pairs(x, labels, models)
-    blocks = tuple(x[order].split(counts.tolist()))
+    heavy = heavy_pairs[pair_of_vote]
+    ordered = torch.argsort(torch.where(heavy, pair_of_vote, len(keys)), stable=True)
+    in_blocks, light = ordered[: int(heavy.sum())], ordered[int(heavy.sum()):]
+    keys, counts = keys[heavy_pairs], counts[heavy_pairs]
+    blocks = tuple(x[in_blocks].split(counts.tolist()))
     low_of, high_of = keys // models, keys % models
     pair_of_row = torch.repeat_interleave(torch.arange(len(keys), device=counts.device), counts)
-    place = torch.empty_like(order)
-    place[order] = torch.arange(n, device=order.device)
-    sign = (first == low).to(x.dtype) * 2 - 1
+    sign = (first[in_blocks] == low[in_blocks]).to(x.dtype) * 2 - 1
+    tail = _model_products(x, light, first, second, models) if len(light) else None
+    place = torch.empty_like(ordered)
+    place[ordered] = torch.arange(n, device=ordered.device)
 
     def pairs(params):
         weight, bias = params[0], params[1]
         by_pair = _BlockProducts.apply((weight[:, low_of] - weight[:, high_of]).T, blocks)
-        gaps = bias[low_of] - bias[high_of]
-        difference = (by_pair + gaps[pair_of_row])[place] * sign
+        parts = [(by_pair + (bias[low_of] - bias[high_of])[pair_of_row]) * sign]
+        if tail is not None:
+            values = tail(weight, bias)
+            parts.append(values[:, 0] - values[:, 1])
+        difference = torch.cat(parts)[place]
         eta = x @ params[2] + params[3] if len(params) > 2 else None
         return torch.stack([difference, torch.zeros_like(difference)], dim=1), eta
 
