@@ -6,7 +6,8 @@ vote's two models only, so `p2l` computes those two per vote (one matrix-vector 
 model over the rows of its votes) instead of all M coefficients of every vote and picking
 two. A family that reads only the difference of the two (`bt`, `bt-tie`, `rk`) gets that
 difference directly: one product per pair of models over the rows of its votes, each row
-read once instead of twice. This script times one loss-and-gradient evaluation each way on
+read once instead of twice, for every pair with many votes (the others keep the per-model
+products; "difference, every pair" gives every pair its own product). This script times one loss-and-gradient evaluation each way on
 the same votes and checks that they give the same loss and gradient, then times the whole
 cross-validated fit (`fit_linear_head`: 5 folds, the penalty path, the refit) the way
 `p2l train` runs it, each way.
@@ -18,13 +19,17 @@ bit. `p2l train` runs its candidate fits side by side on one such pool with a th
 core (`head_fit_threads`), so this is what one fit gains from cores the others leave idle.
 
 Votes are synthetic: standard normal features (d = 400, about MiniLM's 384 dimensions and
-the descriptors), a planted linear truth over M models, pairs drawn uniformly, Bradley-Terry
+the descriptors), a planted linear truth over M models, pairs drawn uniformly (`--skewed`:
+each model with probability 1 / its rank, a few popular models and a long tail of rare
+pairs, as in the Arena; `--pairs-from`: the pairs of an arena's own votes), Bradley-Terry
 outcomes with a fifth of the votes turned into ties, scored as `bt-tie`. One thread, as each
 of `p2l train`'s side-by-side fits on a machine with no more cores than fits.
 
     python benchmarks/bench_headfit.py
     python benchmarks/bench_headfit.py --sizes 6000x12,30000x30 --whole 30000x30
     python benchmarks/bench_headfit.py --sizes 6000x12 --whole "" --workers 1,2
+    python benchmarks/bench_headfit.py --skewed --sizes 30000x130 --whole ""
+    python benchmarks/bench_headfit.py --pairs-from data/train.parquet --sizes 80000x30 --whole ""
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 from unittest import mock
 
 import numpy as np
+import polars as pl
 import torch
 
 from p2l_cli.stats.families import DECISIVE, TIE_CODE, pairs_nll
@@ -50,14 +56,18 @@ from p2l_cli.stats.headfit import (
 )
 
 
-def votes(n: int, m: int, d: int, seed: int, skewed: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def votes(n: int, m: int, d: int, seed: int, skewed: bool = False,
+          pairs: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Correlated features (like embeddings: a few strong directions), a planted truth.
-    ``skewed``: each vote's models drawn with probability 1 / rank instead of uniformly."""
+    ``skewed``: each vote's models drawn with probability 1 / rank instead of uniformly;
+    ``pairs`` (``[K, 2]`` model indices): each vote's models drawn from these rows."""
     rng = np.random.default_rng(seed)
     mixing = rng.standard_normal((d, d)) * (0.9 ** np.arange(d))[:, None]
     x = rng.standard_normal((n, d)) @ mixing
     truth = rng.standard_normal((d, m)) * 0.05
-    if skewed:
+    if pairs is not None:
+        first, second = pairs[rng.integers(0, len(pairs), n)].T
+    elif skewed:
         popularity = 1 / np.arange(1, m + 1)
         first, second = rng.choice(m, (2, n), p=popularity / popularity.sum())
         clash = first == second
@@ -74,8 +84,25 @@ def votes(n: int, m: int, d: int, seed: int, skewed: bool = False) -> tuple[np.n
     return x, np.stack([winner, loser, tie], axis=1)
 
 
-# how each vote's coefficients are computed: all M picked, two per vote, one difference
-LAYOUTS = {"all M": None, "two per vote": _linear_pairs, "difference": _linear_differences}
+def _every_pair(x: torch.Tensor, labels: torch.Tensor, models: int):
+    """The difference layout with a block for every pair of models, however few its votes."""
+    with mock.patch("p2l_cli.stats.headfit.PAIR_BLOCK_COST", 0):
+        return _linear_differences(x, labels, models)
+
+
+# how each vote's coefficients are computed: all M picked, two per vote, one difference (per
+# pair of models where a pair has many votes, as `p2l train` does; per pair everywhere)
+LAYOUTS = {"all M": None, "two per vote": _linear_pairs, "difference": _linear_differences,
+           "difference, every pair": _every_pair}  # fmt: skip
+
+
+def arena_pairs(path: str) -> tuple[np.ndarray, int]:
+    """The ``[K, 2]`` model indices of a battles or training file's votes, and the model count."""
+    table = pl.read_parquet(path, columns=["model_a", "model_b"])
+    names = sorted(set(table["model_a"]) | set(table["model_b"]))
+    index = {name: i for i, name in enumerate(names)}
+    pairs = np.array([[index[a], index[b]] for a, b in table.iter_rows()])
+    return pairs, len(names)
 
 
 def evaluation_seconds(x: np.ndarray, labels: np.ndarray, m: int, layout: str, repeats: int):
@@ -135,6 +162,10 @@ def main() -> None:
     parser.add_argument("--sizes", default="6000x12,30000x12,30000x30,30000x130,100000x30",
                         help="comma-separated VOTESxMODELS")  # fmt: skip
     parser.add_argument("--dims", type=int, default=400)
+    parser.add_argument("--pairs-from", metavar="PARQUET",
+                        help="draw each vote's two models from this battles or training file's "
+                        "votes (an arena's own pairs; MODELS of --sizes must be its model "
+                        "count)")  # fmt: skip
     parser.add_argument("--skewed", action="store_true",
                         help="models drawn with probability 1 / rank, as in the Arena: a few "
                         "pairs with many votes, a long tail of pairs with few")  # fmt: skip
@@ -147,6 +178,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     whole = set(args.whole.split(",")) if args.whole else set()
+    pairs, arena_models = arena_pairs(args.pairs_from) if args.pairs_from else (None, None)
+
+    def synthetic(n: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+        if arena_models is not None and m != arena_models:
+            parser.error(f"--pairs-from {args.pairs_from} has {arena_models} models, not {m}")
+        return votes(n, m, args.dims, seed=n + m, skewed=args.skewed, pairs=pairs)
+
     if args.workers:
         counts = [int(v) for v in args.workers.split(",")]
         print("| votes | models | " + " | ".join(f"whole CV fit, {c} fold thread(s) (s)" for c in counts)
@@ -154,7 +192,7 @@ def main() -> None:
         print("|---|---|" + "---|" * len(counts) + "---|")
         for size in args.sizes.split(","):
             n, m = (int(v) for v in size.split("x"))
-            x, labels = votes(n, m, args.dims, seed=n + m, skewed=args.skewed)
+            x, labels = synthetic(n, m)
             seconds, same = fold_threads_seconds(x, labels, m, counts)
             print(f"| {n:,} | {m} | " + " | ".join(f"{s:.1f}" for s in seconds)
                   + f" | {'yes' if same else 'NO'} |", flush=True)  # fmt: skip
@@ -166,7 +204,7 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for size in args.sizes.split(","):
         n, m = (int(v) for v in size.split("x"))
-        x, labels = votes(n, m, args.dims, seed=n + m, skewed=args.skewed)
+        x, labels = synthetic(n, m)
         results = [evaluation_seconds(x, labels, m, layout, args.repeats) for layout in LAYOUTS]
         (_, full_loss, full_grad), *rest = results
         diff = max(max(float((full_loss - loss).abs()), float((full_grad - grad).abs().max()))
