@@ -7,10 +7,10 @@ model over the rows of its votes) instead of all M coefficients of every vote an
 two. A family that reads only the difference of the two (`bt`, `bt-tie`, `rk`) gets that
 difference directly: one product per pair of models over the rows of its votes, each row
 read once instead of twice, for every pair with many votes (the others keep the per-model
-products; "difference, every pair" gives every pair its own product). This script times one loss-and-gradient evaluation each way on
-the same votes and checks that they give the same loss and gradient, then times the whole
-cross-validated fit (`fit_linear_head`: 5 folds, the penalty path, the refit) the way
-`p2l train` runs it, each way.
+products; "difference, every pair" gives every pair its own product). This script times
+one loss-and-gradient evaluation each way on the same votes and checks that they give the
+same loss and gradient, then times the whole cross-validated fit (`fit_linear_head`: 5
+folds, the penalty path, the refit) the way `p2l train` runs it, each way.
 
 The folds of that fit (and its refit on every vote) are independent chains down the penalty
 path: `--workers` times the whole fit with its folds one after another (1) and on a pool of

@@ -277,7 +277,8 @@ def _linear_differences(x: torch.Tensor, labels: torch.Tensor, models: int) -> C
         return _linear_pairs(x, labels, models)
     heavy = heavy_pairs[pair_of_vote]
     ordered = torch.argsort(torch.where(heavy, pair_of_vote, len(keys)), stable=True)
-    in_blocks, light = ordered[: int(heavy.sum())], ordered[int(heavy.sum()):]
+    blocked = int(heavy.sum())
+    in_blocks, light = ordered[:blocked], ordered[blocked:]
     keys, counts = keys[heavy_pairs], counts[heavy_pairs]
     blocks = tuple(x[in_blocks].split(counts.tolist()))
     low_of, high_of = keys // models, keys % models
