@@ -358,6 +358,18 @@ def write_commands(path: Path, stages: list[Stage]) -> None:
     write_text(path, "\n".join(lines) + "\n")
 
 
+def written_files(root: Path) -> list[Path]:
+    """The files the stages left in ``root``, relative to it and sorted, without training
+    checkpoints and hidden files (e.g. the lock that `p2l train` keeps in its folder)."""
+    return [
+        path.relative_to(root)
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+        and not any(part == "checkpoints" or part.startswith(".")
+                    for part in path.relative_to(root).parts)
+    ]  # fmt: skip
+
+
 def recap(layout: Layout) -> list[str]:
     """The headline figures of the evaluation and of the routing, in a few lines."""
     import json
@@ -372,10 +384,12 @@ def recap(layout: Layout) -> list[str]:
                 f"{report['marginal']['nll']:.4f} (gain {gain['nll']:+.4f}, interval "
                 f"{gain.get('low', math.nan):+.4f} to {gain.get('high', math.nan):+.4f})"
             )
-        captured = (report.get("oracle") or {}).get("fraction_captured")
+        # ties as half a win: defined whichever family the model and the truth are in
+        captured = (report.get("oracle") or {}).get("fraction_captured_half")
         if captured is not None:
             lines.append(
-                f"share of the achievable gain (true coefficients) captured: {100 * captured:.0f}%"
+                f"share of the achievable gain (true coefficients) captured, ties as half a "
+                f"win: {100 * captured:.0f}%"
             )
     if layout.route_summary.is_file():
         summary = json.loads(layout.route_summary.read_text())

@@ -69,6 +69,36 @@ def test_example_prompts_file_is_valid():
     assert set(rows["category"]) == set(CATEGORY_NAMES)
 
 
+def test_the_listing_leaves_out_checkpoints_and_hidden_files(tmp_path):
+    for name in ("model/model.safetensors", "model/.p2l-train.lock", "model/checkpoints/a",
+                 "arena/battles.parquet", "evaluation.json", ".hidden/x"):  # fmt: skip
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    assert demo.written_files(tmp_path) == [
+        Path("arena/battles.parquet"), Path("evaluation.json"), Path("model/model.safetensors")
+    ]
+
+
+def test_recap_reports_the_share_with_ties_as_half_when_the_families_differ(tmp_path):
+    """A bt-tie model scored against an rk truth has no share in its own likelihood (the
+    families differ) but has one with ties counted as half a win for both."""
+    layout = demo.Layout(tmp_path)
+    report = {
+        "p2l": {"nll": 0.6228}, "marginal": {"nll": 0.6561},
+        "gain": {"nll": 0.0333, "low": 0.0187, "high": 0.0467},
+        "oracle": {"available": True, "fraction_captured": None,
+                   "fraction_captured_half": 0.8799},
+    }  # fmt: skip
+    layout.evaluation.write_text(json.dumps(report))
+    lines = demo.recap(layout)
+    assert lines[0].startswith("held-out NLL per vote: P2L 0.6228, marginal leaderboard 0.6561")
+    assert lines[1] == ("share of the achievable gain (true coefficients) captured, ties as "
+                        "half a win: 88%")  # fmt: skip
+    report["oracle"] = {"available": False, "reason": "no truth"}
+    layout.evaluation.write_text(json.dumps(report))
+    assert len(demo.recap(layout)) == 1
+
+
 @pytest.mark.slow
 def test_small_demo_runs_every_stage_and_prints_rerunnable_commands(tmp_path):
     out = tmp_path / "demo"
@@ -108,6 +138,9 @@ def test_small_demo_runs_every_stage_and_prints_rerunnable_commands(tmp_path):
 
     report = json.loads((out / "evaluation.json").read_text())
     assert report["marginal"]["available"] and report["oracle"]["available"]
+    share = round(100 * report["oracle"]["fraction_captured_half"])
+    assert f"ties as half a win: {share}%" in flat
+    assert "model/model.safetensors" in flat and ".p2l-train.lock" not in flat
     assert report["votes"] > 100 and math.isfinite(report["p2l"]["nll"])
     # the oracle (rk, the simulator's family) and the marginal (bt-tie) on one footing
     assert report["oracle"]["nll_half"] < report["marginal"]["nll_half"]

@@ -96,7 +96,7 @@ def run_command(argv: list[str], quiet: bool = False) -> None:
 
 def finish(layout, stages: list, seconds: float) -> None:
     """The recap: headline figures and the files written."""
-    from p2l_cli.demo import recap
+    from p2l_cli.demo import recap, written_files
 
     console.rule("[bold]Done")
     for line in recap(layout):
@@ -104,9 +104,8 @@ def finish(layout, stages: list, seconds: float) -> None:
     console.print(
         f"{len(stages)} stages in {seconds / 60:.1f} minutes; every file is in {layout.root}/:"
     )
-    for path in sorted(layout.root.rglob("*")):
-        if path.is_file() and "checkpoints" not in path.parts:
-            console.print(f"  {path.relative_to(layout.root)}", highlight=False)
+    for path in written_files(layout.root):
+        console.print(f"  {path}", highlight=False)
     console.print(
         f"Rerun any stage by hand, or on your own data, with the commands in {layout.commands}"
     )
