@@ -85,6 +85,13 @@ def test_arena_100k_parquet_schema(tmp_path):
     assert rows["58210e39b3fd4441a2bd4a518bb44c2d"]["tstamp"] == pytest.approx(1682351591.1322)
 
 
+@pytest.mark.parametrize("slash", ["", "/"])
+def test_the_closing_line_names_the_folder_with_one_slash(tmp_path, slash):
+    source = FIXTURES / "arena_conversations_sample.jsonl"
+    result = prepare(source, "-o", f"{tmp_path / 'data'}{slash}", "--val-fraction", "0")
+    assert f"wrote {tmp_path / 'data'}/: train.parquet" in " ".join(result.stderr.split())
+
+
 def test_arena_jsonl_fixture_with_anony_only(tmp_path):
     source = FIXTURES / "arena_conversations_sample.jsonl"
     prepare(source, "-o", tmp_path / "data", "--anony-only", "--val-fraction", "0")

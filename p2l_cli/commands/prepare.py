@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
@@ -257,7 +258,8 @@ def prepare(
         warn(f"--models: no battles kept for {', '.join(unseen[:10])}")
     for table in summary_tables(report):
         console.print(table)
-    console.print(f"wrote {output}/: train.parquet, val.parquet, models.json, prepare.json")
+    folder = os.path.join(output, "")  # one trailing slash, whether given or not
+    console.print(f"wrote {folder}: train.parquet, val.parquet, models.json, prepare.json")
 
 
 def summary_tables(report, max_models: int = 20) -> list:
