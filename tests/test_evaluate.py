@@ -424,3 +424,24 @@ def test_end_to_end_with_a_tiny_backbone(tmp_path):
     for key in ("p2l", "marginal"):
         assert by_model[key]["nll"] == pytest.approx(trained[key]["nll"], abs=1e-4)
         assert by_model[key]["accuracy"] == pytest.approx(trained[key]["accuracy"], abs=1e-6)
+
+
+def test_summary_names_why_the_own_family_share_is_missing():
+    from p2l_cli.evaluate.report import summary_lines
+
+    result = {
+        "family": "bt-tie",
+        "marginal": {"available": True, "nll": 0.6561, "nll_half": 0.6561},
+        "p2l": {"nll": 0.6228, "nll_half": 0.6228},
+        "gain": {"nll": 0.0333},
+        "gain_half": {"nll": 0.0333},
+        "oracle": {"available": True, "family": "rk", "fraction_captured": None,
+                   "fraction_captured_half": 0.88},
+    }  # fmt: skip
+    line = summary_lines(result)[-1]
+    assert line.startswith("fraction of the achievable gain captured (oracle), ties as half: 88.0%")
+    assert "the truth is rk, the model bt-tie" in line
+    result["oracle"] = {"available": True, "fraction_captured": 0.5,
+                        "fraction_captured_half": 0.52}  # fmt: skip
+    assert summary_lines(result)[-1] == ("fraction of the achievable gain captured (oracle), "
+                                         "ties as half: 52.0%; in the family's own NLL: 50.0%")

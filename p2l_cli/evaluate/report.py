@@ -134,10 +134,14 @@ def summary_lines(result: dict) -> list[str]:
         )
     oracle = result.get("oracle", {})
     if oracle.get("available"):
+        own = oracle.get("fraction_captured")
+        own_text = _pct(own) if own is not None or "family" not in oracle else (
+            f"none (the truth is {oracle['family']}, the model {result.get('family')}: their "
+            "own likelihoods do not compare)"
+        )  # fmt: skip
         lines.append(
-            f"fraction of the achievable gain captured (oracle): "
-            f"{_pct(oracle.get('fraction_captured'))}; ties as half: "
-            f"{_pct(oracle.get('fraction_captured_half'))}"
+            f"fraction of the achievable gain captured (oracle), ties as half: "
+            f"{_pct(oracle.get('fraction_captured_half'))}; in the family's own NLL: {own_text}"
         )
     elif oracle:
         lines.append(f"[yellow]oracle unavailable:[/] {oracle.get('reason', '')}")
