@@ -361,13 +361,9 @@ def write_commands(path: Path, stages: list[Stage]) -> None:
 def written_files(root: Path) -> list[Path]:
     """The files the stages left in ``root``, relative to it and sorted, without training
     checkpoints and hidden files (e.g. the lock that `p2l train` keeps in its folder)."""
-    return [
-        path.relative_to(root)
-        for path in sorted(root.rglob("*"))
-        if path.is_file()
-        and not any(part == "checkpoints" or part.startswith(".")
-                    for part in path.relative_to(root).parts)
-    ]  # fmt: skip
+    files = [path.relative_to(root) for path in sorted(root.rglob("*")) if path.is_file()]
+    return [path for path in files
+            if not any(part == "checkpoints" or part.startswith(".") for part in path.parts)]  # fmt: skip
 
 
 def recap(layout: Layout) -> list[str]:
