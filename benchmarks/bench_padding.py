@@ -20,20 +20,10 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from bench_quality import run_p2l  # this folder is on sys.path
+from bench_quality import simulate_and_prepare  # this folder is on sys.path
 
 from p2l_cli.model import build_p2l
 from p2l_cli.train_data import MEGABATCH, Layout, epoch_order, load_data_dir, tokenize
-
-
-def simulated_data(root: Path, world: str, seed: int) -> Path:
-    """``bench_quality.py``'s arena for one world and seed, prepared into a data folder."""
-    log = root / "bench.log"
-    run_p2l(["simulate", str(root / "arena"), "--battles", "8000", "--models", "12",
-             "--world", world, "--seed", str(seed), "--prompts", "500"], log)  # fmt: skip
-    run_p2l(["prepare", str(root / "arena" / "battles.parquet"), "-o", str(root / "data"),
-             "--val-fraction", "0.25", "--seed", str(seed)], log)  # fmt: skip
-    return root / "data"
 
 
 def padded_cost(order: np.ndarray, lengths: np.ndarray, layout: Layout) -> dict:
@@ -62,7 +52,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = (
-            Path(args.data) if args.data else simulated_data(Path(tmp), args.world, args.seed)
+            Path(args.data)
+            if args.data
+            else simulate_and_prepare(Path(tmp), args.world, args.seed)[1]
         )
         data = load_data_dir(data_dir)
         model, tokenizer = build_p2l("minilm", data.models, max_length=args.max_length)

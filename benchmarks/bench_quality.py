@@ -110,16 +110,27 @@ def router_share(predictions: Path, fresh: Path, truth_family: str) -> dict:
     }
 
 
-def one_run(root: Path, world: str, seed: int, args, train_args: list[str]) -> dict:
+def simulate_and_prepare(root: Path, world: str, seed: int, battles: int = 8000,
+                         models: int = 12, val_fraction: float = 0.25,
+                         simulate_args: str = "") -> tuple[Path, Path]:  # fmt: skip
+    """The benchmark's arena for one world and seed (``root/arena``, 500 fresh prompts) and
+    its data folder (``root/data``, split by prompt), each stage logged to ``root/bench.log``."""
     root.mkdir(parents=True, exist_ok=True)
     log = root / "bench.log"
-    arena, data, model = root / "arena", root / "data", root / "model"
-    val_preds, fresh_preds = root / "val_predictions.parquet", root / "fresh_predictions.parquet"
-    run_p2l(["simulate", str(arena), "--battles", str(args.battles), "--models",
-             str(args.models), "--world", world, "--seed", str(seed), "--prompts", "500", "--overwrite",
-             *shlex.split(args.simulate_args)], log)  # fmt: skip
+    arena, data = root / "arena", root / "data"
+    run_p2l(["simulate", str(arena), "--battles", str(battles), "--models", str(models),
+             "--world", world, "--seed", str(seed), "--prompts", "500", "--overwrite",
+             *shlex.split(simulate_args)], log)  # fmt: skip
     run_p2l(["prepare", str(arena / "battles.parquet"), "-o", str(data), "--val-fraction",
-             str(args.val_fraction), "--seed", str(seed), "--overwrite"], log)  # fmt: skip
+             str(val_fraction), "--seed", str(seed), "--overwrite"], log)  # fmt: skip
+    return arena, data
+
+
+def one_run(root: Path, world: str, seed: int, args, train_args: list[str]) -> dict:
+    arena, data = simulate_and_prepare(root, world, seed, args.battles, args.models,
+                                       args.val_fraction, args.simulate_args)  # fmt: skip
+    log, model = root / "bench.log", root / "model"
+    val_preds, fresh_preds = root / "val_predictions.parquet", root / "fresh_predictions.parquet"
     train = run_p2l(["train", str(data), "-o", str(model), "--overwrite", *train_args], log)
     val_prompts = pl.scan_parquet(data / "val.parquet").select(pl.len()).collect().item()
     predict = run_p2l(["predict", str(model), str(data / "val.parquet"), "-o", str(val_preds)],

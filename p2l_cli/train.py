@@ -897,13 +897,12 @@ class Trainer:
                 head, report = fit(best, inputs[best], near=near)
             first_report = report
             if self.config.model_covariance and not first_report.fell_back:
-                refined = fit(best, inputs[best], directions=first_report,
-                              near=first_report.penalty)  # fmt: skip
-                refit_report = refined[1]
+                refit_head, refit_report = fit(best, inputs[best], directions=first_report,
+                                               near=first_report.penalty)  # fmt: skip
                 # kept even where its held-out NLL is a little higher: on development worlds
                 # where it was, the refit was still the closer to the truth (docs/training.md)
                 if not refit_report.fell_back:
-                    head, report = refined
+                    head, report = refit_head, refit_report
         smoothing, _, steps_read = best
         if smoothing is not None:
             chosen = smoothers[smoothing]

@@ -566,6 +566,15 @@ def test_adamw_on_the_default_recipe_turns_its_neighbourhoods_off():
 # ----------------------------------------------------------- model-covariance prior
 
 
+def _ridge_cv_run(tmp_path):
+    """A data folder whose outcomes depend on the prompt's length, and the settings of a
+    cross-validated ridge head on a tiny frozen backbone with prompt descriptors."""
+    data = _length_data_dir(tmp_path / "data", 500, 100)
+    settings = {"backbone": str(make_backbone("bert", tmp_path / "bert")), "freeze_backbone": True,
+                "head_solver": "ridge-cv", "prompt_features": True, "cv_folds": 3}  # fmt: skip
+    return data, settings
+
+
 def test_the_chosen_head_is_refitted_under_the_model_covariance_prior(tmp_path):
     """With ``model_covariance`` the chosen candidate is fitted a second time, directions
     across models from its first fit; metrics.json keeps the first fit's held-out NLL. The
@@ -573,9 +582,7 @@ def test_the_chosen_head_is_refitted_under_the_model_covariance_prior(tmp_path):
     refitted."""
     from p2l_cli.reporting import Recorder
 
-    data = _length_data_dir(tmp_path / "data", 500, 100)
-    settings = {"backbone": str(make_backbone("bert", tmp_path / "bert")), "freeze_backbone": True,
-                "head_solver": "ridge-cv", "prompt_features": True, "cv_folds": 3}  # fmt: skip
+    data, settings = _ridge_cv_run(tmp_path)
     runs = {}
     for on in (True, False):
         recorder = Recorder()
@@ -618,11 +625,9 @@ def test_a_refit_with_a_slightly_higher_held_out_nll_is_still_kept(tmp_path, mon
         return head, report
 
     monkeypatch.setattr(train_module, "fit_linear_head", refit_scores_worse)
-    data = _length_data_dir(tmp_path / "data", 500, 100)
-    settings = {"backbone": str(make_backbone("bert", tmp_path / "bert")), "freeze_backbone": True,
-                "head_solver": "ridge-cv", "prompt_features": True, "cv_folds": 3,
-                "model_covariance": True}  # fmt: skip
-    result = train_p2l(data, tmp_path / "model", None, settings, RunOptions())
+    data, settings = _ridge_cv_run(tmp_path)
+    result = train_p2l(data, tmp_path / "model", None, {**settings, "model_covariance": True},
+                       RunOptions())  # fmt: skip
     fit = result.metrics["head_fit"]
     refit = fit["model_covariance"]
     assert not fit["fell_back_to_marginal"]
