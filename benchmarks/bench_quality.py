@@ -65,7 +65,8 @@ def run_p2l(argv: list[str], log: Path) -> Finished:
         proc = subprocess.Popen([sys.executable, "-m", "p2l_cli", *argv], stdout=fh, stderr=fh,
                                 env=env)  # fmt: skip
         _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        fh.write(f"# p2l {argv[0]}: {seconds:.1f} s\n")
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"p2l {argv[0]} failed (exit {os.waitstatus_to_exitcode(status)}); "
                          f"see {log}")  # fmt: skip

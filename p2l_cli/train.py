@@ -1393,6 +1393,7 @@ class Trainer:
         }
         if self.head_fit is not None:
             metrics["head_fit"] = self.head_fit
+        metrics.update(self._peak_gpu_memory())
         if self.accelerator.is_main_process:
             write_json(self.out / "metrics.json", metrics)
         self._summary(metrics)
@@ -1453,6 +1454,18 @@ class Trainer:
         with open(self.out / METRICS_LOG, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(line) + "\n")
 
+    def _peak_gpu_memory(self) -> dict:
+        """``peak_gpu_memory_mib``: the most GPU memory torch has held for tensors in this
+        run, the largest over processes (nothing on the CPU)."""
+        if self.device.type != "cuda":
+            return {}
+        peak = float(torch.cuda.max_memory_allocated(self.device))
+        if self.accelerator.num_processes > 1:
+            peak = float(self.accelerator.reduce(
+                torch.tensor(peak, device=self.device), reduction="max"
+            ))  # fmt: skip
+        return {"peak_gpu_memory_mib": round(peak / 2**20)}
+
     def _log_train(self) -> None:
         window = self.window
         totals = torch.stack([
@@ -1475,6 +1488,7 @@ class Trainer:
             "grad_norm": None if window.grad_norm is None else float(window.grad_norm),
             "examples_per_s": round(examples / seconds, 2),
             "step_seconds": round(seconds / max(1, examples / self.layout.global_batch), 4),
+            **self._peak_gpu_memory(),
         })  # fmt: skip
         window.reset()
 

@@ -91,6 +91,7 @@ def test_training_learns_a_planted_signal(backbones, data, tmp_path, kind):
     assert metrics["val"]["p2l"]["nll"] < marginal - 0.03
     assert metrics["val"]["p2l"]["nll"] == min(e["val"]["p2l"]["nll"] for e in evals)
     assert metrics["steps"] == 48 and metrics["train_votes"] == 256
+    assert "peak_gpu_memory_mib" not in metrics  # the CPU reports no GPU memory
 
     # the best weights are in the folder and favour the planted winners
     model, tokenizer = load_p2l(out)
@@ -108,6 +109,23 @@ def test_training_learns_a_planted_signal(backbones, data, tmp_path, kind):
     board = json.loads((out / "leaderboard.json").read_text())
     assert sorted(r["model"] for r in board["rows"]) == MODELS
     assert [r["rank"] for r in board["rows"]] == [1, 2, 3]
+
+
+def test_peak_gpu_memory_is_reported_in_mib_and_only_on_a_gpu(monkeypatch):
+    asked = []
+
+    def max_memory_allocated(device):
+        asked.append(device)
+        return 3 * 2**30 + 700 * 2**20 + 123  # 3 GiB and 700.0001 MiB
+
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", max_memory_allocated)
+    trainer = Trainer.__new__(Trainer)  # only the device and the process count are read
+    trainer.accelerator = type("OneProcess", (), {"num_processes": 1})()
+    trainer.device = torch.device("cuda", 1)
+    assert trainer._peak_gpu_memory() == {"peak_gpu_memory_mib": 3 * 1024 + 700}
+    assert asked == [torch.device("cuda", 1)]
+    trainer.device = torch.device("cpu")
+    assert trainer._peak_gpu_memory() == {} and len(asked) == 1
 
 
 def test_loss_share_gives_the_global_mean_gradient():

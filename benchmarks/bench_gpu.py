@@ -1,0 +1,267 @@
+"""GPU benchmark: `p2l train` and `p2l predict` at the GPU recipes' real model sizes.
+
+Nothing is downloaded: each backbone is built from the shapes of its recipe's model
+(SmolLM2-135M for ``smollm2-135m``, Qwen2.5-1.5B for ``qwen2.5-1.5b``) with random weights
+and a BPE tokenizer trained on the arena's prompts, so the numbers are about speed, memory
+and agreement between devices, never about quality. On one `p2l simulate` arena:
+
+1. ``train``: the recipe as it ships (bf16, gradient checkpointing, its micro-batch), with
+   ``--grad-accum`` set for its global batch of 512 in one process on one GPU, for a few
+   optimizer steps: votes per second (the first step left out), peak GPU memory. The head starts
+   from normal weights, not the recipe's zeros, so that its coefficients vary from prompt
+   to prompt in the comparison of devices below;
+2. ``predict``: the validation prompts on the GPU (``--dtype auto``: bf16) and in float32 on
+   the GPU and on the CPU (a sample): prompts per second, and how far each device's
+   coefficients are from the CPU's float32 ones;
+3. ``long``: one optimizer step on prompts of about the recipe's ``max_length`` tokens
+   (the arena's prompts repeated), for peak memory at full length;
+4. ``resume`` (first architecture only): the same run stopped half-way with ``--stop-after``
+   and continued with ``--resume``, its weights and step losses against the uninterrupted run.
+
+results.json is rewritten after each stage, so a run cut short keeps what it measured.
+
+    python benchmarks/bench_gpu.py --out gpu-results                    # on a CUDA machine
+    python benchmarks/bench_gpu.py --out /tmp/dry --archs tiny --device cpu  # a dry run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+from bench_quality import run_p2l, simulate_and_prepare  # this folder is on sys.path
+from safetensors.torch import load_file
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import AutoModel, LlamaConfig, PreTrainedTokenizerFast, Qwen2Config
+
+# The public configs' shapes; ``tiny`` is for a dry run of this script on a CPU.
+ARCHS = {
+    "smollm2-135m": (LlamaConfig, {
+        "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
+        "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152,
+        "max_position_embeddings": 8192, "rope_theta": 100000.0, "rms_norm_eps": 1e-5,
+        "tie_word_embeddings": True}),
+    "qwen2.5-1.5b": (Qwen2Config, {
+        "hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
+        "num_attention_heads": 12, "num_key_value_heads": 2, "vocab_size": 151936,
+        "max_position_embeddings": 32768, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": True}),
+    "tiny": (LlamaConfig, {
+        "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 4096,
+        "max_position_embeddings": 2048}),
+}  # fmt: skip
+RECIPES = {"smollm2-135m": "smollm2-135m", "qwen2.5-1.5b": "qwen2.5-1.5b",
+           "tiny": "smollm2-135m"}  # fmt: skip
+MICRO_BATCH = {"smollm2-135m": 4, "qwen2.5-1.5b": 1}  # the recipes' batch_size
+
+
+def prompt_texts(data: Path) -> list[str]:
+    prompts = pl.read_parquet(data / "train.parquet", columns=["prompt"])["prompt"]
+    return [turn for turns in prompts.to_list() for turn in turns]
+
+
+def random_backbone(folder: Path, arch: str, texts: list[str], device: str) -> Path:
+    """A backbone folder (config, bf16 weights, tokenizer) of ``arch``'s shapes."""
+    config_class, shapes = ARCHS[arch]
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.train_from_iterator(texts, trainer=trainers.BpeTrainer(
+        vocab_size=min(4000, shapes["vocab_size"] - 8),
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    ))  # fmt: skip
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
+    torch.manual_seed(0)
+    with torch.device(device):
+        network = AutoModel.from_config(config_class(**shapes), dtype=torch.bfloat16)
+    network.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def train_log(model: Path) -> list[dict]:
+    lines = (model / "metrics.jsonl").read_text().splitlines()
+    return [row for row in map(json.loads, lines) if row.get("type") == "train"]
+
+
+def train_argv(data: Path, model: Path, backbone: Path, arch: str, steps: int,
+               grad_accum: int) -> list[str]:  # fmt: skip
+    return ["train", str(data), "-o", str(model), "--recipe", RECIPES[arch], "--backbone",
+            str(backbone), "--grad-accum", str(grad_accum), "--max-steps", str(steps),
+            "--eval-every", str(steps), "--log-every", "1", "--head-init", "normal",
+            "--overwrite"]  # fmt: skip
+
+
+def accumulation(arch: str, global_batch: int) -> int:
+    """``--grad-accum`` for ``global_batch`` votes per step in one process."""
+    return max(1, global_batch // MICRO_BATCH[RECIPES[arch]])
+
+
+def train_run(data: Path, model: Path, backbone: Path, arch: str, steps: int,
+              grad_accum: int, log: Path) -> dict:  # fmt: skip
+    recipe_batch = MICRO_BATCH[RECIPES[arch]]
+    done = run_p2l(train_argv(data, model, backbone, arch, steps, grad_accum), log)
+    metrics = json.loads((model / "metrics.json").read_text())
+    steady = [row["examples_per_s"] for row in train_log(model)[1:]]
+    return {
+        "arch": arch,
+        "steps": metrics["steps"],
+        "global_batch": recipe_batch * grad_accum,
+        "seconds": round(done.seconds, 1),
+        "votes_per_s": round(float(np.median(steady)), 1) if steady else None,
+        "peak_gpu_memory_mib": metrics.get("peak_gpu_memory_mib"),
+        "val_nll": (metrics.get("val") or {}).get("p2l", {}).get("nll"),
+        "log": train_log(model),
+    }
+
+
+def resume_check(data: Path, root: Path, backbone: Path, arch: str, steps: int,
+                 grad_accum: int, whole: Path, log: Path) -> dict:  # fmt: skip
+    """Stop half-way, resume, and compare with the uninterrupted run ``whole``."""
+    parts = root / "resumed"
+    run_p2l([*train_argv(data, parts, backbone, arch, steps, grad_accum), "--stop-after",
+             str(steps // 2)], log)  # fmt: skip
+    run_p2l(["train", str(data), "-o", str(parts), "--resume"], log)
+    last = Path("checkpoints", "last", "model.safetensors")  # the weights after the last step
+    a, b = load_file(whole / last), load_file(parts / last)
+    worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+    scale = max(float(a[k].float().abs().max()) for k in a)
+    losses = [(x["step"], x["loss"], y["loss"]) for x, y in zip(train_log(whole),
+                                                                train_log(parts))]  # fmt: skip
+    return {"arch": arch, "steps": steps, "stopped_after": steps // 2,
+            "max_abs_weight_diff": worst, "max_abs_weight": scale,
+            "step_losses_whole_vs_resumed": losses}  # fmt: skip
+
+
+def coefs(path: Path) -> np.ndarray:
+    return np.array(pl.read_parquet(path)["coefs"].to_list(), dtype=np.float64)
+
+
+def agreement(test: np.ndarray, reference: np.ndarray) -> dict:
+    """How far ``test`` is from ``reference`` (both ``[P, M]``), next to how much the
+    reference's coefficients vary from prompt to prompt (what a prompt changes)."""
+    centred = reference - reference.mean(axis=0)
+    return {
+        "max_abs_diff": float(np.abs(test - reference).max()),
+        "rms_diff": float(np.sqrt(((test - reference) ** 2).mean())),
+        "rms_prompt_effect": float(np.sqrt((centred**2).mean())),
+        "same_top_model": float((test.argmax(1) == reference.argmax(1)).mean()),
+    }
+
+
+def predict_check(model: Path, data: Path, root: Path, device: str, sample: int,
+                  dtypes: list[str], log: Path) -> dict:  # fmt: skip
+    prompts = data / "val.parquet"
+    few = root / "sample.parquet"
+    pl.read_parquet(prompts).head(sample).write_parquet(few)
+    n = pl.scan_parquet(prompts).select(pl.len()).collect().item()
+    out = {"prompts": n}
+    for name in dtypes:
+        path = root / f"pred_{device}_{name}.parquet"
+        done = run_p2l(["predict", str(model), str(prompts), "-o", str(path), "--device",
+                        device, "--dtype", name], log)  # fmt: skip
+        out[f"{device}_{name}_prompts_per_s"] = round(n / done.seconds, 1)
+    cpu = root / "pred_cpu_float32.parquet"
+    run_p2l(["predict", str(model), str(few), "-o", str(cpu), "--device", "cpu", "--dtype",
+             "float32"], log)  # fmt: skip
+    reference = coefs(cpu)
+    for name in dtypes:
+        got = coefs(root / f"pred_{device}_{name}.parquet")[:sample]
+        out[f"{device}_{name}_vs_cpu_float32"] = agreement(got, reference)
+    return out
+
+
+def long_prompts(data: Path, long: Path, tokens: int, backbone: Path) -> int:
+    """A copy of ``data`` whose prompts are repeated to about ``tokens`` tokens (first 64
+    training votes, 8 validation votes); returns the median length in tokens."""
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(backbone)
+    long.mkdir(parents=True, exist_ok=True)
+    for name in ("models.json", "prepare.json"):
+        shutil.copy(data / name, long / name)
+    lengths = []
+    for split, rows in (("train", 64), ("val", 8)):
+        frame = pl.read_parquet(data / f"{split}.parquet").head(rows)
+        grown = []
+        for turns in frame["prompt"].to_list():
+            text = " ".join(turns)
+            repeats = max(1, tokens // max(1, len(tokenizer(text)["input_ids"])))
+            grown.append([" ".join([text] * repeats)])
+            lengths.append(len(tokenizer(grown[-1][0])["input_ids"]))
+        frame.with_columns(pl.Series("prompt", grown)).write_parquet(long / f"{split}.parquet")
+    return int(np.median(lengths))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="folder for results.json and the runs")
+    parser.add_argument("--archs", default="smollm2-135m,qwen2.5-1.5b")
+    parser.add_argument("--device", default="cuda", help="cuda, or cpu for a dry run")
+    parser.add_argument("--steps", default="4,2", help="optimizer steps per architecture")
+    parser.add_argument("--battles", type=int, default=8000)
+    parser.add_argument("--sample", type=int, default=64, help="prompts predicted on the CPU")
+    parser.add_argument(
+        "--long-tokens",
+        type=int,
+        default=0,
+        help="tokens per prompt of the long run (0: the recipe's max_length)",
+    )
+    parser.add_argument(
+        "--global-batch", type=int, default=512, help="votes per optimizer step (the recipes': 512)"
+    )
+    parser.add_argument("--dtypes", default="auto,float32", help="GPU predictions' --dtype")
+    parser.add_argument("--skip", default="", help="stages to leave out: resume,long")
+    args = parser.parse_args()
+    root = Path(args.out)
+    root.mkdir(parents=True, exist_ok=True)
+    log, results_path = root / "bench.log", root / "results.json"
+    results = {
+        "machine": {
+            "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None,
+            "torch": torch.__version__, "cuda": torch.version.cuda,
+            "python": platform.python_version(), "cpu": platform.machine(),
+        },
+        "runs": [],
+    }  # fmt: skip
+    _, data = simulate_and_prepare(root, "mixed", 0, args.battles, 12, 0.1)
+    texts = prompt_texts(data)
+    skip = set(filter(None, args.skip.split(",")))
+    for arch, steps in zip(args.archs.split(","), map(int, args.steps.split(","))):
+        started = time.perf_counter()
+        backbone = random_backbone(root / arch / "backbone", arch, texts, args.device)
+        run = {"arch": arch, "build_seconds": round(time.perf_counter() - started, 1)}
+        first = not results["runs"]
+        results["runs"].append(run)
+        model = root / arch / "model"
+        grad_accum = accumulation(arch, args.global_batch)
+        run["train"] = train_run(data, model, backbone, arch, steps, grad_accum, log)
+        results_path.write_text(json.dumps(results, indent=2))
+        run["predict"] = predict_check(model, data, root / arch, args.device, args.sample,
+                                       args.dtypes.split(","), log)  # fmt: skip
+        results_path.write_text(json.dumps(results, indent=2))
+        if "long" not in skip:
+            max_length = json.loads((model / "training_config.json").read_text())["max_length"]
+            long = root / arch / "long_data"
+            tokens = long_prompts(data, long, args.long_tokens or max_length, backbone)
+            run["long"] = {
+                "median_tokens": tokens,
+                **train_run(long, root / arch / "long_model", backbone, arch, 1, 8, log),
+            }
+            results_path.write_text(json.dumps(results, indent=2))
+        if "resume" not in skip and first:
+            run["resume"] = resume_check(data, root / arch, backbone, arch, steps, grad_accum,
+                                         model, log)  # fmt: skip
+            results_path.write_text(json.dumps(results, indent=2))
+        shutil.rmtree(backbone)
+        print(json.dumps(run, indent=2), flush=True)
+
+
+if __name__ == "__main__":
+    main()
