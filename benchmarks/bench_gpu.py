@@ -10,18 +10,27 @@ and agreement between devices, never about quality. On one `p2l simulate` arena:
    optimizer steps: votes per second (the first step left out), peak GPU memory. The head starts
    from normal weights, not the recipe's zeros, so that its coefficients vary from prompt
    to prompt in the comparison of devices below;
-2. ``predict``: the validation prompts on the GPU (``--dtype auto``: bf16) and in float32 on
+2. ``overhead``: in this process, p2l's optimizer step against the backbone's own forward
+   and backward on the same micro-batches (what any fine-tuning pays), alternately: seconds
+   per micro-step of each, and their ratio;
+3. ``predict``: the validation prompts on the GPU (``--dtype auto``: bf16) and in float32 on
    the GPU and on the CPU (a sample): prompts per second, and how far each device's
    coefficients are from the CPU's float32 ones;
-3. ``long``: one optimizer step on prompts of about the recipe's ``max_length`` tokens
+4. ``long``: one optimizer step on prompts of about the recipe's ``max_length`` tokens
    (the arena's prompts repeated), for peak memory at full length;
-4. ``resume`` (first architecture only): the same run stopped half-way with ``--stop-after``
+5. ``resume`` (first architecture only): the same run stopped half-way with ``--stop-after``
    and continued with ``--resume``, its weights and step losses against the uninterrupted run.
 
 results.json is rewritten after each stage, so a run cut short keeps what it measured.
 
     python benchmarks/bench_gpu.py --out gpu-results                    # on a CUDA machine
+    python benchmarks/bench_gpu.py --out gpu-results --archs qwen2.5-1.5b --steps 2 \
+        --global-batch 64 --skip resume                                 # one size, quickly
     python benchmarks/bench_gpu.py --out /tmp/dry --archs tiny --device cpu  # a dry run
+
+On one H200, SmolLM2-135M's shapes with ``--steps 2 --global-batch 64`` took about 3 min
+(before the overhead stage); the recipes' global batch of 512 for both sizes did not finish
+in 7 min.
 """
 
 from __future__ import annotations
@@ -40,6 +49,10 @@ from bench_quality import run_p2l, simulate_and_prepare  # this folder is on sys
 from safetensors.torch import load_file
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import AutoModel, LlamaConfig, PreTrainedTokenizerFast, Qwen2Config
+
+from p2l_cli.model import collate
+from p2l_cli.train import RunOptions, Trainer, make_accelerator
+from p2l_cli.train_config import resolve_config
 
 # The public configs' shapes; ``tiny`` is for a dry run of this script on a CPU.
 ARCHS = {
@@ -141,6 +154,70 @@ def resume_check(data: Path, root: Path, backbone: Path, arch: str, steps: int,
             "step_losses_whole_vs_resumed": losses}  # fmt: skip
 
 
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def backbone_step(trainer: Trainer, examples: np.ndarray) -> None:
+    """What any fine-tuning of the backbone pays for one optimizer step's votes: per
+    micro-batch, forward (under the run's autocast) and backward of a scalar of the states;
+    the gradients dropped afterwards, as an optimizer step would."""
+    ids, layout = trainer.token_ids["train"], trainer.layout
+    for micro in range(layout.grad_accum):
+        idx = layout.micro_batch(examples, micro, 0)
+        input_ids, mask = collate([ids[i] for i in idx], trainer.tokenizer.pad_token_id,
+                                  trainer.device)  # fmt: skip
+        with trainer.accelerator.autocast():
+            states = trainer.model.model(input_ids=input_ids, attention_mask=mask)
+        states.last_hidden_state.float().mean(dim=1).sum().backward()
+    for param in trainer.model.parameters():
+        param.grad = None
+
+
+def step_overhead(data: Path, root: Path, backbone: Path, arch: str, grad_accum: int,
+                  steps: int) -> dict:  # fmt: skip
+    """p2l's optimizer step (collation, forward, vote NLL, backward, clipping, AdamW) against
+    the backbone's own forward and backward on the same micro-batches, in this process
+    (two warm-up rounds first)."""
+    overrides = {"backbone": str(backbone), "grad_accum": grad_accum, "eval_every": 10**9,
+                 "head_init": "normal"}  # fmt: skip
+    config, _, _ = resolve_config(RECIPES[arch], overrides)
+    root.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(config, data, root, make_accelerator(config), RunOptions(overwrite=True))
+    trainer.setup()
+    order = trainer._epoch_order(0)
+    size = trainer.layout.global_batch
+    p2l_times, backbone_times = [], []
+
+    def timed(run, *args) -> float:
+        synchronize(trainer.device)
+        start = time.perf_counter()
+        run(*args)
+        synchronize(trainer.device)
+        return time.perf_counter() - start
+
+    # the same votes twice run faster the second time (memory already laid out for their
+    # shapes), so which goes first alternates
+    for i in range(steps + 2):
+        examples = order[i * size : (i + 1) * size]
+        ours = (trainer._train_step, order)  # takes step i's votes too
+        theirs = (backbone_step, trainer, examples)
+        if i % 2:
+            p2l_time, backbone_time = timed(*ours), timed(*theirs)
+        else:
+            backbone_time, p2l_time = timed(*theirs), timed(*ours)
+        if i >= 2:
+            backbone_times.append(backbone_time)
+            p2l_times.append(p2l_time)
+    return {
+        "micro_steps": grad_accum, "timed_steps": steps,
+        "backbone_s_per_micro_step": round(float(np.median(backbone_times)) / grad_accum, 4),
+        "p2l_s_per_micro_step": round(float(np.median(p2l_times)) / grad_accum, 4),
+        "ratio": round(sum(p2l_times) / sum(backbone_times), 3),
+    }  # fmt: skip
+
+
 def coefs(path: Path) -> np.ndarray:
     return np.array(pl.read_parquet(path)["coefs"].to_list(), dtype=np.float64)
 
@@ -217,7 +294,9 @@ def main() -> None:
         "--global-batch", type=int, default=512, help="votes per optimizer step (the recipes': 512)"
     )
     parser.add_argument("--dtypes", default="auto,float32", help="GPU predictions' --dtype")
-    parser.add_argument("--skip", default="", help="stages to leave out: resume,long")
+    parser.add_argument("--overhead-steps", type=int, default=4,
+                        help="timed optimizer steps of the overhead stage")  # fmt: skip
+    parser.add_argument("--skip", default="", help="stages to leave out: overhead,long,resume")
     args = parser.parse_args()
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
@@ -243,6 +322,10 @@ def main() -> None:
         grad_accum = accumulation(arch, args.global_batch)
         run["train"] = train_run(data, model, backbone, arch, steps, grad_accum, log)
         results_path.write_text(json.dumps(results, indent=2))
+        if "overhead" not in skip:
+            run["overhead"] = step_overhead(data, root / arch / "overhead", backbone, arch,
+                                            grad_accum, args.overhead_steps)  # fmt: skip
+            results_path.write_text(json.dumps(results, indent=2))
         run["predict"] = predict_check(model, data, root / arch, args.device, args.sample,
                                        args.dtypes.split(","), log)  # fmt: skip
         results_path.write_text(json.dumps(results, indent=2))
