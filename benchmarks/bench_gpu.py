@@ -7,12 +7,12 @@ and agreement between devices, never about quality. On one `p2l simulate` arena:
 
 1. ``train``: the recipe as it ships (bf16, gradient checkpointing, its micro-batch), with
    ``--grad-accum`` set for its global batch of 512 in one process on one GPU, for a few
-   optimizer steps: votes per second (the first step left out), peak GPU memory. The head starts
-   from normal weights, not the recipe's zeros, so that its coefficients vary from prompt
-   to prompt in the comparison of devices below;
+   optimizer steps: votes per second (the first step left out), peak GPU memory. The head
+   starts from normal weights, not the recipe's zeros, so that its coefficients vary from
+   prompt to prompt in the comparison of devices below;
 2. ``overhead``: in this process, p2l's optimizer step against the backbone's own forward
-   and backward on the same micro-batches (what any fine-tuning pays), alternately: seconds
-   per micro-step of each, and their ratio;
+   and backward on the same micro-batches (what any fine-tuning pays), which goes first
+   alternating: seconds per micro-step of each, and their ratio;
 3. ``predict``: the validation prompts on the GPU (``--dtype auto``: bf16) and in float32 on
    the GPU and on the CPU (a sample): prompts per second, and how far each device's
    coefficients are from the CPU's float32 ones;
