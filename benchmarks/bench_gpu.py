@@ -19,7 +19,8 @@ and agreement between devices, never about quality. On one `p2l simulate` arena:
 4. ``long``: one optimizer step on prompts of about the recipe's ``max_length`` tokens
    (the arena's prompts repeated), for peak memory at full length;
 5. ``resume`` (first architecture only): the same run stopped half-way with ``--stop-after``
-   and continued with ``--resume``, its weights and step losses against the uninterrupted run.
+   and continued with ``--resume``, its weights and step losses against the uninterrupted
+   run's, next to a second uninterrupted run's (the device's own run-to-run differences).
 
 results.json is rewritten after each stage, so a run cut short keeps what it measured.
 
@@ -138,20 +139,31 @@ def train_run(data: Path, model: Path, backbone: Path, arch: str, steps: int,
 
 def resume_check(data: Path, root: Path, backbone: Path, arch: str, steps: int,
                  grad_accum: int, whole: Path, log: Path) -> dict:  # fmt: skip
-    """Stop half-way, resume, and compare with the uninterrupted run ``whole``."""
-    parts = root / "resumed"
+    """Stop half-way, resume, and compare with the uninterrupted run ``whole``; and, for the
+    device's own run-to-run noise, a second uninterrupted run against the first."""
+    parts, again = root / "resumed", root / "again"
     run_p2l([*train_argv(data, parts, backbone, arch, steps, grad_accum), "--stop-after",
              str(steps // 2)], log)  # fmt: skip
     run_p2l(["train", str(data), "-o", str(parts), "--resume"], log)
+    run_p2l(train_argv(data, again, backbone, arch, steps, grad_accum), log)
     last = Path("checkpoints", "last", "model.safetensors")  # the weights after the last step
-    a, b = load_file(whole / last), load_file(parts / last)
-    worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
-    scale = max(float(a[k].float().abs().max()) for k in a)
-    losses = [(x["step"], x["loss"], y["loss"]) for x, y in zip(train_log(whole),
-                                                                train_log(parts))]  # fmt: skip
-    return {"arch": arch, "steps": steps, "stopped_after": steps // 2,
-            "max_abs_weight_diff": worst, "max_abs_weight": scale,
-            "step_losses_whole_vs_resumed": losses}  # fmt: skip
+    first = load_file(whole / last)
+
+    def largest_difference(other: Path) -> float:
+        weights = load_file(other / last)
+        return max(float((first[k].float() - weights[k].float()).abs().max()) for k in first)
+
+    def losses(other: Path) -> list[float]:
+        return [row["loss"] for row in train_log(other)]
+
+    return {
+        "arch": arch, "steps": steps, "stopped_after": steps // 2,
+        "max_abs_weight": max(float(w.float().abs().max()) for w in first.values()),
+        "max_abs_weight_diff_resumed": largest_difference(parts),
+        "max_abs_weight_diff_repeated": largest_difference(again),
+        "step_losses": {"whole": losses(whole), "resumed": losses(parts),
+                        "repeated": losses(again)},
+    }  # fmt: skip
 
 
 def synchronize(device: torch.device) -> None:
