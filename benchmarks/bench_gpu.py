@@ -74,7 +74,6 @@ ARCHS = {
 }  # fmt: skip
 RECIPES = {"smollm2-135m": "smollm2-135m", "qwen2.5-1.5b": "qwen2.5-1.5b",
            "tiny": "smollm2-135m"}  # fmt: skip
-MICRO_BATCH = {"smollm2-135m": 4, "qwen2.5-1.5b": 1}  # the recipes' batch_size
 
 
 def prompt_texts(data: Path) -> list[str]:
@@ -114,26 +113,31 @@ def train_argv(data: Path, model: Path, backbone: Path, arch: str, steps: int,
             "--overwrite"]  # fmt: skip
 
 
+def micro_batch(arch: str) -> int:
+    """The recipe's ``batch_size``."""
+    return resolve_config(RECIPES[arch], {})[0].batch_size
+
+
 def accumulation(arch: str, global_batch: int) -> int:
     """``--grad-accum`` for ``global_batch`` votes per step in one process."""
-    return max(1, global_batch // MICRO_BATCH[RECIPES[arch]])
+    return max(1, global_batch // micro_batch(arch))
 
 
 def train_run(data: Path, model: Path, backbone: Path, arch: str, steps: int,
               grad_accum: int, log: Path) -> dict:  # fmt: skip
-    recipe_batch = MICRO_BATCH[RECIPES[arch]]
     done = run_p2l(train_argv(data, model, backbone, arch, steps, grad_accum), log)
     metrics = json.loads((model / "metrics.json").read_text())
-    steady = [row["examples_per_s"] for row in train_log(model)[1:]]
+    rows = train_log(model)
+    steady = [row["examples_per_s"] for row in rows[1:]]
     return {
         "arch": arch,
         "steps": metrics["steps"],
-        "global_batch": recipe_batch * grad_accum,
+        "global_batch": micro_batch(arch) * grad_accum,
         "seconds": round(done.seconds, 1),
         "votes_per_s": round(float(np.median(steady)), 1) if steady else None,
         "peak_gpu_memory_mib": metrics.get("peak_gpu_memory_mib"),
         "val_nll": (metrics.get("val") or {}).get("p2l", {}).get("nll"),
-        "log": train_log(model),
+        "log": rows,
     }
 
 
@@ -250,8 +254,9 @@ def predict_check(model: Path, data: Path, root: Path, device: str, sample: int,
                   dtypes: list[str], log: Path) -> dict:  # fmt: skip
     prompts = data / "val.parquet"
     few = root / "sample.parquet"
-    pl.read_parquet(prompts).head(sample).write_parquet(few)
-    n = pl.scan_parquet(prompts).select(pl.len()).collect().item()
+    frame = pl.read_parquet(prompts)
+    frame.head(sample).write_parquet(few)
+    n = len(frame)
     out = {"prompts": n}
     for name in dtypes:
         path = root / f"pred_{device}_{name}.parquet"
@@ -312,7 +317,7 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
-    log, results_path = root / "bench.log", root / "results.json"
+    log = root / "bench.log"
     results = {
         "machine": {
             "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None,
@@ -321,6 +326,10 @@ def main() -> None:
         },
         "runs": [],
     }  # fmt: skip
+
+    def save() -> None:  # after each stage, so that a run cut short keeps what it measured
+        (root / "results.json").write_text(json.dumps(results, indent=2))
+
     _, data = simulate_and_prepare(root, "mixed", 0, args.battles, 12, 0.1)
     texts = prompt_texts(data)
     skip = set(filter(None, args.skip.split(",")))
@@ -333,14 +342,14 @@ def main() -> None:
         model = root / arch / "model"
         grad_accum = accumulation(arch, args.global_batch)
         run["train"] = train_run(data, model, backbone, arch, steps, grad_accum, log)
-        results_path.write_text(json.dumps(results, indent=2))
+        save()
         if "overhead" not in skip:
             run["overhead"] = step_overhead(data, root / arch / "overhead", backbone, arch,
                                             grad_accum, args.overhead_steps)  # fmt: skip
-            results_path.write_text(json.dumps(results, indent=2))
+            save()
         run["predict"] = predict_check(model, data, root / arch, args.device, args.sample,
                                        args.dtypes.split(","), log)  # fmt: skip
-        results_path.write_text(json.dumps(results, indent=2))
+        save()
         if "long" not in skip:
             max_length = json.loads((model / "training_config.json").read_text())["max_length"]
             long = root / arch / "long_data"
@@ -349,11 +358,11 @@ def main() -> None:
                 "median_tokens": tokens,
                 **train_run(long, root / arch / "long_model", backbone, arch, 1, 8, log),
             }
-            results_path.write_text(json.dumps(results, indent=2))
+            save()
         if "resume" not in skip and first:
             run["resume"] = resume_check(data, root / arch, backbone, arch, steps, grad_accum,
                                          model, log)  # fmt: skip
-            results_path.write_text(json.dumps(results, indent=2))
+            save()
         shutil.rmtree(backbone)
         print(json.dumps(run, indent=2), flush=True)
 
