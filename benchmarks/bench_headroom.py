@@ -80,7 +80,9 @@ def truth_blocks(rows: pl.DataFrame, categories: list[str]) -> dict:
         "difficulty": column(rows["difficulty"].to_numpy()),
         "multi-turn": column(rows["turns"].to_numpy() > 1),
         "long": column(rows["long"].to_numpy()),
-        "not English": column(rows["language"].to_numpy() != "English"),
+        # a prompt whose language is not known (read from a file without it) counts as English,
+        # as the simulator plants it
+        "not English": column(rows["language"].fill_null("English").to_numpy() != "English"),
     }
 
 
@@ -184,7 +186,8 @@ def one_run(run: Path) -> dict:
                   "seed": config.seed, "feature_weights": feature_weights}  # fmt: skip
         head, report = fit_linear_head(xs, train.labels, family, **common)
         if refitted and not report.fell_back:
-            prior = fit_linear_head(xs, train.labels, family, directions=report, **common)
+            prior = fit_linear_head(xs, train.labels, family, directions=report,
+                                    near=report.penalty, **common)  # as `p2l train` refits
             if not prior[1].fell_back:
                 return prior
         return head, report

@@ -11,7 +11,7 @@ from p2l_cli.ui import QuietOption, console, set_quiet
 # likelihood families the simulator has no world for (its votes fit them all the same)
 SIMULATED_ELSEWHERE = ("rk-reparam", "rk_reparam", "ba")
 
-SIZE, TRUTH = "Size", "Truth"
+SIZE, TRUTH, PROMPTS = "Size", "Truth", "Prompts"
 
 
 def simulate(
@@ -70,6 +70,29 @@ def simulate(
     seed: Annotated[
         int, typer.Option(help="Random seed; same seed, same files.", rich_help_panel=TRUTH)
     ] = 0,
+    prompts_from: Annotated[
+        str | None,
+        typer.Option(
+            "--prompts-from",
+            help="Your own prompts instead of the built-in ones (jsonl, json, csv or "
+            "parquet; the prompt column found as `p2l predict` finds it), with their "
+            "category and language when the file has `category` and `language` columns. "
+            "The truth is planted on the categories, turns, length (2,000 characters and "
+            "more is long) and language; --prompts of them are held out as fresh prompts "
+            "(at most a fifth).",
+            rich_help_panel=PROMPTS,
+            show_default=False,
+        ),
+    ] = None,
+    prompt_column: Annotated[
+        str | None,
+        typer.Option(
+            "--prompt-column",
+            help="The column of --prompts-from's file that holds the prompts.",
+            rich_help_panel=PROMPTS,
+            show_default=False,
+        ),
+    ] = None,
     overwrite: Annotated[
         bool,
         typer.Option("--overwrite", help="Replace the files of a non-empty output folder."),
@@ -89,13 +112,15 @@ def simulate(
       p2l simulate arena/ --categories code,math,casual_chat
 
       p2l simulate arena/ --world structure --family bt
+
+      p2l simulate arena/ --prompts-from my_prompts.jsonl --world structure
     """
     set_quiet(quiet)
     out_dir = _one_out_dir(out_dir, out)
     from p2l_cli.io import check_output_folder
 
     check_output_folder(out_dir, "-o" if out else "OUT_DIR", overwrite)
-    from p2l_cli.data.simulate import simulate_arena, write_arena
+    from p2l_cli.data.simulate import read_prompt_pool, simulate_arena, write_arena
 
     if family.lower() in SIMULATED_ELSEWHERE:
         from p2l_cli.errors import UserError
@@ -103,6 +128,16 @@ def simulate(
         raise UserError(f"--family {family}: the simulator draws bt, bt-tie, rk or grk votes "
                         "(fit rk-reparam or ba to them with p2l train / leaderboard)")
     chosen = [c.strip() for c in categories.split(",") if c.strip()] if categories else None
+    if prompts_from and chosen:
+        from p2l_cli.errors import UserError
+
+        raise UserError("--categories and --prompts-from: the categories of a prompts file "
+                        "are its own (its category column); give one")
+    if prompt_column and not prompts_from:
+        from p2l_cli.errors import UserError
+
+        raise UserError("--prompt-column: names a column of --prompts-from's file; give that file")
+    pool = read_prompt_pool(prompts_from, prompt_column) if prompts_from else None
     arena = simulate_arena(
         num_battles=battles,
         num_models=models,
@@ -112,9 +147,13 @@ def simulate(
         num_prompts=prompts,
         days=days,
         world=world,
+        pool=pool,
     )
     paths = write_arena(arena, out_dir)
     console.print(summary_table(arena))
+    if pool is not None:
+        console.print(f"prompts from {pool.source}: {arena.config['battle_prompts']:,} distinct "
+                      f"in the battles, {arena.prompts.height:,} held out as fresh prompts")  # fmt: skip
     console.print(f"wrote {', '.join(str(p) for p in paths)}")
 
 

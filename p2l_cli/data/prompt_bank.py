@@ -291,6 +291,12 @@ ANSWER_OPENERS: dict[str, tuple[str, ...]] = {
     ),
 }
 
+# answers to prompts of a category the bank has no templates for (prompts read from a file)
+GENERIC_ANSWER_OPENERS = (
+    "Here is what I would do.",
+    "Good question; the short answer comes first.",
+    "Sure, let me walk you through it.",
+)
 ANSWER_CLOSERS = (
     "Let me know if you want more detail.",
     "I hope this helps!",

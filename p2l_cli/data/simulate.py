@@ -24,6 +24,14 @@ prompt's form, weak categories: what sentence embeddings hardly see) and ``flat`
 dependence at all: a per-prompt model has nothing to learn and must not lose to the
 marginal leaderboard). Votes are drawn with ties by default (``rk``), as in the Arena.
 
+The prompts can also come from a file (``read_prompt_pool``): your own prompts, with their
+category when the file has a ``category`` column and their language when it has a
+``language`` column. The truth is then planted on what such a file shows: the category's
+skills (any category names; those of the bank keep their settings, others get neutral
+ones and a specialist of their own), multi-turn, long (``LONG_CHARS``) and not English.
+The difficulty is 0 (nothing marks it in a real prompt). Every prompt is used once before
+any is used again, and some are held out as the fresh prompts.
+
 Everything is drawn from one ``numpy`` seed, so a seed gives the same files.
 """
 
@@ -95,8 +103,15 @@ GRK_ETA = {
 GRK_LEVEL = 1.5  # mean absolute strength in grk: about one vote in ten is "both bad"
 GRK_HARD_DROP = 0.5  # hard prompts lower every model's absolute strength by this much
 
+# a category the bank does not know (prompts read from a file): a neutral slope and ties
+DEFAULT_SLOPE = 0.1
+DEFAULT_TIE_WIDTH = 0.5
+DEFAULT_GRK_ETA = 0.0
 DIFFICULTY_SHARE = (0.3, 0.4, 0.3)  # easy, plain, hard
 LONG_SHARE = 0.15  # prompts with a long pasted context
+LONG_CHARS = 2000  # a prompt read from a file is long from this many characters (~500 tokens)
+FILE_CATEGORY = "any"  # the one category of prompts read from a file without categories
+FRESH_SHARE = 0.2  # at most this share of a file's distinct prompts is held out as fresh
 DEFAULT_FAMILY = "rk"
 # world -> (scale of category skills and difficulty, sd of the turn / length / language gains)
 WORLDS = {"mixed": (1.0, 0.35), "structure": (0.35, 0.7), "flat": (0.0, 0.0)}
@@ -112,7 +127,7 @@ LAUNCH_SHARE = 0.6  # models available from the start; the others are released l
 class Prompt:
     turns: list[str]
     difficulty: int  # -1 easy, 0 plain, 1 hard
-    language: str
+    language: str | None  # None: not known (a prompt read from a file without languages)
     long: bool = False
 
 
@@ -156,9 +171,11 @@ class World:
         if self.family == "rk" and self.world == "flat":
             per_category = np.full(len(self.categories), rk_raw_eta(0.5))
         elif self.family == "rk":
-            per_category = np.array([rk_raw_eta(RK_TIE_WIDTH[c]) for c in self.categories])
+            per_category = np.array(
+                [rk_raw_eta(RK_TIE_WIDTH.get(c, DEFAULT_TIE_WIDTH)) for c in self.categories]
+            )
         elif self.family == "grk":
-            per_category = np.array([GRK_ETA[c] for c in self.categories])
+            per_category = np.array([GRK_ETA.get(c, DEFAULT_GRK_ETA) for c in self.categories])
         else:
             return None
         return per_category[category]
@@ -180,6 +197,17 @@ class World:
             order = np.argsort(-theta, kind="stable")
             boards[name] = {self.models[i]: round(float(theta[i]), 4) for i in order}
         return boards
+
+
+@dataclass(frozen=True)
+class PromptPool:
+    """Prompts read from a file: each one's user turns, category and language (None where
+    the file does not say)."""
+
+    turns: list[list[str]]
+    category: list[str]
+    language: list[str | None]
+    source: str
 
 
 @dataclass
@@ -277,7 +305,8 @@ def _difficulty_phrases(category: str, difficulty: int) -> tuple[str, ...]:
 
 
 def _answer(category: str, rng: np.random.Generator) -> str:
-    return f"{_pick(bank.ANSWER_OPENERS[category], rng)} {_pick(bank.ANSWER_CLOSERS, rng)}".strip()
+    openers = bank.ANSWER_OPENERS.get(category, bank.GENERIC_ANSWER_OPENERS)
+    return f"{_pick(openers, rng)} {_pick(bank.ANSWER_CLOSERS, rng)}".strip()
 
 
 def _conversation(turns: list[str], category: str, rng: np.random.Generator) -> list[dict]:
@@ -311,11 +340,28 @@ def _model_names(strength_rank: np.ndarray, speciality: list[str | None], rng) -
     return names
 
 
+def speciality_categories(categories: list[str]) -> dict[str, tuple[str, ...]]:
+    """Each speciality a model can have -> the categories it is strong in: the bank's, then
+    one per category the bank does not know (named after it)."""
+    known = {name for cats in bank.SPECIALITIES.values() for name in cats}
+    kinds = {s: cats for s, cats in bank.SPECIALITIES.items() if set(cats) & set(categories)}
+    for category in categories:
+        if category not in known and category not in bank.CATEGORY_NAMES:
+            kinds.setdefault(_name_part(category), (category,))
+    return kinds
+
+
+def _name_part(text: str) -> str:
+    """``"Creative Writing!"`` -> ``"creative-writing"``: a piece of a model name."""
+    part = "-".join("".join(ch if ch.isalnum() else " " for ch in text.lower()).split())
+    return part[:16].strip("-") or "special"
+
+
 def _specialities(general: np.ndarray, categories: list[str], rng) -> list[str | None]:
     """Which models are specialists, and in what (distinct specialities while they last);
     the strongest model is a generalist."""
     num_models = len(general)
-    usable = [s for s, cats in bank.SPECIALITIES.items() if set(cats) & set(categories)]
+    usable = list(speciality_categories(categories))
     speciality: list[str | None] = [None] * num_models
     if not usable or num_models < 2:
         return speciality
@@ -340,11 +386,12 @@ def build_world(
     general -= general.mean()
     rank = np.argsort(np.argsort(general))
     speciality = _specialities(general, categories, rng)
-    slope = np.array([CATEGORY_SLOPE[c] for c in categories])
+    slope = np.array([CATEGORY_SLOPE.get(c, DEFAULT_SLOPE) for c in categories])
+    strong_in = speciality_categories(categories)
     skills = rng.normal(0.0, SKILL_SD, (num_models, len(categories))) + general[:, None] * slope
     for i, spec in enumerate(speciality):
         if spec:
-            strong = np.array([name in bank.SPECIALITIES[spec] for name in categories])
+            strong = np.array([name in strong_in[spec] for name in categories])
             bonus = SPECIALITY_BONUS + SPECIALITY_CATCH_UP * (general.max() - general[i])
             skills[i] += np.where(strong, bonus, -SPECIALITY_COST)
     names = _model_names(rank, speciality, rng)
@@ -424,11 +471,15 @@ def draw_outcomes(
 def prompt_form(prompts: list[Prompt]) -> np.ndarray:
     """``[N, 3]`` flags: multi-turn, long context, not English."""
     return np.array(
-        [[len(p.turns) > 1, p.long, p.language != "English"] for p in prompts], dtype=np.float64
+        [[len(p.turns) > 1, p.long, _foreign(p.language)] for p in prompts], dtype=np.float64
     ).reshape(len(prompts), 3)
 
 
-def _check(num_battles: int, num_models: int, categories, num_prompts: int, days: float):
+def _foreign(language: str | None) -> bool:
+    return language is not None and language.lower() != "english"
+
+
+def _check(num_battles: int, num_models: int, num_prompts: int, days: float):
     if num_battles < 1:
         raise UserError(f"--battles {num_battles}: must be at least 1")
     if num_models < 2:
@@ -437,6 +488,9 @@ def _check(num_battles: int, num_models: int, categories, num_prompts: int, days
         raise UserError(f"--prompts {num_prompts}: must be 0 or more")
     if not days > 0:
         raise UserError(f"--days {days}: must be positive")
+
+
+def _check_categories(categories: list[str]) -> None:
     unknown = [c for c in categories if c not in bank.CATEGORY_NAMES]
     if unknown or not categories:
         raise UserError(
@@ -454,15 +508,24 @@ def simulate_arena(
     num_prompts: int = 300,
     days: float = 60.0,
     world: str = DEFAULT_WORLD,
+    pool: PromptPool | None = None,
 ) -> SimulatedArena:
     """Simulate an arena: battles in the Arena conversation schema, their truth, fresh
-    prompts with their truth, and the models' costs. Same arguments, same frames."""
+    prompts with their truth, and the models' costs. Same arguments, same frames. With a
+    ``pool`` the prompts are those of the file it was read from, their categories its own
+    (``categories`` must then be None)."""
     try:
         family = canonical_family(family)
     except ValueError as exc:
         raise UserError(f"--family: {exc}") from None
-    categories = list(dict.fromkeys(categories or bank.CATEGORY_NAMES))
-    _check(num_battles, num_models, categories, num_prompts, days)
+    if pool is not None and categories:
+        raise UserError("--categories: the categories come from --prompts-from's file; give one")
+    if pool is not None:
+        categories = sorted(set(pool.category))
+    else:
+        categories = list(dict.fromkeys(categories or bank.CATEGORY_NAMES))
+        _check_categories(categories)
+    _check(num_battles, num_models, num_prompts, days)
     if world not in WORLDS:
         raise UserError(f"--world {world}: expected one of {', '.join(WORLDS)}")
     streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(6)]
@@ -472,12 +535,18 @@ def simulate_arena(
     world = build_world(num_models, categories, family, world_rng, world_name)
     times = np.sort(time_rng.uniform(0.0, 1.0, num_battles))
     model_a, model_b = draw_pairs(world, times, time_rng)
-    share = np.array([bank.CATEGORY_SHARE[c] for c in categories])
-    category = time_rng.choice(len(categories), size=num_battles, p=share / share.sum())
+    if pool is None:
+        share = np.array([bank.CATEGORY_SHARE[c] for c in categories])
+        category = time_rng.choice(len(categories), size=num_battles, p=share / share.sum())
     anony = time_rng.random(num_battles) < ANONYMOUS_SHARE
     ids = [time_rng.bytes(16).hex() for _ in range(num_battles)]
-
-    prompts = [render_prompt(categories[c], prompt_rng) for c in category]
+    if pool is None:
+        prompts = [render_prompt(categories[c], prompt_rng) for c in category]
+        fresh_pool = None
+    else:
+        fresh_pool, drawn = _split_pool(pool, num_prompts, num_battles, prompt_rng)
+        prompts = [_pool_prompt(pool, i) for i in drawn]
+        category = np.array([categories.index(pool.category[i]) for i in drawn], np.int64)
     difficulty = np.array([p.difficulty for p in prompts], dtype=np.float64)
     form = prompt_form(prompts)
     coefs = world.coefs(category, difficulty, form)
@@ -504,11 +573,14 @@ def simulate_arena(
             "tstamp": (START + times * days * 86400.0).round(3).tolist(),
             "category": [categories[c] for c in category],
         },
-        schema_overrides={"turn": pl.Int64, "tstamp": pl.Float64},
+        schema_overrides={"turn": pl.Int64, "tstamp": pl.Float64, "language": pl.String},
     )
     truth = _truth_frame(ids, category, difficulty, prompts, coefs, eta, categories)
-    seen = {p.turns[0] for p in prompts}
-    fresh = _fresh_prompts(world, num_prompts, seen, fresh_rng)
+    if fresh_pool is None:
+        seen = {p.turns[0] for p in prompts}
+        fresh = _fresh_prompts(world, num_prompts, seen, fresh_rng)
+    else:
+        fresh = _fresh_from_pool(world, pool, fresh_pool)
     config = {
         "seed": seed,
         "world": world_name,
@@ -520,7 +592,72 @@ def simulate_arena(
         "days": days,
         "start": datetime.fromtimestamp(START, timezone.utc).isoformat(),
     }
+    if pool is not None:
+        config["prompts_from"] = pool.source
+        config["prompts"] = len(fresh)
+        config["battle_prompts"] = len({tuple(p.turns) for p in prompts})
     return SimulatedArena(battles, truth, fresh, world.costs(), world, config)
+
+
+def read_prompt_pool(path: str | Path, prompt_column: str | None = None) -> PromptPool:
+    """The prompts of a file (any table format the other commands read; the prompt column
+    ``prompt_column``, else found as `p2l predict` finds it), with its ``category`` and ``language`` columns where
+    it has them. A row without a usable prompt stops with its row number."""
+    from p2l_cli.io import read_table
+    from p2l_cli.predict import find_prompt_column, frame_prompts
+
+    name = str(path)
+    frame = read_table(path)
+    column = find_prompt_column(frame.columns, name, prompt_column)
+    turns, bad = frame_prompts(frame, column)
+    if bad:
+        raise UserError(f"{name}: row {bad[0][1]}: {bad[0][2]}")
+
+    def labels(column: str, blank: str | None) -> list[str | None]:
+        if column not in frame.columns:
+            return [blank] * frame.height
+        values = frame[column].cast(pl.String, strict=False).to_list()
+        return [value.strip() if value and value.strip() else blank for value in values]
+
+    pool = PromptPool(turns, labels("category", FILE_CATEGORY), labels("language", None), name)
+    if len({tuple(t) for t in turns}) < 2:
+        raise UserError(f"{name}: needs at least 2 distinct prompts, found "
+                        f"{len({tuple(t) for t in turns})}")  # fmt: skip
+    return pool
+
+
+def _pool_prompt(pool: PromptPool, index: int) -> Prompt:
+    turns = pool.turns[index]
+    language = pool.language[index]
+    long = sum(len(turn) for turn in turns) >= LONG_CHARS
+    return Prompt(list(turns), 0, language, long)
+
+
+def _split_pool(
+    pool: PromptPool, num_fresh: int, num_battles: int, rng: np.random.Generator
+) -> tuple[list[int], np.ndarray]:
+    """Row indices of the fresh prompts (distinct prompts held out of every battle: up to
+    ``num_fresh``, at most ``FRESH_SHARE`` of them), and the row of each battle's prompt:
+    every other row once, in random order, before any row is used again."""
+    first: dict[tuple[str, ...], int] = {}
+    for index, turns in enumerate(pool.turns):
+        first.setdefault(tuple(turns), index)
+    distinct = np.array(list(first.values()), dtype=np.int64)
+    held = min(num_fresh, int(FRESH_SHARE * len(distinct)))
+    fresh = set(rng.choice(distinct, size=held, replace=False).tolist()) if held else set()
+    keys = {tuple(pool.turns[i]) for i in fresh}
+    rows = np.array([i for i, t in enumerate(pool.turns) if tuple(t) not in keys], np.int64)
+    rounds = -(-num_battles // len(rows))
+    drawn = np.concatenate([rng.permutation(rows) for _ in range(rounds)])[:num_battles]
+    return sorted(fresh), drawn
+
+
+def _fresh_from_pool(world: World, pool: PromptPool, rows: list[int]) -> pl.DataFrame:
+    """The held-out prompts of a file with their truth; ``prompt`` is the list of user turns."""
+    prompts = [_pool_prompt(pool, i) for i in rows]
+    category = np.array([world.categories.index(pool.category[i]) for i in rows], np.int64)
+    return _prompts_frame(world, category, prompts, [p.turns for p in prompts],
+                          pl.List(pl.String))  # fmt: skip
 
 
 def _truth_frame(ids, category, difficulty, prompts, coefs, eta, categories) -> pl.DataFrame:
@@ -535,7 +672,8 @@ def _truth_frame(ids, category, difficulty, prompts, coefs, eta, categories) -> 
     }
     if eta is not None:
         columns["true_eta"] = eta.tolist()
-    return pl.DataFrame(columns, schema_overrides={"true_coefs": pl.List(pl.Float64)})
+    schema = {"true_coefs": pl.List(pl.Float64), "language": pl.String}
+    return pl.DataFrame(columns, schema_overrides=schema)
 
 
 def _fresh_prompts(world: World, count: int, seen: set[str], rng) -> pl.DataFrame:
@@ -551,25 +689,34 @@ def _fresh_prompts(world: World, count: int, seen: set[str], rng) -> pl.DataFram
         if prompt.turns[0] not in texts:
             texts.add(prompt.turns[0])
             chosen.append((c, prompt))
+    prompts = [p for _, p in chosen]
     category = np.array([c for c, _ in chosen], dtype=np.int64)
-    difficulty = np.array([p.difficulty for _, p in chosen], dtype=np.float64)
-    form = prompt_form([p for _, p in chosen])
+    return _prompts_frame(world, category, prompts, [p.turns[0] for p in prompts], pl.String)
+
+
+def _prompts_frame(world: World, category: np.ndarray, prompts: list[Prompt], values: list,
+                   dtype: pl.DataType) -> pl.DataFrame:  # fmt: skip
+    """Fresh prompts with their truth; ``values`` (of ``dtype``) is the ``prompt`` column."""
+    difficulty = np.array([p.difficulty for p in prompts], dtype=np.float64)
     coefs = (
-        world.coefs(category, difficulty, form) if chosen else np.zeros((0, len(world.models)))
+        world.coefs(category, difficulty, prompt_form(prompts))
+        if prompts
+        else np.zeros((0, len(world.models)))
     )
     columns = {
-        "id": [f"prompt-{i:05d}" for i in range(len(chosen))],
-        "prompt": [p.turns[0] for _, p in chosen],
+        "id": [f"prompt-{i:05d}" for i in range(len(prompts))],
+        "prompt": values,
         "category": [world.categories[c] for c in category],
         "difficulty": difficulty.astype(np.int64).tolist(),
-        "language": [p.language for _, p in chosen],
-        "long": [p.long for _, p in chosen],
+        "language": [p.language for p in prompts],
+        "long": [p.long for p in prompts],
         "true_coefs": coefs.tolist(),
     }
     eta = world.eta(category)
     if eta is not None:
         columns["true_eta"] = eta.tolist()
-    schema = {"true_coefs": pl.List(pl.Float64), "difficulty": pl.Int64}
+    schema = {"prompt": dtype, "true_coefs": pl.List(pl.Float64), "difficulty": pl.Int64,
+              "language": pl.String}  # fmt: skip
     return pl.DataFrame(columns, schema_overrides=schema)
 
 
