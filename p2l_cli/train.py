@@ -1308,6 +1308,9 @@ class Trainer:
         accelerator.wait_for_everyone()
         state.last_save_step = state.step
         accelerator.save_state(str(tmp))
+        # every process writes its own files into tmp (its RNG state): all must be done before
+        # the main process renames the folder
+        accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             if self.best_head is not None:
                 from safetensors.torch import save_file

@@ -28,7 +28,7 @@ The prompts can also come from a file (``read_prompt_pool``): your own prompts, 
 category when the file has a ``category`` column and their language when it has a
 ``language`` column. The truth is then planted on what such a file shows: the category's
 skills (any category names; those of the bank keep their settings, others get neutral
-ones and a specialist of their own), multi-turn, long (``LONG_CHARS``) and not English.
+ones and a speciality of their own), multi-turn, long (``LONG_CHARS``) and not English.
 The difficulty is 0 (nothing marks it in a real prompt). Every prompt is used once before
 any is used again, and some are held out as the fresh prompts.
 
@@ -601,8 +601,9 @@ def simulate_arena(
 
 def read_prompt_pool(path: str | Path, prompt_column: str | None = None) -> PromptPool:
     """The prompts of a file (any table format the other commands read; the prompt column
-    ``prompt_column``, else found as `p2l predict` finds it), with its ``category`` and ``language`` columns where
-    it has them. A row without a usable prompt stops with its row number."""
+    ``prompt_column``, else found as `p2l predict` finds it), with its ``category`` and
+    ``language`` columns where it has them. A row without a usable prompt stops with its
+    row number."""
     from p2l_cli.io import read_table
     from p2l_cli.predict import find_prompt_column, frame_prompts
 
@@ -619,11 +620,10 @@ def read_prompt_pool(path: str | Path, prompt_column: str | None = None) -> Prom
         values = frame[column].cast(pl.String, strict=False).to_list()
         return [value.strip() if value and value.strip() else blank for value in values]
 
-    pool = PromptPool(turns, labels("category", FILE_CATEGORY), labels("language", None), name)
-    if len({tuple(t) for t in turns}) < 2:
-        raise UserError(f"{name}: needs at least 2 distinct prompts, found "
-                        f"{len({tuple(t) for t in turns})}")  # fmt: skip
-    return pool
+    distinct = len({tuple(t) for t in turns})
+    if distinct < 2:
+        raise UserError(f"{name}: needs at least 2 distinct prompts, found {distinct}")
+    return PromptPool(turns, labels("category", FILE_CATEGORY), labels("language", None), name)
 
 
 def _pool_prompt(pool: PromptPool, index: int) -> Prompt:
