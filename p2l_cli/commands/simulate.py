@@ -128,11 +128,6 @@ def simulate(
         raise UserError(f"--family {family}: the simulator draws bt, bt-tie, rk or grk votes "
                         "(fit rk-reparam or ba to them with p2l train / leaderboard)")
     chosen = [c.strip() for c in categories.split(",") if c.strip()] if categories else None
-    if prompts_from and chosen:
-        from p2l_cli.errors import UserError
-
-        raise UserError("--categories and --prompts-from: the categories of a prompts file "
-                        "are its own (its category column); give one")
     if prompt_column and not prompts_from:
         from p2l_cli.errors import UserError
 

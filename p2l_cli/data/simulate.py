@@ -519,9 +519,11 @@ def simulate_arena(
     except ValueError as exc:
         raise UserError(f"--family: {exc}") from None
     if pool is not None and categories:
-        raise UserError("--categories: the categories come from --prompts-from's file; give one")
+        raise UserError("--categories and --prompts-from: the categories of a prompts file "
+                        "are its own (its category column); give one")  # fmt: skip
     if pool is not None:
-        categories = sorted(set(pool.category))
+        names, row_category = np.unique(pool.category, return_inverse=True)
+        categories = [str(name) for name in names]
     else:
         categories = list(dict.fromkeys(categories or bank.CATEGORY_NAMES))
         _check_categories(categories)
@@ -546,7 +548,7 @@ def simulate_arena(
     else:
         fresh_pool, drawn = _split_pool(pool, num_prompts, num_battles, prompt_rng)
         prompts = [_pool_prompt(pool, i) for i in drawn]
-        category = np.array([categories.index(pool.category[i]) for i in drawn], np.int64)
+        category = row_category[drawn]
     difficulty = np.array([p.difficulty for p in prompts], dtype=np.float64)
     form = prompt_form(prompts)
     coefs = world.coefs(category, difficulty, form)
@@ -580,7 +582,7 @@ def simulate_arena(
         seen = {p.turns[0] for p in prompts}
         fresh = _fresh_prompts(world, num_prompts, seen, fresh_rng)
     else:
-        fresh = _fresh_from_pool(world, pool, fresh_pool)
+        fresh = _fresh_from_pool(world, pool, fresh_pool, row_category[fresh_pool])
     config = {
         "seed": seed,
         "world": world_name,
@@ -652,10 +654,12 @@ def _split_pool(
     return sorted(fresh), drawn
 
 
-def _fresh_from_pool(world: World, pool: PromptPool, rows: list[int]) -> pl.DataFrame:
-    """The held-out prompts of a file with their truth; ``prompt`` is the list of user turns."""
+def _fresh_from_pool(
+    world: World, pool: PromptPool, rows: list[int], category: np.ndarray
+) -> pl.DataFrame:
+    """The held-out ``rows`` of a file (their ``category`` indices) with their truth;
+    ``prompt`` is the list of user turns."""
     prompts = [_pool_prompt(pool, i) for i in rows]
-    category = np.array([world.categories.index(pool.category[i]) for i in rows], np.int64)
     return _prompts_frame(world, category, prompts, [p.turns for p in prompts],
                           pl.List(pl.String))  # fmt: skip
 
