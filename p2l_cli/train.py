@@ -54,13 +54,7 @@ from p2l_cli.model.neighbours import FAMILIES as NEIGHBOUR_FAMILIES
 from p2l_cli.model.neighbours import MAX_VOTES as NEIGHBOUR_MAX_VOTES
 from p2l_cli.model.neighbours import MAX_WORK as NEIGHBOUR_MAX_WORK
 from p2l_cli.model.neighbours import cross_validate as cross_validate_neighbours
-from p2l_cli.model.smoothing import CANDIDATES as SMOOTHING_CANDIDATES
-from p2l_cli.model.smoothing import (
-    LEXICAL_WEIGHT,
-    Smoothing,
-    choose_anchors,
-    neighbourhood_size,
-)
+from p2l_cli.model.smoothing import LEXICAL_WEIGHT, Smoothing, candidates_for, choose_anchors
 from p2l_cli.reporting import INFO, NOTICE, SILENT, WARNING, Reporter
 from p2l_cli.stats.aggregate import aggregate
 from p2l_cli.stats.families import labels_nll, with_style_offset
@@ -1010,9 +1004,9 @@ class Trainer:
         graphs: dict[int, torch.Tensor] = {}
         nearest: dict[int, torch.Tensor] = {}
         out = []
-        for k, steps in SMOOTHING_CANDIDATES:
-            smoother = Smoothing(len(rows), embeddings.shape[1], neighbourhood_size(k, len(rows)),
-                                 steps, lexical, None if words is None else words.shape[1])
+        for k, steps in candidates_for(len(rows)):
+            smoother = Smoothing(len(rows), embeddings.shape[1], k, steps, lexical,
+                                 None if words is None else words.shape[1])  # fmt: skip
             graphs[smoother.k] = smoother.fill(anchors, anchor_words, graphs.get(smoother.k))
             if smoother.k not in nearest:
                 nearest[smoother.k] = smoother.nearest(queries, words)

@@ -13,7 +13,14 @@ from tiny import make_backbone
 
 from p2l_cli.model.checkpoint import build_p2l, load_p2l, save_p2l
 from p2l_cli.model.neighbours import nearest_votes
-from p2l_cli.model.smoothing import Smoothing, choose_anchors, diffuse, neighbourhood_size
+from p2l_cli.model.smoothing import (
+    CANDIDATES,
+    Smoothing,
+    candidates_for,
+    choose_anchors,
+    diffuse,
+    neighbourhood_size,
+)
 from p2l_cli.stats.headfit import fit_linear_head
 from p2l_cli.train_config import resolve_config
 
@@ -72,6 +79,10 @@ def test_anchors_are_one_per_prompt_and_capped(monkeypatch):
     assert len(capped) == 2 and len(set(groups[capped].tolist())) == 2
     assert neighbourhood_size(60, 5000) == 60 and neighbourhood_size(60, 80) == 10
     assert neighbourhood_size(60, 3) == 1
+    # the candidates training compares: capped alike, those that then coincide once
+    assert candidates_for(5000) == [(60, 32), (60, 4), (20, 4)]
+    assert candidates_for(200) == [(25, 32), (25, 4), (20, 4)]
+    assert candidates_for(80) == [(10, 32), (10, 4)]
 
 
 def _bt_tie_nll(theta_w, theta_l, tie):
@@ -169,6 +180,39 @@ def test_smoothing_lets_a_linear_head_use_clusters_it_cannot_find_alone():
     smooth_nll, smooth_cv = held_out_nll(smooth(x_train), smooth(test_emb)[test_idx])
     assert smooth_nll < raw_nll - 0.01 and smooth_cv < raw_cv
 
+
+
+@pytest.mark.slow
+def test_a_short_walk_keeps_small_groups_a_long_walk_merges():
+    """Twelve pairs of nearby clusters, the two of a pair with opposite leaderboards: a walk
+    of 32 hops over 60 neighbours (the first of ``CANDIDATES``) averages each pair into one
+    group and the head learns nothing, while 4 hops over 20 neighbours keep the pair apart.
+    The held-out NLL (written here) and the cross-validation both rank the short walk first,
+    so training, which picks the candidate with the best cross-validated NLL, takes it."""
+    rng = np.random.default_rng(0)
+    pairs = _unit(rng.normal(size=(12, 64)))
+    centres = _unit(np.repeat(pairs, 2, 0) + 0.8 * _unit(rng.normal(size=(24, 64))))
+    boards = rng.normal(scale=0.8, size=(12, 5))
+    boards = np.stack([boards, -boards], 1).reshape(24, 5)
+    emb, labels, groups, _ = _cluster_world(rng, 1500, centres, boards, votes_per_prompt=2)
+    test_emb, test_labels, test_idx, _ = _cluster_world(rng, 3000, centres, boards)
+    assert {(60, 32), (20, 4)} <= set(CANDIDATES)
+    scores = {}
+    for k, steps in CANDIDATES:
+        module = Smoothing(1500, 64, k=neighbourhood_size(k, 1500), steps=steps)
+        module.fill(torch.as_tensor(emb, dtype=torch.float32))
+
+        def smooth(embeddings, module=module):
+            return module(torch.as_tensor(embeddings, dtype=torch.float32)).double().numpy()
+
+        head, report = fit_linear_head(smooth(emb[groups]), labels, "bt-tie", bias=np.zeros(5),
+                                       groups=groups)  # fmt: skip
+        theta = smooth(test_emb)[test_idx] @ head.weight.T + head.bias
+        rows = np.arange(len(test_labels))
+        nll = _bt_tie_nll(theta[rows, test_labels[:, 0]], theta[rows, test_labels[:, 1]], 0)
+        scores[(k, steps)] = nll.mean(), report.best_cv_nll
+    assert scores[(20, 4)][0] < scores[(60, 32)][0] - 0.03
+    assert min(scores, key=lambda key: scores[key][1]) == (20, 4)
 
 def test_smoothing_is_a_ridge_cv_setting():
     from p2l_cli.errors import UserError

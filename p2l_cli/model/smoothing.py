@@ -38,8 +38,11 @@ from p2l_cli.model.neighbours import nearest_votes
 
 MAX_ANCHORS = 20_000
 CHUNK = 1024
-# Candidate (k, steps), each scored by the cross-validation of the ridge head.
-CANDIDATES = ((60, 32),)
+# Candidate (k, steps), each scored by the cross-validation of the ridge head: a long walk
+# over wide neighbourhoods (few, broad directions: prompts whose kinds show in a few words),
+# and short walks for prompts whose kind must be read from varied wording, where a long walk
+# blurs groups together.
+CANDIDATES = ((60, 32), (60, 4), (20, 4))
 # The weight of the words in the neighbour search of models built today (see above).
 LEXICAL_WEIGHT = 0.7
 
@@ -47,6 +50,12 @@ LEXICAL_WEIGHT = 0.7
 def neighbourhood_size(k: int, anchors: int) -> int:
     """``k``, at most an eighth of the anchors (small training sets)."""
     return max(1, min(k, anchors // 8))
+
+
+def candidates_for(anchors: int) -> list[tuple[int, int]]:
+    """``CANDIDATES`` for this many anchors: each ``k`` capped by :func:`neighbourhood_size`,
+    those that then coincide once."""
+    return list(dict.fromkeys((neighbourhood_size(k, anchors), steps) for k, steps in CANDIDATES))
 
 
 def _averaged(values: torch.Tensor, near: torch.Tensor) -> torch.Tensor:
