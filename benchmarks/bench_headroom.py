@@ -52,6 +52,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from scipy.optimize import minimize_scalar
 
+from p2l_cli.data.simulate import not_english
 from p2l_cli.stats.headfit import fit_linear_head, prompt_groups
 from p2l_cli.stats.metrics import vote_metrics
 from p2l_cli.train import RunOptions, Trainer, fit_side_by_side, make_accelerator
@@ -80,9 +81,7 @@ def truth_blocks(rows: pl.DataFrame, categories: list[str]) -> dict:
         "difficulty": column(rows["difficulty"].to_numpy()),
         "multi-turn": column(rows["turns"].to_numpy() > 1),
         "long": column(rows["long"].to_numpy()),
-        # a prompt whose language is not known (read from a file without it) counts as English,
-        # as the simulator plants it
-        "not English": column(rows["language"].fill_null("English").to_numpy() != "English"),
+        "not English": column(np.array([not_english(x) for x in rows["language"].to_list()])),
     }
 
 

@@ -471,11 +471,13 @@ def draw_outcomes(
 def prompt_form(prompts: list[Prompt]) -> np.ndarray:
     """``[N, 3]`` flags: multi-turn, long context, not English."""
     return np.array(
-        [[len(p.turns) > 1, p.long, _foreign(p.language)] for p in prompts], dtype=np.float64
+        [[len(p.turns) > 1, p.long, not_english(p.language)] for p in prompts], dtype=np.float64
     ).reshape(len(prompts), 3)
 
 
-def _foreign(language: str | None) -> bool:
+def not_english(language: str | None) -> bool:
+    """The planted "not English" flag of a prompt in ``language`` (None: not known, counted
+    as English)."""
     return language is not None and language.lower() != "english"
 
 
